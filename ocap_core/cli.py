@@ -1,0 +1,220 @@
+"""``ocap``: offline tools (models, train, eval, import). Parses arguments, calls the library, prints.
+
+torch is imported only by the commands that need it, so ``ocap eval`` and ``ocap models`` run on a
+torch-free install.
+"""
+
+import argparse
+import json
+import logging
+import shlex
+import sys
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
+
+from .errors import OcapError
+
+log = logging.getLogger("ocap")
+EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
+
+
+class ProgressBar:
+    """Training progress on stderr: a redrawn bar on a terminal, one line per epoch otherwise."""
+
+    def __init__(self, stream=sys.stderr, width: int = 30) -> None:
+        self.stream, self.width = stream, width
+        self.tty = stream.isatty()
+
+    def __call__(self, ev: Dict[str, Any]) -> None:
+        if ev["event"] == "step" and self.tty:
+            done = int(self.width * ev["step"] / ev["steps"])
+            self.stream.write(f"\repoch {ev['epoch']}/{ev['epochs']} [{'#' * done}{'.' * (self.width - done)}] "
+                              f"{ev['step']}/{ev['steps']} loss {ev['loss']:.4f}")
+            self.stream.flush()
+        elif ev["event"] == "epoch":
+            self.stream.write(("\r" if self.tty else "") + f"epoch {ev['epoch']}/{ev['epochs']} loss "
+                              f"{ev['train_loss']:.4f} val {ev['val_accuracy']:.4f} ({ev['seconds']:.0f} s)"
+                              + " " * 20 + "\n")
+            self.stream.flush()
+
+
+def _print_json(obj: Any) -> None:
+    print(json.dumps(obj, indent=2))
+
+
+# ---------------------------------------------------------------- commands
+
+def cmd_models(args: argparse.Namespace) -> int:
+    from .package import open_package, shipped_models
+
+    rows = []
+    for name in shipped_models():
+        pkg = open_package(name, verify=args.verify)
+        m = pkg.card.metrics
+        rows.append({"name": name, "arch": (pkg.card.arch or {}).get("name"), "version": pkg.card.version,
+                     "test_accuracy": m.get("test_accuracy"), "macs": m.get("macs"), "params": m.get("params"),
+                     "path": str(pkg.path)})
+    archs: List[str] = []
+    try:
+        from .zoo import list_archs
+        archs = list_archs()
+    except ImportError:
+        pass
+    if args.json:
+        _print_json({"models": rows, "architectures": archs})
+        return EXIT_OK
+    print(f"{'name':<20} {'arch':<14} {'test acc':>8} {'MACs':>12} {'params':>9}  version")
+    for r in rows:
+        acc = f"{r['test_accuracy']:.4f}" if r["test_accuracy"] is not None else "-"
+        print(f"{r['name']:<20} {str(r['arch']):<14} {acc:>8} {r['macs']:>12,} {r['params']:>9,}  {r['version']}")
+    if archs:
+        print("\narchitectures for `ocap train --model`: " + ", ".join(archs) + ", tv:NAME, file.py:Class")
+    return EXIT_OK
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from .train import TrainSpec, train_package
+
+    spec = TrainSpec(epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, seed=args.seed,
+                     threads=args.threads, max_train_images=args.max_train_images)
+    command = "ocap " + " ".join(shlex.quote(a) for a in args.argv)
+    pkg = train_package(args.model, args.data, args.out, spec, name=args.name, command=command,
+                        progress=None if args.quiet else ProgressBar())
+    m = pkg.card.metrics
+    summary = {"package": str(pkg.path), "version": pkg.card.version, "val_accuracy": m["val_accuracy"],
+               "test_accuracy": m["test_accuracy"], "test_per_class": m["test_per_class"],
+               "macs": m["macs"], "params": m["params"]}
+    if args.json:
+        _print_json(summary)
+    else:
+        print(f"wrote {pkg.path} ({pkg.card.version}): val {m['val_accuracy']:.4f}, test {m['test_accuracy']:.4f}, "
+              f"{m['macs']:,} MACs, {m['params']:,} params")
+    return EXIT_OK
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .data import load_dataset
+    from .evaluate import evaluate_package, parse_classes
+    from .package import open_package
+
+    pkg = open_package(args.model)
+    classes = parse_classes(args.classes, len(pkg.card.class_names)) if args.classes else None
+    if classes is None and len(pkg.card.class_ids) < len(pkg.card.class_names):
+        classes = list(pkg.card.class_ids)
+    res = evaluate_package(pkg, load_dataset(args.data, "test"), classes, threads=args.threads,
+                           latency_runs=args.latency_runs)
+    if args.json:
+        _print_json(res)
+        return EXIT_OK
+    print(f"{res['model']} ({res['version']}) on {res['images']} test images of classes {res['classes']}")
+    print(f"  accuracy            {res['accuracy']:.4f}")
+    if "restricted_accuracy" in res:
+        print(f"  restricted accuracy {res['restricted_accuracy']:.4f}  (argmax over these classes only)")
+    print(f"  MACs {res['macs']:,}   params {res['params']:,}")
+    if "latency_ms" in res:
+        print(f"  onnxruntime CPU batch-1 latency {res['latency_ms']:.3f} ms median, "
+              f"{res['latency_p90_ms']:.3f} ms p90 ({res['latency_threads']} thread(s))")
+    for k, acc in res["per_class"].items():
+        print(f"    {k:>3} {res['class_names'][k]:<16} {acc:.4f}")
+    return EXIT_OK
+
+
+def cmd_import(args: argparse.Namespace) -> int:
+    from .importer import import_model
+    from .preprocess import parse_floats
+
+    shape = tuple(int(v) for v in parse_floats(args.input_shape, "--input-shape"))
+    if len(shape) != 3:
+        raise OcapError(f"--input-shape: expected C,H,W, got {args.input_shape!r}")
+    kwargs = json.loads(args.arch_kwargs) if args.arch_kwargs else {}
+    pkg = import_model(args.arch, args.weights, shape, args.scale, parse_floats(args.mean, "--mean"),
+                       parse_floats(args.std, "--std"), args.classes, args.out, name=args.name,
+                       features_module=args.features_module, arch_kwargs=kwargs)
+    print(f"wrote {pkg.path} ({pkg.card.version}): {pkg.card.metrics['macs']:,} MACs, "
+          f"{pkg.card.metrics['params']:,} params, features {pkg.card.features_dim}")
+    return EXIT_OK
+
+
+# ---------------------------------------------------------------- argument table
+
+def _add_models(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+    p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the sha256 checks")
+
+
+def _add_train(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="architecture: registered name, tv:NAME or file.py:Class")
+    p.add_argument("--data", default="fashion-mnist", help="fashion-mnist, an image folder, or an .npz")
+    p.add_argument("--epochs", type=int, default=10)
+    p.add_argument("--out", required=True, help="new package directory")
+    p.add_argument("--name", help="package name (default: the --out directory's name)")
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--lr", type=float, default=0.1, help="peak learning rate of the one-cycle schedule")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    p.add_argument("--max-train-images", type=int, default=0, help="train on a seeded subset (0: all)")
+    p.add_argument("--quiet", action="store_true", help="no progress bar")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
+def _add_eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="shipped model name or package directory")
+    p.add_argument("--data", default="fashion-mnist", help="fashion-mnist, an image folder, or an .npz")
+    p.add_argument("--classes", help="comma-separated class ids: evaluate on test images of these only")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
+    p.add_argument("--latency-runs", type=int, default=200, help="timed batch-1 runs (0: skip latency)")
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
+def _add_import(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--arch", required=True, help="path/file.py:Class of the model")
+    p.add_argument("--arch-kwargs", help="JSON object of constructor arguments")
+    p.add_argument("--weights", required=True, help="state_dict saved with torch.save")
+    p.add_argument("--input-shape", required=True, help="C,H,W")
+    p.add_argument("--scale", type=float, default=1 / 255, help="pixel scale before mean/std (default 1/255)")
+    p.add_argument("--mean", default="0", help="per-channel mean, comma-separated")
+    p.add_argument("--std", default="1", help="per-channel std, comma-separated")
+    p.add_argument("--classes", required=True, help="text file with one class name per line, in output order")
+    p.add_argument("--out", required=True, help="new package directory")
+    p.add_argument("--name", help="package name (default: the --out directory's name)")
+    p.add_argument("--features-module", help="module whose output is the penultimate feature vector "
+                                            "(default: the input of the final Linear)")
+
+
+COMMANDS: Dict[str, Tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {
+    "models": (_add_models, cmd_models, "list the shipped model packages and architectures"),
+    "train": (_add_train, cmd_train, "train a base model and write a model package"),
+    "eval": (_add_eval, cmd_eval, "evaluate a model package on test images"),
+    "import": (_add_import, cmd_import, "turn a user's trained torch model into a model package"),
+}
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="ocap", description="ocap offline tools")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    sub.required = True
+    for name, (add, handler, help_text) in COMMANDS.items():
+        p = sub.add_parser(name, help=help_text, description=help_text)
+        add(p)
+        p.set_defaults(handler=handler)
+    return parser
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.handler(args)
+    except OcapError as e:
+        print(f"ocap {args.command}: error: {e}", file=sys.stderr)
+        return EXIT_FAIL
+    except KeyboardInterrupt:
+        print(f"ocap {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+"""Accuracy of a model package on labelled images, through onnxruntime (numpy only, no torch)."""
+
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+from .data import Dataset
+from .errors import OcapError
+from .package import ModelPackage
+from .preprocess import preprocess
+from .runtime import measure_latency, open_session, run_batches
+
+
+def check_classes(classes: Sequence[int], num_classes: int, what: str = "classes") -> List[int]:
+    """Validate a class subset: in range, no duplicates, not empty; returned sorted."""
+    cls = [int(k) for k in classes]
+    if not cls:
+        raise OcapError(f"{what}: the class set is empty")
+    bad = [k for k in cls if not 0 <= k < num_classes]
+    if bad:
+        raise OcapError(f"{what}: class {bad[0]} is out of range 0..{num_classes - 1}")
+    if len(set(cls)) != len(cls):
+        dup = sorted(k for k in set(cls) if cls.count(k) > 1)
+        raise OcapError(f"{what}: class {dup[0]} is given more than once")
+    return sorted(cls)
+
+
+def parse_classes(text: str, num_classes: int) -> List[int]:
+    """'0,3,7' -> [0, 3, 7] with errors for bad ids, duplicates and an empty set."""
+    try:
+        ids = [int(t) for t in text.split(",") if t.strip()]
+    except ValueError as e:
+        raise OcapError(f"--classes: expected comma-separated class ids, got {text!r}") from e
+    return check_classes(ids, num_classes, "--classes")
+
+
+def evaluate_package(pkg: ModelPackage, test: Dataset, classes: Optional[Sequence[int]] = None,
+                     threads: int = 1, latency_runs: int = 200) -> Dict[str, Any]:
+    """Accuracy (over images of ``classes``, default all the model's classes), per-class accuracy,
+    MACs and params from the card, and onnxruntime CPU batch-1 latency.
+
+    With ``classes`` and a model that outputs all of them, ``restricted_accuracy`` is the accuracy when
+    the argmax is taken over those classes only (the fair reference for a pruned model).
+    """
+    card = pkg.card
+    if test.num_classes != len(card.class_names):
+        raise OcapError(f"dataset {test.name!r} has {test.num_classes} classes, model {card.name} has "
+                        f"{len(card.class_names)}")
+    ids = np.asarray(card.class_ids)
+    cls = check_classes(classes if classes is not None else card.class_ids, len(card.class_names))
+    missing = sorted(set(cls) - set(card.class_ids))
+    if missing and len(ids) < len(card.class_names):
+        raise OcapError(f"model {card.name} outputs classes {card.class_ids}, not {missing}")
+    data = test.of_classes(cls)
+    if len(data) == 0:
+        raise OcapError(f"dataset {test.name!r} has no images of classes {cls}")
+    sess = open_session(pkg.onnx_path, threads=threads)
+    x = preprocess(data.x, card.input)
+    logits = run_batches(sess, x)["logits"]
+    if logits.shape[1] != len(ids):
+        raise OcapError(f"{pkg.onnx_path} has {logits.shape[1]} outputs, its card lists {len(ids)} class_ids")
+    pred = ids[logits.argmax(1)]
+    correct = pred == data.y
+    out: Dict[str, Any] = {
+        "model": card.name, "version": card.version, "classes": cls, "images": int(len(data)),
+        "accuracy": float(correct.mean()),
+        "per_class": {str(k): float(correct[data.y == k].mean()) for k in cls},
+        "class_names": {str(k): card.class_names[k] for k in cls},
+        "macs": card.metrics.get("macs"), "params": card.metrics.get("params"),
+    }
+    if classes is not None and set(cls) <= set(card.class_ids):
+        cols = [card.class_ids.index(k) for k in cls]
+        out["restricted_accuracy"] = float((np.asarray(cls)[logits[:, cols].argmax(1)] == data.y).mean())
+    if latency_runs:
+        lat = measure_latency(sess, x[:1], runs=latency_runs)
+        out["latency_ms"] = lat["median_ms"]
+        out["latency_p90_ms"] = lat["p90_ms"]
+        out["latency_threads"] = threads
+    return out

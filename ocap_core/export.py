@@ -1,0 +1,118 @@
+"""ONNX export with two outputs, ``logits`` and ``features`` (the penultimate vector), dynamic batch.
+
+The features are the input of the final classifier Linear (found by tracing which Linear produced the
+model's output), or the flattened output of a module the caller names.
+"""
+
+import warnings
+from pathlib import Path
+from typing import Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .errors import OcapError
+
+OPSET = 17          # IR 8: loads on onnxruntime >= 1.12 (older Jetson builds)
+
+
+def find_classifier(model: nn.Module, input_shape: Sequence[int]) -> str:
+    """Name of the Linear whose output *is* the model's output, or an error asking for it."""
+    outputs = {}
+    handles = [m.register_forward_hook(lambda mod, i, o, n=n: outputs.__setitem__(n, o))
+               for n, m in model.named_modules() if isinstance(m, nn.Linear)]
+    try:
+        was_training = model.training
+        model.eval()
+        with torch.no_grad():
+            out = model(torch.zeros(2, *input_shape))
+        model.train(was_training)
+    finally:
+        for h in handles:
+            h.remove()
+    for name, o in outputs.items():
+        if o is out:
+            return name
+    raise OcapError("cannot find the final classifier: the model's output does not come straight from an "
+                    "nn.Linear; name the module that outputs the penultimate features (--features-module)")
+
+
+class WithFeatures(nn.Module):
+    """Wraps a classifier so that forward returns (logits, features)."""
+
+    def __init__(self, model: nn.Module, module: str, take: str) -> None:
+        super().__init__()
+        if take not in ("input", "output"):
+            raise ValueError(take)
+        self.model = model
+        self.module_name = module
+        self.take = take
+        try:
+            self._tap = model.get_submodule(module)
+        except AttributeError as e:
+            raise OcapError(f"the model has no module named {module!r}") from e
+        self._seen: Optional[torch.Tensor] = None
+
+    def _hook(self, mod, inp, out) -> None:
+        t = inp[0] if self.take == "input" else out
+        self._seen = torch.flatten(t, 1)
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+        handle = self._tap.register_forward_hook(self._hook)
+        try:
+            logits = self.model(x)
+        finally:
+            handle.remove()
+        feats, self._seen = self._seen, None
+        if feats is None:
+            raise OcapError(f"module {self.module_name!r} did not run in the forward pass")
+        return logits, feats
+
+
+def with_features(model: nn.Module, input_shape: Sequence[int], classifier: Optional[str] = None,
+                  features_module: Optional[str] = None) -> WithFeatures:
+    """(logits, features) wrapper: features from ``features_module``'s output, else the classifier's input."""
+    if features_module:
+        return WithFeatures(model, features_module, "output")
+    return WithFeatures(model, classifier or find_classifier(model, input_shape), "input")
+
+
+def export_onnx(model: nn.Module, input_shape: Sequence[int], path: Path, classifier: Optional[str] = None,
+                features_module: Optional[str] = None, features: bool = True) -> None:
+    """Write ``model`` (eval mode) to ``path`` with input ``input`` and outputs logits (+ features)."""
+    wrapped: nn.Module = with_features(model, input_shape, classifier, features_module) if features else model
+    was_training = model.training
+    model.eval()
+    names = ["logits", "features"] if features else ["logits"]
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            torch.onnx.export(wrapped, (torch.zeros(1, *input_shape),), str(path), input_names=["input"],
+                              output_names=names, opset_version=OPSET, dynamo=False,
+                              dynamic_axes={n: {0: "batch"} for n in ["input"] + names})
+    except OcapError:
+        raise
+    except Exception as e:
+        raise OcapError(f"ONNX export to {path} failed: {type(e).__name__}: {e}") from e
+    finally:
+        model.train(was_training)
+
+
+def onnx_parity(model: nn.Module, onnx_path: Path, x: torch.Tensor, classifier: Optional[str] = None,
+                features_module: Optional[str] = None) -> float:
+    """Max |torch - onnxruntime| over every output the ONNX file has, for inputs ``x``."""
+    from .runtime import open_session, run_batches
+
+    sess = open_session(onnx_path, threads=1)
+    names = [o.name for o in sess.get_outputs()]
+    got = run_batches(sess, x.numpy().astype(np.float32), outputs=names)
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        if "features" in names:
+            ref = with_features(model, tuple(x.shape[1:]), classifier, features_module)(x)
+        else:
+            ref = (model(x),)
+    model.train(was_training)
+    return max(float(np.max(np.abs(got[n] - r.numpy()))) for n, r in zip(names, ref))

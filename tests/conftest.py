@@ -1,0 +1,27 @@
+"""Shared fixtures. Test modules that declare ``pytestmark = pytest.mark.torch`` are not collected
+where torch is not installed (the Python 3.8 torch-free run also deselects them with -m 'not torch')."""
+
+import importlib.util
+import re
+import shutil
+
+import pytest
+
+HAVE_TORCH = importlib.util.find_spec("torch") is not None
+
+
+def pytest_ignore_collect(collection_path, config):
+    if HAVE_TORCH or collection_path.suffix != ".py" or not collection_path.name.startswith("test_"):
+        return None
+    text = collection_path.read_text(encoding="utf-8")
+    return True if re.search(r"^pytestmark = .*pytest\.mark\.torch", text, re.M) else None
+
+
+@pytest.fixture
+def package_copy(tmp_path):
+    """A writable copy of the shipped small CNN package, for corrupting."""
+    from ocap_core.package import resolve_model
+
+    dst = tmp_path / "pkg"
+    shutil.copytree(resolve_model("fmnist-cnn"), dst)
+    return dst

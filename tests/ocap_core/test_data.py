@@ -1,0 +1,154 @@
+import numpy as np
+import pytest
+
+from ocap_core.data import (
+    FASHION_MNIST_CLASSES,
+    Dataset,
+    load_dataset,
+    load_image_folder,
+    load_npz,
+    stratified_split,
+)
+from ocap_core.errors import OcapError
+
+
+@pytest.fixture(scope="module")
+def fmnist():
+    return {s: load_dataset("fashion-mnist", s) for s in ("train", "val", "test", "trainval")}
+
+
+def test_fashion_mnist_sizes_and_shapes(fmnist):
+    assert len(fmnist["train"]) == 55000 and len(fmnist["val"]) == 5000 and len(fmnist["test"]) == 10000
+    assert fmnist["train"].x.shape[1:] == (28, 28, 1) and fmnist["train"].x.dtype == np.uint8
+    assert fmnist["test"].class_names == FASHION_MNIST_CLASSES
+    assert list(fmnist["val"].counts()) == [500] * 10
+    assert list(fmnist["test"].counts()) == [1000] * 10
+    assert 60 < fmnist["trainval"].x.mean() < 80          # real images, not zeros
+
+
+def test_train_and_val_partition_the_training_images(fmnist):
+    both = np.concatenate([fmnist["train"].x, fmnist["val"].x]).reshape(60000, -1)
+    whole = fmnist["trainval"].x.reshape(60000, -1)
+    # the same multiset of images: sort rows and compare
+    key = lambda a: a[np.lexsort(a[:, ::-1].T)]  # noqa: E731
+    assert np.array_equal(key(both), key(whole))
+
+
+def test_splits_are_deterministic(fmnist):
+    again = load_dataset("fashion-mnist", "val")
+    assert np.array_equal(again.x, fmnist["val"].x) and np.array_equal(again.y, fmnist["val"].y)
+
+
+def test_stratified_split_is_disjoint_complete_and_seeded():
+    y = np.repeat(np.arange(5), 100)
+    rest, held = stratified_split(y, 0.2, seed=3)
+    assert len(np.intersect1d(rest, held)) == 0 and len(rest) + len(held) == len(y)
+    assert list(np.bincount(y[held])) == [20] * 5
+    assert np.array_equal(held, stratified_split(y, 0.2, seed=3)[1])
+    assert not np.array_equal(held, stratified_split(y, 0.2, seed=4)[1])
+
+
+def test_missing_fashion_mnist_says_how_to_install(monkeypatch, tmp_path):
+    monkeypatch.setenv("OCAP_FASHION_MNIST", str(tmp_path))
+    with pytest.raises(OcapError, match="apt-get install dataset-fashion-mnist"):
+        load_dataset("fashion-mnist", "test")
+
+
+def test_unknown_split_and_dataset():
+    with pytest.raises(OcapError, match="unknown split"):
+        load_dataset("fashion-mnist", "dev")
+    with pytest.raises(OcapError, match="unknown dataset"):
+        load_dataset("imagenet", "test")
+
+
+# ---------------------------------------------------------------- user data
+
+def _write_pngs(root, per_class=6, shape=(12, 10), mode="L"):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    for name in ["cat", "dog", "emu"]:
+        (root / name).mkdir(parents=True)
+        for i in range(per_class):
+            arr = rng.integers(0, 256, shape + ((3,) if mode == "RGB" else ()), dtype=np.uint8)
+            Image.fromarray(arr, mode).save(root / name / f"{i}.png")
+
+
+@pytest.mark.parametrize("mode,channels", [("L", 1), ("RGB", 3)])
+def test_image_folder_loads_and_splits(tmp_path, mode, channels):
+    _write_pngs(tmp_path, per_class=14, mode=mode)
+    ds = load_image_folder(tmp_path)
+    assert ds.class_names == ["cat", "dog", "emu"] and ds.x.shape == (42, 12, 10, channels)
+    parts = [load_dataset(str(tmp_path), s) for s in ("train", "val", "test")]
+    assert sum(len(p) for p in parts) == 42 and all(len(p) for p in parts)
+    assert list(parts[2].counts()) == [2, 2, 2]
+
+
+def test_image_folder_with_train_and_test_subfolders(tmp_path):
+    _write_pngs(tmp_path / "train", per_class=12)
+    _write_pngs(tmp_path / "test", per_class=3)
+    assert len(load_dataset(str(tmp_path), "test")) == 9
+    assert len(load_dataset(str(tmp_path), "trainval")) == 36
+
+
+def test_image_folder_errors_name_the_file(tmp_path):
+    _write_pngs(tmp_path)
+    (tmp_path / "dog" / "broken.png").write_bytes(b"not a png")
+    with pytest.raises(OcapError, match="broken.png"):
+        load_image_folder(tmp_path)
+    (tmp_path / "dog" / "broken.png").unlink()
+    from PIL import Image
+
+    Image.fromarray(np.zeros((5, 5), np.uint8)).save(tmp_path / "emu" / "small.png")
+    with pytest.raises(OcapError, match="small.png.*shape"):
+        load_image_folder(tmp_path)
+    (tmp_path / "emu" / "small.png").unlink()
+    (tmp_path / "fox").mkdir()
+    with pytest.raises(OcapError, match="fox.*no images"):
+        load_image_folder(tmp_path)
+
+
+def test_npz_round_trip_and_grey_promotion(tmp_path):
+    x = np.random.default_rng(0).integers(0, 256, (70, 8, 8), dtype=np.uint8)
+    y = np.arange(70) % 7
+    np.savez(tmp_path / "d.npz", x=x, y=y)
+    ds = load_npz(tmp_path / "d.npz")
+    assert ds.x.shape == (70, 8, 8, 1) and ds.num_classes == 7 and np.array_equal(ds.y, y)
+    assert list(load_dataset(str(tmp_path / "d.npz"), "test").counts()) == [1] * 7   # 1/7 of each class
+
+
+@pytest.mark.parametrize("arrays,message", [
+    ({"x": np.zeros((4, 8, 8), np.uint8)}, "needs arrays 'x' and 'y'"),
+    ({"x": np.zeros((4, 8, 8), np.float32), "y": np.zeros(4, int)}, "uint8"),
+    ({"x": np.zeros((4, 8, 8), np.uint8), "y": np.zeros(3, int)}, "one label per image"),
+    ({"x": np.zeros((4, 8, 8, 5), np.uint8), "y": np.zeros(4, int)}, "C 1 or 3"),
+    ({"x": np.zeros((4, 8, 8), np.uint8), "y": np.array([0, 1, -1, 2])}, "label -1 is out of range"),
+    ({"x": np.zeros((4, 8, 8), np.uint8), "y": np.array([0.5, 1, 1, 2])}, "integer class ids"),
+])
+def test_bad_npz_names_the_file_and_the_problem(tmp_path, arrays, message):
+    path = tmp_path / "bad.npz"
+    np.savez(path, **arrays)
+    with pytest.raises(OcapError, match=message) as e:
+        load_npz(path)
+    assert "bad.npz" in str(e.value)
+
+
+def test_npz_that_is_not_a_zip(tmp_path):
+    (tmp_path / "junk.npz").write_bytes(b"\x00" * 100)
+    with pytest.raises(OcapError, match="junk.npz"):
+        load_dataset(str(tmp_path / "junk.npz"), "train")
+
+
+def test_dataset_rejects_wrong_layout():
+    with pytest.raises(OcapError, match="uint8 N x H x W x C"):
+        Dataset(np.zeros((2, 4, 4), np.uint8), np.zeros(2, np.int64), ["a"])
+
+
+def test_train_and_test_folders_must_have_the_same_classes(tmp_path):
+    _write_pngs(tmp_path / "train", per_class=12)
+    _write_pngs(tmp_path / "test", per_class=3)
+    import shutil
+
+    shutil.rmtree(tmp_path / "test" / "emu")
+    with pytest.raises(OcapError, match="class folders"):
+        load_dataset(str(tmp_path), "test")

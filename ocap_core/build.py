@@ -1,5 +1,6 @@
 """Write and read model packages in their torch form (weights.pt + arch) and ONNX form (model.onnx)."""
 
+import json
 import logging
 import shutil
 import tempfile
@@ -19,17 +20,20 @@ log = logging.getLogger(__name__)
 PARITY_TOLERANCE = 1e-4
 PARITY_SAMPLES = 64
 USER_ARCH_FILE = "arch.py"
+PRUNING_FILE = "pruning.json"
 
 
 def save_package(model: nn.Module, out: Path, *, name: str, input_spec: InputSpec, class_names: Sequence[str],
                  arch: Optional[Dict[str, Any]] = None, class_ids: Optional[Sequence[int]] = None,
                  parent: Optional[str] = None, metrics: Optional[Dict[str, Any]] = None,
                  provenance: Optional[Dict[str, Any]] = None, features_module: Optional[str] = None,
-                 extra_files: Optional[Dict[str, Path]] = None, overwrite: bool = False) -> ModelPackage:
+                 extra_files: Optional[Dict[str, Path]] = None, overwrite: bool = False,
+                 parity_inputs: Optional[torch.Tensor] = None) -> ModelPackage:
     """Export ``model`` into a new package directory ``out`` (written aside, then renamed into place).
 
     ``arch`` ({"name", "kwargs"}) makes a torch form (weights.pt) that ``load_model`` can rebuild; the
-    ONNX form is always written and must match torch within 1e-4 on random inputs, or nothing is written.
+    ONNX form is always written and must match torch within 1e-4 on ``parity_inputs`` (default: 64
+    random inputs), or nothing is written.
     """
     out = Path(out)
     if out.exists() and not (overwrite or (out.is_dir() and not any(out.iterdir()))):
@@ -51,7 +55,8 @@ def save_package(model: nn.Module, out: Path, *, name: str, input_spec: InputSpe
             files.append(fname)
         export_onnx(model, shape, tmp / ONNX, classifier=classifier, features_module=features_module)
         files.append(ONNX)
-        x = torch.randn(PARITY_SAMPLES, *shape, generator=torch.Generator().manual_seed(0))
+        x = parity_inputs[:PARITY_SAMPLES] if parity_inputs is not None else \
+            torch.randn(PARITY_SAMPLES, *shape, generator=torch.Generator().manual_seed(0))
         diff = onnx_parity(model, tmp / ONNX, x, classifier, features_module)
         if not diff <= PARITY_TOLERANCE:
             raise OcapError(f"ONNX export of {name} disagrees with torch: max |diff| {diff:.2e} > {PARITY_TOLERANCE}")
@@ -101,8 +106,19 @@ def load_model(pkg: ModelPackage) -> nn.Module:
     from .zoo import create_model
 
     kwargs = dict(pkg.card.arch.get("kwargs") or {}) if pkg.card.arch else {}
-    model = create_model(arch_name(pkg), in_chans=pkg.card.input.shape[0], num_classes=len(pkg.card.class_ids),
-                         **kwargs)
+    if PRUNING_FILE in pkg.card.files:       # a pruned model: build the base, replay its pruning history
+        from .structural import replay_history
+
+        model = create_model(arch_name(pkg), in_chans=pkg.card.input.shape[0],
+                             num_classes=len(pkg.card.class_names), **kwargs)
+        try:
+            history = json.loads((pkg.path / PRUNING_FILE).read_text(encoding="utf-8"))["history"]
+        except (OSError, ValueError, KeyError) as e:
+            raise OcapError(f"{pkg.path / PRUNING_FILE} is unreadable: {e}") from e
+        model = replay_history(model.eval(), pkg.card.input.shape, history)
+    else:
+        model = create_model(arch_name(pkg), in_chans=pkg.card.input.shape[0],
+                             num_classes=len(pkg.card.class_ids), **kwargs)
     try:
         state = torch.load(pkg.weights_path, map_location="cpu", weights_only=True)
         model.load_state_dict(state, strict=True)

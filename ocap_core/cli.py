@@ -134,6 +134,49 @@ def cmd_import(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_prune(args: argparse.Namespace) -> int:
+    from dataclasses import replace
+
+    from .data import load_dataset
+    from .evaluate import parse_classes
+    from .finetune import FinetuneSpec
+    from .package import open_package
+    from .personalize import personalize
+    from .prune_spec import PruneSpec
+    from .sampling import stream_samples
+
+    base = open_package(args.model)
+    classes = parse_classes(args.classes, len(base.card.class_names))
+    ft = replace(FinetuneSpec(), epochs=args.epochs, time_budget=args.time_budget, lr=args.lr, seed=args.seed)
+    spec = PruneSpec(scorer=args.scorer, rule=args.rule, labels=args.labels, grouping=args.grouping,
+                     keep_share=args.keep_share, slope=args.slope, images_per_class=args.images_per_class,
+                     keep_first=args.keep_first, prune_stream=args.prune_stream, min_width=args.min_width,
+                     min_share=args.min_share, round_to=args.round_to, target_macs=args.target_macs,
+                     cap_threshold=args.cap_threshold, theta=args.theta, finetune=ft, threads=args.threads,
+                     seed=args.seed)
+    samples = stream_samples(base, load_dataset(args.data, "train"), classes, args.select, args.samples_per_class,
+                             seed=args.seed, threads=args.threads)
+    res = personalize(base, samples, classes, spec, args.out, progress=None if args.quiet else _stage_printer)
+    card = res.package.card
+    m = card.metrics
+    summary = {"package": str(res.package.path), "version": card.version, "class_ids": card.class_ids,
+               "macs": m["macs"], "params": m["params"], "mac_reduction": m["mac_reduction"],
+               "param_reduction": m["param_reduction"], "val_agreement": m["val_agreement"],
+               "samples": card.provenance["samples"], "timings": res.timings}
+    if args.json:
+        _print_json(summary)
+    else:
+        print(f"wrote {res.package.path} ({card.version}): classes {card.class_ids}, {m['mac_reduction']:.2f}x fewer "
+              f"MACs ({m['macs']:,}), {m['param_reduction']:.2f}x fewer params, validation agreement "
+              f"{m['val_agreement']:.4f}")
+    return EXIT_OK
+
+
+def _stage_printer(ev: Dict[str, Any]) -> None:
+    if ev["event"] == "stage":
+        print(f"  {ev['stage']:<9} {ev['seconds']:7.2f} s", file=sys.stderr)
+
+
 # ---------------------------------------------------------------- argument table
 
 def _add_models(p: argparse.ArgumentParser) -> None:
@@ -180,11 +223,44 @@ def _add_import(p: argparse.ArgumentParser) -> None:
                                             "(default: the input of the final Linear)")
 
 
+def _add_prune(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="base model: shipped name or package directory")
+    p.add_argument("--data", default="fashion-mnist", help="where the device's images come from (train split)")
+    p.add_argument("--classes", required=True, help="observed classes, comma-separated base ids")
+    p.add_argument("--out", required=True, help="new package directory")
+    p.add_argument("--scorer", default="ocap", help="ocap, ocap-freq, cap, l1, random")
+    p.add_argument("--rule", default="personalize", help="personalize, cap, hybrid")
+    p.add_argument("--labels", default="none", choices=["none", "truth"], help="fine-tune without or with labels")
+    p.add_argument("--grouping", default="pred", choices=["pred", "truth"],
+                   help="group images by the base model's prediction (device) or the label (offline)")
+    p.add_argument("--select", default="kl", help="sample selector: kl, random, entropy")
+    p.add_argument("--samples-per-class", type=int, default=128)
+    p.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs (early-stopped on validation)")
+    p.add_argument("--time-budget", type=float, default=0.0, help="fine-tuning wall seconds (0: none)")
+    p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--keep-share", type=float, help="activation scorer's share r (default: per family)")
+    p.add_argument("--slope", type=float, help="activation scorer's LeakyReLU slope (default: per family)")
+    p.add_argument("--images-per-class", type=int, help="images per class to score on (default: per family)")
+    p.add_argument("--keep-first", type=int, help="first BN layers kept whole (default: per family)")
+    p.add_argument("--prune-stream", action="store_true", help="also prune residual-stream channels")
+    p.add_argument("--min-width", type=int, default=1, help="channels every layer keeps at least")
+    p.add_argument("--min-share", type=float, default=0.0, help="share of each layer kept at least")
+    p.add_argument("--round-to", type=int, default=1, help="round kept widths up to a multiple of this")
+    p.add_argument("--target-macs", type=float, default=0.0, help="l1/random: MAC reduction factor to reach")
+    p.add_argument("--cap-threshold", type=int, default=2, help="cap rule: classes a channel must serve")
+    p.add_argument("--theta", type=float, default=0.0, help="hybrid rule: threshold on frequency-weighted count")
+    p.add_argument("--quiet", action="store_true", help="no stage timings on stderr")
+    p.add_argument("--json", action="store_true", help="print the summary as JSON")
+
+
 COMMANDS: Dict[str, Tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {
     "models": (_add_models, cmd_models, "list the shipped model packages and architectures"),
     "train": (_add_train, cmd_train, "train a base model and write a model package"),
     "eval": (_add_eval, cmd_eval, "evaluate a model package on test images"),
     "import": (_add_import, cmd_import, "turn a user's trained torch model into a model package"),
+    "prune": (_add_prune, cmd_prune, "personalize a base model for observed classes (prune + fine-tune)"),
 }
 
 

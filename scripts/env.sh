@@ -35,8 +35,10 @@ p = tomllib.load(open("pyproject.toml", "rb"))["project"]
 extras = [e for e in sys.argv[1].split(",") if e]
 print("\n".join(p["dependencies"] + [r for e in extras for r in p["optional-dependencies"][e]]))
 PY
+        # (grep drops pip's warnings about index folders a package is absent from)
         "$V/bin/python" -m pip install -q --disable-pip-version-check -c .ci/constraints.txt \
-            -r "$V/requirements.txt" >&2 && touch "$V/.complete"
+            -r "$V/requirements.txt" 2>&1 | { grep -v "is ignored: it is neither" || true; } >&2
+        [ "${PIPESTATUS[0]}" = 0 ] && touch "$V/.complete"
     fi
     [ -e "$V/.complete" ] || { echo "venv $V failed to build" >&2; return 1; }
     echo "$V"

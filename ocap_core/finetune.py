@@ -1,0 +1,173 @@
+"""Label-free fine-tuning of a pruned model (ALGORITHMS.md §6): BN recalibration, then distillation
+from the frozen base model's logits at the kept classes, optional cross-entropy on labels, early
+stopping on held-back samples (never on test data), budgets in epochs and wall seconds."""
+
+import copy
+import logging
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, List, Optional
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from .errors import OcapError
+
+log = logging.getLogger(__name__)
+Progress = Callable[[Dict[str, Any]], None]
+
+
+@dataclass(frozen=True)
+class FinetuneSpec:
+    """SGD with momentum, step decay at 40% / 80% of the epochs, distillation temperature t, weight
+    β of the label loss, patience in epochs, wall-clock budget (0: none), teacher-confidence filter."""
+
+    epochs: int = 30
+    batch_size: int = 64
+    lr: float = 0.01
+    momentum: float = 0.9
+    weight_decay: float = 5e-4
+    temperature: float = 2.0
+    beta: float = 0.5
+    patience: int = 5
+    time_budget: float = 0.0
+    min_confidence: float = 0.0
+    recal_samples: int = 500
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0 or self.temperature <= 0:
+            raise OcapError(f"bad fine-tuning spec {self}")
+        if not 0 <= self.beta <= 1:
+            raise OcapError(f"beta must be in [0, 1], got {self.beta}")
+
+
+@dataclass
+class FinetuneResult:
+    model: nn.Module
+    best_epoch: int
+    best_val: float
+    history: List[Dict[str, float]] = field(default_factory=list)
+    stopped: str = "epochs"
+    seconds: float = 0.0
+
+
+@torch.no_grad()
+def recalibrate_bn(model: nn.Module, x: torch.Tensor, max_samples: int = 500, batch_size: int = 64) -> None:
+    """Reset BN running statistics and re-estimate them (cumulative average) on up to ``max_samples``."""
+    bns = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not bns or len(x) < 2:
+        return
+    saved = [m.momentum for m in bns]
+    for m in bns:
+        m.reset_running_stats()
+        m.momentum = None
+    was = model.training
+    model.train()
+    xs = x[:max_samples]
+    for i in range(0, len(xs), batch_size):
+        if len(xs[i:i + batch_size]) > 1:
+            model(xs[i:i + batch_size])
+    for m, mom in zip(bns, saved):
+        m.momentum = mom
+    model.train(was)
+
+
+def kd_loss(student: torch.Tensor, teacher: torch.Tensor, t: float) -> torch.Tensor:
+    """t² · KL(softmax(teacher/t) ‖ softmax(student/t)), batch mean."""
+    return F.kl_div(F.log_softmax(student / t, 1), F.log_softmax(teacher / t, 1), reduction="batchmean",
+                    log_target=True) * (t * t)
+
+
+@torch.no_grad()
+def _logits(model: nn.Module, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
+    return torch.cat([model(x[i:i + batch]) for i in range(0, len(x), batch)])
+
+
+def _val_score(model, x_val, t_val, y_val) -> float:
+    if len(x_val) == 0:
+        return 0.0
+    model.eval()
+    pred = _logits(model, x_val).argmax(1)
+    ref = y_val if y_val is not None else t_val.argmax(1)
+    return float((pred == ref).float().mean())
+
+
+def finetune(student: nn.Module, x: torch.Tensor, teacher_logits: torch.Tensor, x_val: torch.Tensor,
+             teacher_val: torch.Tensor, spec: FinetuneSpec, y: Optional[torch.Tensor] = None,
+             y_val: Optional[torch.Tensor] = None, progress: Optional[Progress] = None) -> FinetuneResult:
+    """Distil ``teacher_logits`` (N x K, the base's logits at the kept classes) into ``student``.
+
+    ``y`` / ``y_val`` are optional label indices into the K kept classes (-1 = unlabelled); with them
+    the loss is (1 − β)·KD + β·CE and validation uses label accuracy, else teacher agreement.
+    """
+    t0 = time.perf_counter()
+    torch.manual_seed(spec.seed)
+    gen = torch.Generator().manual_seed(spec.seed)
+    if spec.min_confidence > 0:
+        conf = F.softmax(teacher_logits, 1).max(1).values
+        keep = conf >= spec.min_confidence
+        x, teacher_logits = x[keep], teacher_logits[keep]
+        y = y[keep] if y is not None else None
+    if len(x) == 0:
+        raise OcapError("no samples left to fine-tune on")
+    recalibrate_bn(student, x, spec.recal_samples, spec.batch_size)
+    for p in student.parameters():
+        p.requires_grad_(True)
+    opt = torch.optim.SGD(student.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+    milestones = sorted({max(1, int(spec.epochs * 0.4)), max(1, int(spec.epochs * 0.8))})
+    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=0.1)
+    val_labels = y_val if (y_val is not None and bool((y_val >= 0).all())) else None
+    best = (_val_score(student, x_val, teacher_val, val_labels), 0, copy.deepcopy(student.state_dict()))
+    history = [{"epoch": 0, "loss": float("nan"), "val": best[0]}]
+    small_batches = spec.batch_size < 16 or len(x) < 16
+    stopped, bad = "epochs", 0
+    for epoch in range(1, spec.epochs + 1):
+        student.train()
+        if small_batches:                   # too few samples for batch statistics: keep BN in eval
+            for m in student.modules():
+                if isinstance(m, nn.modules.batchnorm._BatchNorm):
+                    m.eval()
+        order = torch.randperm(len(x), generator=gen)
+        total, steps = 0.0, 0
+        for i in range(0, len(x), spec.batch_size):
+            idx = order[i:i + spec.batch_size]
+            if len(idx) < 2 and not small_batches:
+                continue
+            out = student(x[idx])
+            loss = kd_loss(out, teacher_logits[idx], spec.temperature)
+            if y is not None:
+                yb = y[idx]
+                lab = yb >= 0
+                if lab.any():
+                    loss = (1 - spec.beta) * loss + spec.beta * F.cross_entropy(out[lab], yb[lab])
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            total += loss.item()
+            steps += 1
+        sched.step()
+        val = _val_score(student, x_val, teacher_val, val_labels)
+        history.append({"epoch": epoch, "loss": total / max(steps, 1), "val": val})
+        if progress:
+            progress({"event": "finetune_epoch", "epoch": epoch, "epochs": spec.epochs, "loss": total / max(steps, 1),
+                      "val": val})
+        if val > best[0]:
+            best, bad = (val, epoch, copy.deepcopy(student.state_dict())), 0
+        else:
+            bad += 1
+        if len(x_val) and bad >= spec.patience:
+            stopped = "early_stop"
+            break
+        if spec.time_budget and time.perf_counter() - t0 > spec.time_budget:
+            stopped = "time_budget"
+            break
+    if len(x_val):
+        student.load_state_dict(best[2])
+    else:                                   # nothing held back: keep the last epoch
+        best = (float("nan"), len(history) - 1, None)
+    student.eval()
+    for p in student.parameters():
+        p.requires_grad_(False)
+    return FinetuneResult(student, best[1], best[0], history, stopped, time.perf_counter() - t0)

@@ -1,0 +1,79 @@
+"""Options of one personalization run (a frozen dataclass, not thirty keyword arguments) and the
+per-family defaults of ALGORITHMS.md §2 (slope α, keep share r, images per class, layers kept whole)."""
+
+from dataclasses import dataclass, field, replace
+from typing import Dict, Optional, Tuple
+
+from .errors import OcapError
+from .finetune import FinetuneSpec
+
+
+@dataclass(frozen=True)
+class FamilyDefaults:
+    slope: float
+    keep_share: float
+    images_per_class: int
+    keep_first: int                       # first BN layers (forward order) kept whole
+    keep_patterns: Tuple[str, ...] = ()   # fnmatch patterns of layer names kept whole
+
+
+FAMILY_DEFAULTS: Dict[str, FamilyDefaults] = {
+    "vgg": FamilyDefaults(0.14, 0.05, 30, 3),
+    "resnet": FamilyDefaults(0.40, 0.05, 20, 3),
+    "mobilenetv2": FamilyDefaults(0.06, 0.01, 30, 0, (
+        "features.[0-7]", "features.[0-7].*",      # stem and the first blocks
+        "features.*.conv.2", "features.*.conv.3",  # projection conv + BN of expanding blocks
+        "features.18", "features.18.*")),          # the final 1x1 conv
+    "cnn": FamilyDefaults(0.14, 0.05, 30, 2),
+}
+GENERIC = FamilyDefaults(0.14, 0.05, 30, 2)
+
+
+@dataclass(frozen=True)
+class PruneSpec:
+    """How to personalize: scorer and rule with their parameters, structural constraints, labels,
+    fine-tuning. ``None`` fields take the architecture family's default (``resolve``)."""
+
+    scorer: str = "ocap"
+    rule: str = "personalize"
+    tau: float = 0.0
+    cap_threshold: int = 2
+    cap_soft: bool = False
+    theta: float = 0.0
+    slope: Optional[float] = None
+    keep_share: Optional[float] = None
+    images_per_class: Optional[int] = None
+    keep_first: Optional[int] = None
+    keep_patterns: Optional[Tuple[str, ...]] = None
+    prune_stream: bool = False
+    min_width: int = 1
+    min_share: float = 0.0
+    round_to: int = 1
+    target_macs: float = 0.0                   # l1 / random: MAC reduction factor to reach
+    match_widths: Optional[Dict[str, int]] = None   # l1 / random: kept width per group root
+    labels: str = "none"                       # none | truth
+    grouping: str = "pred"                     # pred (device) | truth (offline comparison)
+    finetune: FinetuneSpec = field(default_factory=FinetuneSpec)
+    threads: int = 2
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.labels not in ("none", "truth"):
+            raise OcapError(f"labels must be 'none' or 'truth', got {self.labels!r}")
+        if self.grouping not in ("pred", "truth"):
+            raise OcapError(f"grouping must be 'pred' or 'truth', got {self.grouping!r}")
+        if self.keep_share is not None and not 0 < self.keep_share <= 1:
+            raise OcapError(f"keep share must be in (0, 1], got {self.keep_share}")
+        if self.min_width < 1 or self.round_to < 1 or not 0 <= self.min_share <= 1:
+            raise OcapError("min_width and round_to must be >= 1 and min_share in [0, 1]")
+        if self.target_macs and self.target_macs < 1:
+            raise OcapError(f"target MAC reduction must be >= 1 (e.g. 5 for 5x), got {self.target_macs}")
+
+    def resolve(self, family: str) -> "PruneSpec":
+        d = FAMILY_DEFAULTS.get(family, GENERIC)
+        return replace(self,
+                       slope=d.slope if self.slope is None else self.slope,
+                       keep_share=d.keep_share if self.keep_share is None else self.keep_share,
+                       images_per_class=d.images_per_class if self.images_per_class is None else self.images_per_class,
+                       keep_first=d.keep_first if self.keep_first is None else self.keep_first,
+                       keep_patterns=d.keep_patterns if self.keep_patterns is None else self.keep_patterns)

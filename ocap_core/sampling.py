@@ -1,0 +1,44 @@
+"""Offline stand-in for the device's sample cache: stream a dataset's images of the observed classes
+through the base model (onnxruntime, as the serving plane does), and keep per predicted class what a
+selector chooses, with a fixed hash-chosen share held back for validation. numpy + onnxruntime only."""
+
+from typing import Optional, Sequence
+
+import numpy as np
+
+from .data import Dataset
+from .package import ModelPackage
+from .personalize_samples import Samples
+from .preprocess import preprocess
+from .runtime import open_session, run_batches
+from .selection import make_selector, select_stream, split_for
+
+VAL_SHARE = 0.2
+
+
+def stream_samples(base: ModelPackage, data: Dataset, classes: Sequence[int], selector: str = "kl",
+                   per_class: int = 128, seed: int = 0, val_share: float = VAL_SHARE, threads: int = 1,
+                   max_stream: Optional[int] = None) -> Samples:
+    """Images whose true class is in ``classes``, in a seeded random order (a device's stream), offered
+    to ``selector`` under the base model's predicted class; returns the selected train and val samples.
+
+    Validation gets its own buffer of ``max(4, per_class // 4)`` per class run by the same rule.
+    """
+    pool = data.of_classes(classes)
+    order = np.random.default_rng(seed).permutation(len(pool))
+    if max_stream:
+        order = order[:max_stream]
+    x = pool.x[order]
+    sess = open_session(base.onnx_path, threads=threads)
+    out = run_batches(sess, preprocess(x, base.card.input), outputs=("logits", "features"))
+    pred = out["logits"].argmax(1)
+    ids = [f"{data.name}:{i}" for i in order]
+    is_val = np.asarray([split_for(s, val_share) == "val" for s in ids])
+    chosen = []
+    for val, cap in ((False, per_class), (True, max(4, per_class // 4))):
+        sel = make_selector(selector, capacity=cap, seed=seed + int(val))
+        idx = np.flatnonzero(is_val == val)
+        picked = select_stream(sel, list(idx), out["features"][idx], pred[idx], out["logits"][idx])
+        chosen += [i for k, items in picked.items() if k in set(classes) for i in items]
+    chosen = np.sort(np.asarray(chosen, dtype=np.int64))
+    return Samples(x[chosen], is_val[chosen], pool.y[order][chosen])

@@ -1,0 +1,218 @@
+"""Streaming per-class sample selection (numpy only: the torch-free serving plane uses it for its cache).
+
+``KLSelector`` is the greedy KL-divergence rule of ALGORITHMS.md §5: a new sample's score is the mean
+KL(p_j || q) over a random subset of the class's stored samples, divided by D, where q and p_j are
+softmaxes of penultimate features; a full buffer replaces its lowest-scored sample when the newcomer
+scores higher, at most ``max_replacements`` times. ``ReservoirSelector`` and ``EntropySelector`` are
+the baselines at equal capacity.
+"""
+
+import hashlib
+from dataclasses import dataclass, field
+from typing import Any, Callable, Dict, Hashable, List, Optional, Tuple
+
+import numpy as np
+
+from .errors import OcapError
+
+
+def log_softmax(v: np.ndarray) -> np.ndarray:
+    v = np.asarray(v, np.float64)
+    m = v.max(axis=-1, keepdims=True)
+    return v - m - np.log(np.exp(v - m).sum(axis=-1, keepdims=True))
+
+
+def kl_score(stored_logp: np.ndarray, stored_negent: np.ndarray, logq: np.ndarray) -> float:
+    """(1/(D·|R|)) Σ_j Σ_i p_j[i] (log p_j[i] − log q[i]) for stored log p_j (rows) and log q."""
+    d = stored_logp.shape[1]
+    cross = np.exp(stored_logp) @ logq
+    return float((stored_negent.mean() - cross.mean()) / d)
+
+
+@dataclass
+class Offer:
+    """What ``offer`` did: ``stored`` is True when the item is now in a buffer; ``evicted`` names the
+    item it replaced (so a cache can delete that item's file)."""
+
+    stored: bool
+    evicted: Optional[Hashable] = None
+    score: float = 0.0
+
+
+@dataclass
+class _Buffer:
+    items: List[Hashable] = field(default_factory=list)
+    scores: List[float] = field(default_factory=list)
+    logp: List[np.ndarray] = field(default_factory=list)
+    negent: List[float] = field(default_factory=list)
+    replacements: int = 0
+    seen: int = 0
+
+
+class KLSelector:
+    """Per-class bounded buffers filled by the streaming KL-divergence rule.
+
+    ``capacity`` N per class, subset ``m = int(N / divisor)`` stored samples to compare against,
+    ``max_replacements`` N_R per class (reset with ``reset_replacements``), seeded.
+    """
+
+    name = "kl"
+
+    def __init__(self, capacity: int = 128, divisor: int = 2, max_replacements: int = 100, seed: int = 0) -> None:
+        if capacity < 1 or divisor < 1 or max_replacements < 0:
+            raise OcapError(f"KL selector: capacity and divisor must be >= 1 and max_replacements >= 0, "
+                            f"got {capacity}, {divisor}, {max_replacements}")
+        self.capacity = capacity
+        self.subset = max(1, int(capacity / divisor))
+        self.max_replacements = max_replacements
+        self.rng = np.random.default_rng(seed)
+        self.buffers: Dict[int, _Buffer] = {}
+
+    def _score(self, b: _Buffer, logq: np.ndarray, sample: bool) -> float:
+        idx = np.arange(len(b.items))
+        if sample:
+            idx = self.rng.choice(len(b.items), size=self.subset, replace=False)
+        return kl_score(np.stack([b.logp[i] for i in idx]), np.asarray([b.negent[i] for i in idx]), logq)
+
+    def offer(self, item: Hashable, features: np.ndarray, class_id: int, logits: Any = None) -> Offer:
+        b = self.buffers.setdefault(int(class_id), _Buffer())
+        b.seen += 1
+        logq = log_softmax(np.ravel(features))
+        n = len(b.items)
+        if n == 0:
+            return self._add(b, item, logq, 1.0)            # sentinel score: effectively never replaced
+        if n < self.subset:
+            return self._add(b, item, logq, self._score(b, logq, sample=False))
+        if n < self.capacity:
+            return self._add(b, item, logq, self._score(b, logq, sample=True))
+        if b.replacements >= self.max_replacements:
+            return Offer(False)
+        k = self._score(b, logq, sample=True)
+        worst = int(np.argmin(b.scores))
+        if k <= b.scores[worst]:
+            return Offer(False, score=k)
+        evicted = b.items[worst]
+        b.items[worst], b.scores[worst] = item, k
+        b.logp[worst], b.negent[worst] = logq, float(np.exp(logq) @ logq)
+        b.replacements += 1
+        return Offer(True, evicted, k)
+
+    @staticmethod
+    def _add(b: _Buffer, item: Hashable, logq: np.ndarray, score: float) -> Offer:
+        b.items.append(item)
+        b.scores.append(score)
+        b.logp.append(logq)
+        b.negent.append(float(np.exp(logq) @ logq))
+        return Offer(True, None, score)
+
+    def full(self, class_id: int) -> bool:
+        """Full and out of replacements: offering more of this class changes nothing."""
+        b = self.buffers.get(int(class_id))
+        return b is not None and len(b.items) >= self.capacity and b.replacements >= self.max_replacements
+
+    def reset_replacements(self) -> None:
+        for b in self.buffers.values():
+            b.replacements = 0
+
+    def selected(self) -> Dict[int, List[Hashable]]:
+        return {k: list(b.items) for k, b in sorted(self.buffers.items())}
+
+    def forget_class(self, class_id: int) -> List[Hashable]:
+        b = self.buffers.pop(int(class_id), None)
+        return list(b.items) if b else []
+
+
+class ReservoirSelector:
+    """Per-class uniform reservoir: the first N, then the i-th sample replaces a random slot with
+    probability N / i."""
+
+    name = "random"
+
+    def __init__(self, capacity: int = 128, seed: int = 0, **_: Any) -> None:
+        self.capacity = capacity
+        self.rng = np.random.default_rng(seed)
+        self.buffers: Dict[int, _Buffer] = {}
+
+    def offer(self, item: Hashable, features: Any, class_id: int, logits: Any = None) -> Offer:
+        b = self.buffers.setdefault(int(class_id), _Buffer())
+        b.seen += 1
+        if len(b.items) < self.capacity:
+            b.items.append(item)
+            return Offer(True)
+        j = int(self.rng.integers(0, b.seen))
+        if j < self.capacity:
+            evicted, b.items[j] = b.items[j], item
+            return Offer(True, evicted)
+        return Offer(False)
+
+    def full(self, class_id: int) -> bool:
+        return False
+
+    def reset_replacements(self) -> None:
+        pass
+
+    def selected(self) -> Dict[int, List[Hashable]]:
+        return {k: list(b.items) for k, b in sorted(self.buffers.items())}
+
+    def forget_class(self, class_id: int) -> List[Hashable]:
+        b = self.buffers.pop(int(class_id), None)
+        return list(b.items) if b else []
+
+
+class EntropySelector(ReservoirSelector):
+    """Per-class N samples of highest predictive entropy (softmax of the logits)."""
+
+    name = "entropy"
+
+    def offer(self, item: Hashable, features: Any, class_id: int, logits: Any = None) -> Offer:
+        if logits is None:
+            raise OcapError("the entropy selector needs the model's logits for each offered sample")
+        lp = log_softmax(np.ravel(logits))
+        h = float(-(np.exp(lp) @ lp))
+        b = self.buffers.setdefault(int(class_id), _Buffer())
+        b.seen += 1
+        if len(b.items) < self.capacity:
+            b.items.append(item)
+            b.scores.append(h)
+            return Offer(True, None, h)
+        worst = int(np.argmin(b.scores))
+        if h <= b.scores[worst]:
+            return Offer(False, score=h)
+        evicted = b.items[worst]
+        b.items[worst], b.scores[worst] = item, h
+        return Offer(True, evicted, h)
+
+
+SELECTORS: Dict[str, Callable[..., Any]] = {
+    "kl": KLSelector,
+    "random": ReservoirSelector,
+    "entropy": EntropySelector,
+}
+
+
+def make_selector(name: str, capacity: int, seed: int = 0, **kwargs: Any):
+    """A selector by registered name (``kl``, ``random``, ``entropy``)."""
+    if name not in SELECTORS:
+        raise OcapError(f"unknown sample selector {name!r}; choose from {', '.join(SELECTORS)}")
+    return SELECTORS[name](capacity=capacity, seed=seed, **kwargs)
+
+
+def split_for(sample_id: str, val_share: float = 0.2) -> str:
+    """'val' for a fixed share of sample ids (by hash, stable across restarts), else 'train'."""
+    h = int.from_bytes(hashlib.sha256(sample_id.encode("utf-8")).digest()[:8], "big")
+    return "val" if h < val_share * 2 ** 64 else "train"
+
+
+def select_stream(selector, items: List[Hashable], features: np.ndarray, class_ids: np.ndarray,
+                  logits: Optional[np.ndarray] = None) -> Dict[int, List[Hashable]]:
+    """Offline: offer a stream in order, stopping early once every class's buffer is settled."""
+    classes = set(int(c) for c in class_ids)
+    for i, (item, c) in enumerate(zip(items, class_ids)):
+        selector.offer(item, features[i], int(c), None if logits is None else logits[i])
+        if i % 256 == 255 and all(selector.full(k) for k in classes):
+            break
+    return selector.selected()
+
+
+__all__: Tuple[str, ...] = ("KLSelector", "ReservoirSelector", "EntropySelector", "SELECTORS", "make_selector",
+                            "split_for", "select_stream", "kl_score", "log_softmax", "Offer")

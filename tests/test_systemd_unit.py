@@ -1,0 +1,40 @@
+"""The shipped unit file passes systemd's own offline checks where systemd-analyze exists."""
+
+import shutil
+import subprocess
+
+import pytest
+
+from tests.helpers import ROOT
+
+UNIT = ROOT / "systemd" / "ocapd.service"
+
+
+def _unit_with_existing_binary(tmp_path):
+    text = UNIT.read_text().replace("ExecStart=/usr/local/bin/ocapd", "ExecStart=/bin/true")
+    path = tmp_path / "ocapd.service"
+    path.write_text(text)
+    return path
+
+
+def test_unit_declares_notify_and_config_exit_code():
+    lines = set(UNIT.read_text().splitlines())
+    assert {"Type=notify", "RestartPreventExitStatus=78", "PrivateNetwork=yes", "IPAddressDeny=any",
+            "RestrictAddressFamilies=AF_UNIX"} <= lines
+    assert "PrivateDevices=yes" not in lines        # would hide the Jetson GPU devices
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_systemd_analyze_verify_is_clean(tmp_path):
+    r = subprocess.run(["systemd-analyze", "verify", str(_unit_with_existing_binary(tmp_path))],
+                       capture_output=True, text=True)
+    # unknown keys and bad values only warn: any output about the unit is a failure
+    problems = [ln for ln in r.stderr.splitlines() if "ocapd.service" in ln]
+    assert r.returncode == 0 and not problems, r.stderr
+
+
+@pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
+def test_sandbox_exposure_score(tmp_path):
+    r = subprocess.run(["systemd-analyze", "security", "--offline=true", "--threshold=20",
+                        str(_unit_with_existing_binary(tmp_path))], capture_output=True, text=True)
+    assert r.returncode == 0, r.stdout[-2000:] + r.stderr

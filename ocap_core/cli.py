@@ -100,8 +100,18 @@ def cmd_eval(args: argparse.Namespace) -> int:
     classes = parse_classes(args.classes, len(pkg.card.class_names)) if args.classes else None
     if classes is None and len(pkg.card.class_ids) < len(pkg.card.class_names):
         classes = list(pkg.card.class_ids)
-    res = evaluate_package(pkg, load_dataset(args.data, "test"), classes, threads=args.threads,
-                           latency_runs=args.latency_runs)
+    test = load_dataset(args.data, "test")
+    res = evaluate_package(pkg, test, classes, threads=args.threads, latency_runs=args.latency_runs)
+    base_name = pkg.card.provenance.get("base")
+    if len(pkg.card.class_ids) < len(pkg.card.class_names) and base_name:
+        try:
+            base = evaluate_package(open_package(base_name), test, res["classes"], threads=args.threads,
+                                    latency_runs=args.latency_runs)
+        except OcapError as e:
+            log.warning("base model %s not evaluated: %s", base_name, e)
+        else:
+            res["base"] = {k: base[k] for k in ("model", "accuracy", "restricted_accuracy", "macs", "params",
+                                                "latency_ms") if k in base}
     if args.json:
         _print_json(res)
         return EXIT_OK
@@ -109,6 +119,10 @@ def cmd_eval(args: argparse.Namespace) -> int:
     print(f"  accuracy            {res['accuracy']:.4f}")
     if "restricted_accuracy" in res:
         print(f"  restricted accuracy {res['restricted_accuracy']:.4f}  (argmax over these classes only)")
+    if "base" in res:
+        b = res["base"]
+        print(f"  base {b['model']}: accuracy {b['accuracy']:.4f}, restricted to these classes "
+              f"{b['restricted_accuracy']:.4f}, {b['macs'] / res['macs']:.2f}x the MACs")
     print(f"  MACs {res['macs']:,}   params {res['params']:,}")
     if "latency_ms" in res:
         print(f"  onnxruntime CPU batch-1 latency {res['latency_ms']:.3f} ms median, "
@@ -237,7 +251,7 @@ def _add_prune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples-per-class", type=int, default=128)
     p.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs (early-stopped on validation)")
     p.add_argument("--time-budget", type=float, default=0.0, help="fine-tuning wall seconds (0: none)")
-    p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
+    p.add_argument("--lr", type=float, default=0.05, help="fine-tuning learning rate")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep-share", type=float, help="activation scorer's share r (default: per family)")

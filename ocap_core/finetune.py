@@ -25,12 +25,13 @@ class FinetuneSpec:
 
     epochs: int = 30
     batch_size: int = 64
-    lr: float = 0.01
+    optimizer: str = "sgd"
+    lr: float = 0.05
     momentum: float = 0.9
     weight_decay: float = 5e-4
     temperature: float = 2.0
     beta: float = 0.5
-    patience: int = 5
+    patience: int = 10
     time_budget: float = 0.0
     min_confidence: float = 0.0
     recal_samples: int = 500
@@ -39,6 +40,8 @@ class FinetuneSpec:
     def __post_init__(self) -> None:
         if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0 or self.temperature <= 0:
             raise OcapError(f"bad fine-tuning spec {self}")
+        if self.optimizer not in ("sgd", "adam"):
+            raise OcapError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
         if not 0 <= self.beta <= 1:
             raise OcapError(f"beta must be in [0, 1], got {self.beta}")
 
@@ -115,7 +118,11 @@ def finetune(student: nn.Module, x: torch.Tensor, teacher_logits: torch.Tensor, 
     recalibrate_bn(student, x, spec.recal_samples, spec.batch_size)
     for p in student.parameters():
         p.requires_grad_(True)
-    opt = torch.optim.SGD(student.parameters(), lr=spec.lr, momentum=spec.momentum, weight_decay=spec.weight_decay)
+    if spec.optimizer == "adam":
+        opt = torch.optim.AdamW(student.parameters(), lr=spec.lr, weight_decay=spec.weight_decay)
+    else:
+        opt = torch.optim.SGD(student.parameters(), lr=spec.lr, momentum=spec.momentum,
+                              weight_decay=spec.weight_decay)
     milestones = sorted({max(1, int(spec.epochs * 0.4)), max(1, int(spec.epochs * 0.8))})
     sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=0.1)
     val_labels = y_val if (y_val is not None and bool((y_val >= 0).all())) else None

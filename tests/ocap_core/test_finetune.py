@@ -1,0 +1,94 @@
+"""Distillation lowers the teacher-student divergence; early stopping restores the best epoch."""
+
+import copy
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ocap_core.data import load_dataset
+from ocap_core.errors import OcapError
+from ocap_core.finetune import FinetuneSpec, finetune, kd_loss, recalibrate_bn
+from ocap_core.preprocess import InputSpec, preprocess
+from ocap_core.structural import PrunableModel
+from ocap_core.train import TrainSpec, train_model
+from ocap_core.zoo import create_model
+
+pytestmark = pytest.mark.torch
+SPEC = InputSpec((1, 28, 28), 1 / 255, (0.286,), (0.353,))
+CLASSES = [0, 1, 7]
+
+
+@pytest.fixture(scope="module")
+def teacher_and_data():
+    train, val = load_dataset("fashion-mnist", "train"), load_dataset("fashion-mnist", "val")
+    teacher = create_model("test_cnn")
+    train_model(teacher, train, val, SPEC, TrainSpec(epochs=1, max_train_images=3000, threads=2))
+    sub = train.of_classes(CLASSES).subset(np.arange(600))
+    return teacher.eval(), torch.from_numpy(preprocess(sub.x, SPEC)), sub.y
+
+
+def _student(teacher):
+    model = copy.deepcopy(teacher)
+    pm = PrunableModel(model, (1, 28, 28), "classifier")
+    pm.prune({g.root: np.arange(g.width) % 2 == 0 for g in pm.groups})
+    pm.slice_head(CLASSES)
+    return model.eval()
+
+
+def _kd(student, x, t):
+    with torch.no_grad():
+        return float(kd_loss(student(x), t, 2.0))
+
+
+def test_distillation_lowers_teacher_student_kl(teacher_and_data):
+    teacher, x, _ = teacher_and_data
+    with torch.no_grad():
+        t = teacher(x)[:, CLASSES]
+    student = _student(teacher)
+    before = _kd(student, x[400:], t[400:])
+    res = finetune(student, x[:400], t[:400], x[400:], t[400:], FinetuneSpec(epochs=6, patience=10))
+    after = _kd(res.model, x[400:], t[400:])
+    assert after < 0.7 * before, (before, after)
+    assert res.history[0]["epoch"] == 0 and res.best_val > res.history[0]["val"]     # agreement improved
+
+
+def test_labels_mix_in_cross_entropy_and_drive_validation(teacher_and_data):
+    teacher, x, y = teacher_and_data
+    with torch.no_grad():
+        t = teacher(x)[:, CLASSES]
+    idx = torch.tensor([CLASSES.index(int(v)) for v in y])
+    res = finetune(_student(teacher), x[:400], t[:400], x[400:], t[400:], FinetuneSpec(epochs=3),
+                   y=idx[:400], y_val=idx[400:])
+    with torch.no_grad():
+        acc = float((res.model(x[400:]).argmax(1) == idx[400:]).float().mean())
+    assert acc == pytest.approx(res.best_val)
+
+
+def test_early_stopping_and_time_budget(teacher_and_data):
+    teacher, x, _ = teacher_and_data
+    with torch.no_grad():
+        t = teacher(x)[:, CLASSES]
+    res = finetune(_student(teacher), x[:200], t[:200], x[400:], t[400:], FinetuneSpec(epochs=50, patience=1))
+    assert res.stopped == "early_stop" and len(res.history) < 51
+    res = finetune(_student(teacher), x[:200], t[:200], x[400:], t[400:], FinetuneSpec(epochs=50, time_budget=1e-6))
+    assert res.stopped == "time_budget" and len(res.history) == 2
+
+
+def test_bn_recalibration_matches_batch_statistics():
+    model = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 1), torch.nn.BatchNorm2d(3))
+    x = torch.randn(64, 1, 4, 4) * 3 + 2
+    recalibrate_bn(model, x, batch_size=64)
+    with torch.no_grad():
+        ref = model[0](x)
+    assert torch.allclose(model[1].running_mean, ref.mean((0, 2, 3)), atol=1e-5)
+    assert model[1].momentum == 0.1
+
+
+def test_bad_spec_and_empty_data():
+    with pytest.raises(OcapError, match="beta"):
+        FinetuneSpec(beta=2)
+    with pytest.raises(OcapError, match="no samples"):
+        finetune(torch.nn.Linear(2, 2), torch.zeros(3, 2), F.one_hot(torch.zeros(3).long(), 2).float(),
+                 torch.zeros(0, 2), torch.zeros(0, 2), FinetuneSpec(min_confidence=0.99))

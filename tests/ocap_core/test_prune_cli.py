@@ -1,0 +1,103 @@
+"""``ocap prune`` -> ``ocap eval`` round trip on a shipped model, and every bad input."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ocap_core.build import load_model
+from ocap_core.data import load_dataset
+from ocap_core.package import open_package
+from tests.helpers import run_cli
+
+pytestmark = pytest.mark.torch
+
+
+@pytest.fixture(scope="module")
+def pruned(tmp_path_factory):
+    out = tmp_path_factory.mktemp("prune") / "cnn-79"
+    r = run_cli("prune", "--model", "fmnist-cnn", "--classes", "9,7", "--epochs", "20", "--keep-first", "1", "--out", str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    return out, json.loads(r.stdout)
+
+
+def test_prune_then_eval_is_close_to_the_restricted_base(pruned):
+    out, summary = pruned
+    assert summary["class_ids"] == [7, 9] and summary["mac_reduction"] > 1.5
+    r = run_cli("eval", "--model", str(out), "--json", "--latency-runs", "20")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["classes"] == [7, 9] and res["images"] == 2000
+    assert res["accuracy"] >= res["base"]["restricted_accuracy"] - 0.03, res
+
+
+def test_candidate_card_records_how_it_was_made(pruned):
+    card = open_package(str(pruned[0])).card
+    assert card.class_ids == [7, 9] and card.parent == open_package("fmnist-cnn").card.version
+    prov = card.provenance
+    assert prov["scorer"] == "ocap" and prov["rule"] == "personalize" and prov["spec"]["keep_first"] == 1
+    assert prov["base_sha256"] == open_package("fmnist-cnn").card.files["model.onnx"]
+    assert set(prov["timings"]) == {"load", "teacher", "score", "select", "prune", "finetune", "export"}
+    assert card.metrics["onnx_parity_max_abs_diff"] <= 1e-4
+    assert card.metrics["macs"] * card.metrics["mac_reduction"] == pytest.approx(card.metrics["base_macs"])
+    # samples came from the training split, with some held back for validation
+    assert prov["samples"]["train"] > 0 and prov["samples"]["val"] > 0
+
+
+def test_pruned_package_rebuilds_in_torch(pruned):
+    import torch
+
+    from ocap_core.preprocess import preprocess
+    from ocap_core.runtime import open_session
+
+    pkg = open_package(str(pruned[0]))
+    model = load_model(pkg)
+    x = preprocess(load_dataset("fashion-mnist", "test").x[:32], pkg.card.input)
+    with torch.no_grad():
+        ref = model(torch.from_numpy(x)).numpy()
+    assert np.abs(open_session(pkg.onnx_path).run(["logits"], {"input": x})[0] - ref).max() <= 1e-4
+
+
+def test_pruning_a_pruned_model_is_refused(pruned, tmp_path):
+    r = run_cli("prune", "--model", str(pruned[0]), "--classes", "7", "--out", str(tmp_path / "x"))
+    assert r.returncode == 1 and "always prune from a base model" in r.stderr
+
+
+@pytest.mark.parametrize("classes,message", [
+    ("0,10", "class 10 is out of range 0..9"),
+    ("3,3", "class 3 is given more than once"),
+    ("", "class set is empty"),
+    ("0,1,2,3,4,5,6,7,8,9", "nothing to prune"),
+])
+def test_bad_class_sets(classes, message, tmp_path):
+    r = run_cli("prune", "--model", "fmnist-cnn", "--classes", classes, "--out", str(tmp_path / "x"))
+    assert r.returncode == 1 and message in r.stderr and "Traceback" not in r.stderr
+    assert not (tmp_path / "x").exists()
+
+
+def test_too_few_images_for_a_class(tmp_path):
+    test = load_dataset("fashion-mnist", "test")
+    idx = np.concatenate([np.flatnonzero(test.y == 0)[:70], np.flatnonzero(test.y == 1)[:2],
+                          np.flatnonzero(test.y > 1)[:20]])
+    np.savez(tmp_path / "few.npz", x=test.x[idx, :, :, 0], y=test.y[idx])
+    r = run_cli("prune", "--model", "fmnist-cnn", "--data", str(tmp_path / "few.npz"), "--classes", "0,1",
+                "--out", str(tmp_path / "x"))
+    assert r.returncode == 1 and "too few images for class 1 (Trouser)" in r.stderr
+
+
+def test_unknown_scorer_rule_and_selector(tmp_path):
+    for flag, value, message in (("--scorer", "magic", "unknown scorer"), ("--rule", "magic", "unknown rule"),
+                                 ("--select", "magic", "unknown sample selector")):
+        r = run_cli("prune", "--model", "fmnist-cnn", "--classes", "0,1", flag, value, "--epochs", "1",
+                    "--samples-per-class", "8", "--out", str(tmp_path / "x"))
+        assert r.returncode == 1 and message in r.stderr, r.stderr
+
+
+def test_class_agnostic_scorer_needs_a_mac_target(tmp_path):
+    r = run_cli("prune", "--model", "fmnist-cnn", "--classes", "0,1", "--scorer", "l1", "--epochs", "1",
+                "--samples-per-class", "8", "--out", str(tmp_path / "x"))
+    assert r.returncode == 1 and "--target-macs" in r.stderr
+    r = run_cli("prune", "--model", "fmnist-cnn", "--classes", "0,1", "--scorer", "l1", "--epochs", "1",
+                "--samples-per-class", "8", "--target-macs", "2", "--out", str(tmp_path / "x"), "--json")
+    assert r.returncode == 0, r.stderr
+    assert json.loads(r.stdout)["mac_reduction"] >= 2

@@ -41,7 +41,7 @@ def pick_per_class(groups: np.ndarray, per_class: int, seed: int) -> np.ndarray:
     return np.sort(np.concatenate(out)) if out else np.zeros(0, np.int64)
 
 
-def activation_layers(model: nn.Module, input_shape) -> "OrderedDict[str, nn.Module]":
+def activation_layers(model: nn.Module, input_shape) -> Dict[str, nn.Module]:
     """Layers whose output channels the activation scorer reads, in forward order: every BatchNorm2d,
     and every Conv2d whose output does not go straight into a BatchNorm2d."""
     names = {m: n for n, m in model.named_modules()}

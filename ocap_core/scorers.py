@@ -66,7 +66,7 @@ def activation_layers(model: nn.Module, input_shape) -> Dict[str, nn.Module]:
     finally:
         for h in handles:
             h.remove()
-    layers: OrderedDict[str, nn.Module] = OrderedDict()
+    layers: Dict[str, nn.Module] = OrderedDict()
     for m in order:
         if isinstance(m, nn.BatchNorm2d) or m not in conv_with_bn:
             layers.setdefault(names[m], m)

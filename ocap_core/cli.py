@@ -186,6 +186,14 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_bench(args: argparse.Namespace) -> int:
+    try:
+        from bench.cli import run_bench
+    except ImportError as e:
+        raise OcapError(f"`ocap bench` runs from a source checkout (the bench/ folder is not installed): {e}") from e
+    return run_bench(args)
+
+
 def _stage_printer(ev: Dict[str, Any]) -> None:
     if ev["event"] == "stage":
         print(f"  {ev['stage']:<9} {ev['seconds']:7.2f} s", file=sys.stderr)
@@ -269,12 +277,28 @@ def _add_prune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
+def _add_bench(p: argparse.ArgumentParser) -> None:
+    p.add_argument("which", choices=["quality"], help="which benchmark")
+    p.add_argument("--quick", action="store_true", help="small, CI-friendly run (one model, fewer subsets)")
+    p.add_argument("--models", help="comma-separated shipped models (default: all four)")
+    p.add_argument("--ks", default="2,3,5", help="numbers of observed classes")
+    p.add_argument("--subsets", type=int, default=3, help="class subsets per K")
+    p.add_argument("--methods", help="comma-separated methods (default: all)")
+    p.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs per run")
+    p.add_argument("--samples-per-class", type=int, default=128)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--out", default="docs/benchmarks.md", help="markdown file whose section is replaced")
+    p.add_argument("--rows", help="also write every row as JSON lines here")
+
+
 COMMANDS: Dict[str, Tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {
     "models": (_add_models, cmd_models, "list the shipped model packages and architectures"),
     "train": (_add_train, cmd_train, "train a base model and write a model package"),
     "eval": (_add_eval, cmd_eval, "evaluate a model package on test images"),
     "import": (_add_import, cmd_import, "turn a user's trained torch model into a model package"),
     "prune": (_add_prune, cmd_prune, "personalize a base model for observed classes (prune + fine-tune)"),
+    "bench": (_add_bench, cmd_bench, "run a benchmark and write its figures to docs/benchmarks.md"),
 }
 
 

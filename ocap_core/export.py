@@ -13,6 +13,7 @@ import torch
 import torch.nn as nn
 
 from .errors import OcapError
+from .hooks import eval_mode, forward_hooks, probe
 
 OPSET = 17          # IR 8: loads on onnxruntime >= 1.12 (older Jetson builds)
 
@@ -20,17 +21,8 @@ OPSET = 17          # IR 8: loads on onnxruntime >= 1.12 (older Jetson builds)
 def find_classifier(model: nn.Module, input_shape: Sequence[int]) -> str:
     """Name of the Linear whose output *is* the model's output, or an error asking for it."""
     outputs = {}
-    handles = [m.register_forward_hook(lambda mod, i, o, n=n: outputs.__setitem__(n, o))
-               for n, m in model.named_modules() if isinstance(m, nn.Linear)]
-    try:
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            out = model(torch.zeros(2, *input_shape))
-        model.train(was_training)
-    finally:
-        for h in handles:
-            h.remove()
+    out = probe(model, input_shape, [(m, lambda mod, i, o, n=n: outputs.__setitem__(n, o))
+                                     for n, m in model.named_modules() if isinstance(m, nn.Linear)], batch=2)
     for name, o in outputs.items():
         if o is out:
             return name
@@ -59,11 +51,8 @@ class WithFeatures(nn.Module):
         self._seen = torch.flatten(t, 1)
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-        handle = self._tap.register_forward_hook(self._hook)
-        try:
+        with forward_hooks([(self._tap, self._hook)]):
             logits = self.model(x)
-        finally:
-            handle.remove()
         feats, self._seen = self._seen, None
         if feats is None:
             raise OcapError(f"module {self.module_name!r} did not run in the forward pass")
@@ -82,11 +71,9 @@ def export_onnx(model: nn.Module, input_shape: Sequence[int], path: Path, classi
                 features_module: Optional[str] = None, features: bool = True) -> None:
     """Write ``model`` (eval mode) to ``path`` with input ``input`` and outputs logits (+ features)."""
     wrapped: nn.Module = with_features(model, input_shape, classifier, features_module) if features else model
-    was_training = model.training
-    model.eval()
     names = ["logits", "features"] if features else ["logits"]
     try:
-        with torch.no_grad(), warnings.catch_warnings():
+        with eval_mode(model), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(wrapped, (torch.zeros(1, *input_shape),), str(path), input_names=["input"],
                               output_names=names, opset_version=OPSET, dynamo=False,
@@ -95,8 +82,6 @@ def export_onnx(model: nn.Module, input_shape: Sequence[int], path: Path, classi
         raise
     except Exception as e:
         raise OcapError(f"ONNX export to {path} failed: {type(e).__name__}: {e}") from e
-    finally:
-        model.train(was_training)
 
 
 def onnx_parity(model: nn.Module, onnx_path: Path, x: torch.Tensor, classifier: Optional[str] = None,
@@ -107,12 +92,9 @@ def onnx_parity(model: nn.Module, onnx_path: Path, x: torch.Tensor, classifier: 
     sess = open_session(onnx_path, threads=1)
     names = [o.name for o in sess.get_outputs()]
     got = run_batches(sess, x.numpy().astype(np.float32), outputs=names)
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
+    with eval_mode(model), torch.no_grad():
         if "features" in names:
             ref = with_features(model, tuple(x.shape[1:]), classifier, features_module)(x)
         else:
             ref = (model(x),)
-    model.train(was_training)
     return max(float(np.max(np.abs(got[n] - r.numpy()))) for n, r in zip(names, ref))

@@ -13,6 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import OcapError
+from .train import predict_logits
 
 log = logging.getLogger(__name__)
 Progress = Callable[[Dict[str, Any]], None]
@@ -83,16 +84,10 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, t: float) -> torch.Ten
                     log_target=True) * (t * t)
 
 
-@torch.no_grad()
-def _logits(model: nn.Module, x: torch.Tensor, batch: int = 256) -> torch.Tensor:
-    return torch.cat([model(x[i:i + batch]) for i in range(0, len(x), batch)])
-
-
 def _val_score(model, x_val, t_val, y_val) -> float:
     if len(x_val) == 0:
         return 0.0
-    model.eval()
-    pred = _logits(model, x_val).argmax(1)
+    pred = predict_logits(model, x_val).argmax(1)
     ref = y_val if y_val is not None else t_val.argmax(1)
     return float((pred == ref).float().mean())
 

@@ -2,8 +2,9 @@
 
 from typing import Sequence
 
-import torch
 import torch.nn as nn
+
+from .hooks import probe
 
 
 def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
@@ -17,21 +18,8 @@ def count_macs(model: nn.Module, input_shape: Sequence[int]) -> int:
     def linear_hook(mod: nn.Linear, inp, out) -> None:
         total[0] += int(out[0].numel()) * mod.in_features
 
-    handles = []
-    try:
-        for m in model.modules():
-            if isinstance(m, nn.Conv2d):
-                handles.append(m.register_forward_hook(conv_hook))
-            elif isinstance(m, nn.Linear):
-                handles.append(m.register_forward_hook(linear_hook))
-        was_training = model.training
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape))
-        model.train(was_training)
-    finally:
-        for h in handles:
-            h.remove()
+    probe(model, input_shape, [(m, conv_hook if isinstance(m, nn.Conv2d) else linear_hook)
+                               for m in model.modules() if isinstance(m, (nn.Conv2d, nn.Linear))])
     return total[0]
 
 

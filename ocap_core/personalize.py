@@ -33,6 +33,7 @@ from .prune_spec import PruneSpec
 from .rules import apply_rule, group_masks, layer_scores, matched_masks, share_masks
 from .scorers import ScoreSpec, activation_layers, score
 from .structural import PrunableModel
+from .train import predict_logits
 from .zoo import get_config
 
 log = logging.getLogger(__name__)
@@ -130,9 +131,7 @@ def personalize(base_pkg: ModelPackage, samples: Samples, classes: Sequence[int]
     stage("load")
 
     x_all = torch.from_numpy(preprocess(samples.x, card.input))
-    with torch.no_grad():
-        teacher = torch.cat([base(x_all[i:i + 256]) for i in range(0, len(x_all), 256)]) if len(x_all) else \
-            torch.zeros(0, num_classes)
+    teacher = predict_logits(base, x_all) if len(x_all) else torch.zeros(0, num_classes)
     pred = teacher.argmax(1).numpy()
     if spec.grouping == "truth" or spec.labels == "truth":
         if samples.labels is None:

@@ -16,6 +16,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import OcapError
+from .hooks import eval_mode, forward_hooks, probe
 from .importance import ImportanceTable
 
 log = logging.getLogger(__name__)
@@ -56,16 +57,7 @@ def activation_layers(model: nn.Module, input_shape) -> Dict[str, nn.Module]:
             conv_out[id(out)] = mod
         order.append(mod)
 
-    handles = [m.register_forward_hook(hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))]
-    try:
-        was = model.training
-        model.eval()
-        with torch.no_grad():
-            model(torch.zeros(1, *input_shape))
-        model.train(was)
-    finally:
-        for h in handles:
-            h.remove()
+    probe(model, input_shape, [(m, hook) for m in model.modules() if isinstance(m, (nn.Conv2d, nn.BatchNorm2d))])
     layers: Dict[str, nn.Module] = OrderedDict()
     for m in order:
         if isinstance(m, nn.BatchNorm2d) or m not in conv_with_bn:
@@ -85,28 +77,20 @@ def score_activation(model: nn.Module, x: torch.Tensor, groups: np.ndarray, num_
     widths = {n: (m.num_features if isinstance(m, nn.BatchNorm2d) else m.out_channels) for n, m in layers.items()}
     table = ImportanceTable.empty("ocap", widths, num_classes)
     current: Dict[str, torch.Tensor] = {}
-    handles = [m.register_forward_hook(lambda mod, i, o, n=n: current.__setitem__(n, o.detach()))
-               for n, m in layers.items()]
-    try:
-        was = model.training
-        model.eval()
-        with torch.no_grad():
-            for i in range(0, len(x), spec.batch_size):
-                current.clear()
-                model(x[i:i + spec.batch_size])
-                onehot = _onehot(groups[i:i + spec.batch_size], num_classes)
-                for name, out in current.items():
-                    s = F.leaky_relu(out, spec.slope).flatten(2).norm(dim=2)       # (n, C_l)
-                    c_l = s.shape[1]
-                    thr = s.sort(dim=1).values[:, min(int(c_l * (1 - spec.keep_share)), c_l - 1)]
-                    mark = (s > thr[:, None]).double()
-                    table.hits[name] += (mark.T @ onehot).numpy()
-                    table.mag[name] += (s.double().T @ onehot).numpy()
-                table.n += onehot.sum(0).numpy()
-        model.train(was)
-    finally:
-        for h in handles:
-            h.remove()
+    hooks = [(m, lambda mod, i, o, n=n: current.__setitem__(n, o.detach())) for n, m in layers.items()]
+    with eval_mode(model), forward_hooks(hooks), torch.no_grad():
+        for i in range(0, len(x), spec.batch_size):
+            current.clear()
+            model(x[i:i + spec.batch_size])
+            onehot = _onehot(groups[i:i + spec.batch_size], num_classes)
+            for name, out in current.items():
+                s = F.leaky_relu(out, spec.slope).flatten(2).norm(dim=2)       # (n, C_l)
+                c_l = s.shape[1]
+                thr = s.sort(dim=1).values[:, min(int(c_l * (1 - spec.keep_share)), c_l - 1)]
+                mark = (s > thr[:, None]).double()
+                table.hits[name] += (mark.T @ onehot).numpy()
+                table.mag[name] += (s.double().T @ onehot).numpy()
+            table.n += onehot.sum(0).numpy()
     return table
 
 
@@ -125,30 +109,21 @@ def score_cap(model: nn.Module, x: torch.Tensor, groups: np.ndarray, num_classes
             outs[name] = out
         return hook
 
-    handles = [m.register_forward_hook(keep(n)) for n, m in convs.items()]
-    was = model.training
-    try:
-        model.eval()
-        with torch.enable_grad():
-            for k in np.unique(groups):
-                idx = np.flatnonzero(groups == k)
-                for i in range(0, len(idx), spec.cap_batch):
-                    b = idx[i:i + spec.cap_batch]
-                    outs.clear()
-                    model.zero_grad(set_to_none=True)
-                    logits = model(x[b])
-                    target = torch.full((len(b),), int(k), dtype=torch.long)
-                    F.cross_entropy(logits, target).backward()
-                    for name, a in outs.items():
-                        ind = ((a.detach() * a.grad).abs() > 0).double().sum(0).flatten(1)   # (C_l, P)
-                        prev = sums[name].get(int(k))
-                        sums[name][int(k)] = ind if prev is None else prev + ind
-                table.n[int(k)] += len(idx)
+    with eval_mode(model), forward_hooks([(m, keep(n)) for n, m in convs.items()]), torch.enable_grad():
+        for k in np.unique(groups):
+            idx = np.flatnonzero(groups == k)
+            for i in range(0, len(idx), spec.cap_batch):
+                b = idx[i:i + spec.cap_batch]
+                outs.clear()
+                model.zero_grad(set_to_none=True)
+                target = torch.full((len(b),), int(k), dtype=torch.long)
+                F.cross_entropy(model(x[b]), target).backward()
+                for name, a in outs.items():
+                    ind = ((a.detach() * a.grad).abs() > 0).double().sum(0).flatten(1)   # (C_l, P)
+                    prev = sums[name].get(int(k))
+                    sums[name][int(k)] = ind if prev is None else prev + ind
+            table.n[int(k)] += len(idx)
         model.zero_grad(set_to_none=True)
-    finally:
-        for h in handles:
-            h.remove()
-        model.train(was)
     soft: Dict[str, np.ndarray] = {}
     for name in convs:
         total = None

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from .data import Dataset
 from .errors import OcapError
+from .hooks import eval_mode
 from .preprocess import InputSpec, preprocess
 
 log = logging.getLogger(__name__)
@@ -80,12 +81,9 @@ def augment(x: torch.Tensor, shift: int, hflip: bool, gen: torch.Generator) -> t
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, x: torch.Tensor, batch_size: int = 512) -> torch.Tensor:
-    was_training = model.training
-    model.eval()
-    out = torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]) if len(x) else \
-        torch.zeros(0)
-    model.train(was_training)
-    return out
+    with eval_mode(model):
+        return torch.cat([model(x[i:i + batch_size]) for i in range(0, len(x), batch_size)]) if len(x) else \
+            torch.zeros(0)
 
 
 def accuracy(model: nn.Module, x: torch.Tensor, y: torch.Tensor) -> float:

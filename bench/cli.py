@@ -1,0 +1,69 @@
+"""``ocap bench``: parse the benchmark's options, run it, write docs/benchmarks.md (and a plot)."""
+
+import argparse
+import json
+import subprocess
+import sys
+import time
+from importlib.metadata import PackageNotFoundError, version
+from pathlib import Path
+
+from . import quality, report
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def _versions() -> dict:
+    out = {}
+    for pkg in ("torch", "torch-pruning", "onnxruntime", "numpy"):
+        try:
+            out[pkg] = version(pkg)
+        except PackageNotFoundError:
+            out[pkg] = "-"
+    return out
+
+
+def time_resnet20_prune(threads: int, seed: int) -> float:
+    """Wall seconds of the whole `ocap prune` CLI on fmnist-resnet20 at K = 3 (a fresh process)."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        subprocess.run([sys.executable, "-m", "ocap_core", "prune", "--model", "fmnist-resnet20", "--classes",
+                        "0,2,9", "--threads", str(threads), "--seed", str(seed), "--out", f"{tmp}/c", "--quiet"],
+                       check=True, cwd=str(ROOT), capture_output=True)
+        return time.perf_counter() - t0
+
+
+def run_bench(args: argparse.Namespace) -> int:
+    if args.quick:
+        models, ks, subsets, methods = ["fmnist-cnn"], [2, 3], 1, quality.QUICK_METHODS
+        epochs, per_class, latency_runs = min(args.epochs, 10), min(args.samples_per_class, 64), 50
+    else:
+        models = args.models.split(",") if args.models else quality.MODELS
+        ks = [int(k) for k in args.ks.split(",")]
+        subsets, epochs, per_class, latency_runs = args.subsets, args.epochs, args.samples_per_class, 200
+        methods = args.methods.split(",") if args.methods else quality.METHODS
+    jobs = quality.plan(models, ks, subsets, methods, args.seed, epochs, per_class, args.threads, latency_runs)
+    t0 = time.perf_counter()
+
+    def progress(i, n, job, rows, seconds):
+        best = ", ".join(f"{r['method']} {r['delta_pp']:+.1f}pp {r['mac_reduction']:.1f}x" for r in rows)
+        print(f"[{i}/{n}] {job['model']} {job['classes']} ({seconds:.0f} s): {best}", file=sys.stderr, flush=True)
+
+    rows = quality.run_jobs(jobs, progress)
+    prune_seconds = None if args.quick or "fmnist-resnet20" not in models else time_resnet20_prune(args.threads,
+                                                                                                   args.seed)
+    out = Path(args.out)
+    plot = out.parent / ("quality-quick.png" if args.quick else "quality.png")
+    report.plot_quality(rows, plot)
+    settings = {"models": ",".join(models), "K": ",".join(map(str, ks)), "subsets per K": subsets,
+                "samples per class": per_class, "fine-tuning epochs": epochs, "seed": args.seed,
+                "threads": args.threads, "mode": "quick" if args.quick else "full",
+                "wall time": f"{(time.perf_counter() - t0) / 60:.1f} min"}
+    md = report.quality_markdown(rows, settings, quality.machine(), _versions(), prune_seconds, plot.name)
+    report.replace_section(out, "quality-quick" if args.quick else "quality", md)
+    if args.rows:
+        Path(args.rows).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    print(f"wrote {out} and {plot} ({len(rows)} runs)", file=sys.stderr)
+    return 0

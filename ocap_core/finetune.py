@@ -13,7 +13,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import OcapError
-from .train import predict_logits
+from .train import augment, predict_logits
 
 log = logging.getLogger(__name__)
 Progress = Callable[[Dict[str, Any]], None]
@@ -36,6 +36,8 @@ class FinetuneSpec:
     time_budget: float = 0.0
     min_confidence: float = 0.0
     recal_samples: int = 500
+    shift: int = 0              # augmentation (needs the teacher model): random shifts up to this many pixels
+    hflip: bool = False         # ... and random horizontal flips; the teacher labels each augmented batch
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -94,12 +96,18 @@ def _val_score(model, x_val, t_val, y_val) -> float:
 
 def finetune(student: nn.Module, x: torch.Tensor, teacher_logits: torch.Tensor, x_val: torch.Tensor,
              teacher_val: torch.Tensor, spec: FinetuneSpec, y: Optional[torch.Tensor] = None,
-             y_val: Optional[torch.Tensor] = None, progress: Optional[Progress] = None) -> FinetuneResult:
+             y_val: Optional[torch.Tensor] = None, progress: Optional[Progress] = None,
+             teacher: Optional[Callable[[torch.Tensor], torch.Tensor]] = None) -> FinetuneResult:
     """Distil ``teacher_logits`` (N x K, the base's logits at the kept classes) into ``student``.
 
     ``y`` / ``y_val`` are optional label indices into the K kept classes (-1 = unlabelled); with them
     the loss is (1 − β)·KD + β·CE and validation uses label accuracy, else teacher agreement.
+    With ``spec.shift`` / ``spec.hflip`` each batch is augmented and ``teacher`` (images -> the K
+    kept logits) labels the augmented images; without augmentation its logits are computed once.
     """
+    augmenting = bool(spec.shift or spec.hflip)
+    if augmenting and teacher is None:
+        raise OcapError("augmented fine-tuning needs the teacher model")
     t0 = time.perf_counter()
     torch.manual_seed(spec.seed)
     gen = torch.Generator().manual_seed(spec.seed)
@@ -137,8 +145,13 @@ def finetune(student: nn.Module, x: torch.Tensor, teacher_logits: torch.Tensor, 
             idx = order[i:i + spec.batch_size]
             if len(idx) < 2 and not small_batches:
                 continue
-            out = student(x[idx])
-            loss = kd_loss(out, teacher_logits[idx], spec.temperature)
+            xb, tb = x[idx], teacher_logits[idx]
+            if augmenting:
+                xb = augment(xb, spec.shift, spec.hflip, gen)
+                with torch.no_grad():
+                    tb = teacher(xb)
+            out = student(xb)
+            loss = kd_loss(out, tb, spec.temperature)
             if y is not None:
                 yb = y[idx]
                 lab = yb >= 0

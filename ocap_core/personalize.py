@@ -181,7 +181,7 @@ def personalize(base_pkg: ModelPackage, samples: Samples, classes: Sequence[int]
         y = torch.tensor([k_index.get(int(v), -1) for v in samples.labels], dtype=torch.long)
     res = finetune(student, x_all[train_idx], teacher[train_idx][:, cls], x_all[val_idx], teacher[val_idx][:, cls],
                    spec.finetune, y=None if y is None else y[train_idx], y_val=None if y is None else y[val_idx],
-                   progress=progress)
+                   progress=progress, teacher=lambda xb: base(xb)[:, cls])
     stage("finetune")
 
     macs, params = count_macs(res.model, shape), count_params(res.model)

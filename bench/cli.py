@@ -44,22 +44,23 @@ def run_bench(args: argparse.Namespace) -> int:
         ks = [int(k) for k in args.ks.split(",")]
         subsets, epochs, per_class, latency_runs = args.subsets, args.epochs, args.samples_per_class, 200
         methods = args.methods.split(",") if args.methods else quality.METHODS
-    jobs = quality.plan(models, ks, subsets, methods, args.seed, epochs, per_class, args.threads, latency_runs)
+    jobs = quality.plan(models, ks, subsets, methods, args.seed, epochs, per_class, args.threads, latency_runs,
+                        time_budget=args.time_budget)
     t0 = time.perf_counter()
 
     def progress(i, n, job, rows, seconds):
         best = ", ".join(f"{r['method']} {r['delta_pp']:+.1f}pp {r['mac_reduction']:.1f}x" for r in rows)
         print(f"[{i}/{n}] {job['model']} {job['classes']} ({seconds:.0f} s): {best}", file=sys.stderr, flush=True)
 
-    rows = quality.run_jobs(jobs, progress)
-    prune_seconds = None if args.quick or "fmnist-resnet20" not in models else time_resnet20_prune(args.threads,
-                                                                                                   args.seed)
+    rows = quality.run_jobs(jobs, progress, workers=args.workers)
+    prune_seconds = None if args.quick or "fmnist-resnet20" not in models else time_resnet20_prune(2, args.seed)
     out = Path(args.out)
     plot = out.parent / ("quality-quick.png" if args.quick else "quality.png")
     report.plot_quality(rows, plot)
     settings = {"models": ",".join(models), "K": ",".join(map(str, ks)), "subsets per K": subsets,
-                "samples per class": per_class, "fine-tuning epochs": epochs, "seed": args.seed,
-                "threads": args.threads, "mode": "quick" if args.quick else "full",
+                "samples per class": per_class, "fine-tuning epochs": epochs,
+                "fine-tuning budget": f"{args.time_budget:g} s" if args.time_budget else "none", "seed": args.seed,
+                "threads per run": args.threads, "parallel runs": args.workers, "mode": "quick" if args.quick else "full",
                 "wall time": f"{(time.perf_counter() - t0) / 60:.1f} min"}
     md = report.quality_markdown(rows, settings, quality.machine(), _versions(), prune_seconds, plot.name)
     report.replace_section(out, "quality-quick" if args.quick else "quality", md)

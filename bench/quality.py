@@ -43,7 +43,7 @@ def _method_spec(method: str, base_spec, ocap_widths: Optional[Dict[str, int]], 
     if method == "ocap+truth":
         return replace(base_spec, labels="truth")
     if method == "cap":
-        return replace(base_spec, scorer="cap", rule="cap")
+        return replace(base_spec, scorer="cap", rule="cap", tau=0.9)   # tau 0: CAP marks every channel (docs)
     if method == "hybrid":
         return replace(base_spec, rule="hybrid", theta=0.5 * min(freqs.values()))
     if method in ("l1", "random"):
@@ -68,7 +68,8 @@ def run_subset(job: Dict[str, Any]) -> List[Dict[str, Any]]:
     train, test = load_dataset("fashion-mnist", "train"), load_dataset("fashion-mnist", "test")
     spec = PruneSpec(**job["spec"]) if job.get("spec") else PruneSpec()
     spec = replace(spec, threads=job["threads"], seed=job["seed"],
-                   finetune=replace(spec.finetune, epochs=job["epochs"], seed=job["seed"]))
+                   finetune=replace(spec.finetune, epochs=job["epochs"], seed=job["seed"],
+                                    time_budget=job.get("time_budget", 0.0)))
     t0 = time.perf_counter()
     samples = {sel: stream_samples(base, train, classes, sel, job["per_class"], seed=job["seed"])
                for sel in ("kl", "random")}
@@ -104,29 +105,37 @@ def run_subset(job: Dict[str, Any]) -> List[Dict[str, Any]]:
     return rows
 
 
-def run_jobs(jobs: Sequence[Dict[str, Any]], progress=None) -> List[Dict[str, Any]]:
-    """Each job in its own ``python -m bench.quality JOB`` child process (fresh RSS)."""
-    rows: List[Dict[str, Any]] = []
+def _run_job(job: Dict[str, Any]) -> List[Dict[str, Any]]:
     root = Path(__file__).resolve().parent.parent
     env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    for i, job in enumerate(jobs):
-        t0 = time.perf_counter()
-        out = subprocess.run([sys.executable, "-m", "bench.quality", json.dumps(job)], capture_output=True, text=True,
-                             cwd=str(root), env=env)
-        if out.returncode != 0:
-            raise RuntimeError(f"benchmark job {job['model']} {job['classes']} failed:\n{out.stderr[-3000:]}")
-        new = [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-        rows += new
-        if progress:
-            progress(i + 1, len(jobs), job, new, time.perf_counter() - t0)
-    return rows
+    out = subprocess.run([sys.executable, "-m", "bench.quality", json.dumps(job)], capture_output=True, text=True,
+                         cwd=str(root), env=env)
+    if out.returncode != 0:
+        raise RuntimeError(f"benchmark job {job['model']} {job['classes']} failed:\n{out.stderr[-3000:]}")
+    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
+
+
+def run_jobs(jobs: Sequence[Dict[str, Any]], progress=None, workers: int = 1) -> List[Dict[str, Any]]:
+    """Each job in its own ``python -m bench.quality JOB`` child process (fresh RSS), ``workers`` at a
+    time; rows come back in job order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    t0 = time.perf_counter()
+    results: List[List[Dict[str, Any]]] = []
+    with ThreadPoolExecutor(max(1, workers)) as pool:
+        for i, new in enumerate(pool.map(_run_job, jobs)):
+            results.append(new)
+            if progress:
+                progress(i + 1, len(jobs), jobs[i], new, time.perf_counter() - t0)
+    return [row for new in results for row in new]
 
 
 def plan(models: Sequence[str], ks: Sequence[int], subsets: int, methods: Sequence[str], seed: int, epochs: int,
-         per_class: int, threads: int, latency_runs: int, spec: Optional[Dict[str, Any]] = None
-         ) -> List[Dict[str, Any]]:
+         per_class: int, threads: int, latency_runs: int, spec: Optional[Dict[str, Any]] = None,
+         time_budget: float = 0.0) -> List[Dict[str, Any]]:
     return [{"model": m, "classes": c, "methods": list(methods), "seed": seed, "epochs": epochs,
-             "per_class": per_class, "threads": threads, "latency_runs": latency_runs, "spec": spec or {}}
+             "per_class": per_class, "threads": threads, "latency_runs": latency_runs, "spec": spec or {},
+             "time_budget": time_budget}
             for m in models for k in ks for c in class_subsets(k, subsets, seed)]
 
 

@@ -23,7 +23,7 @@ def main() -> None:
     ap.add_argument("--subsets", type=int, default=2)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--epochs", type=int, default=30)
-    ap.add_argument("--per-class", type=int, default=128)
+    ap.add_argument("--per-class", type=int, default=256)
     ap.add_argument("--grid", default="{}", help="JSON: PruneSpec field -> list of values")
     args = ap.parse_args()
 

@@ -102,14 +102,11 @@ def cmd_eval(args: argparse.Namespace) -> int:
         classes = list(pkg.card.class_ids)
     test = load_dataset(args.data, "test")
     res = evaluate_package(pkg, test, classes, threads=args.threads, latency_runs=args.latency_runs)
-    base_name = pkg.card.provenance.get("base")
-    if len(pkg.card.class_ids) < len(pkg.card.class_names) and base_name:
-        try:
-            base = evaluate_package(open_package(base_name), test, res["classes"], threads=args.threads,
+    if len(pkg.card.class_ids) < len(pkg.card.class_names):
+        base_pkg = _parent_package(pkg)
+        if base_pkg is not None:
+            base = evaluate_package(base_pkg, test, res["classes"], threads=args.threads,
                                     latency_runs=args.latency_runs)
-        except OcapError as e:
-            log.warning("base model %s not evaluated: %s", base_name, e)
-        else:
             res["base"] = {k: base[k] for k in ("model", "accuracy", "restricted_accuracy", "macs", "params",
                                                 "latency_ms") if k in base}
     if args.json:
@@ -148,6 +145,28 @@ def cmd_import(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _parent_package(pkg):
+    """The base package a pruned package was made from (by the path recorded at pruning, then by its
+    name), if it is still there with the same version; else None with a warning."""
+    from .package import open_package
+
+    prov = pkg.card.provenance
+    tried = []
+    for ref in (prov.get("base_path"), prov.get("base")):
+        if not ref:
+            continue
+        try:
+            base = open_package(ref)
+        except OcapError as e:
+            tried.append(str(e))
+            continue
+        if base.card.version == pkg.card.parent:
+            return base
+        tried.append(f"{ref} is version {base.card.version}, not the parent {pkg.card.parent}")
+    log.warning("base model of %s not evaluated: %s", pkg.path, "; ".join(tried) or "no base recorded")
+    return None
+
+
 def cmd_prune(args: argparse.Namespace) -> int:
     from dataclasses import replace
 
@@ -166,7 +185,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
                      keep_share=args.keep_share, slope=args.slope, images_per_class=args.images_per_class,
                      keep_first=args.keep_first, prune_stream=args.prune_stream, min_width=args.min_width,
                      min_share=args.min_share, round_to=args.round_to, target_macs=args.target_macs,
-                     cap_threshold=args.cap_threshold, theta=args.theta, finetune=ft, threads=args.threads,
+                     tau=args.tau, cap_threshold=args.cap_threshold, cap_rounds=args.cap_rounds, cap_tolerance=args.cap_tolerance,
+                     theta=args.theta, finetune=ft, threads=args.threads,
                      seed=args.seed)
     samples = stream_samples(base, load_dataset(args.data, "train"), classes, args.select, args.samples_per_class,
                              seed=args.seed, threads=args.threads)
@@ -256,10 +276,10 @@ def _add_prune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--grouping", default="pred", choices=["pred", "truth"],
                    help="group images by the base model's prediction (device) or the label (offline)")
     p.add_argument("--select", default="kl", help="sample selector: kl, random, entropy")
-    p.add_argument("--samples-per-class", type=int, default=128)
+    p.add_argument("--samples-per-class", type=int, default=256)
     p.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs (early-stopped on validation)")
     p.add_argument("--time-budget", type=float, default=0.0, help="fine-tuning wall seconds (0: none)")
-    p.add_argument("--lr", type=float, default=0.05, help="fine-tuning learning rate")
+    p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep-share", type=float, help="activation scorer's share r (default: per family)")
@@ -271,7 +291,11 @@ def _add_prune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--min-share", type=float, default=0.0, help="share of each layer kept at least")
     p.add_argument("--round-to", type=int, default=1, help="round kept widths up to a multiple of this")
     p.add_argument("--target-macs", type=float, default=0.0, help="l1/random: MAC reduction factor to reach")
+    p.add_argument("--tau", type=float, default=0.0, help="a channel matters for a class when its table entry exceeds tau")
     p.add_argument("--cap-threshold", type=int, default=2, help="cap rule: classes a channel must serve")
+    p.add_argument("--cap-rounds", type=int, default=3, help="cap rule: prune -> retrain rounds at most")
+    p.add_argument("--cap-tolerance", type=float, default=0.02,
+                   help="cap rule: validation agreement a later round may lose against the first")
     p.add_argument("--theta", type=float, default=0.0, help="hybrid rule: threshold on frequency-weighted count")
     p.add_argument("--quiet", action="store_true", help="no stage timings on stderr")
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
@@ -285,9 +309,11 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--subsets", type=int, default=3, help="class subsets per K")
     p.add_argument("--methods", help="comma-separated methods (default: all)")
     p.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs per run")
-    p.add_argument("--samples-per-class", type=int, default=128)
+    p.add_argument("--samples-per-class", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--time-budget", type=float, default=8.0, help="fine-tuning wall seconds per run (0: none)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument("--workers", type=int, default=2, help="runs in parallel (one process each)")
     p.add_argument("--out", default="docs/benchmarks.md", help="markdown file whose section is replaced")
     p.add_argument("--rows", help="also write every row as JSON lines here")
 

@@ -27,7 +27,7 @@ class FinetuneSpec:
     epochs: int = 30
     batch_size: int = 64
     optimizer: str = "sgd"
-    lr: float = 0.05
+    lr: float = 0.01
     momentum: float = 0.9
     weight_decay: float = 5e-4
     temperature: float = 2.0

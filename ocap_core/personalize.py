@@ -11,7 +11,7 @@ import json
 import logging
 import tempfile
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from fnmatch import fnmatch
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence
@@ -89,11 +89,14 @@ def _masks_for_macs(base: nn.Module, classifier: str, shape, classes, groups, sc
     return best
 
 
-def _pruned(base: nn.Module, classifier: str, shape, masks: Mapping[str, np.ndarray], classes) -> nn.Module:
+def _pruned(base: nn.Module, classifier: str, shape, masks: Mapping[str, np.ndarray],
+            classes: Optional[Sequence[int]]) -> nn.Module:
+    """A pruned copy of ``base`` (head sliced to ``classes`` unless None); its history in an attribute."""
     model = copy.deepcopy(base).eval()
     pm = PrunableModel(model, shape, classifier)
     pm.prune(dict(masks))
-    pm.slice_head(classes)
+    if classes is not None:
+        pm.slice_head(classes)
     model.pruning_history = pm.history()  # type: ignore[attr-defined]  # read and removed by the caller
     return model
 
@@ -149,30 +152,25 @@ def personalize(base_pkg: ModelPackage, samples: Samples, classes: Sequence[int]
 
     score_spec = ScoreSpec(slope=spec.slope, keep_share=spec.keep_share, images_per_class=spec.images_per_class,
                            seed=spec.seed)
-    table = score(spec.scorer, base, x_all[train_idx], groups[train_idx], num_classes, score_spec)
+    x_tr, g_tr = x_all[train_idx], groups[train_idx]
+    table = score(spec.scorer, base, x_tr, g_tr, num_classes, score_spec)
     stage("score")
 
-    pm_base = PrunableModel(copy.deepcopy(base), shape, classifier)
-    bn_order = [n for n, m in activation_layers(base, shape).items() if isinstance(m, nn.BatchNorm2d)]
-    protected = protected_groups(pm_base, bn_order, spec)
-    scores = layer_scores(table, cls)
     base_macs = count_macs(base, shape)
-    if table.class_agnostic:
-        if spec.match_widths:
-            keep = matched_masks(pm_base.groups, scores, spec.match_widths)
-        elif spec.target_macs:
-            keep = _masks_for_macs(base, classifier, shape, cls, pm_base.groups, scores, protected, spec, base_macs)
-        else:
-            raise OcapError(f"the {spec.scorer} scorer needs a MAC target (--target-macs) or matched widths")
-    else:
-        rule = "frequency" if spec.scorer == "ocap-freq" and spec.rule == "personalize" else spec.rule
-        layer_keep = apply_rule(rule, table, cls, tau=spec.tau, keep_share=spec.keep_share,
-                                threshold=spec.cap_threshold, soft=spec.cap_soft, freqs=class_freqs, theta=spec.theta)
-        keep = group_masks(pm_base.groups, layer_keep, scores, protected, spec.min_width, spec.min_share, spec.round_to)
+    pm_base = PrunableModel(copy.deepcopy(base), shape, classifier)
+    keep = _masks(base, pm_base, table, cls, spec, classifier, shape, base_macs, class_freqs)
     stage("select")
 
-    student = _pruned(base, classifier, shape, keep, cls)
+    student = _pruned(base, classifier, shape, keep, cls if spec.rule != "cap" else None)
     history = student.__dict__.pop("pruning_history")
+    rounds: List[Dict[str, Any]] = []
+    if spec.rule == "cap" and not table.class_agnostic:
+        student, history, rounds = _cap_rounds(student, history, x_tr, g_tr, teacher[train_idx],
+                                               x_all[val_idx], teacher[val_idx], cls, spec, score_spec, classifier,
+                                               shape, progress)
+        pm = PrunableModel(student, shape, classifier)
+        pm.slice_head(cls)
+        history = history + pm.history()
     stage("prune")
 
     k_index = {k: i for i, k in enumerate(cls)}
@@ -185,13 +183,13 @@ def personalize(base_pkg: ModelPackage, samples: Samples, classes: Sequence[int]
     stage("finetune")
 
     macs, params = count_macs(res.model, shape), count_params(res.model)
-    widths = {g.root: [int(keep[g.root].sum()), g.width] for g in pm_base.groups}
+    widths = {g.root: [int(res.model.get_submodule(g.root).out_channels), g.width] for g in pm_base.groups}
     provenance = {
-        "base": card.name, "base_version": card.version, "base_sha256": card.files.get("model.onnx"),
+        "base": card.name, "base_path": str(Path(base_pkg.path).resolve()), "base_version": card.version, "base_sha256": card.files.get("model.onnx"),
         "scorer": spec.scorer, "rule": spec.rule, "classes": cls,
         "spec": _jsonable(asdict(spec)), "class_freqs": {str(k): float(v) for k, v in (class_freqs or {}).items()},
         "samples": {"train": int(len(train_idx)), "val": int(len(val_idx)), "train_per_class": counts},
-        "widths": widths, "protected_groups": protected,
+        "widths": widths, "cap_rounds": rounds,
         "finetune": {"best_epoch": res.best_epoch, "best_val": res.best_val, "stopped": res.stopped,
                      "history": res.history},
     }
@@ -211,6 +209,72 @@ def personalize(base_pkg: ModelPackage, samples: Samples, classes: Sequence[int]
 
     pkg = update_metrics(pkg, {"timings": timings})
     return PruneResult(pkg, table, keep, timings)
+
+
+def _masks(model: nn.Module, pm: PrunableModel, table: ImportanceTable, cls: List[int], spec: PruneSpec,
+           classifier: str, shape, base_macs: int, class_freqs: Optional[Mapping[int, float]]
+           ) -> Dict[str, np.ndarray]:
+    """Importance table -> one keep mask per channel group of ``pm`` (rule, constraints, baselines)."""
+    bn_order = [n for n, m in activation_layers(model, shape).items() if isinstance(m, nn.BatchNorm2d)]
+    protected = protected_groups(pm, bn_order, spec)
+    scores = layer_scores(table, cls)
+    if table.class_agnostic:
+        if spec.match_widths:
+            return matched_masks(pm.groups, scores, spec.match_widths)
+        if spec.target_macs:
+            return _masks_for_macs(model, classifier, shape, cls, pm.groups, scores, protected, spec, base_macs)
+        raise OcapError(f"the {spec.scorer} scorer needs a MAC target (--target-macs) or matched widths")
+    rule = "frequency" if spec.scorer == "ocap-freq" and spec.rule == "personalize" else spec.rule
+    layer_keep = apply_rule(rule, table, cls, tau=spec.tau, keep_share=spec.keep_share,
+                            threshold=spec.cap_threshold, soft=spec.cap_soft, freqs=class_freqs, theta=spec.theta)
+    return group_masks(pm.groups, layer_keep, scores, protected, spec.min_width, spec.min_share, spec.round_to)
+
+
+def _agreement_on(model: nn.Module, x: torch.Tensor, teacher: torch.Tensor, cls: List[int]) -> float:
+    """Argmax agreement with the teacher, both restricted to the observed classes."""
+    if len(x) == 0:
+        return 1.0
+    return float((predict_logits(model, x)[:, cls].argmax(1) == teacher[:, cls].argmax(1)).float().mean())
+
+
+def _cap_rounds(model: nn.Module, history: List[list], x_tr: torch.Tensor, g_tr: np.ndarray,
+                t_tr: torch.Tensor, x_val: torch.Tensor, t_val: torch.Tensor, cls: List[int], spec: PruneSpec,
+                score_spec: ScoreSpec, classifier: str, shape, progress: Optional[Progress]):
+    """CAP's loop (ALGORITHMS.md §3) after the first removal: retrain by distillation over all C
+    classes; stop when validation agreement on S falls more than ``cap_tolerance`` below the first
+    round's (keeping the previous model), else score the retrained model afresh and remove what now
+    serves fewer than T classes, until nothing is removable or the round budget is spent.
+
+    The floor is relative because the validation buffer is KL-selected (outliers): its absolute
+    agreement says more about the subset's difficulty than about the pruning. Returns the accepted
+    model (full head), its history and a log per round."""
+    round_ft = replace(spec.finetune, epochs=spec.cap_round_epochs, patience=spec.cap_round_epochs)
+    num_classes = t_tr.shape[1]
+    accepted, accepted_history, rounds, floor = model, history, [], 0.0
+    for r in range(1, spec.cap_rounds + 1):
+        res = finetune(model, x_tr, t_tr, x_val, t_val, round_ft, teacher=None)
+        agree = _agreement_on(res.model, x_val, t_val, cls)
+        macs = count_macs(res.model, shape)
+        rounds.append({"round": r, "macs": macs, "val_agreement": agree})
+        if progress:
+            progress({"event": "cap_round", "round": r, "macs": macs, "val_agreement": agree})
+        if r == 1:
+            floor = agree - spec.cap_tolerance
+        elif agree < floor:
+            log.info("cap round %d: validation agreement %.3f below the floor %.3f; keeping round %d",
+                     r, agree, floor, r - 1)
+            break
+        accepted, accepted_history = res.model, history
+        if r == spec.cap_rounds:
+            break
+        table = score(spec.scorer, accepted, x_tr, g_tr, num_classes, score_spec)
+        pm = PrunableModel(copy.deepcopy(accepted), shape, classifier)
+        keep = _masks(accepted, pm, table, cls, spec, classifier, shape, macs, None)
+        if all(bool(m.all()) for m in keep.values()):
+            break
+        pm.prune(keep)
+        model, history = pm.model, history + pm.history()
+    return accepted, accepted_history, rounds
 
 
 def _jsonable(obj: Any) -> Any:

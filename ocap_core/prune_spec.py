@@ -39,6 +39,9 @@ class PruneSpec:
     tau: float = 0.0
     cap_threshold: int = 2
     cap_soft: bool = False
+    cap_rounds: int = 3                        # cap rule: prune -> retrain rounds at most
+    cap_tolerance: float = 0.02                # cap rule: a later round may lose this much validation agreement
+    cap_round_epochs: int = 5                  # cap rule: distillation epochs between rounds (all C classes)
     theta: float = 0.0
     slope: Optional[float] = None
     keep_share: Optional[float] = None
@@ -66,6 +69,9 @@ class PruneSpec:
             raise OcapError(f"keep share must be in (0, 1], got {self.keep_share}")
         if self.min_width < 1 or self.round_to < 1 or not 0 <= self.min_share <= 1:
             raise OcapError("min_width and round_to must be >= 1 and min_share in [0, 1]")
+        if self.cap_rounds < 1 or not 0 <= self.cap_tolerance <= 1:
+            raise OcapError(f"cap rounds must be >= 1 and the tolerance in [0, 1], got {self.cap_rounds}, "
+                            f"{self.cap_tolerance}")
         if self.target_macs and self.target_macs < 1:
             raise OcapError(f"target MAC reduction must be >= 1 (e.g. 5 for 5x), got {self.target_macs}")
 

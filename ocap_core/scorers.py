@@ -117,7 +117,8 @@ def score_cap(model: nn.Module, x: torch.Tensor, groups: np.ndarray, num_classes
                 outs.clear()
                 model.zero_grad(set_to_none=True)
                 target = torch.full((len(b),), int(k), dtype=torch.long)
-                F.cross_entropy(model(x[b]), target).backward()
+                xb = x[b].clone().requires_grad_(True)    # activations need grad even with frozen weights
+                F.cross_entropy(model(xb), target).backward()
                 for name, a in outs.items():
                     ind = ((a.detach() * a.grad).abs() > 0).double().sum(0).flatten(1)   # (C_l, P)
                     prev = sums[name].get(int(k))

@@ -32,6 +32,24 @@ class NoLinearHead(nn.Module):
 
     def forward(self, x):
         return self.body(x).flatten(1) * 2.0
+
+
+class ResNet(nn.Module):
+    """A user's residual net with layer names no zoo family uses."""
+
+    def __init__(self, num_classes=10, w=16):
+        super().__init__()
+        self.stem = nn.Sequential(nn.Conv2d(1, w, 3, padding=1, bias=False), nn.BatchNorm2d(w), nn.ReLU())
+        self.branch = nn.Sequential(nn.Conv2d(w, 2 * w, 3, padding=1, bias=False), nn.BatchNorm2d(2 * w), nn.ReLU(),
+                                    nn.Conv2d(2 * w, w, 3, padding=1, bias=False), nn.BatchNorm2d(w))
+        self.down = nn.Sequential(nn.Conv2d(w, 2 * w, 3, stride=2, padding=1, bias=False), nn.BatchNorm2d(2 * w),
+                                  nn.ReLU(), nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.fc = nn.Linear(2 * w, num_classes)
+
+    def forward(self, x):
+        x = self.stem(x)
+        x = (x + self.branch(x)).relu()
+        return self.fc(self.down(x))
 '''
 
 
@@ -91,3 +109,43 @@ def test_import_wrong_input_shape(user_model):
                 "--input-shape", "3,28,28", "--mean", "0,0,0", "--std", "1,1,1", "--classes",
                 str(user_model / "names.txt"), "--out", str(user_model / "pkg"), "--arch-kwargs", '{"width": 6}')
     assert r.returncode == 1 and "fails on input shape [3, 28, 28]" in r.stderr
+
+
+def test_imported_user_model_prunes_and_evaluates(user_model):
+    """A user's own residual net, trained briefly on real Fashion-MNIST, goes import -> prune -> eval."""
+    import importlib.util
+
+    from ocap_core.data import load_dataset
+
+    spec = importlib.util.spec_from_file_location("user_net2", user_model / "net.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    train = load_dataset("fashion-mnist", "train")
+    x = (torch.from_numpy(train.x[:8000]).float().permute(0, 3, 1, 2) / 255 - 0.286) / 0.353
+    y = torch.from_numpy(train.y[:8000])
+    torch.manual_seed(0)
+    net = mod.ResNet()
+    opt = torch.optim.Adam(net.parameters(), 3e-3)
+    for _ in range(2):
+        for b in torch.randperm(len(x)).split(64):
+            opt.zero_grad()
+            torch.nn.functional.cross_entropy(net(x[b]), y[b]).backward()
+            opt.step()
+    torch.save(net.state_dict(), user_model / "r.pt")
+    assert _import(user_model, arch="ResNet", weights="r.pt").returncode == 0
+    out = user_model / "pruned"
+    r = run_cli("prune", "--model", str(user_model / "pkg"), "--classes", "1,8", "--keep-first", "0",
+                "--epochs", "10", "--samples-per-class", "128", "--out", str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    assert summary["class_ids"] == [1, 8] and summary["mac_reduction"] > 1.2, summary
+    card = open_package(str(out)).card
+    assert card.parent == open_package(str(user_model / "pkg")).card.version
+    # stem and branch end feed one addition: one group, kept whole (residual stream); the rest shrank
+    widths = card.provenance["widths"]
+    assert set(widths) == {"branch.0", "branch.3", "down.0"} and widths["branch.3"] == [16, 16], widths
+    assert widths["branch.0"][0] < 32 and widths["down.0"][0] < 32, widths
+    r = run_cli("eval", "--model", str(out), "--json", "--latency-runs", "5")
+    assert r.returncode == 0, r.stderr
+    res = json.loads(r.stdout)
+    assert res["classes"] == [1, 8] and res["accuracy"] >= res["base"]["restricted_accuracy"] - 0.03, res

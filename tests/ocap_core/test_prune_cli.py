@@ -44,18 +44,38 @@ def test_candidate_card_records_how_it_was_made(pruned):
     assert prov["samples"]["train"] > 0 and prov["samples"]["val"] > 0
 
 
-def test_pruned_package_rebuilds_in_torch(pruned):
+def _rebuilds_in_torch(path) -> None:
+    """The saved history replays on a fresh base and the weights reproduce the ONNX logits."""
     import torch
 
     from ocap_core.preprocess import preprocess
     from ocap_core.runtime import open_session
 
-    pkg = open_package(str(pruned[0]))
+    pkg = open_package(str(path))
     model = load_model(pkg)
     x = preprocess(load_dataset("fashion-mnist", "test").x[:32], pkg.card.input)
     with torch.no_grad():
         ref = model(torch.from_numpy(x)).numpy()
     assert np.abs(open_session(pkg.onnx_path).run(["logits"], {"input": x})[0] - ref).max() <= 1e-4
+
+
+def test_pruned_package_rebuilds_in_torch(pruned):
+    _rebuilds_in_torch(pruned[0])
+
+
+def test_iterative_cap_rounds_shrink_and_replay(tmp_path):
+    out = tmp_path / "cap"
+    r = run_cli("prune", "--model", "fmnist-cnn", "--classes", "1,8", "--scorer", "cap", "--rule", "cap", "--tau", "0.9",
+                "--keep-first", "1", "--cap-rounds", "3", "--cap-tolerance", "1", "--epochs", "3",
+                "--samples-per-class", "32", "--out", str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    card = open_package(str(out)).card
+    rounds = card.provenance["cap_rounds"]
+    assert card.class_ids == [1, 8] and card.metrics["mac_reduction"] > 1.2
+    # with a tolerance of 1 no round is refused: rounds go on until nothing is removable or the budget ends
+    assert 1 <= len(rounds) <= 3 and [x["round"] for x in rounds] == list(range(1, len(rounds) + 1))
+    assert all(a["macs"] > b["macs"] for a, b in zip(rounds, rounds[1:]))
+    _rebuilds_in_torch(out)
 
 
 def test_pruning_a_pruned_model_is_refused(pruned, tmp_path):

@@ -49,10 +49,13 @@ def run_bench(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
 
     def progress(i, n, job, rows, seconds):
-        best = ", ".join(f"{r['method']} {r['delta_pp']:+.1f}pp {r['mac_reduction']:.1f}x" for r in rows)
+        best = ", ".join(f"{r['method']} failed" if "error" in r else
+                         f"{r['method']} {r['delta_pp']:+.1f}pp {r['mac_reduction']:.1f}x" for r in rows)
         print(f"[{i}/{n}] {job['model']} {job['classes']} ({seconds:.0f} s): {best}", file=sys.stderr, flush=True)
 
     rows = quality.run_jobs(jobs, progress, workers=args.workers)
+    failed = [r for r in rows if "error" in r]
+    rows = [r for r in rows if "error" not in r]
     prune_seconds = None if args.quick or "fmnist-resnet20" not in models else time_resnet20_prune(2, args.seed)
     out = Path(args.out)
     plot = out.parent / ("quality-quick.png" if args.quick else "quality.png")
@@ -62,9 +65,10 @@ def run_bench(args: argparse.Namespace) -> int:
                 "fine-tuning budget": f"{args.time_budget:g} s" if args.time_budget else "none", "seed": args.seed,
                 "threads per run": args.threads, "parallel runs": args.workers, "mode": "quick" if args.quick else "full",
                 "wall time": f"{(time.perf_counter() - t0) / 60:.1f} min"}
-    md = report.quality_markdown(rows, settings, quality.machine(), _versions(), prune_seconds, plot.name)
+    md = report.quality_markdown(rows, settings, quality.machine(), _versions(), prune_seconds, plot.name,
+                                 failed=failed)
     report.replace_section(out, "quality-quick" if args.quick else "quality", md)
     if args.rows:
-        Path(args.rows).write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+        Path(args.rows).write_text("".join(json.dumps(r) + "\n" for r in rows + failed), encoding="utf-8")
     print(f"wrote {out} and {plot} ({len(rows)} runs)", file=sys.stderr)
     return 0

@@ -56,6 +56,7 @@ def run_subset(job: Dict[str, Any]) -> List[Dict[str, Any]]:
     import torch
 
     from ocap_core.data import load_dataset
+    from ocap_core.errors import OcapError
     from ocap_core.evaluate import evaluate_package
     from ocap_core.package import open_package
     from ocap_core.personalize import personalize
@@ -83,7 +84,12 @@ def run_subset(job: Dict[str, Any]) -> List[Dict[str, Any]]:
         mspec = _method_spec(method, spec, ocap_widths, freqs)
         data = samples["random" if method == "ocap+random-select" else "kl"]
         with tempfile.TemporaryDirectory() as tmp:
-            res = personalize(base, data, classes, mspec, Path(tmp) / "cand", class_freqs=freqs, name=method)
+            try:
+                res = personalize(base, data, classes, mspec, Path(tmp) / "cand", class_freqs=freqs, name=method)
+            except OcapError as e:          # a refused candidate is a result to report, not a crash
+                rows.append({"model": job["model"], "k": len(classes), "classes": classes, "method": method,
+                             "seed": job["seed"], "error": str(e)})
+                continue
             ev = evaluate_package(res.package, test, classes, threads=1, latency_runs=job["latency_runs"])
             card = res.package.card
             onnx_bytes = res.package.onnx_path.stat().st_size

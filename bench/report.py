@@ -78,7 +78,8 @@ def judge(rows: List[Dict[str, Any]], prune_seconds: Optional[float]) -> List[Tu
 
 
 def quality_markdown(rows: List[Dict[str, Any]], settings: Dict[str, Any], machine: str, versions: Dict[str, str],
-                     prune_seconds: Optional[float], plot: Optional[str], notes: str = "") -> str:
+                     prune_seconds: Optional[float], plot: Optional[str], notes: str = "",
+                     failed: Sequence[Dict[str, Any]] = ()) -> str:
     lines = ["## Personalization quality (`ocap bench quality`)", "",
              f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine}.",
              "Versions: " + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".",
@@ -91,6 +92,10 @@ def quality_markdown(rows: List[Dict[str, Any]], settings: Dict[str, Any], machi
              "median of 200 runs after 20 warm-up, base and candidate in the same process.", ""]
     if notes:
         lines += [notes, ""]
+    if failed:
+        lines += [f"**{len(failed)} run(s) produced no candidate** (counted nowhere below):", ""]
+        lines += [f"- {r['model']} {','.join(map(str, r['classes']))} {r['method']}: {r['error']}" for r in failed]
+        lines += [""]
     lines += ["### Targets", "", "| target | measured | status |", "|---|---|---|"]
     lines += [f"| {t} | {m} | **{s}** |" for t, m, s in judge(rows, prune_seconds)]
     lines += ["", "### Mean over subsets (± std)", "",

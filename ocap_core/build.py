@@ -11,7 +11,7 @@ import torch
 import torch.nn as nn
 
 from .errors import OcapError
-from .export import export_onnx, find_classifier, onnx_parity
+from .export import export_onnx, find_classifier, parity_diffs
 from .measure import count_macs, count_params
 from .package import CARD, ONNX, WEIGHTS, Card, ModelPackage, file_sha256, open_package, write_card
 from .preprocess import InputSpec
@@ -33,7 +33,7 @@ def save_package(model: nn.Module, out: Path, *, name: str, input_spec: InputSpe
 
     ``arch`` ({"name", "kwargs"}) makes a torch form (weights.pt) that ``load_model`` can rebuild; the
     ONNX form is always written and must match torch within 1e-4 on ``parity_inputs`` (default: 64
-    random inputs), or nothing is written.
+    random inputs; outputs larger than 1 in magnitude are compared relative to it), or nothing is written.
     """
     out = Path(out)
     if out.exists() and not (overwrite or (out.is_dir() and not any(out.iterdir()))):
@@ -57,16 +57,18 @@ def save_package(model: nn.Module, out: Path, *, name: str, input_spec: InputSpe
         files.append(ONNX)
         x = parity_inputs[:PARITY_SAMPLES] if parity_inputs is not None else \
             torch.randn(PARITY_SAMPLES, *shape, generator=torch.Generator().manual_seed(0))
-        diff = onnx_parity(model, tmp / ONNX, x, classifier, features_module)
-        if not diff <= PARITY_TOLERANCE:
-            raise OcapError(f"ONNX export of {name} disagrees with torch: max |diff| {diff:.2e} > {PARITY_TOLERANCE}")
+        diff, scaled = parity_diffs(model, tmp / ONNX, x, classifier, features_module)
+        if not scaled <= PARITY_TOLERANCE:
+            raise OcapError(f"ONNX export of {name} disagrees with torch: max |diff| {diff:.2e} (relative to "
+                            f"outputs beyond 1: {scaled:.2e}) > {PARITY_TOLERANCE}")
         with torch.no_grad():
             from .export import with_features
             logits, feats = with_features(model, shape, classifier, features_module)(x[:2])
         if logits.shape[1] != len(ids):
             raise OcapError(f"model {name} has {logits.shape[1]} outputs but {len(ids)} class ids")
         all_metrics = {"macs": count_macs(model, shape), "params": count_params(model),
-                       "onnx_parity_max_abs_diff": diff, "onnx_bytes": (tmp / ONNX).stat().st_size}
+                       "onnx_parity_max_abs_diff": diff,
+                       "onnx_parity_scaled_diff": scaled, "onnx_bytes": (tmp / ONNX).stat().st_size}
         all_metrics.update(metrics or {})
         digests = {f: file_sha256(tmp / f) for f in files}
         card = Card(name=name, version=f"{name}-{digests[ONNX][:12]}", input=input_spec,

@@ -180,7 +180,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
 
     base = open_package(args.model)
     classes = parse_classes(args.classes, len(base.card.class_names))
-    ft = replace(FinetuneSpec(), epochs=args.epochs, time_budget=args.time_budget, lr=args.lr, seed=args.seed)
+    ft = replace(FinetuneSpec(), epochs=args.epochs, time_budget=args.time_budget, lr=args.lr, mixup=args.mixup,
+                 seed=args.seed)
     spec = PruneSpec(scorer=args.scorer, rule=args.rule, labels=args.labels, grouping=args.grouping,
                      keep_share=args.keep_share, slope=args.slope, images_per_class=args.images_per_class,
                      keep_first=args.keep_first, prune_stream=args.prune_stream, min_width=args.min_width,
@@ -280,6 +281,8 @@ def _add_prune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs (early-stopped on validation)")
     p.add_argument("--time-budget", type=float, default=0.0, help="fine-tuning wall seconds (0: none)")
     p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
+    p.add_argument("--mixup", type=float, default=0.0,
+                   help="mixup distillation: Beta(a, a) blends of cached images, labelled by the base (0: off)")
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--keep-share", type=float, help="activation scorer's share r (default: per family)")

@@ -8,6 +8,7 @@ import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional
 
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
@@ -21,8 +22,9 @@ Progress = Callable[[Dict[str, Any]], None]
 
 @dataclass(frozen=True)
 class FinetuneSpec:
-    """SGD with momentum, step decay at 40% / 80% of the epochs, distillation temperature t, weight
-    β of the label loss, patience in epochs, wall-clock budget (0: none), teacher-confidence filter."""
+    """SGD with momentum, step decay at 40% / 80% of the epochs (of the epochs that fit in the wall
+    budget, when one is set), distillation temperature t, weight β of the label loss, patience in
+    epochs, wall-clock budget (0: none), teacher-confidence filter, augmentation."""
 
     epochs: int = 30
     batch_size: int = 64
@@ -38,6 +40,7 @@ class FinetuneSpec:
     recal_samples: int = 500
     shift: int = 0              # augmentation (needs the teacher model): random shifts up to this many pixels
     hflip: bool = False         # ... and random horizontal flips; the teacher labels each augmented batch
+    mixup: float = 0.0          # mixup distillation: blend image pairs (Beta(a, a) weights), teacher labels the blend
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -47,6 +50,8 @@ class FinetuneSpec:
             raise OcapError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
         if not 0 <= self.beta <= 1:
             raise OcapError(f"beta must be in [0, 1], got {self.beta}")
+        if self.mixup < 0:
+            raise OcapError(f"mixup must be >= 0 (0: off), got {self.mixup}")
 
 
 @dataclass
@@ -86,6 +91,24 @@ def kd_loss(student: torch.Tensor, teacher: torch.Tensor, t: float) -> torch.Ten
                     log_target=True) * (t * t)
 
 
+def mix(x: torch.Tensor, alpha: float, gen: torch.Generator) -> torch.Tensor:
+    """Blend each image with a random partner of the batch, weight ~ Beta(alpha, alpha) per image.
+
+    Distilling on blends gives the student the teacher's answers between the cached images, which
+    a few hundred images per class do not cover; labels are not mixed (the teacher labels the blend)."""
+    n = len(x)
+    rng = np.random.default_rng(int(torch.randint(0, 2 ** 31 - 1, (1,), generator=gen)))
+    lam = torch.from_numpy(rng.beta(alpha, alpha, n).astype(np.float32))
+    lam = torch.maximum(lam, 1 - lam).view(n, *([1] * (x.dim() - 1)))
+    return lam * x + (1 - lam) * x[torch.randperm(n, generator=gen)]
+
+
+def _lr_factor(epoch: int, horizon: int) -> float:
+    """Step decay ×0.1 after 40% and after 80% of ``horizon`` epochs (``epoch`` counts from 1)."""
+    milestones = sorted({max(1, int(horizon * 0.4)), max(1, int(horizon * 0.8))})
+    return 0.1 ** sum(epoch > m for m in milestones)
+
+
 def _val_score(model, x_val, t_val, y_val) -> float:
     if len(x_val) == 0:
         return 0.0
@@ -105,7 +128,7 @@ def finetune(student: nn.Module, x: torch.Tensor, teacher_logits: torch.Tensor, 
     With ``spec.shift`` / ``spec.hflip`` each batch is augmented and ``teacher`` (images -> the K
     kept logits) labels the augmented images; without augmentation its logits are computed once.
     """
-    augmenting = bool(spec.shift or spec.hflip)
+    augmenting = bool(spec.shift or spec.hflip or spec.mixup)
     if augmenting and teacher is None:
         raise OcapError("augmented fine-tuning needs the teacher model")
     t0 = time.perf_counter()
@@ -126,14 +149,17 @@ def finetune(student: nn.Module, x: torch.Tensor, teacher_logits: torch.Tensor, 
     else:
         opt = torch.optim.SGD(student.parameters(), lr=spec.lr, momentum=spec.momentum,
                               weight_decay=spec.weight_decay)
-    milestones = sorted({max(1, int(spec.epochs * 0.4)), max(1, int(spec.epochs * 0.8))})
-    sched = torch.optim.lr_scheduler.MultiStepLR(opt, milestones, gamma=0.1)
+    horizon = spec.epochs
     val_labels = y_val if (y_val is not None and bool((y_val >= 0).all())) else None
     best = (_val_score(student, x_val, teacher_val, val_labels), 0, copy.deepcopy(student.state_dict()))
     history = [{"epoch": 0, "loss": float("nan"), "val": best[0]}]
     small_batches = spec.batch_size < 16 or len(x) < 16
     stopped, bad = "epochs", 0
     for epoch in range(1, spec.epochs + 1):
+        if epoch == 2 and spec.time_budget:     # the schedule spans the epochs that fit in the budget
+            horizon = max(1, min(spec.epochs, int(spec.time_budget / max(time.perf_counter() - t0, 1e-3))))
+        for g in opt.param_groups:
+            g["lr"] = spec.lr * _lr_factor(epoch, horizon)
         student.train()
         if small_batches:                   # too few samples for batch statistics: keep BN in eval
             for m in student.modules():
@@ -148,6 +174,8 @@ def finetune(student: nn.Module, x: torch.Tensor, teacher_logits: torch.Tensor, 
             xb, tb = x[idx], teacher_logits[idx]
             if augmenting:
                 xb = augment(xb, spec.shift, spec.hflip, gen)
+                if spec.mixup:
+                    xb = mix(xb, spec.mixup, gen)
                 with torch.no_grad():
                     tb = teacher(xb)
             out = student(xb)
@@ -162,7 +190,6 @@ def finetune(student: nn.Module, x: torch.Tensor, teacher_logits: torch.Tensor, 
             opt.step()
             total += loss.item()
             steps += 1
-        sched.step()
         val = _val_score(student, x_val, teacher_val, val_labels)
         history.append({"epoch": epoch, "loss": total / max(steps, 1), "val": val})
         if progress:

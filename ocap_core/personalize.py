@@ -248,7 +248,8 @@ def _cap_rounds(model: nn.Module, history: List[list], x_tr: torch.Tensor, g_tr:
     The floor is relative because the validation buffer is KL-selected (outliers): its absolute
     agreement says more about the subset's difficulty than about the pruning. Returns the accepted
     model (full head), its history and a log per round."""
-    round_ft = replace(spec.finetune, epochs=spec.cap_round_epochs, patience=spec.cap_round_epochs)
+    round_ft = replace(spec.finetune, epochs=spec.cap_round_epochs, patience=spec.cap_round_epochs, shift=0,
+                       hflip=False, mixup=0.0)          # between rounds: plain distillation over all C
     num_classes = t_tr.shape[1]
     accepted, accepted_history, rounds, floor = model, history, [], 0.0
     for r in range(1, spec.cap_rounds + 1):

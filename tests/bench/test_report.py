@@ -1,7 +1,7 @@
 """The benchmark report: section replacement and target verdicts (no torch)."""
 
 from bench.quality import class_subsets
-from bench.report import judge, replace_section
+from bench.report import judge, quality_markdown, replace_section
 
 
 def test_replace_section_is_idempotent_and_keeps_other_sections(tmp_path):
@@ -35,3 +35,14 @@ def test_class_subsets_are_distinct_sorted_and_start_with_the_hard_one():
     assert subsets[0] == [0, 2, 6] and len({tuple(s) for s in subsets}) == 4
     assert all(s == sorted(s) and len(s) == 3 for s in subsets)
     assert class_subsets(3, 4, seed=0) == subsets
+
+
+def test_runs_without_a_candidate_are_listed_not_averaged():
+    row = dict(_row("ocap", -0.5, 6.0), base_accuracy=0.9, restricted_accuracy=0.95, worst_class=0.9,
+               param_reduction=5.0, latency_ms=0.1, base_latency_ms=0.2, onnx_size_ratio=5.0,
+               timings=dict.fromkeys(["sample_selection", "score", "prune", "finetune", "export"], 1.0),
+               peak_rss_mb=100.0)
+    failed = [{"model": "m", "k": 2, "classes": [0, 1], "method": "random", "error": "ONNX export disagrees"}]
+    md = quality_markdown([row], {}, "test machine", {}, None, None, failed=failed)
+    assert "1 run(s) produced no candidate" in md and "m 0,1 random: ONNX export disagrees" in md
+    assert "| m | 2 | random |" not in md

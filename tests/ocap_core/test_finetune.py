@@ -9,7 +9,7 @@ import torch.nn.functional as F
 
 from ocap_core.data import load_dataset
 from ocap_core.errors import OcapError
-from ocap_core.finetune import FinetuneSpec, finetune, kd_loss, recalibrate_bn
+from ocap_core.finetune import FinetuneSpec, _lr_factor, finetune, kd_loss, mix, recalibrate_bn
 from ocap_core.preprocess import InputSpec, preprocess
 from ocap_core.structural import PrunableModel
 from ocap_core.train import TrainSpec, train_model
@@ -42,13 +42,15 @@ def _kd(student, x, t):
         return float(kd_loss(student(x), t, 2.0))
 
 
-def test_distillation_lowers_teacher_student_kl(teacher_and_data):
+@pytest.mark.parametrize("mixup", [0.0, 0.4])
+def test_distillation_lowers_teacher_student_kl(teacher_and_data, mixup):
     teacher, x, _ = teacher_and_data
     with torch.no_grad():
         t = teacher(x)[:, CLASSES]
     student = _student(teacher)
     before = _kd(student, x[400:], t[400:])
-    res = finetune(student, x[:400], t[:400], x[400:], t[400:], FinetuneSpec(epochs=6, patience=10))
+    res = finetune(student, x[:400], t[:400], x[400:], t[400:], FinetuneSpec(epochs=6, patience=10, mixup=mixup),
+                   teacher=lambda xb: teacher(xb)[:, CLASSES])     # (mixup: the teacher labels each blend)
     after = _kd(res.model, x[400:], t[400:])
     assert after < 0.7 * before, (before, after)
     assert res.history[0]["epoch"] == 0 and res.best_val > res.history[0]["val"]     # agreement improved
@@ -89,6 +91,26 @@ def test_bn_recalibration_matches_batch_statistics():
 def test_bad_spec_and_empty_data():
     with pytest.raises(OcapError, match="beta"):
         FinetuneSpec(beta=2)
+    with pytest.raises(OcapError, match="mixup"):
+        FinetuneSpec(mixup=-1)
+    with pytest.raises(OcapError, match="teacher model"):
+        finetune(torch.nn.Linear(2, 2), torch.zeros(3, 2), torch.zeros(3, 2), torch.zeros(0, 2), torch.zeros(0, 2),
+                 FinetuneSpec(mixup=0.4))
     with pytest.raises(OcapError, match="no samples"):
         finetune(torch.nn.Linear(2, 2), torch.zeros(3, 2), F.one_hot(torch.zeros(3).long(), 2).float(),
                  torch.zeros(0, 2), torch.zeros(0, 2), FinetuneSpec(min_confidence=0.99))
+
+
+def test_mix_blends_each_image_mostly_with_itself_and_is_seeded():
+    x = torch.eye(8).view(8, 1, 1, 8)               # image i is the indicator of pixel i
+    a, b = mix(x, 0.4, torch.Generator().manual_seed(3)), mix(x, 0.4, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b) and a.shape == x.shape and not torch.equal(a, x)
+    a = a.view(8, 8)
+    # a convex blend of two images in which the image itself weighs at least a half
+    assert bool((a >= 0).all()) and torch.allclose(a.sum(1), torch.ones(8))
+    assert bool((a.diagonal() >= 0.5 - 1e-6).all()) and int(((a > 0).sum(1) <= 2).sum()) == 8
+
+
+def test_step_decay_spans_the_epochs_that_fit_the_budget():
+    assert [_lr_factor(e, 10) for e in (1, 4, 5, 8, 9, 10)] == pytest.approx([1, 1, 0.1, 0.1, 0.01, 0.01])
+    assert _lr_factor(1, 1) == 1 and _lr_factor(2, 1) == pytest.approx(0.1)    # milestones collapse to one

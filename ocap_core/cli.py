@@ -292,7 +292,7 @@ def _add_prune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--prune-stream", action="store_true", help="also prune residual-stream channels")
     p.add_argument("--min-width", type=int, default=1, help="channels every layer keeps at least")
     p.add_argument("--min-share", type=float, default=0.0, help="share of each layer kept at least")
-    p.add_argument("--round-to", type=int, default=1, help="round kept widths up to a multiple of this")
+    p.add_argument("--round-to", type=int, help="round kept widths up to a multiple of this (default: per family)")
     p.add_argument("--target-macs", type=float, default=0.0, help="l1/random: MAC reduction factor to reach")
     p.add_argument("--tau", type=float, default=0.0, help="a channel matters for a class when its table entry exceeds tau")
     p.add_argument("--cap-threshold", type=int, default=2, help="cap rule: classes a channel must serve")

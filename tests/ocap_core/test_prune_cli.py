@@ -75,6 +75,9 @@ def test_iterative_cap_rounds_shrink_and_replay(tmp_path):
     # with a tolerance of 1 no round is refused: rounds go on until nothing is removable or the budget ends
     assert 1 <= len(rounds) <= 3 and [x["round"] for x in rounds] == list(range(1, len(rounds) + 1))
     assert all(a["macs"] > b["macs"] for a, b in zip(rounds, rounds[1:]))
+    # the package is the last accepted round's model with only the head sliced to S
+    head_macs = (10 - 2) * card.features_dim
+    assert card.metrics["macs"] == rounds[-1]["macs"] - head_macs
     _rebuilds_in_torch(out)
 
 

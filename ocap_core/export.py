@@ -85,10 +85,9 @@ def export_onnx(model: nn.Module, input_shape: Sequence[int], path: Path, classi
 
 
 def onnx_parity(model: nn.Module, onnx_path: Path, x: torch.Tensor, classifier: Optional[str] = None,
-                features_module: Optional[str] = None, relative: bool = False) -> float:
-    """Max |torch - onnxruntime| over every output the ONNX file has, for inputs ``x`` (see
-    ``parity_diffs`` for ``relative``)."""
-    return parity_diffs(model, onnx_path, x, classifier, features_module)[int(relative)]
+                features_module: Optional[str] = None) -> float:
+    """Max |torch - onnxruntime| over every output the ONNX file has, for inputs ``x``."""
+    return parity_diffs(model, onnx_path, x, classifier, features_module)[0]
 
 
 def parity_diffs(model: nn.Module, onnx_path: Path, x: torch.Tensor, classifier: Optional[str] = None,

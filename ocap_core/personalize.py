@@ -185,7 +185,8 @@ def personalize(base_pkg: ModelPackage, samples: Samples, classes: Sequence[int]
     macs, params = count_macs(res.model, shape), count_params(res.model)
     widths = {g.root: [int(res.model.get_submodule(g.root).out_channels), g.width] for g in pm_base.groups}
     provenance = {
-        "base": card.name, "base_path": str(Path(base_pkg.path).resolve()), "base_version": card.version, "base_sha256": card.files.get("model.onnx"),
+        "base": card.name, "base_path": str(Path(base_pkg.path).resolve()), "base_version": card.version,
+        "base_sha256": card.files.get("model.onnx"),
         "scorer": spec.scorer, "rule": spec.rule, "classes": cls,
         "spec": _jsonable(asdict(spec)), "class_freqs": {str(k): float(v) for k, v in (class_freqs or {}).items()},
         "samples": {"train": int(len(train_idx)), "val": int(len(val_idx)), "train_per_class": counts},

@@ -1,0 +1,127 @@
+"""The served model behind an atomic reference, swapped without dropping a request (DESIGN.md §Processes).
+
+``LoadedModel`` is immutable: an onnxruntime session, the card, and the map from its outputs to
+base class ids. ``ModelSlot.current()`` is one attribute read, so a request that took the old model
+finishes on it while a swap installs the new one; the old session is released when the last such
+request drops its reference. Swaps are single-flight; a failed load leaves the current model serving.
+"""
+
+import logging
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence, Tuple
+
+import numpy as np
+
+from ocap_core.errors import OcapError
+from ocap_core.package import Card, open_package
+from ocap_core.preprocess import preprocess
+from ocap_core.runtime import PROVIDERS, open_session
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class Predictions:
+    """Per image: base class id, softmax confidence over the model's outputs, features if it has them."""
+
+    class_ids: np.ndarray
+    confidence: np.ndarray
+    features: Optional[np.ndarray]
+    model_version: str
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """One verified package in one onnxruntime session (never mutated; replace it to change models)."""
+
+    card: Card
+    path: Path
+    session: Any
+    providers: Tuple[str, ...]
+    loaded_at: float = field(default_factory=time.time)
+
+    @property
+    def version(self) -> str:
+        return self.card.version
+
+    @property
+    def class_ids(self) -> List[int]:
+        return list(self.card.class_ids)
+
+    def predict(self, images: np.ndarray) -> Predictions:
+        """uint8 images (one H×W[×C] or N×H×W[×C]) -> predictions in the base label space."""
+        x = preprocess(images, self.card.input)
+        inp = self.session.get_inputs()[0].name
+        want = ["logits"] + (["features"] if "features" in self.card.outputs else [])
+        try:
+            out = self.session.run(want, {inp: x})
+        except Exception as e:  # onnxruntime's own error types
+            raise OcapError(f"model {self.version}: inference failed on input {tuple(x.shape)}: {e}") from e
+        logits = out[0].astype(np.float64)
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        p /= p.sum(1, keepdims=True)
+        top = p.argmax(1)
+        return Predictions(np.asarray(self.card.class_ids)[top], p[np.arange(len(top)), top],
+                           out[1] if len(out) > 1 else None, self.version)
+
+
+def load_model(path: str, providers: Sequence[str] = ("cpu",), threads: int = 1,
+               trt_cache_dir: Optional[str] = None, warmup: int = 3) -> LoadedModel:
+    """Verify the package's digests, open its ONNX file and run ``warmup`` batch-1 inferences.
+
+    onnxruntime-gpu falls back to the CPU without saying so; the providers the session really got
+    are logged and kept on the model."""
+    pkg = open_package(path)
+    session = open_session(pkg.onnx_path, threads=threads, providers=providers, trt_cache_dir=trt_cache_dir)
+    got = tuple(session.get_providers())
+    wanted = [PROVIDERS[p] for p in providers]
+    if got[:1] != tuple(wanted[:1]):
+        log.warning("model %s asked for providers %s but runs on %s", pkg.card.version, wanted, list(got))
+    else:
+        log.info("model %s runs on %s", pkg.card.version, list(got))
+    model = LoadedModel(pkg.card, pkg.path, session, got)
+    c, h, w = pkg.card.input.shape
+    blank = np.zeros((h, w) if c == 1 else (h, w, c), np.uint8)
+    for _ in range(warmup):
+        model.predict(blank)
+    return model
+
+
+class ModelSlot:
+    """The model that answers requests, swapped atomically (the daemon keeps a second slot for the base
+    model, the teacher, while a pruned model serves)."""
+
+    def __init__(self, model: LoadedModel) -> None:
+        self._model = model
+        self._swap_lock = threading.Lock()
+        self.swaps = 0
+
+    def current(self) -> LoadedModel:
+        """The model to use for one request (hold the reference for the whole request)."""
+        return self._model
+
+    def swap(self, path: str, **load_args: Any) -> Tuple[bool, str]:
+        """Load and warm up the package at ``path``, then serve it. Returns (ok, reason); on failure,
+        or when another swap is already running, the current model keeps serving."""
+        if not self._swap_lock.acquire(blocking=False):
+            return False, "another swap is in progress"
+        try:
+            try:
+                new = load_model(path, **load_args)
+            except OcapError as e:
+                log.error("swap to %s refused: %s", path, e)
+                return False, str(e)
+            old, self._model = self._model, new
+            self.swaps += 1
+            log.info("serving %s (was %s)", new.version, old.version)
+            return True, f"serving {new.version}"
+        finally:
+            self._swap_lock.release()
+
+    def describe(self) -> Dict[str, Any]:
+        m = self._model
+        return {"version": m.version, "name": m.card.name, "class_ids": m.class_ids, "providers": list(m.providers),
+                "loaded_at": m.loaded_at, "swaps": self.swaps}

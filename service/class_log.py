@@ -1,0 +1,127 @@
+"""How often each class is predicted, per minute, model version and origin (``served`` answers or the
+``teacher`` base model's checks), counted in memory and flushed to SQLite in one transaction.
+
+No image and no per-frame row is stored: one row per (minute, version, origin, class) with the count,
+the confidence sum and the count of low-confidence predictions. Queries read the flushed rows through
+their own connection, so they never wait on the writer.
+"""
+
+import sqlite3
+import threading
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Tuple
+
+from .db import open_db
+from .errors import ServiceError
+
+ORIGINS = ("served", "teacher")
+Key = Tuple[int, str, str, int]
+
+_UPSERT = ("INSERT INTO counts (minute, model_version, origin, class_id, n, conf_sum, lowconf_n) "
+           "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (minute, model_version, origin, class_id) DO UPDATE SET "
+           "n = n + excluded.n, conf_sum = conf_sum + excluded.conf_sum, lowconf_n = lowconf_n + excluded.lowconf_n")
+
+
+class ClassLog:
+    """Per-minute class counts; ``add`` is cheap and thread-safe, ``flush`` writes what accumulated."""
+
+    def __init__(self, path: Path, low_confidence: float = 0.5, clock: Callable[[], float] = time.time) -> None:
+        if not 0 <= low_confidence <= 1:
+            raise ServiceError(f"low_confidence must be in [0, 1], got {low_confidence}")
+        self.path = Path(path)
+        self.low_confidence = low_confidence
+        self._clock = clock
+        self._db = open_db(self.path)
+        self._pending: Dict[Key, List[float]] = {}
+        self._lock = threading.Lock()
+        self._write_lock = threading.Lock()
+        self.last_flush: Optional[float] = None
+
+    def add(self, class_ids: Sequence[int], confidences: Sequence[float], model_version: str,
+            origin: str = "served", ts: Optional[float] = None) -> None:
+        """Count predictions made at ``ts`` (default now)."""
+        if origin not in ORIGINS:
+            raise ServiceError(f"origin must be one of {ORIGINS}, got {origin!r}")
+        minute = int((self._clock() if ts is None else ts) // 60)
+        with self._lock:
+            for k, c in zip(class_ids, confidences):
+                row = self._pending.setdefault((minute, model_version, origin, int(k)), [0, 0.0, 0])
+                row[0] += 1
+                row[1] += float(c)
+                row[2] += float(c) < self.low_confidence
+
+    def flush(self) -> int:
+        """Write the counts gathered since the last flush in one transaction; returns rows written.
+        On failure the counts are put back, so nothing is lost until the next try."""
+        with self._write_lock:
+            with self._lock:
+                pending, self._pending = self._pending, {}
+            if not pending:
+                self.last_flush = self._clock()
+                return 0
+            rows = [(*key, int(v[0]), v[1], int(v[2])) for key, v in pending.items()]
+            conn = self._db.conn
+            try:
+                conn.execute("BEGIN")
+                conn.executemany(_UPSERT, rows)
+                conn.execute("COMMIT")
+            except sqlite3.Error as e:
+                if conn.in_transaction:
+                    conn.execute("ROLLBACK")
+                with self._lock:
+                    for key, v in pending.items():
+                        row = self._pending.setdefault(key, [0, 0.0, 0])
+                        for i in range(3):
+                            row[i] += v[i]
+                raise ServiceError(f"flushing class counts to {self.path} failed: {e}") from e
+            self.last_flush = self._clock()
+            return len(rows)
+
+    def _read(self, sql: str, args: Sequence) -> List[tuple]:
+        conn = sqlite3.connect(str(self.path))
+        try:
+            return conn.execute(sql, tuple(args)).fetchall()
+        finally:
+            conn.close()
+
+    def histogram(self, minutes: int, origin: str = "served", model_version: Optional[str] = None,
+                  now: Optional[float] = None) -> Dict[int, int]:
+        """Flushed counts per class over the last ``minutes`` minutes (the current one included)."""
+        end = int((self._clock() if now is None else now) // 60)
+        sql = "SELECT class_id, SUM(n) FROM counts WHERE origin = ? AND minute > ? AND minute <= ?"
+        args: list = [origin, end - minutes, end]
+        if model_version is not None:
+            sql += " AND model_version = ?"
+            args.append(model_version)
+        return {int(k): int(n) for k, n in self._read(sql + " GROUP BY class_id ORDER BY class_id", args)}
+
+    def series(self, window_minutes: int, windows: int, origin: str = "served",
+               now: Optional[float] = None) -> List[Dict[int, int]]:
+        """Class histograms of ``windows`` consecutive windows, oldest first, the last ending now."""
+        end = int((self._clock() if now is None else now) // 60)
+        start = end - window_minutes * windows
+        out: List[Dict[int, int]] = [{} for _ in range(windows)]
+        rows = self._read("SELECT minute, class_id, SUM(n) FROM counts WHERE origin = ? AND minute > ? AND minute <= ? "
+                          "GROUP BY minute, class_id", [origin, start, end])
+        for minute, k, n in rows:
+            w = (minute - start - 1) // window_minutes
+            out[w][int(k)] = out[w].get(int(k), 0) + int(n)
+        return out
+
+    def totals_by_version(self, origin: str = "served") -> Dict[str, Dict[str, float]]:
+        """Per model version: predictions, mean confidence and low-confidence share (all flushed time)."""
+        rows = self._read("SELECT model_version, SUM(n), SUM(conf_sum), SUM(lowconf_n) FROM counts WHERE origin = ? "
+                          "GROUP BY model_version", [origin])
+        return {v: {"n": int(n), "mean_confidence": c / n, "low_confidence_share": lo / n} for v, n, c, lo in rows}
+
+    def retain(self, keep_minutes: int, now: Optional[float] = None) -> int:
+        """Delete rows older than ``keep_minutes``; returns how many went."""
+        cutoff = int((self._clock() if now is None else now) // 60) - keep_minutes
+        with self._write_lock:
+            cur = self._db.conn.execute("DELETE FROM counts WHERE minute <= ?", (cutoff,))
+            return int(cur.rowcount)
+
+    def close(self) -> None:
+        self.flush()
+        self._db.conn.close()

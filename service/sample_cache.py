@@ -1,0 +1,158 @@
+"""The on-device sample cache: per predicted class, a bounded and diverse set of images chosen by the
+streaming KL rule (``ocap_core.selection``, numpy only), kept for the personalization worker.
+
+Each sample is one ``.npz`` (image and penultimate features) written with mode 0600 by tmp + fsync +
+rename and indexed in the ``samples`` table. A fixed, hash-chosen share of sample ids goes to a
+separate validation buffer. The byte quota is never exceeded: an offer that would pass it is declined
+(the KL rule's replacements keep the buffers fresh within it). On restart the stored samples are offered
+again, in the order they came, to fresh selectors, so the cache resumes the state it had; nothing
+leaves the device and ``forget`` deletes everything.
+"""
+
+import logging
+import os
+import threading
+import time
+import uuid
+from pathlib import Path
+from typing import Dict, List, Optional, Tuple
+
+import numpy as np
+
+from ocap_core.errors import OcapError
+from ocap_core.selection import make_selector, split_for
+
+from .db import open_db
+from .errors import ServiceError
+
+log = logging.getLogger(__name__)
+SPLITS = ("train", "val")
+
+
+def _write_private(path: Path, image: np.ndarray, features: np.ndarray) -> int:
+    """Write one sample file readable by its owner only; returns its size."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    fd = os.open(str(tmp), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        np.savez(f, image=image, features=features)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+    return path.stat().st_size
+
+
+class SampleCache:
+    """Offer every (image, features, class) the base model saw; the cache keeps what the selector picks."""
+
+    def __init__(self, cache_dir: Path, db_path: Path, per_class: int = 256, val_share: float = 0.2,
+                 quota_bytes: int = 256 * 2 ** 20, selector: str = "kl", seed: int = 0) -> None:
+        if per_class < 1 or quota_bytes < 1 or not 0 <= val_share < 1:
+            raise ServiceError(f"sample cache: per_class and quota_bytes must be >= 1 and val_share in [0, 1), "
+                               f"got {per_class}, {quota_bytes}, {val_share}")
+        self.dir = Path(cache_dir)
+        self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        self.per_class, self.val_share, self.quota = per_class, val_share, quota_bytes
+        self._selector_args = (selector, seed)
+        self._db = open_db(Path(db_path))
+        self._lock = threading.Lock()
+        self._reset_selectors()
+        self.bytes = 0
+        self.declined_for_quota = 0
+        self._resume()
+
+    def _reset_selectors(self) -> None:
+        name, seed = self._selector_args
+        try:
+            self._sel = {"train": make_selector(name, self.per_class, seed=seed),
+                         "val": make_selector(name, max(4, self.per_class // 4), seed=seed + 1)}
+        except OcapError as e:
+            raise ServiceError(f"sample cache: {e}") from e
+
+    def _resume(self) -> None:
+        rows = self._db.execute("SELECT class_id, split, path, bytes FROM samples ORDER BY created, id").fetchall()
+        self._db.execute("DELETE FROM samples")
+        for class_id, split, path, size in rows:
+            try:
+                with np.load(path) as z:
+                    image, features = z["image"], z["features"]
+            except (OSError, ValueError, KeyError) as e:
+                log.warning("sample %s unreadable (%s); dropped", path, e)
+                Path(path).unlink(missing_ok=True)
+                continue
+            self._place(str(path), image, features, int(class_id), split, None, stored_size=int(size))
+        log.info("sample cache resumed: %s", self.counts())
+
+    def offer(self, image: np.ndarray, features: np.ndarray, class_id: int, confidence: float) -> bool:
+        """Offer one frame the base model classified; True when the cache kept it."""
+        with self._lock:
+            sid = uuid.uuid4().hex
+            return self._place(sid, np.asarray(image, np.uint8), np.asarray(features, np.float32), int(class_id),
+                               split_for(sid, self.val_share), float(confidence))
+
+    def _place(self, item: str, image: np.ndarray, features: np.ndarray, class_id: int, split: str,
+               confidence: Optional[float], stored_size: Optional[int] = None) -> bool:
+        """Offer to the split's selector; ``item`` is a new sample id, or (with ``stored_size``) the
+        path of a sample already on disk, being resumed."""
+        path = Path(item) if stored_size is not None else self.dir / f"{class_id}-{item}.npz"
+        # the quota is checked against an upper bound of the file's size (arrays + npz headers < 4 KiB)
+        size = stored_size if stored_size is not None else image.nbytes + features.nbytes + 4096
+        if self.bytes + size > self.quota:
+            self.declined_for_quota += 1
+            if stored_size is not None:
+                path.unlink()
+            return False
+        offer = self._sel[split].offer(str(path), features, class_id)
+        if not offer.stored:
+            if stored_size is not None:
+                path.unlink()
+            return False
+        if offer.evicted is not None:
+            self._drop(str(offer.evicted))
+        if stored_size is None:
+            size = _write_private(path, image, features)
+        self.bytes += size
+        self._db.execute("INSERT INTO samples (class_id, confidence, score, split, path, bytes, created) "
+                         "VALUES (?, ?, ?, ?, ?, ?, ?)",
+                         (class_id, confidence, offer.score, split, str(path), size, time.time()))
+        return True
+
+    def _drop(self, path: str) -> None:
+        row = self._db.execute("SELECT bytes FROM samples WHERE path = ?", (path,)).fetchone()
+        self._db.execute("DELETE FROM samples WHERE path = ?", (path,))
+        self.bytes -= int(row[0]) if row else 0
+        Path(path).unlink()
+
+    def counts(self) -> Dict[str, Dict[int, int]]:
+        """Samples held per split and class."""
+        out: Dict[str, Dict[int, int]] = {s: {} for s in SPLITS}
+        with self._lock:
+            rows = self._db.execute("SELECT split, class_id, COUNT(*) FROM samples GROUP BY split, class_id").fetchall()
+        for split, k, n in rows:
+            out[split][int(k)] = int(n)
+        return out
+
+    def load(self, split: str) -> Tuple[np.ndarray, np.ndarray]:
+        """(images, class ids) of one split, for the personalization worker."""
+        if split not in SPLITS:
+            raise ServiceError(f"split must be one of {SPLITS}, got {split!r}")
+        with self._lock:
+            rows = self._db.execute("SELECT path, class_id FROM samples WHERE split = ? ORDER BY id",
+                                    (split,)).fetchall()
+            images: List[np.ndarray] = []
+            for path, _ in rows:
+                with np.load(path) as z:
+                    images.append(z["image"])
+        ids = np.asarray([k for _, k in rows], np.int64)
+        return (np.stack(images) if images else np.zeros((0,), np.uint8)), ids
+
+    def forget(self) -> int:
+        """Delete every cached sample (files and rows); returns how many."""
+        with self._lock:
+            paths = [p for (p,) in self._db.execute("SELECT path FROM samples").fetchall()]
+            for p in paths:
+                self._drop(p)
+            self._reset_selectors()
+            return len(paths)
+
+    def close(self) -> None:
+        self._db.conn.close()

@@ -1,0 +1,75 @@
+"""SampleCache on real Fashion-MNIST frames and features from the shipped CNN (torch-free): bounded
+per-class buffers, private files indexed in SQLite, resume after restart, byte quota, forget."""
+
+import stat
+
+import numpy as np
+import pytest
+
+from ocap_core.data import load_dataset
+from service.errors import ServiceError
+from service.model_slot import load_model
+from service.sample_cache import SampleCache
+
+
+@pytest.fixture(scope="module")
+def frames():
+    x = load_dataset("fashion-mnist", "train").x[:800]
+    pred = load_model("fmnist-cnn").predict(x)
+    return x, pred
+
+
+def _fill(cache, frames):
+    x, pred = frames
+    kept = [cache.offer(x[i], pred.features[i], int(pred.class_ids[i]), float(pred.confidence[i]))
+            for i in range(len(x))]
+    return sum(kept)
+
+
+def test_buffers_are_bounded_private_and_indexed(tmp_path, frames):
+    cache = SampleCache(tmp_path / "cache", tmp_path / "ocap.db", per_class=12)
+    assert _fill(cache, frames) > 0
+    counts = cache.counts()
+    assert set(counts["train"]) == set(np.unique(frames[1].class_ids).tolist())
+    assert max(counts["train"].values()) == 12 and max(counts["val"].values()) <= 4
+    files = sorted((tmp_path / "cache").glob("*.npz"))
+    assert len(files) == sum(counts["train"].values()) + sum(counts["val"].values())
+    assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files)
+    assert cache.bytes == sum(f.stat().st_size for f in files)
+    images, ids = cache.load("train")
+    assert images.shape == (sum(counts["train"].values()), 28, 28, 1) and images.dtype == np.uint8
+    assert sorted(np.unique(ids).tolist()) == sorted(counts["train"])
+
+
+def test_a_restart_resumes_the_same_samples(tmp_path, frames):
+    cache = SampleCache(tmp_path / "cache", tmp_path / "ocap.db", per_class=12)
+    _fill(cache, frames)
+    before, files = cache.counts(), sorted((tmp_path / "cache").glob("*.npz"))
+    cache.close()
+    again = SampleCache(tmp_path / "cache", tmp_path / "ocap.db", per_class=12)
+    assert again.counts() == before and sorted((tmp_path / "cache").glob("*.npz")) == files
+
+
+def test_the_byte_quota_is_never_exceeded(tmp_path, frames):
+    quota = 40_000
+    cache = SampleCache(tmp_path / "cache", tmp_path / "ocap.db", per_class=50, quota_bytes=quota)
+    _fill(cache, frames)
+    on_disk = sum(f.stat().st_size for f in (tmp_path / "cache").glob("*.npz"))
+    assert 0 < on_disk <= quota and cache.declined_for_quota > 0
+
+
+def test_forget_deletes_everything(tmp_path, frames):
+    cache = SampleCache(tmp_path / "cache", tmp_path / "ocap.db", per_class=8)
+    n = _fill(cache, frames)
+    assert cache.forget() > 0 and n > 0
+    assert not list((tmp_path / "cache").glob("*.npz")) and cache.counts() == {"train": {}, "val": {}}
+    assert cache.bytes == 0 and _fill(cache, frames) > 0       # and it fills again
+
+
+def test_bad_settings_are_refused(tmp_path):
+    with pytest.raises(ServiceError, match="per_class"):
+        SampleCache(tmp_path / "c", tmp_path / "ocap.db", per_class=0)
+    with pytest.raises(ServiceError, match="unknown sample selector 'best'"):
+        SampleCache(tmp_path / "c", tmp_path / "ocap.db", selector="best")
+    with pytest.raises(ServiceError, match="split"):
+        SampleCache(tmp_path / "c", tmp_path / "ocap.db").load("test")

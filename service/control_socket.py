@@ -1,0 +1,195 @@
+"""The control socket (DESIGN.md §Control socket): a Unix stream server speaking JSON lines.
+
+Request ``{"v":1,"id":7,"cmd":"status", ...}``; reply ``{"v":1,"id":7,"ok":true,"result":{...}}`` or
+``{"v":1,"id":7,"ok":false,"error":{"code":...,"message":...}}``. A command that takes a payload (``predict``)
+announces ``"bytes": N`` in its header line and the N raw bytes follow. Handlers are registered by name
+(one table), so the control plane adds its own. Bad input gets an error reply on that connection only;
+lines over 64 KiB, payloads over the configured cap and idle connections are cut off. Mutating commands
+are checked against the peer's SO_PEERCRED credentials.
+"""
+
+import fcntl
+import json
+import logging
+import os
+import socket
+import stat
+import struct
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Dict, Optional, Set
+
+from .errors import ServiceError
+
+log = logging.getLogger(__name__)
+MAX_LINE = 64 * 1024
+Handler = Callable[[Dict[str, Any], Optional[bytes]], Any]
+
+
+@dataclass(frozen=True)
+class Command:
+    handler: Handler
+    mutating: bool = False          # needs root, the daemon's uid or an allowed group
+    payload: bool = False           # a header's "bytes" of raw data follow
+
+
+class RequestError(Exception):
+    """Raised by handlers (and the server) to reply ok:false with a code and a message."""
+
+    def __init__(self, code: str, message: str) -> None:
+        super().__init__(message)
+        self.code = code
+
+
+def peer_credentials(conn: socket.socket):
+    """(pid, uid, gid) of the process at the other end of a Unix socket (Linux SO_PEERCRED)."""
+    raw = conn.getsockopt(socket.SOL_SOCKET, socket.SO_PEERCRED, struct.calcsize("3i"))
+    return struct.unpack("3i", raw)
+
+
+class ControlServer:
+    """Serve registered commands on ``path`` until ``stop``; one thread per connection, capped."""
+
+    def __init__(self, path: Path, max_payload: int = 1 << 20, max_connections: int = 16,
+                 idle_timeout: float = 30.0, allowed_gids: Set[int] = frozenset()) -> None:
+        self.path = Path(path)
+        self.max_payload, self.max_connections, self.idle_timeout = max_payload, max_connections, idle_timeout
+        self.allowed_gids = set(allowed_gids)
+        self.commands: Dict[str, Command] = {}
+        self._sock: Optional[socket.socket] = None
+        self._lock_fd: Optional[int] = None
+        self._active = threading.BoundedSemaphore(max_connections)
+        self._stopping = threading.Event()
+        self._thread: Optional[threading.Thread] = None
+
+    def register(self, name: str, handler: Handler, mutating: bool = False, payload: bool = False) -> None:
+        if name in self.commands:
+            raise ServiceError(f"control command {name!r} is registered twice")
+        self.commands[name] = Command(handler, mutating, payload)
+
+    def start(self) -> None:
+        """Take the instance lock, replace a stale socket file, listen (mode 0660), serve in a thread."""
+        lock_path = str(self.path) + ".lock"
+        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o600)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError as e:
+            os.close(fd)
+            raise ServiceError(f"another instance holds {lock_path}; is ocap already running?") from e
+        self._lock_fd = fd
+        if self.path.exists() or self.path.is_symlink():
+            if not stat.S_ISSOCK(self.path.lstat().st_mode):
+                raise ServiceError(f"{self.path} exists and is not a socket; not replacing it")
+            self.path.unlink()                      # stale: we hold the lock, so nobody serves it
+        sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        sock.bind(str(self.path))
+        os.chmod(str(self.path), 0o660)
+        sock.listen(self.max_connections)
+        sock.settimeout(0.2)
+        self._sock = sock
+        self._thread = threading.Thread(target=self._accept_loop, name="control-socket", daemon=True)
+        self._thread.start()
+        log.info("control socket listening on %s", self.path)
+
+    def stop(self) -> None:
+        self._stopping.set()
+        if self._thread:
+            self._thread.join()
+        if self._sock:
+            self._sock.close()
+            self.path.unlink(missing_ok=True)
+        if self._lock_fd is not None:
+            os.close(self._lock_fd)
+            self._lock_fd = None
+
+    def _accept_loop(self) -> None:
+        assert self._sock is not None
+        while not self._stopping.is_set():
+            try:
+                conn, _ = self._sock.accept()
+            except socket.timeout:
+                continue
+            except OSError:
+                break
+            if not self._active.acquire(blocking=False):
+                self._send(conn, None, error=("busy", f"too many connections (max {self.max_connections})"))
+                conn.close()
+                continue
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        try:
+            conn.settimeout(self.idle_timeout)
+            creds = peer_credentials(conn)
+            f = conn.makefile("rb")
+            while not self._stopping.is_set():
+                try:
+                    line = f.readline(MAX_LINE + 1)
+                except socket.timeout:
+                    break                               # idle: close this connection only
+                if not line:
+                    break
+                if len(line) > MAX_LINE:
+                    self._send(conn, None, error=("too_large", f"request line over {MAX_LINE} bytes"))
+                    break
+                if line.strip():
+                    self._handle(conn, f, line, creds)
+        except OSError as e:
+            log.debug("control connection ended: %s", e)
+        finally:
+            conn.close()
+            self._active.release()
+
+    def _handle(self, conn: socket.socket, f, line: bytes, creds) -> None:
+        rid = None
+        try:
+            try:
+                req = json.loads(line.decode("utf-8"))
+            except (UnicodeDecodeError, ValueError) as e:
+                raise RequestError("bad_request", f"not a JSON line: {e}") from e
+            if not isinstance(req, dict):
+                raise RequestError("bad_request", "a request is a JSON object")
+            rid = req.get("id")
+            if req.get("v") != 1:
+                raise RequestError("bad_request", f"protocol version must be 1, got {req.get('v')!r}")
+            cmd = self.commands.get(req.get("cmd"))
+            if cmd is None:
+                raise RequestError("unknown_command", f"unknown command {req.get('cmd')!r}; "
+                                                      f"known: {', '.join(sorted(self.commands))}")
+            payload = self._payload(f, req) if cmd.payload else None
+            if cmd.mutating and not self._may_mutate(creds):
+                raise RequestError("forbidden", f"{req['cmd']} needs root, the daemon's user or an allowed group")
+            self._send(conn, rid, result=cmd.handler(req, payload))
+        except RequestError as e:
+            self._send(conn, rid, error=(e.code, str(e)))
+        except Exception as e:  # a handler bug must not take the server down
+            log.exception("control command failed")
+            self._send(conn, rid, error=("internal", f"{type(e).__name__}: {e}"))
+
+    def _payload(self, f, req: Dict[str, Any]) -> bytes:
+        n = req.get("bytes")
+        if not isinstance(n, int) or n < 0:
+            raise RequestError("bad_request", "a payload command needs \"bytes\": N (a non-negative integer)")
+        if n > self.max_payload:
+            raise RequestError("too_large", f"payload of {n} bytes over the limit of {self.max_payload}")
+        data = f.read(n)
+        if len(data) != n:
+            raise RequestError("bad_request", f"expected {n} payload bytes, got {len(data)}")
+        return data
+
+    def _may_mutate(self, creds) -> bool:
+        _, uid, gid = creds
+        return uid == 0 or uid == os.getuid() or gid in self.allowed_gids
+
+    @staticmethod
+    def _send(conn: socket.socket, rid: Any, result: Any = None, error=None) -> None:
+        msg: Dict[str, Any] = {"v": 1, "id": rid, "ok": error is None}
+        if error is None:
+            msg["result"] = result
+        else:
+            msg["error"] = {"code": error[0], "message": error[1]}
+        try:
+            conn.sendall((json.dumps(msg) + "\n").encode("utf-8"))
+        except OSError as e:
+            log.debug("reply not sent: %s", e)

@@ -1,0 +1,157 @@
+"""The control socket over a real Unix socket: JSON-line protocol, a predict payload on the shipped CNN,
+errors that keep the connection (and others) alive, caps, the instance lock, SO_PEERCRED."""
+
+import json
+import os
+import socket
+import stat
+import time
+
+import numpy as np
+import pytest
+
+from ocap_core.data import load_dataset
+from service.client import Client, CommandFailed, Unreachable
+from service.control_socket import MAX_LINE, ControlServer, RequestError
+from service.errors import ServiceError
+from service.model_slot import ModelSlot, load_model
+
+
+@pytest.fixture(scope="module")
+def slot():
+    return ModelSlot(load_model("fmnist-cnn"))
+
+
+def _predict(slot):
+    def handler(req, payload):
+        if req.get("dtype") != "uint8":
+            raise RequestError("bad_request", f"dtype must be uint8, got {req.get('dtype')!r}")
+        img = np.frombuffer(payload, np.uint8).reshape(req["shape"])
+        p = slot.current().predict(img)
+        return {"class_id": int(p.class_ids[0]), "confidence": float(p.confidence[0]),
+                "model_version": p.model_version}
+    return handler
+
+
+@pytest.fixture
+def server(tmp_path, slot):
+    srv = ControlServer(tmp_path / "ocap.sock", max_payload=4096, max_connections=3, idle_timeout=2.0)
+    srv.register("status", lambda req, _: {"version": slot.current().version})
+    srv.register("predict", _predict(slot), payload=True)
+    srv.register("pause", lambda req, _: {"paused": True}, mutating=True)
+    srv.start()
+    yield srv
+    srv.stop()
+
+
+def _raw(path):
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(5)
+    s.connect(str(path))
+    return s, s.makefile("rb")
+
+
+def test_commands_and_predict_round_trip(server, slot):
+    assert stat.S_IMODE(os.stat(server.path).st_mode) == 0o660
+    img = load_dataset("fashion-mnist", "test").x[0]
+    with Client(server.path) as c:
+        assert c.call("status") == {"version": slot.current().version}
+        got = c.predict(img)
+        assert got["class_id"] == int(slot.current().predict(img).class_ids[0])
+        assert c.call("pause") == {"paused": True}                 # same uid: allowed
+        with pytest.raises(CommandFailed, match="unknown_command"):
+            c.call("reboot")
+        assert c.call("status")["version"]                          # the connection lives on
+
+
+def test_bad_lines_get_error_replies_and_touch_no_one_else(server):
+    other = Client(server.path)
+    s, f = _raw(server.path)
+    s.sendall(b"{not json\n")
+    reply = json.loads(f.readline())
+    assert reply["ok"] is False and reply["id"] is None and reply["error"]["code"] == "bad_request"
+    s.sendall(b'{"v":2,"id":5,"cmd":"status"}\n')
+    assert json.loads(f.readline())["error"]["message"].startswith("protocol version")
+    s.sendall(b'{"v":1,"id":6,"cmd":"predict","bytes":99999}\n')
+    assert json.loads(f.readline())["error"]["code"] == "too_large"
+    s.sendall(b"x" * (MAX_LINE + 10) + b"\n")
+    assert json.loads(f.readline())["error"]["code"] == "too_large"
+    assert f.readline() == b""                                      # that connection is closed ...
+    assert other.call("status")                                     # ... the other one is not
+    other.close()
+    s.close()
+
+
+def test_connection_cap_and_idle_timeout(tmp_path):
+    srv = ControlServer(tmp_path / "s.sock", max_connections=1, idle_timeout=0.3)
+    srv.register("status", lambda req, _: {})
+    srv.start()
+    try:
+        s1, f1 = _raw(srv.path)
+        time.sleep(0.1)
+        s2, f2 = _raw(srv.path)
+        assert json.loads(f2.readline())["error"]["code"] == "busy"
+        time.sleep(0.6)
+        assert f1.readline() == b""                                 # idle: closed by the server
+        time.sleep(0.1)
+        with Client(srv.path) as c:                                 # the slot is free again
+            assert c.call("status") == {}
+    finally:
+        srv.stop()
+
+
+def test_one_instance_and_stale_sockets(tmp_path):
+    path = tmp_path / "ocap.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))                                           # left behind by a crash
+    stale.close()
+    first = ControlServer(path)
+    first.register("status", lambda req, _: {"n": 1})
+    first.start()
+    try:
+        with pytest.raises(ServiceError, match="already running"):
+            ControlServer(path).start()
+        with Client(path) as c:
+            assert c.call("status") == {"n": 1}
+    finally:
+        first.stop()
+    assert not path.exists()
+    with pytest.raises(Unreachable, match="ocap.sock"):
+        Client(path)
+    (tmp_path / "f.sock").write_text("not a socket")
+    with pytest.raises(ServiceError, match="not a socket"):
+        ControlServer(tmp_path / "f.sock").start()
+
+
+@pytest.mark.skipif(os.getuid() != 0, reason="needs root to act as another user")
+def test_mutating_commands_check_peer_credentials():
+    import shutil
+    import tempfile
+
+    d = tempfile.mkdtemp()                        # pytest's own tmp dirs are closed to other users
+    os.chmod(d, 0o755)
+    srv = ControlServer(os.path.join(d, "ocap.sock"))
+    srv.register("status", lambda req, _: {})
+    srv.register("pause", lambda req, _: {"paused": True}, mutating=True)
+    srv.start()
+    os.chmod(str(srv.path), 0o666)                # let the other user reach the socket at all
+    try:
+        pid = os.fork()
+        if pid == 0:                              # child: become nobody, try a read and a mutation
+            code = 1
+            try:
+                os.setgid(65534)
+                os.setuid(65534)
+                with Client(srv.path) as c:
+                    c.call("status")
+                    try:
+                        c.call("pause")
+                    except CommandFailed as e:
+                        code = 0 if e.code == "forbidden" else 2
+            finally:
+                os._exit(code)
+        _, status = os.waitpid(pid, 0)
+        assert os.WEXITSTATUS(status) == 0
+    finally:
+        srv.stop()
+        shutil.rmtree(d)

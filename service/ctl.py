@@ -1,14 +1,102 @@
-"""``ocapctl``: the control-socket client. The socket server it talks to is not built yet."""
+"""``ocapctl``: talk to the daemon's control socket. Human output by default, ``--json`` for scripts.
+Exit codes: 0 ok, 1 the command failed, 2 usage error, 3 the daemon is unreachable."""
 
+import argparse
+import json
 import sys
-from typing import Optional, Sequence
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
 
-EXIT_UNREACHABLE = 3
+import numpy as np
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
+DEFAULT_SOCKET = "/run/ocap/ocap.sock"
+
+
+def read_image(path: str) -> np.ndarray:
+    """A uint8 image from ``.npy`` or binary PGM (P5), the formats readable without extra packages."""
+    p = Path(path)
+    if p.suffix == ".npy":
+        img = np.load(p)
+    else:
+        data = p.read_bytes()
+        parts = data.split(maxsplit=4)
+        if len(parts) < 5 or parts[0] != b"P5" or int(parts[3]) > 255:
+            raise ValueError(f"{path}: not an 8-bit binary PGM (P5) or .npy file")
+        w, h = int(parts[1]), int(parts[2])
+        img = np.frombuffer(parts[4][:w * h], np.uint8).reshape(h, w)
+    if img.dtype != np.uint8 or img.ndim not in (2, 3):
+        raise ValueError(f"{path}: expected a uint8 H x W or H x W x C image, got {img.dtype} {img.shape}")
+    return img
+
+
+def _human(cmd: str, res: Dict[str, Any]) -> str:
+    if cmd == "classes":
+        rows = res["classes"]
+        total = sum(r["n"] for r in rows) or 1
+        width = max([len(r["class_name"]) for r in rows] + [5])
+        lines = [f"last {res['minutes']} min, {res['origin']}: {total if rows else 0} predictions"]
+        for r in rows:
+            bar = "#" * int(round(40 * r["n"] / total))
+            lines.append(f"{r['class_id']:>3} {r['class_name']:<{width}} {r['n']:>8} {100 * r['n'] / total:5.1f}% {bar}")
+        return "\n".join(lines)
+    if cmd == "status":
+        m = res["model"]
+        lat = res["latency_ms"]
+        return "\n".join([f"model     {m['name']} ({m['version']}), classes {m['class_ids']}",
+                          f"providers {', '.join(m['providers'])}",
+                          f"uptime    {res['uptime_s']:.0f} s, {res['requests']} requests",
+                          f"latency   p50 {lat['p50']:.2f} ms, p90 {lat['p90']:.2f} ms, p99 {lat['p99']:.2f} ms",
+                          f"cache     {sum(res['cache']['train'].values())} train + "
+                          f"{sum(res['cache']['val'].values())} val samples, {res['cache_bytes']} bytes"])
+    if cmd == "predict":
+        return f"{res['class_id']} {res['class_name']} ({res['confidence']:.3f}) by {res['model_version']}"
+    return json.dumps(res, indent=2)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    print("ocapctl: the ocap daemon and its control socket are not part of this version yet", file=sys.stderr)
-    return EXIT_UNREACHABLE
+    from .client import Client, CommandFailed, Unreachable
+
+    ap = argparse.ArgumentParser(prog="ocapctl", description=__doc__)
+    ap.add_argument("--socket", default=DEFAULT_SOCKET)
+    ap.add_argument("--json", action="store_true", help="print the result as JSON")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("status")
+    c = sub.add_parser("classes")
+    c.add_argument("--minutes", type=int, default=60)
+    c.add_argument("--origin", default="served", choices=["served", "teacher"])
+    sub.add_parser("models")
+    h = sub.add_parser("history")
+    h.add_argument("--limit", type=int, default=50)
+    p = sub.add_parser("predict")
+    p.add_argument("file", help=".npy or binary PGM image")
+    try:
+        args = ap.parse_args(argv)
+    except SystemExit as e:
+        return EXIT_OK if e.code == 0 else EXIT_USAGE
+    try:
+        with Client(Path(args.socket)) as client:
+            if args.cmd == "predict":
+                try:
+                    img = read_image(args.file)
+                except (OSError, ValueError) as e:
+                    print(f"ocapctl: {e}", file=sys.stderr)
+                    return EXIT_USAGE
+                res = client.predict(img)
+            elif args.cmd == "classes":
+                res = client.call("classes", minutes=args.minutes, origin=args.origin)
+            elif args.cmd == "history":
+                res = client.call("history", limit=args.limit)
+            else:
+                res = client.call(args.cmd)
+    except Unreachable as e:
+        print(f"ocapctl: daemon unreachable: {e}", file=sys.stderr)
+        return EXIT_UNREACHABLE
+    except CommandFailed as e:
+        print(f"ocapctl: {args.cmd} failed: {e}", file=sys.stderr)
+        return EXIT_FAILED
+    print(json.dumps(res, indent=2) if args.json else _human(args.cmd, res))
+    return EXIT_OK
 
 
 if __name__ == "__main__":

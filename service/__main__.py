@@ -1,0 +1,66 @@
+"""``python -m service``: run the serving plane on its own (no control plane yet): serve a model,
+log class counts, fill the sample cache, answer the control socket, optionally replay a dataset."""
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from pathlib import Path
+from typing import Optional, Sequence
+
+from ocap_core.errors import OcapError
+
+from .errors import ServiceError
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="python -m service", description=__doc__)
+    ap.add_argument("--model", default="fmnist-cnn", help="package name or directory")
+    ap.add_argument("--state-dir", required=True, help="ocap.db and the sample cache go here")
+    ap.add_argument("--socket", required=True, help="control socket path")
+    ap.add_argument("--providers", default="cpu", help="onnxruntime providers in order, e.g. tensorrt,cuda,cpu")
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--flush-seconds", type=float, default=5.0)
+    ap.add_argument("--source", choices=["none", "replay"], default="none")
+    ap.add_argument("--data", default="fashion-mnist", help="replay: fashion-mnist, an image folder or an .npz")
+    ap.add_argument("--rate", type=float, default=20.0, help="replay: frames per second")
+    ap.add_argument("--mix", default="", help="replay: class mix schedule, e.g. '0:0.5,3:0.5@10m; 7:1@5m'")
+    ap.add_argument("--log-level", default="INFO")
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    from ocap_core.data import load_dataset
+
+    from .server import Server
+    from .sources import ReplaySource, parse_mix
+
+    try:
+        server = Server(args.model, Path(args.state_dir), Path(args.socket), providers=args.providers.split(","),
+                        threads=args.threads, flush_seconds=args.flush_seconds)
+        source = None
+        if args.source == "replay":
+            data = load_dataset(args.data, "test")
+            mix = parse_mix(args.mix or ",".join(f"{k}:1" for k in range(data.num_classes)) + "@1h",
+                            data.num_classes)
+            source = ReplaySource(data.x, data.y, lambda img: server.infer(img[None]), args.rate, mix)
+        server.start()
+    except (OcapError, ServiceError) as e:
+        print(f"python -m service: {e}", file=sys.stderr)
+        return 1
+    done = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: done.set())
+    if source:
+        source.start()
+    logging.getLogger("service").info("serving %s; control socket %s", server.slot.current().version, args.socket)
+    while not done.wait(0.5):
+        pass
+    if source:
+        source.stop()
+    server.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""Input sources that feed the one inference path. ``ReplaySource`` streams a dataset at a set rate
+under a class-mix schedule; it is what the demo and the benchmarks drive."""
+
+import logging
+import re
+import threading
+import time
+from typing import Callable, List, Tuple
+
+import numpy as np
+
+from .errors import ServiceError
+
+log = logging.getLogger(__name__)
+Mix = List[Tuple[np.ndarray, np.ndarray, float]]      # (class ids, probabilities, seconds) per segment
+_UNITS = {"s": 1, "m": 60, "h": 3600}
+
+
+def parse_mix(text: str, num_classes: int) -> Mix:
+    """``0:0.5,3:0.3,7:0.2@10m; 0:0.4,9:0.6@5m`` -> segments (shares normalised), repeated in a cycle."""
+    out: Mix = []
+    for part in [p.strip() for p in text.split(";") if p.strip()]:
+        m = re.fullmatch(r"(.+?)@\s*(\d+(?:\.\d+)?)\s*([smh])", part)
+        if not m:
+            raise ServiceError(f"class mix segment {part!r}: expected 'CLASS:SHARE,...@DURATION' (e.g. 0:0.5,3:0.5@10m)")
+        ids, shares = [], []
+        for item in m.group(1).split(","):
+            try:
+                k, p = item.split(":")
+                ids.append(int(k))
+                shares.append(float(p))
+            except ValueError as e:
+                raise ServiceError(f"class mix segment {part!r}: bad item {item.strip()!r}") from e
+        if any(not 0 <= k < num_classes for k in ids) or len(set(ids)) != len(ids):
+            raise ServiceError(f"class mix segment {part!r}: classes must be distinct and in 0..{num_classes - 1}")
+        if any(p < 0 for p in shares) or sum(shares) <= 0:
+            raise ServiceError(f"class mix segment {part!r}: shares must be >= 0 and not all 0")
+        seconds = float(m.group(2)) * _UNITS[m.group(3)]
+        out.append((np.asarray(ids), np.asarray(shares) / sum(shares), seconds))
+    if not out:
+        raise ServiceError("class mix is empty")
+    return out
+
+
+class ReplaySource:
+    """A thread that calls ``sink(image)`` ``rate`` times a second with images drawn per the mix."""
+
+    def __init__(self, images: np.ndarray, labels: np.ndarray, sink: Callable[[np.ndarray], object], rate: float,
+                 mix: Mix, seed: int = 0) -> None:
+        if rate <= 0:
+            raise ServiceError(f"replay rate must be > 0 frames per second, got {rate}")
+        self.images, self.sink, self.rate, self.mix = images, sink, rate, mix
+        self.by_class = {int(k): np.flatnonzero(labels == k) for k in np.unique(labels)}
+        missing = sorted({int(k) for ids, _, _ in mix for k in ids} - set(self.by_class))
+        if missing:
+            raise ServiceError(f"replay data has no images of classes {missing}")
+        self.rng = np.random.default_rng(seed)
+        self.frames = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="replay", daemon=True)
+
+    def segment_at(self, elapsed: float) -> int:
+        cycle = sum(s for _, _, s in self.mix)
+        t = elapsed % cycle
+        for i, (_, _, s) in enumerate(self.mix):
+            if t < s:
+                return i
+            t -= s
+        return len(self.mix) - 1
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        t0 = time.monotonic()
+        while not self._stop.is_set():
+            ids, p, _ = self.mix[self.segment_at(time.monotonic() - t0)]
+            k = int(self.rng.choice(ids, p=p))
+            try:
+                self.sink(self.images[self.rng.choice(self.by_class[k])])
+            except Exception:  # a bad frame must not end the stream
+                log.exception("replay frame failed")
+            self.frames += 1
+            delay = t0 + self.frames / self.rate - time.monotonic()
+            if delay > 0:
+                self._stop.wait(delay)
+

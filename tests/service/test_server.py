@@ -1,0 +1,76 @@
+"""``python -m service`` as a real subprocess replaying Fashion-MNIST, driven by ``ocapctl`` over its real
+socket, stopped by SIGTERM; the class mix it replayed shows up in the SQLite log."""
+
+import json
+import os
+import signal
+import sqlite3
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+
+from ocap_core.data import load_dataset
+from service.errors import ServiceError
+from service.sources import ReplaySource, parse_mix
+from tests.helpers import ROOT
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def _ctl(sock, *args):
+    return subprocess.run([sys.executable, "-m", "service.ctl", "--socket", str(sock), *args], capture_output=True,
+                          text=True, cwd=str(ROOT), env=_env(), timeout=60)
+
+
+def test_serve_replay_and_control(tmp_path):
+    sock = tmp_path / "ocap.sock"
+    proc = subprocess.Popen([sys.executable, "-m", "service", "--state-dir", str(tmp_path / "state"), "--socket",
+                             str(sock), "--source", "replay", "--rate", "200", "--mix", "1:0.7,8:0.3@1m",
+                             "--flush-seconds", "0.3"], cwd=str(ROOT), env=_env(), stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while not sock.exists() and time.time() < deadline and proc.poll() is None:
+            time.sleep(0.1)
+        assert sock.exists(), proc.stderr.read() if proc.poll() is not None else "no socket"
+        time.sleep(2.0)
+        r = _ctl(sock, "--json", "status")
+        assert r.returncode == 0, r.stderr
+        status = json.loads(r.stdout)
+        assert status["model"]["name"] == "fmnist-cnn" and status["requests"] > 50
+        cached = status["cache"]["train"]          # keyed by predicted class: a few misclassified frames too
+        assert {"1", "8"} <= set(cached) and cached["1"] + cached["8"] >= 0.8 * sum(cached.values()), cached
+        np.save(tmp_path / "img.npy", load_dataset("fashion-mnist", "test").of_classes([1]).x[0])
+        r = _ctl(sock, "predict", str(tmp_path / "img.npy"))
+        assert r.returncode == 0 and r.stdout.startswith("1 Trouser"), r.stdout + r.stderr
+        r = _ctl(sock, "--json", "classes", "--minutes", "5")
+        counts = {c["class_id"]: c["n"] for c in json.loads(r.stdout)["classes"]}
+        assert counts[1] > counts[8] > 0 and counts[1] + counts[8] >= 0.95 * sum(counts.values()), counts
+        r = _ctl(sock, "classes")
+        assert r.returncode == 0 and "Trouser" in r.stdout and "#" in r.stdout
+        assert _ctl(sock, "frobnicate").returncode == 2
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    assert not sock.exists()
+    r = _ctl(sock, "status")
+    assert r.returncode == 3 and "unreachable" in r.stderr
+    con = sqlite3.connect(str(tmp_path / "state" / "ocap.db"))
+    assert con.execute("SELECT SUM(n) FROM counts").fetchone()[0] >= status["requests"]
+
+
+def test_class_mix_schedule():
+    mix = parse_mix("0:1,3:3@2s; 7:1@1m", 10)
+    assert [m[2] for m in mix] == [2, 60] and mix[0][1].tolist() == [0.25, 0.75]
+    test = load_dataset("fashion-mnist", "test")
+    seen = []
+    src = ReplaySource(test.x, test.y, seen.append, rate=1000, mix=mix)
+    assert [src.segment_at(t) for t in (0, 1.9, 2.1, 61.9, 62.5)] == [0, 0, 1, 1, 0]
+    for bad, msg in (("0:1", "expected"), ("0:1,0:2@1m", "distinct"), ("12:1@1m", "0..9"), ("0:-1@1m", "shares"),
+                     ("0:x@1m", "bad item")):
+        with pytest.raises(ServiceError, match=msg):
+            parse_mix(bad, 10)

@@ -112,7 +112,17 @@ def _fashion_mnist_part(prefix: str) -> Dataset:
 
 # ---------------------------------------------------------------- user data
 
-def _read_image(path: Path) -> np.ndarray:
+def read_image(path: Path) -> np.ndarray:
+    """One image file -> uint8 H x W x C (C = 1 or 3); ``.npy`` holds the array itself. Errors name the file."""
+    path = Path(path)
+    if path.suffix.lower() == ".npy":
+        try:
+            arr = np.load(path, allow_pickle=False)
+        except (OSError, ValueError) as e:
+            raise OcapError(f"image file {path} is unreadable: {e}") from e
+        if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3)):
+            raise OcapError(f"image file {path}: expected a uint8 H x W [x 1|3] array, got {arr.dtype} {arr.shape}")
+        return arr[:, :, None] if arr.ndim == 2 else arr
     try:
         from PIL import Image
     except ImportError as e:  # pragma: no cover - pillow is a base dependency
@@ -145,7 +155,7 @@ def load_image_folder(root: Path) -> Dataset:
         if not files:
             raise OcapError(f"class folder {root / name} holds no images ({', '.join(sorted(IMAGE_SUFFIXES))})")
         for f in files:
-            img = _read_image(f)
+            img = read_image(f)
             if shape is None:
                 shape = img.shape
             elif img.shape != shape:

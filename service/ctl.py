@@ -7,27 +7,8 @@ import sys
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
-import numpy as np
-
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 DEFAULT_SOCKET = "/run/ocap/ocap.sock"
-
-
-def read_image(path: str) -> np.ndarray:
-    """A uint8 image from ``.npy`` or binary PGM (P5), the formats readable without extra packages."""
-    p = Path(path)
-    if p.suffix == ".npy":
-        img = np.load(p)
-    else:
-        data = p.read_bytes()
-        parts = data.split(maxsplit=4)
-        if len(parts) < 5 or parts[0] != b"P5" or int(parts[3]) > 255:
-            raise ValueError(f"{path}: not an 8-bit binary PGM (P5) or .npy file")
-        w, h = int(parts[1]), int(parts[2])
-        img = np.frombuffer(parts[4][:w * h], np.uint8).reshape(h, w)
-    if img.dtype != np.uint8 or img.ndim not in (2, 3):
-        raise ValueError(f"{path}: expected a uint8 H x W or H x W x C image, got {img.dtype} {img.shape}")
-    return img
 
 
 def _human(cmd: str, res: Dict[str, Any]) -> str:
@@ -55,6 +36,9 @@ def _human(cmd: str, res: Dict[str, Any]) -> str:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    from ocap_core.data import read_image
+    from ocap_core.errors import OcapError
+
     from .client import Client, CommandFailed, Unreachable
 
     ap = argparse.ArgumentParser(prog="ocapctl", description=__doc__)
@@ -69,7 +53,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     h = sub.add_parser("history")
     h.add_argument("--limit", type=int, default=50)
     p = sub.add_parser("predict")
-    p.add_argument("file", help=".npy or binary PGM image")
+    p.add_argument("file", help="an image file (PNG, JPEG, PGM, ...) or a uint8 .npy array")
     try:
         args = ap.parse_args(argv)
     except SystemExit as e:
@@ -78,8 +62,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         with Client(Path(args.socket)) as client:
             if args.cmd == "predict":
                 try:
-                    img = read_image(args.file)
-                except (OSError, ValueError) as e:
+                    img = read_image(Path(args.file))
+                except OcapError as e:
                     print(f"ocapctl: {e}", file=sys.stderr)
                     return EXIT_USAGE
                 res = client.predict(img)

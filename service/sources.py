@@ -1,13 +1,19 @@
 """Input sources that feed the one inference path. ``ReplaySource`` streams a dataset at a set rate
-under a class-mix schedule; it is what the demo and the benchmarks drive."""
+under a class-mix schedule (what the demo and the benchmarks drive); ``DirectorySource`` watches a
+spool folder."""
 
 import logging
+import os
 import re
 import threading
 import time
-from typing import Callable, List, Tuple
+from pathlib import Path
+from typing import Callable, List, Optional, Tuple
 
 import numpy as np
+
+from ocap_core.data import read_image
+from ocap_core.errors import OcapError
 
 from .errors import ServiceError
 
@@ -89,3 +95,63 @@ class ReplaySource:
             if delay > 0:
                 self._stop.wait(delay)
 
+
+
+class DirectorySource:
+    """A thread that watches a spool folder: each new image file (PNG, JPEG, PGM, ..., or a uint8 .npy)
+    is passed to ``sink`` and then deleted, or moved to ``done_dir``; a file that cannot be read goes
+    to ``reject_dir`` with its reason logged. Names starting with '.' (files being written) are skipped."""
+
+    def __init__(self, spool: Path, sink: Callable[[np.ndarray], object], reject_dir: Path,
+                 done_dir: Optional[Path] = None, poll: float = 0.2) -> None:
+        self.spool, self.sink, self.reject_dir, self.done_dir, self.poll = Path(spool), sink, Path(reject_dir), \
+            (Path(done_dir) if done_dir else None), poll
+        if not self.spool.is_dir():
+            raise ServiceError(f"spool directory {self.spool} does not exist")
+        for d in (self.reject_dir, self.done_dir):
+            if d is not None:
+                d.mkdir(parents=True, exist_ok=True)
+        self.frames, self.rejected = 0, 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="directory", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def scan(self) -> int:
+        """Handle every file now in the spool, oldest first; returns how many."""
+        files = sorted((p for p in self.spool.iterdir() if p.is_file() and not p.name.startswith(".")),
+                       key=lambda p: (p.stat().st_mtime, p.name))
+        for path in files:
+            try:
+                image = read_image(path)
+            except OcapError as e:
+                log.warning("rejected %s: %s", path, e)
+                os.replace(path, self.reject_dir / path.name)
+                self.rejected += 1
+                continue
+            try:
+                self.sink(image[None])
+            except Exception:  # a failing frame is logged and moved aside like an unreadable one
+                log.exception("inference failed on %s", path)
+                os.replace(path, self.reject_dir / path.name)
+                self.rejected += 1
+                continue
+            self.frames += 1
+            if self.done_dir is not None:
+                os.replace(path, self.done_dir / path.name)
+            else:
+                path.unlink()
+        return len(files)
+
+    def _run(self) -> None:
+        while not self._stop.is_set():
+            try:
+                self.scan()
+            except OSError as e:
+                log.error("spool %s: %s", self.spool, e)
+            self._stop.wait(self.poll)

@@ -7,6 +7,7 @@ from ocap_core.data import (
     load_dataset,
     load_image_folder,
     load_npz,
+    read_image,
     stratified_split,
 )
 from ocap_core.errors import OcapError
@@ -152,3 +153,14 @@ def test_train_and_test_folders_must_have_the_same_classes(tmp_path):
     shutil.rmtree(tmp_path / "test" / "emu")
     with pytest.raises(OcapError, match="class folders"):
         load_dataset(str(tmp_path), "test")
+
+
+def test_read_image_takes_npy_arrays_and_names_bad_files(tmp_path):
+    np.save(tmp_path / "ok.npy", np.zeros((28, 28), np.uint8))
+    assert read_image(tmp_path / "ok.npy").shape == (28, 28, 1)
+    np.save(tmp_path / "float.npy", np.zeros((28, 28), np.float32))
+    with pytest.raises(OcapError, match=r"float.npy: expected a uint8"):
+        read_image(tmp_path / "float.npy")
+    (tmp_path / "bad.npy").write_bytes(b"nope")
+    with pytest.raises(OcapError, match="bad.npy is unreadable"):
+        read_image(tmp_path / "bad.npy")

@@ -74,3 +74,28 @@ def test_class_mix_schedule():
                      ("0:x@1m", "bad item")):
         with pytest.raises(ServiceError, match=msg):
             parse_mix(bad, 10)
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_directory_source_handles_rejects_and_skips_partial_files(tmp_path, keep):
+    from PIL import Image
+
+    from service.sources import DirectorySource
+
+    spool = tmp_path / "spool"
+    spool.mkdir()
+    x = load_dataset("fashion-mnist", "test").x
+    Image.fromarray(x[0][:, :, 0]).save(spool / "a.png")
+    np.save(spool / "b.npy", x[1])
+    (spool / "c.png").write_bytes(b"\x89PNG but not really")
+    (spool / ".d.png.part").write_bytes(b"being written")
+    got = []
+    src = DirectorySource(spool, got.append, tmp_path / "rejected", tmp_path / "done" if keep else None)
+    assert src.scan() == 3
+    assert len(got) == 2 and got[0].shape == (1, 28, 28, 1) and np.array_equal(got[0][0], x[0])
+    assert src.frames == 2 and src.rejected == 1 and (tmp_path / "rejected" / "c.png").exists()
+    assert sorted(p.name for p in spool.iterdir()) == [".d.png.part"]
+    assert sorted(p.name for p in (tmp_path / "done").iterdir()) == ["a.png", "b.npy"] if keep else \
+        not (tmp_path / "done").exists()
+    with pytest.raises(ServiceError, match="nowhere"):
+        DirectorySource(tmp_path / "nowhere", got.append, tmp_path / "r")

@@ -48,8 +48,31 @@ def parse_mix(text: str, num_classes: int) -> Mix:
     return out
 
 
-class ReplaySource:
-    """A thread that calls ``sink(image)`` ``rate`` times a second with images drawn per the mix."""
+class ThreadSource:
+    """A source that runs ``_run`` in its own daemon thread until ``stop``; ``frames`` counts what it fed."""
+
+    name = "source"
+
+    def __init__(self) -> None:
+        self.frames = 0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name=self.name, daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        raise NotImplementedError
+
+
+class ReplaySource(ThreadSource):
+    """Calls ``sink(image)`` ``rate`` times a second with images drawn per the mix."""
+
+    name = "replay"
 
     def __init__(self, images: np.ndarray, labels: np.ndarray, sink: Callable[[np.ndarray], object], rate: float,
                  mix: Mix, seed: int = 0) -> None:
@@ -61,9 +84,7 @@ class ReplaySource:
         if missing:
             raise ServiceError(f"replay data has no images of classes {missing}")
         self.rng = np.random.default_rng(seed)
-        self.frames = 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="replay", daemon=True)
+        super().__init__()
 
     def segment_at(self, elapsed: float) -> int:
         cycle = sum(s for _, _, s in self.mix)
@@ -73,13 +94,6 @@ class ReplaySource:
                 return i
             t -= s
         return len(self.mix) - 1
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
 
     def _run(self) -> None:
         t0 = time.monotonic()
@@ -97,10 +111,12 @@ class ReplaySource:
 
 
 
-class DirectorySource:
-    """A thread that watches a spool folder: each new image file (PNG, JPEG, PGM, ..., or a uint8 .npy)
+class DirectorySource(ThreadSource):
+    """Watches a spool folder: each new image file (PNG, JPEG, PGM, ..., or a uint8 .npy)
     is passed to ``sink`` and then deleted, or moved to ``done_dir``; a file that cannot be read goes
     to ``reject_dir`` with its reason logged. Names starting with '.' (files being written) are skipped."""
+
+    name = "directory"
 
     def __init__(self, spool: Path, sink: Callable[[np.ndarray], object], reject_dir: Path,
                  done_dir: Optional[Path] = None, poll: float = 0.2) -> None:
@@ -111,16 +127,8 @@ class DirectorySource:
         for d in (self.reject_dir, self.done_dir):
             if d is not None:
                 d.mkdir(parents=True, exist_ok=True)
-        self.frames, self.rejected = 0, 0
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="directory", daemon=True)
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
+        self.rejected = 0
+        super().__init__()
 
     def scan(self) -> int:
         """Handle every file now in the spool, oldest first; returns how many."""

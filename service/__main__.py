@@ -22,13 +22,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--providers", default="cpu", help="onnxruntime providers in order, e.g. tensorrt,cuda,cpu")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--flush-seconds", type=float, default=5.0)
-    ap.add_argument("--source", choices=["none", "replay", "directory"], default="none")
+    ap.add_argument("--source", choices=["none", "replay", "directory", "camera"], default="none")
     ap.add_argument("--data", default="fashion-mnist", help="replay: fashion-mnist, an image folder or an .npz")
     ap.add_argument("--rate", type=float, default=20.0, help="replay: frames per second")
     ap.add_argument("--mix", default="", help="replay: class mix schedule, e.g. '0:0.5,3:0.5@10m; 7:1@5m'")
     ap.add_argument("--spool", help="directory: the folder to watch")
     ap.add_argument("--done-dir", help="directory: move handled files here (default: delete them)")
     ap.add_argument("--reject-dir", help="directory: unreadable files go here (default: STATE_DIR/rejected)")
+    ap.add_argument("--camera", default="0", help="camera: device index or GStreamer pipeline")
     ap.add_argument("--log-level", default="INFO")
     args = ap.parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
@@ -36,7 +37,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from ocap_core.data import load_dataset
 
     from .server import Server
-    from .sources import DirectorySource, ReplaySource, parse_mix
+    from .sources import CameraSource, DirectorySource, ReplaySource, parse_mix
 
     try:
         server = Server(args.model, Path(args.state_dir), Path(args.socket), providers=args.providers.split(","),
@@ -53,6 +54,9 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             source = DirectorySource(Path(args.spool), server.infer,
                                      Path(args.reject_dir or Path(args.state_dir) / "rejected"),
                                      Path(args.done_dir) if args.done_dir else None)
+        elif args.source == "camera":
+            source = CameraSource(args.camera, server.infer, tuple(server.slot.current().card.input.shape),
+                                  rate=args.rate)
         server.start()
     except (OcapError, ServiceError) as e:
         print(f"python -m service: {e}", file=sys.stderr)

@@ -163,3 +163,45 @@ class DirectorySource(ThreadSource):
             except OSError as e:
                 log.error("spool %s: %s", self.spool, e)
             self._stop.wait(self.poll)
+
+
+class CameraSource(ThreadSource):
+    """Frames from OpenCV's ``VideoCapture`` (a device index or a GStreamer pipeline string), converted
+    to the model's channels (gray or RGB) and size, at most ``rate`` per second. OpenCV is optional."""
+
+    name = "camera"
+
+    def __init__(self, device: str, sink: Callable[[np.ndarray], object], shape: Tuple[int, int, int],
+                 rate: float = 10.0) -> None:
+        try:
+            import cv2
+        except ImportError as e:
+            raise ServiceError("the camera source needs OpenCV: pip install opencv-python-headless "
+                               "(on Jetson: NVIDIA's OpenCV with GStreamer)") from e
+        self.cv2 = cv2
+        self.cap = cv2.VideoCapture(int(device) if device.isdigit() else device)
+        if not self.cap.isOpened():
+            raise ServiceError(f"camera {device!r} cannot be opened")
+        self.sink, self.shape, self.rate = sink, shape, rate
+        super().__init__()
+
+    def stop(self) -> None:
+        super().stop()
+        self.cap.release()
+
+    def _run(self) -> None:
+        c, h, w = self.shape
+        while not self._stop.is_set():
+            ok, frame = self.cap.read()
+            if not ok:
+                log.error("camera read failed; retrying")
+                self._stop.wait(1.0)
+                continue
+            code = self.cv2.COLOR_BGR2GRAY if c == 1 else self.cv2.COLOR_BGR2RGB
+            img = self.cv2.resize(self.cv2.cvtColor(frame, code), (w, h), interpolation=self.cv2.INTER_AREA)
+            try:
+                self.sink(img.reshape(1, h, w, c))
+            except Exception:
+                log.exception("camera frame failed")
+            self.frames += 1
+            self._stop.wait(1.0 / self.rate)

@@ -99,3 +99,15 @@ def test_directory_source_handles_rejects_and_skips_partial_files(tmp_path, keep
         not (tmp_path / "done").exists()
     with pytest.raises(ServiceError, match="nowhere"):
         DirectorySource(tmp_path / "nowhere", got.append, tmp_path / "r")
+
+
+def test_a_source_that_cannot_start_is_a_clear_error(tmp_path):
+    """Without OpenCV (not a dependency) or without a camera, the server says so and exits 1."""
+    r = subprocess.run([sys.executable, "-m", "service", "--state-dir", str(tmp_path), "--socket",
+                        str(tmp_path / "s.sock"), "--source", "camera", "--camera", "7"], capture_output=True,
+                       text=True, cwd=str(ROOT), env=_env(), timeout=120)
+    assert r.returncode == 1 and ("needs OpenCV" in r.stderr or "camera '7' cannot be opened" in r.stderr), r.stderr
+    r = subprocess.run([sys.executable, "-m", "service", "--state-dir", str(tmp_path), "--socket",
+                        str(tmp_path / "s.sock"), "--source", "directory"], capture_output=True, text=True,
+                       cwd=str(ROOT), env=_env(), timeout=120)
+    assert r.returncode == 1 and "--spool" in r.stderr

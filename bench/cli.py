@@ -36,6 +36,8 @@ def time_resnet20_prune(threads: int, seed: int) -> float:
 
 
 def run_bench(args: argparse.Namespace) -> int:
+    if args.which == "serving":
+        return run_serving(args)
     if args.quick:
         models, ks, subsets, methods = ["fmnist-cnn"], [2, 3], 1, quality.QUICK_METHODS
         epochs, per_class, latency_runs = min(args.epochs, 10), min(args.samples_per_class, 64), 50
@@ -71,4 +73,16 @@ def run_bench(args: argparse.Namespace) -> int:
     if args.rows:
         Path(args.rows).write_text("".join(json.dumps(r) + "\n" for r in rows + failed), encoding="utf-8")
     print(f"wrote {out} and {plot} ({len(rows)} runs)", file=sys.stderr)
+    return 0
+
+
+def run_serving(args: argparse.Namespace) -> int:
+    from . import serving
+
+    res = serving.run(quick=args.quick)
+    versions = {k: v for k, v in _versions().items() if k in ("onnxruntime", "numpy")}
+    out = Path(args.out)
+    report.replace_section(out, "serving-quick" if args.quick else "serving",
+                           serving.markdown(res, quality.machine(), versions))
+    print(f"wrote {out}", file=sys.stderr)
     return 0

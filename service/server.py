@@ -4,6 +4,7 @@ history, predict). The control plane registers its own commands on ``control``."
 
 import collections
 import logging
+import queue
 import threading
 import time
 from pathlib import Path
@@ -41,6 +42,11 @@ class Server:
         self._latency_ms: collections.deque = collections.deque(maxlen=2000)
         self._stop = threading.Event()
         self._flusher = threading.Thread(target=self._flush_loop, name="flush", daemon=True)
+        # cache offers (KL scoring, a file write with fsync: ~1 ms) leave the request path through a
+        # bounded queue; when it is full the frame is simply not offered
+        self._offers: queue.Queue = queue.Queue(maxsize=256)
+        self.offers_dropped = 0
+        self._cacher = threading.Thread(target=self._cache_loop, name="cache", daemon=True)
         for name, fn, payload in (("status", self._status, False), ("classes", self._classes, False),
                                   ("models", self._models, False), ("history", self._history, False),
                                   ("predict", self._predict, True)):
@@ -57,19 +63,35 @@ class Server:
         self.class_log.add(pred.class_ids, pred.confidence, pred.model_version)
         if pred.features is not None and model.version == self.base_version:
             for img, f, k, c in zip(images, pred.features, pred.class_ids, pred.confidence):
-                self.cache.offer(img, f, int(k), float(c))
+                try:
+                    self._offers.put_nowait((np.array(img), f, int(k), float(c)))
+                except queue.Full:
+                    self.offers_dropped += 1
         return pred
 
     def start(self) -> None:
         self.control.start()
         self._flusher.start()
+        self._cacher.start()
 
     def stop(self) -> None:
         self._stop.set()
         self._flusher.join()
+        self._offers.put(None)
+        self._cacher.join()
         self.control.stop()
         self.class_log.close()
         self.cache.close()
+
+    def _cache_loop(self) -> None:
+        while True:
+            item = self._offers.get()
+            if item is None:
+                return
+            try:
+                self.cache.offer(*item)
+            except Exception:
+                log.exception("sample cache offer failed")
 
     def _flush_loop(self) -> None:
         while not self._stop.wait(self.flush_seconds):
@@ -85,7 +107,8 @@ class Server:
                 "latency_ms": {"p50": float(np.percentile(lat, 50)), "p90": float(np.percentile(lat, 90)),
                                "p99": float(np.percentile(lat, 99))},
                 "cache": {s: {str(k): n for k, n in c.items()} for s, c in self.cache.counts().items()},
-                "cache_bytes": self.cache.bytes, "last_flush": self.class_log.last_flush}
+                "cache_bytes": self.cache.bytes, "cache_offers_dropped": self.offers_dropped,
+                "last_flush": self.class_log.last_flush}
 
     def _classes(self, req: Dict[str, Any], _: Optional[bytes]) -> Dict[str, Any]:
         minutes = req.get("minutes", 60)

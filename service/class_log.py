@@ -12,7 +12,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
-from .db import open_db
+from .db import open_db, read_rows
 from .errors import ServiceError
 
 ORIGINS = ("served", "teacher")
@@ -78,14 +78,6 @@ class ClassLog:
             self.last_flush = self._clock()
             return len(rows)
 
-    def read(self, sql: str, args: Sequence) -> List[tuple]:
-        """Rows of a read-only query, on a connection of its own (never waits on the writer)."""
-        conn = sqlite3.connect(str(self.path))
-        try:
-            return conn.execute(sql, tuple(args)).fetchall()
-        finally:
-            conn.close()
-
     def histogram(self, minutes: int, origin: str = "served", model_version: Optional[str] = None,
                   now: Optional[float] = None) -> Dict[int, int]:
         """Flushed counts per class over the last ``minutes`` minutes (the current one included)."""
@@ -95,7 +87,7 @@ class ClassLog:
         if model_version is not None:
             sql += " AND model_version = ?"
             args.append(model_version)
-        return {int(k): int(n) for k, n in self.read(sql + " GROUP BY class_id ORDER BY class_id", args)}
+        return {int(k): int(n) for k, n in read_rows(self.path, sql + " GROUP BY class_id ORDER BY class_id", args)}
 
     def series(self, window_minutes: int, windows: int, origin: str = "served",
                now: Optional[float] = None) -> List[Dict[int, int]]:
@@ -103,7 +95,7 @@ class ClassLog:
         end = int((self._clock() if now is None else now) // 60)
         start = end - window_minutes * windows
         out: List[Dict[int, int]] = [{} for _ in range(windows)]
-        rows = self.read("SELECT minute, class_id, SUM(n) FROM counts WHERE origin = ? AND minute > ? AND minute <= ? "
+        rows = read_rows(self.path, "SELECT minute, class_id, SUM(n) FROM counts WHERE origin = ? AND minute > ? AND minute <= ? "
                           "GROUP BY minute, class_id", [origin, start, end])
         for minute, k, n in rows:
             w = (minute - start - 1) // window_minutes
@@ -112,7 +104,7 @@ class ClassLog:
 
     def totals_by_version(self, origin: str = "served") -> Dict[str, Dict[str, float]]:
         """Per model version: predictions, mean confidence and low-confidence share (all flushed time)."""
-        rows = self.read("SELECT model_version, SUM(n), SUM(conf_sum), SUM(lowconf_n) FROM counts WHERE origin = ? "
+        rows = read_rows(self.path, "SELECT model_version, SUM(n), SUM(conf_sum), SUM(lowconf_n) FROM counts WHERE origin = ? "
                           "GROUP BY model_version", [origin])
         return {v: {"n": int(n), "mean_confidence": c / n, "low_confidence_share": lo / n} for v, n, c, lo in rows}
 

@@ -3,7 +3,7 @@ up to date by ``PRAGMA user_version`` migrations. Works with sqlite-utils 3.38 (
 
 import sqlite3
 from pathlib import Path
-from typing import List
+from typing import List, Sequence
 
 import sqlite_utils
 
@@ -53,3 +53,12 @@ def open_db(path: Path) -> sqlite_utils.Database:
             conn.close()
             raise ServiceError(f"migrating database {path} to schema version {v + 1} failed: {e}") from e
     return sqlite_utils.Database(conn)
+
+
+def read_rows(path: Path, sql: str, args: Sequence = ()) -> List[tuple]:
+    """Rows of a read-only query on a connection of its own, so readers never wait on the writer."""
+    conn = sqlite3.connect(str(path))
+    try:
+        return conn.execute(sql, tuple(args)).fetchall()
+    finally:
+        conn.close()

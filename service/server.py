@@ -16,6 +16,7 @@ from ocap_core.errors import OcapError
 
 from .class_log import ClassLog
 from .control_socket import ControlServer, RequestError
+from .db import read_rows
 from .model_slot import ModelSlot, Predictions, load_model
 from .sample_cache import SampleCache
 
@@ -30,7 +31,7 @@ class Server:
                  cache_per_class: int = 256, cache_quota: int = 256 * 2 ** 20) -> None:
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
-        db = self.state_dir / "ocap.db"
+        self.db_path = db = self.state_dir / "ocap.db"
         self.slot = ModelSlot(load_model(model, providers=providers, threads=threads))
         self.base_version = self.slot.current().version
         self.class_log = ClassLog(db, low_confidence=low_confidence)
@@ -128,7 +129,8 @@ class Server:
 
     def _history(self, req: Dict[str, Any], _: Optional[bytes]) -> Dict[str, Any]:
         limit = req.get("limit", 50)
-        rows = self.class_log.read("SELECT ts, kind, detail_json FROM events ORDER BY ts DESC LIMIT ?", [int(limit)])
+        rows = read_rows(self.db_path, "SELECT ts, kind, detail_json FROM events ORDER BY ts DESC LIMIT ?",
+                         [int(limit)])
         return {"events": [{"ts": ts, "kind": kind, "detail": detail} for ts, kind, detail in rows]}
 
     def _predict(self, req: Dict[str, Any], payload: Optional[bytes]) -> Dict[str, Any]:

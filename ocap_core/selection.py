@@ -48,8 +48,48 @@ class _Buffer:
     replacements: int = 0
     seen: int = 0
 
+    def remove_at(self, i: int) -> Hashable:
+        item = self.items[i]
+        for column in (self.items, self.scores, self.logp, self.negent):
+            if column:
+                del column[i]
+        return item
 
-class KLSelector:
+
+class _Selector:
+    """What every selector shares: per-class buffers, read back, forgotten or thinned by class."""
+
+    buffers: Dict[int, _Buffer]
+
+    def selected(self) -> Dict[int, List[Hashable]]:
+        return {k: list(b.items) for k, b in sorted(self.buffers.items())}
+
+    def forget_class(self, class_id: int) -> List[Hashable]:
+        b = self.buffers.pop(int(class_id), None)
+        return list(b.items) if b else []
+
+    def evict(self, class_id: int) -> Optional[Hashable]:
+        """Give up the class's lowest-scored item (its oldest when items carry no scores) to make room
+        under a byte quota; None when it holds none."""
+        b = self.buffers.get(int(class_id))
+        if not b or not b.items:
+            return None
+        return b.remove_at(int(np.argmin(b.scores)) if b.scores else 0)
+
+    def discard(self, class_id: int, item: Hashable) -> bool:
+        """Take back one stored item (an addition the caller cannot afford after all)."""
+        b = self.buffers.get(int(class_id))
+        if not b or item not in b.items:
+            return False
+        b.remove_at(b.items.index(item))
+        return True
+
+    def held(self, class_id: int) -> int:
+        b = self.buffers.get(int(class_id))
+        return len(b.items) if b else 0
+
+
+class KLSelector(_Selector):
     """Per-class bounded buffers filled by the streaming KL-divergence rule.
 
     ``capacity`` N per class, subset ``m = int(N / divisor)`` stored samples to compare against,
@@ -114,15 +154,8 @@ class KLSelector:
         for b in self.buffers.values():
             b.replacements = 0
 
-    def selected(self) -> Dict[int, List[Hashable]]:
-        return {k: list(b.items) for k, b in sorted(self.buffers.items())}
 
-    def forget_class(self, class_id: int) -> List[Hashable]:
-        b = self.buffers.pop(int(class_id), None)
-        return list(b.items) if b else []
-
-
-class ReservoirSelector:
+class ReservoirSelector(_Selector):
     """Per-class uniform reservoir: the first N, then the i-th sample replaces a random slot with
     probability N / i."""
 
@@ -150,13 +183,6 @@ class ReservoirSelector:
 
     def reset_replacements(self) -> None:
         pass
-
-    def selected(self) -> Dict[int, List[Hashable]]:
-        return {k: list(b.items) for k, b in sorted(self.buffers.items())}
-
-    def forget_class(self, class_id: int) -> List[Hashable]:
-        b = self.buffers.pop(int(class_id), None)
-        return list(b.items) if b else []
 
 
 class EntropySelector(ReservoirSelector):

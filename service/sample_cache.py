@@ -3,8 +3,9 @@ streaming KL rule (``ocap_core.selection``, numpy only), kept for the personaliz
 
 Each sample is one ``.npz`` (image and penultimate features) written with mode 0600 by tmp + fsync +
 rename and indexed in the ``samples`` table. A fixed, hash-chosen share of sample ids goes to a
-separate validation buffer. The byte quota is never exceeded: an offer that would pass it is declined
-(the KL rule's replacements keep the buffers fresh within it). On restart the stored samples are offered
+separate validation buffer. The byte quota is never exceeded: when it is reached, a class holding fewer
+samples takes room from the largest class of its split (that class's weakest sample goes), and the
+largest classes only change by the KL rule's replacements. On restart the stored samples are offered
 again, in the order they came, to fresh selectors, so the cache resumes the state it had; nothing
 leaves the device and ``forget`` deletes everything.
 """
@@ -20,7 +21,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from ocap_core.errors import OcapError
-from ocap_core.selection import make_selector, split_for
+from ocap_core.selection import Offer, make_selector, split_for
 
 from .db import open_db
 from .errors import ServiceError
@@ -58,6 +59,7 @@ class SampleCache:
         self._reset_selectors()
         self.bytes = 0
         self.declined_for_quota = 0
+        self.evicted_for_quota = 0
         self._resume()
 
     def _reset_selectors(self) -> None:
@@ -96,18 +98,19 @@ class SampleCache:
         path = Path(item) if stored_size is not None else self.dir / f"{class_id}-{item}.npz"
         # the quota is checked against an upper bound of the file's size (arrays + npz headers < 4 KiB)
         size = stored_size if stored_size is not None else image.nbytes + features.nbytes + 4096
-        if self.bytes + size > self.quota:
+        sel = self._sel[split]
+        self._make_room(split, class_id, size)
+        offer = sel.offer(str(path), features, class_id)
+        if offer.stored and offer.evicted is not None:
+            self._drop(str(offer.evicted))
+        if offer.stored and self.bytes + size > self.quota:     # an addition there is no room for
+            sel.discard(class_id, str(path))
             self.declined_for_quota += 1
-            if stored_size is not None:
-                path.unlink()
-            return False
-        offer = self._sel[split].offer(str(path), features, class_id)
+            offer = Offer(False)
         if not offer.stored:
             if stored_size is not None:
                 path.unlink()
             return False
-        if offer.evicted is not None:
-            self._drop(str(offer.evicted))
         if stored_size is None:
             size = _write_private(path, image, features)
         self.bytes += size
@@ -115,6 +118,18 @@ class SampleCache:
                          "VALUES (?, ?, ?, ?, ?, ?, ?)",
                          (class_id, confidence, offer.score, split, str(path), size, time.time()))
         return True
+
+    def _make_room(self, split: str, class_id: int, size: int) -> None:
+        """Under the quota, a class holding fewer samples takes room from the split's largest class
+        (its weakest sample), so a class that appears late still gets its share."""
+        sel = self._sel[split]
+        while self.bytes + size > self.quota:
+            own = sel.held(class_id)
+            held, victim = max(((sel.held(k), k) for k in sel.buffers), default=(0, -1))
+            if held <= own + 1:
+                return
+            self._drop(str(sel.evict(victim)))
+            self.evicted_for_quota += 1
 
     def _drop(self, path: str) -> None:
         row = self._db.execute("SELECT bytes FROM samples WHERE path = ?", (path,)).fetchone()

@@ -46,6 +46,22 @@ def test_buffers_are_bounded_per_class(name):
     assert all(len(set(v)) == 16 and all(x % 3 == k for x in v) for k, v in picked.items())
 
 
+@pytest.mark.parametrize("name", ["kl", "random", "entropy"])
+def test_evict_and_discard_thin_one_class(name):
+    rng = np.random.default_rng(2)
+    sel = make_selector(name, capacity=8, seed=0)
+    for i in range(40):
+        sel.offer(i, rng.normal(size=8), i % 2, rng.normal(size=4))
+    b = sel.buffers[1]
+    weakest = b.items[int(np.argmin(b.scores))] if b.scores else b.items[0]
+    gone = sel.evict(1)
+    assert gone == weakest and sel.held(1) == 7 and sel.held(0) == 8
+    assert len(b.scores) in (0, 7) and len(b.logp) in (0, 7)      # every column stays aligned
+    kept = sel.selected()[0][3]
+    assert sel.discard(0, kept) and kept not in sel.selected()[0] and not sel.discard(0, kept)
+    assert sel.evict(5) is None and sel.held(5) == 0
+
+
 def test_kl_first_sample_is_a_sentinel_and_replacements_are_capped():
     rng = np.random.default_rng(2)
     sel = KLSelector(capacity=8, divisor=2, max_replacements=5, seed=0)

@@ -50,12 +50,20 @@ def test_a_restart_resumes_the_same_samples(tmp_path, frames):
     assert again.counts() == before and sorted((tmp_path / "cache").glob("*.npz")) == files
 
 
-def test_the_byte_quota_is_never_exceeded(tmp_path, frames):
-    quota = 40_000
+def test_the_byte_quota_is_never_exceeded_and_late_classes_get_room(tmp_path, frames):
+    x, pred = frames
+    quota = 60_000                                  # ~14 samples of 28x28 + 128 features
     cache = SampleCache(tmp_path / "cache", tmp_path / "ocap.db", per_class=50, quota_bytes=quota)
-    _fill(cache, frames)
-    on_disk = sum(f.stat().st_size for f in (tmp_path / "cache").glob("*.npz"))
-    assert 0 < on_disk <= quota and cache.declined_for_quota > 0
+    early = np.isin(pred.class_ids, [1, 8])
+    late = np.flatnonzero(pred.class_ids == 3)
+    sizes = []
+    for i in list(np.flatnonzero(early)) + list(late):
+        cache.offer(x[i], pred.features[i], int(pred.class_ids[i]), float(pred.confidence[i]))
+        sizes.append(sum(f.stat().st_size for f in (tmp_path / "cache").glob("*.npz")))
+    assert 0 < max(sizes) <= quota and cache.bytes == sizes[-1]
+    assert cache.declined_for_quota > 0 and cache.evicted_for_quota > 0
+    train = cache.counts()["train"]
+    assert set(train) == {1, 3, 8} and max(train.values()) - min(train.values()) <= 2, train
 
 
 def test_forget_deletes_everything(tmp_path, frames):

@@ -17,11 +17,16 @@ from .errors import ServiceError
 def main(argv: Optional[Sequence[str]] = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m service", description=__doc__)
     ap.add_argument("--model", default="fmnist-cnn", help="package name or directory")
+    ap.add_argument("--base", help="the base (teacher) model when --model is a pruned one (default: --model)")
     ap.add_argument("--state-dir", required=True, help="ocap.db and the sample cache go here")
     ap.add_argument("--socket", required=True, help="control socket path")
     ap.add_argument("--providers", default="cpu", help="onnxruntime providers in order, e.g. tensorrt,cuda,cpu")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--flush-seconds", type=float, default=5.0)
+    ap.add_argument("--teacher-share", type=float, default=0.1, help="share of frames the base model checks "
+                    "while a pruned model serves")
+    ap.add_argument("--cache-per-class", type=int, default=256, help="cached samples per class")
+    ap.add_argument("--cache-quota-mb", type=float, default=256.0, help="byte quota of the sample cache, in MiB")
     ap.add_argument("--source", choices=["none", "replay", "directory", "camera"], default="none")
     ap.add_argument("--data", default="fashion-mnist", help="replay: fashion-mnist, an image folder or an .npz")
     ap.add_argument("--rate", type=float, default=20.0, help="replay: frames per second")
@@ -36,12 +41,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                         format="%(levelname)s %(name)s: %(message)s")
     from ocap_core.data import load_dataset
 
-    from .server import Server
+    from .server import Server, ServerConfig
     from .sources import CameraSource, DirectorySource, ReplaySource, parse_mix
 
     try:
-        server = Server(args.model, Path(args.state_dir), Path(args.socket), providers=args.providers.split(","),
-                        threads=args.threads, flush_seconds=args.flush_seconds)
+        config = ServerConfig(providers=tuple(args.providers.split(",")), threads=args.threads,
+                              flush_seconds=args.flush_seconds, teacher_share=args.teacher_share,
+                              cache_per_class=args.cache_per_class, cache_quota=int(args.cache_quota_mb * 2 ** 20))
+        server = Server(args.model, Path(args.state_dir), Path(args.socket), config, base=args.base)
         source = None
         if args.source == "replay":
             data = load_dataset(args.data, "test")
@@ -57,13 +64,13 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         elif args.source == "camera":
             source = CameraSource(args.camera, server.infer, tuple(server.slot.current().card.input.shape),
                                   rate=args.rate)
+        done = threading.Event()
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: done.set())
         server.start()
     except (OcapError, ServiceError) as e:
         print(f"python -m service: {e}", file=sys.stderr)
         return 1
-    done = threading.Event()
-    for sig in (signal.SIGTERM, signal.SIGINT):
-        signal.signal(sig, lambda *_: done.set())
     if source:
         source.start()
     logging.getLogger("service").info("serving %s; control socket %s", server.slot.current().version, args.socket)

@@ -3,6 +3,7 @@
 import itertools
 import json
 import socket
+import time
 from pathlib import Path
 from typing import Any, Optional
 
@@ -29,13 +30,21 @@ class Client:
     def __init__(self, path: Path, timeout: float = 30.0) -> None:
         self.path = Path(path)
         self._ids = itertools.count(1)
-        self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        self._sock.settimeout(timeout)
-        try:
-            self._sock.connect(str(self.path))
-        except OSError as e:
-            self._sock.close()
-            raise Unreachable(f"cannot connect to {self.path}: {e.strerror or e}") from e
+        deadline = time.monotonic() + min(timeout, 5.0)
+        while True:
+            self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+            self._sock.settimeout(timeout)
+            try:
+                self._sock.connect(str(self.path))
+                break
+            except BlockingIOError as e:          # the listen backlog is full: a burst; try again shortly
+                self._sock.close()
+                if time.monotonic() > deadline:
+                    raise Unreachable(f"{self.path} accepts no more connections: {e.strerror or e}") from e
+                time.sleep(0.02)
+            except OSError as e:
+                self._sock.close()
+                raise Unreachable(f"cannot connect to {self.path}: {e.strerror or e}") from e
         self._file = self._sock.makefile("rb")
 
     def call(self, cmd: str, payload: Optional[bytes] = None, **args: Any) -> Any:
@@ -43,10 +52,18 @@ class Client:
         req = dict(args, v=1, id=rid, cmd=cmd)
         if payload is not None:
             req["bytes"] = len(payload)
-        self._sock.sendall((json.dumps(req) + "\n").encode("utf-8") + (payload or b""))
-        line = self._file.readline()
+        try:
+            self._sock.sendall((json.dumps(req) + "\n").encode("utf-8") + (payload or b""))
+        except OSError as e:                     # closed on us; a "busy" reply may be waiting
+            sent_error: Optional[OSError] = e
+        else:
+            sent_error = None
+        try:
+            line = self._file.readline()
+        except OSError as e:
+            raise Unreachable(f"{self.path}: no reply to {cmd}: {e}") from e
         if not line:
-            raise Unreachable(f"{self.path} closed the connection")
+            raise Unreachable(f"{self.path} closed the connection" + (f" ({sent_error})" if sent_error else ""))
         reply = json.loads(line.decode("utf-8"))
         if not reply.get("ok"):
             err = reply.get("error") or {}

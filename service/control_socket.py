@@ -35,11 +35,13 @@ class Command:
 
 
 class RequestError(Exception):
-    """Raised by handlers (and the server) to reply ok:false with a code and a message."""
+    """Raised by handlers (and the server) to reply ok:false with a code and a message. ``fatal``:
+    the stream cannot be followed any more (a payload that will not be read), so the connection closes."""
 
-    def __init__(self, code: str, message: str) -> None:
+    def __init__(self, code: str, message: str, fatal: bool = False) -> None:
         super().__init__(message)
         self.code = code
+        self.fatal = fatal
 
 
 def peer_credentials(conn: socket.socket):
@@ -85,7 +87,7 @@ class ControlServer:
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
         sock.bind(str(self.path))
         os.chmod(str(self.path), 0o660)
-        sock.listen(self.max_connections)
+        sock.listen(max(128, self.max_connections))     # a burst waits here rather than being refused
         sock.settimeout(0.2)
         self._sock = sock
         self._thread = threading.Thread(target=self._accept_loop, name="control-socket", daemon=True)
@@ -133,15 +135,16 @@ class ControlServer:
                 if len(line) > MAX_LINE:
                     self._send(conn, None, error=("too_large", f"request line over {MAX_LINE} bytes"))
                     break
-                if line.strip():
-                    self._handle(conn, f, line, creds)
+                if line.strip() and not self._handle(conn, f, line, creds):
+                    break
         except OSError as e:
             log.debug("control connection ended: %s", e)
         finally:
             conn.close()
             self._active.release()
 
-    def _handle(self, conn: socket.socket, f, line: bytes, creds) -> None:
+    def _handle(self, conn: socket.socket, f, line: bytes, creds) -> bool:
+        """Answer one request; False when the connection must close."""
         rid = None
         try:
             try:
@@ -151,31 +154,37 @@ class ControlServer:
             if not isinstance(req, dict):
                 raise RequestError("bad_request", "a request is a JSON object")
             rid = req.get("id")
+            # framing first: announced bytes are consumed whatever the verdict on the header
+            payload = self._payload(f, req) if "bytes" in req else None
             if req.get("v") != 1:
                 raise RequestError("bad_request", f"protocol version must be 1, got {req.get('v')!r}")
             cmd = self.commands.get(req.get("cmd"))
             if cmd is None:
                 raise RequestError("unknown_command", f"unknown command {req.get('cmd')!r}; "
                                                       f"known: {', '.join(sorted(self.commands))}")
-            payload = self._payload(f, req) if cmd.payload else None
+            if cmd.payload != (payload is not None):
+                raise RequestError("bad_request", f"{req['cmd']} " + ("needs \"bytes\": N and N bytes after the line"
+                                                                    if cmd.payload else "takes no payload"))
             if cmd.mutating and not self._may_mutate(creds):
                 raise RequestError("forbidden", f"{req['cmd']} needs root, the daemon's user or an allowed group")
             self._send(conn, rid, result=cmd.handler(req, payload))
         except RequestError as e:
             self._send(conn, rid, error=(e.code, str(e)))
+            return not e.fatal
         except Exception as e:  # a handler bug must not take the server down
             log.exception("control command failed")
             self._send(conn, rid, error=("internal", f"{type(e).__name__}: {e}"))
+        return True
 
     def _payload(self, f, req: Dict[str, Any]) -> bytes:
         n = req.get("bytes")
-        if not isinstance(n, int) or n < 0:
-            raise RequestError("bad_request", "a payload command needs \"bytes\": N (a non-negative integer)")
+        if not isinstance(n, int) or isinstance(n, bool) or n < 0:
+            raise RequestError("bad_request", f"\"bytes\" must be a non-negative integer, got {n!r}", fatal=True)
         if n > self.max_payload:
-            raise RequestError("too_large", f"payload of {n} bytes over the limit of {self.max_payload}")
+            raise RequestError("too_large", f"payload of {n} bytes over the limit of {self.max_payload}", fatal=True)
         data = f.read(n)
         if len(data) != n:
-            raise RequestError("bad_request", f"expected {n} payload bytes, got {len(data)}")
+            raise RequestError("bad_request", f"expected {n} payload bytes, got {len(data)}", fatal=True)
         return data
 
     def _may_mutate(self, creds) -> bool:

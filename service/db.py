@@ -62,3 +62,16 @@ def read_rows(path: Path, sql: str, args: Sequence = ()) -> List[tuple]:
         return conn.execute(sql, tuple(args)).fetchall()
     finally:
         conn.close()
+
+
+def write(path: Path, sql: str, args: Sequence = ()) -> None:
+    """One statement committed on a short connection of its own (for rare writes: events, models)."""
+    try:
+        conn = sqlite3.connect(str(path), timeout=5.0)
+        try:
+            with conn:
+                conn.execute(sql, tuple(args))
+        finally:
+            conn.close()
+    except sqlite3.Error as e:
+        raise ServiceError(f"writing to the database {path} failed ({sql.split('(')[0].strip()}): {e}") from e

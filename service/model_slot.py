@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -106,13 +106,20 @@ class ModelSlot:
     def swap(self, path: str, **load_args: Any) -> Tuple[bool, str]:
         """Load and warm up the package at ``path``, then serve it. Returns (ok, reason); on failure,
         or when another swap is already running, the current model keeps serving."""
+        return self._swap(lambda: load_model(path, **load_args), path)
+
+    def install(self, model: LoadedModel) -> Tuple[bool, str]:
+        """Serve a model that is already loaded (going back to the base model at once)."""
+        return self._swap(lambda: model, model.path)
+
+    def _swap(self, get: Callable[[], LoadedModel], what: Any) -> Tuple[bool, str]:
         if not self._swap_lock.acquire(blocking=False):
             return False, "another swap is in progress"
         try:
             try:
-                new = load_model(path, **load_args)
+                new = get()
             except OcapError as e:
-                log.error("swap to %s refused: %s", path, e)
+                log.error("swap to %s refused: %s", what, e)
                 return False, str(e)
             old, self._model = self._model, new
             self.swaps += 1

@@ -1,14 +1,15 @@
 """The serving plane put together: one inference path (ModelSlot) feeding the ClassLog and the
-SampleCache, a flusher thread, and the read-only control commands (status, classes, models,
-history, predict). The control plane registers its own commands on ``control``."""
+SampleCache, teacher sampling while a pruned model serves, a flusher thread, and the control
+commands (status, classes, models, history, predict, forget-samples). The control plane registers its
+own commands on ``control`` and deploys through ``swap`` / ``revert_to_base``."""
 
-import collections
 import logging
 import queue
 import threading
 import time
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, FrozenSet, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -16,100 +17,240 @@ from ocap_core.errors import OcapError
 
 from .class_log import ClassLog
 from .control_socket import ControlServer, RequestError
-from .db import read_rows
-from .model_slot import ModelSlot, Predictions, load_model
+from .errors import ServiceError
+from .events import EventLog
+from .model_slot import LoadedModel, ModelSlot, Predictions, load_model
+from .model_table import ModelTable
+from .request_stats import RequestStats
 from .sample_cache import SampleCache
 
 log = logging.getLogger(__name__)
 
 
-class Server:
-    """Serve ``model`` from ``state_dir`` (ocap.db, cache/) with a control socket at ``socket_path``."""
+@dataclass(frozen=True)
+class ServerConfig:
+    """What the serving plane can be told (the daemon's INI sections map onto it)."""
 
-    def __init__(self, model: str, state_dir: Path, socket_path: Path, providers: Sequence[str] = ("cpu",),
-                 threads: int = 1, flush_seconds: float = 5.0, low_confidence: float = 0.5,
-                 cache_per_class: int = 256, cache_quota: int = 256 * 2 ** 20) -> None:
+    providers: Sequence[str] = ("cpu",)
+    threads: int = 1
+    flush_seconds: float = 5.0
+    low_confidence: float = 0.5
+    cache_per_class: int = 256
+    cache_val_share: float = 0.2
+    cache_quota: int = 256 * 2 ** 20
+    selector: str = "kl"
+    teacher_share: float = 0.1          # of frames the base model also sees while a pruned model serves
+    background_queue: int = 256         # frames waiting for the cache / teacher thread; more are skipped
+    max_payload: int = 1 << 20
+    max_connections: int = 16
+    idle_timeout: float = 30.0
+    allowed_gids: FrozenSet[int] = field(default_factory=frozenset)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.teacher_share <= 1:
+            raise ServiceError(f"teacher_share must be in [0, 1], got {self.teacher_share}")
+        if self.flush_seconds <= 0 or self.threads < 1 or self.background_queue < 1:
+            raise ServiceError(f"flush_seconds, threads and background_queue must be positive, got "
+                               f"{self.flush_seconds}, {self.threads}, {self.background_queue}")
+
+
+class Server:
+    """Serve ``model`` from ``state_dir`` (ocap.db, cache/) with a control socket at ``socket_path``.
+
+    ``base`` is the unpruned model the served one was made from (default: ``model`` itself). While
+    another model serves, the base model is the teacher: it checks a share of frames, its counts are
+    logged with origin ``teacher``, and only the frames it saw are offered to the sample cache."""
+
+    def __init__(self, model: str, state_dir: Path, socket_path: Path, config: ServerConfig = ServerConfig(),
+                 base: Optional[str] = None, cache_dir: Optional[Path] = None) -> None:
+        self.config = cfg = config
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.db_path = db = self.state_dir / "ocap.db"
-        self.slot = ModelSlot(load_model(model, providers=providers, threads=threads))
-        self.base_version = self.slot.current().version
-        self.class_log = ClassLog(db, low_confidence=low_confidence)
-        self.cache = SampleCache(self.state_dir / "cache", db, per_class=cache_per_class, quota_bytes=cache_quota)
-        self.control = ControlServer(socket_path)
-        self.flush_seconds = flush_seconds
+        self.class_log = ClassLog(db, low_confidence=cfg.low_confidence)      # creates / migrates the schema
+        self.events = EventLog(db)
+        self.models = ModelTable(db)
+        served = self._load(model)
+        self.base = served if base is None else self._load(base)
+        self.slot = ModelSlot(served)
+        self.cache = SampleCache(Path(cache_dir or self.state_dir / "cache"), db, per_class=cfg.cache_per_class,
+                                 val_share=cfg.cache_val_share, quota_bytes=cfg.cache_quota, selector=cfg.selector)
+        self.control = ControlServer(socket_path, max_payload=cfg.max_payload, max_connections=cfg.max_connections,
+                                     idle_timeout=cfg.idle_timeout, allowed_gids=cfg.allowed_gids)
+        self.stats = RequestStats()
         self.started = time.time()
-        self.requests = 0
-        self._latency_ms: collections.deque = collections.deque(maxlen=2000)
+        self.teacher_checked = 0
+        self.teacher_disagreed = 0
+        self.background_skipped = 0
+        self._teacher_credit = 0.0
         self._stop = threading.Event()
         self._flusher = threading.Thread(target=self._flush_loop, name="flush", daemon=True)
-        # cache offers (KL scoring, a file write with fsync: ~1 ms) leave the request path through a
-        # bounded queue; when it is full the frame is simply not offered
-        self._offers: queue.Queue = queue.Queue(maxsize=256)
-        self.offers_dropped = 0
-        self._cacher = threading.Thread(target=self._cache_loop, name="cache", daemon=True)
-        for name, fn, payload in (("status", self._status, False), ("classes", self._classes, False),
-                                  ("models", self._models, False), ("history", self._history, False),
-                                  ("predict", self._predict, True)):
-            self.control.register(name, fn, payload=payload)
+        # cache offers and teacher checks (KL scoring, a file write with fsync, a second model: ~1 ms)
+        # leave the request path through a bounded queue; when it is full the frame is skipped
+        self._background: queue.Queue = queue.Queue(maxsize=cfg.background_queue)
+        self._worker = threading.Thread(target=self._background_loop, name="cache-teacher", daemon=True)
+        for name, fn, payload, mutating in (
+                ("status", self._status, False, False), ("classes", self._classes, False, False),
+                ("models", self._models, False, False), ("history", self._history, False, False),
+                ("predict", self._predict, True, False), ("forget-samples", self._forget, False, True)):
+            self.control.register(name, fn, payload=payload, mutating=mutating)
+        self.models.put(served.card, "serving")
+        if self.base is not served:
+            self.models.put(self.base.card, "teacher")
+        self.events.record("serving_started", model=served.version, base=self.base.version,
+                           providers=list(served.providers))
 
+    def _load(self, path: str) -> LoadedModel:
+        return load_model(path, providers=self.config.providers, threads=self.config.threads)
+
+    @property
+    def teacher(self) -> Optional[LoadedModel]:
+        """The base model while another model serves, else None."""
+        return None if self.slot.current() is self.base else self.base
+
+    # -- the inference path ---------------------------------------------------------------------
     def infer(self, images: np.ndarray) -> Predictions:
-        """The one inference path for a batch (N×H×W[×C] uint8): predict, count, and offer the base
-        model's frames to the cache."""
+        """The one inference path for a batch (N×H×W[×C] uint8): predict, count, and hand frames to
+        the background thread (cache offers from the base model, or teacher checks)."""
         model = self.slot.current()
         t0 = time.perf_counter()
-        pred = model.predict(images)
-        self._latency_ms.append((time.perf_counter() - t0) * 1e3)
-        self.requests += len(pred.class_ids)
+        try:
+            pred = model.predict(images)
+        except OcapError:
+            self.stats.record_failure()
+            raise
+        self.stats.record(len(pred.class_ids), (time.perf_counter() - t0) * 1e3)
         self.class_log.add(pred.class_ids, pred.confidence, pred.model_version)
-        if pred.features is not None and model.version == self.base_version:
-            for img, f, k, c in zip(images, pred.features, pred.class_ids, pred.confidence):
-                try:
-                    self._offers.put_nowait((np.array(img), f, int(k), float(c)))
-                except queue.Full:
-                    self.offers_dropped += 1
+        if model is self.base:
+            if pred.features is not None:
+                for i in range(len(images)):
+                    self._hand_off(("offer", np.array(images[i]), pred.features[i], int(pred.class_ids[i]),
+                                    float(pred.confidence[i])))
+        else:
+            picked = self._teacher_pick(len(images))
+            if picked:
+                self._hand_off(("teacher", np.array(images[picked]), pred.class_ids[picked]))
         return pred
 
+    def _teacher_pick(self, n: int) -> list:
+        """Indices of the frames of this batch the teacher should see (every 1/share-th frame)."""
+        picked = []
+        for i in range(n):
+            self._teacher_credit += self.config.teacher_share
+            if self._teacher_credit >= 1.0:
+                self._teacher_credit -= 1.0
+                picked.append(i)
+        return picked
+
+    def _hand_off(self, item: tuple) -> None:
+        try:
+            self._background.put_nowait(item)
+        except queue.Full:
+            self.background_skipped += 1
+
+    def _background_loop(self) -> None:
+        while True:
+            item = self._background.get()
+            try:
+                if item is None:
+                    return
+                if item[0] == "offer":
+                    self.cache.offer(*item[1:])
+                else:
+                    self._teacher_check(item[1], item[2])
+            except Exception:
+                log.exception("background %s failed", item[0])
+            finally:
+                self._background.task_done()
+
+    def wait_idle(self, timeout: float = 30.0) -> bool:
+        """Wait until the background thread has handled every frame handed to it (tests, benchmarks)."""
+        deadline = time.monotonic() + timeout
+        while self._background.unfinished_tasks and time.monotonic() < deadline:
+            time.sleep(0.01)
+        return not self._background.unfinished_tasks
+
+    def _teacher_check(self, images: np.ndarray, served_ids: np.ndarray) -> None:
+        teacher = self.base
+        t = teacher.predict(images)
+        self.class_log.add(t.class_ids, t.confidence, teacher.version, origin="teacher")
+        self.teacher_checked += len(images)
+        self.teacher_disagreed += int(np.sum(t.class_ids != served_ids))
+        if t.features is not None:
+            for img, f, k, c in zip(images, t.features, t.class_ids, t.confidence):
+                self.cache.offer(img, f, int(k), float(c))
+
+    # -- model changes --------------------------------------------------------------------------
+    def swap(self, path: str) -> Tuple[bool, str]:
+        """Serve the package at ``path`` (verified, loaded and warmed up first); the reason on refusal."""
+        old = self.slot.current()
+        t0 = time.perf_counter()
+        ok, reason = self.slot.swap(path, providers=self.config.providers, threads=self.config.threads)
+        if not ok:
+            self.events.record("swap_refused", path=str(path), reason=reason, serving=old.version)
+            return ok, reason
+        new = self.slot.current()
+        if new.version == self.base.version:
+            self.base = new                     # the fresh session is the base from now on
+        self._after_swap(old, new, time.perf_counter() - t0)
+        return ok, reason
+
+    def revert_to_base(self, why: str) -> Tuple[bool, str]:
+        """Serve the base model again at once (it is loaded already: it was the teacher)."""
+        old = self.slot.current()
+        if old is self.base:
+            return True, f"already serving the base model {old.version}"
+        ok, reason = self.slot.install(self.base)
+        if ok:
+            self._after_swap(old, self.base, 0.0, why=why)
+        return ok, reason
+
+    def _after_swap(self, old: LoadedModel, new: LoadedModel, seconds: float, why: str = "") -> None:
+        self.teacher_checked = self.teacher_disagreed = 0
+        self.models.put(new.card, "serving")
+        self.models.set_status(old.version, "teacher" if old is self.base and new is not self.base else "retired")
+        self.events.record("swap", to=new.version, was=old.version, seconds=round(seconds, 4), why=why)
+
+    # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
         self.control.start()
         self._flusher.start()
-        self._cacher.start()
+        self._worker.start()
 
     def stop(self) -> None:
+        """Stop answering, let the background thread finish what it holds, flush, close (also when
+        ``start`` was never called)."""
         self._stop.set()
-        self._flusher.join()
-        self._offers.put(None)
-        self._cacher.join()
         self.control.stop()
+        if self._flusher.is_alive():
+            self._flusher.join()
+        if self._worker.is_alive():
+            self._background.put(None)
+            self._worker.join()
         self.class_log.close()
         self.cache.close()
-
-    def _cache_loop(self) -> None:
-        while True:
-            item = self._offers.get()
-            if item is None:
-                return
-            try:
-                self.cache.offer(*item)
-            except Exception:
-                log.exception("sample cache offer failed")
+        self.events.record("serving_stopped", frames=self.stats.frames)
 
     def _flush_loop(self) -> None:
-        while not self._stop.wait(self.flush_seconds):
+        while not self._stop.wait(self.config.flush_seconds):
             try:
                 self.class_log.flush()
             except Exception:
                 log.exception("class log flush failed")
 
-    # -- read-only control commands -------------------------------------------------------------
+    # -- control commands -----------------------------------------------------------------------
     def _status(self, req: Dict[str, Any], _: Optional[bytes]) -> Dict[str, Any]:
-        lat = np.asarray(self._latency_ms) if self._latency_ms else np.zeros(1)
-        return {"model": self.slot.describe(), "uptime_s": time.time() - self.started, "requests": self.requests,
-                "latency_ms": {"p50": float(np.percentile(lat, 50)), "p90": float(np.percentile(lat, 90)),
-                               "p99": float(np.percentile(lat, 99))},
-                "cache": {s: {str(k): n for k, n in c.items()} for s, c in self.cache.counts().items()},
-                "cache_bytes": self.cache.bytes, "cache_offers_dropped": self.offers_dropped,
-                "last_flush": self.class_log.last_flush}
+        s = self.stats.snapshot()
+        teacher = self.teacher
+        return {"model": self.slot.describe(), "base": self.base.version, "uptime_s": time.time() - self.started,
+                "requests": s["frames"], "failed": s["failed"], "rate_per_s": s["rate_per_s"],
+                "latency_ms": s["latency_ms"],
+                "teacher": None if teacher is None else {
+                    "version": teacher.version, "share": self.config.teacher_share, "checked": self.teacher_checked,
+                    "disagreed": self.teacher_disagreed},
+                "cache": {sp: {str(k): n for k, n in c.items()} for sp, c in self.cache.counts().items()},
+                "cache_bytes": self.cache.bytes, "cache_quota": self.cache.quota, "cache_per_class": self.cache.per_class,
+                "background_skipped": self.background_skipped, "last_flush": self.class_log.last_flush}
 
     def _classes(self, req: Dict[str, Any], _: Optional[bytes]) -> Dict[str, Any]:
         minutes = req.get("minutes", 60)
@@ -118,31 +259,40 @@ class Server:
             raise RequestError("bad_request", f"minutes must be a positive integer, got {minutes!r}")
         if origin not in ("served", "teacher"):
             raise RequestError("bad_request", f"origin must be 'served' or 'teacher', got {origin!r}")
-        names = self.slot.current().card.class_names
+        names = self.base.card.class_names
         hist = self.class_log.histogram(minutes, origin=origin)
         return {"minutes": minutes, "origin": origin,
                 "classes": [{"class_id": k, "class_name": names[k], "n": n} for k, n in hist.items()]}
 
     def _models(self, req: Dict[str, Any], _: Optional[bytes]) -> Dict[str, Any]:
-        return {"serving": self.slot.describe(), "base": self.base_version,
-                "totals": self.class_log.totals_by_version()}
+        totals = self.class_log.totals_by_version()
+        return {"serving": self.slot.describe(), "base": self.base.version,
+                "models": [dict(m, served=totals.get(m["version"])) for m in self.models.all()]}
 
     def _history(self, req: Dict[str, Any], _: Optional[bytes]) -> Dict[str, Any]:
         limit = req.get("limit", 50)
-        rows = read_rows(self.db_path, "SELECT ts, kind, detail_json FROM events ORDER BY ts DESC LIMIT ?",
-                         [int(limit)])
-        return {"events": [{"ts": ts, "kind": kind, "detail": detail} for ts, kind, detail in rows]}
+        if not isinstance(limit, int) or not 1 <= limit <= 10000:
+            raise RequestError("bad_request", f"limit must be an integer in 1..10000, got {limit!r}")
+        return {"events": self.events.recent(limit)}
 
     def _predict(self, req: Dict[str, Any], payload: Optional[bytes]) -> Dict[str, Any]:
-        shape = req.get("shape")
-        if req.get("dtype", "uint8") != "uint8" or not isinstance(shape, list) or not 2 <= len(shape) <= 3:
-            raise RequestError("bad_request", "predict needs \"shape\": [H, W] or [H, W, C] and dtype uint8")
-        if int(np.prod(shape)) != len(payload or b""):
-            raise RequestError("bad_request", f"shape {shape} needs {int(np.prod(shape))} bytes, got {len(payload or b'')}")
+        shape, dtype, data = req.get("shape"), req.get("dtype", "uint8"), payload or b""
+        if dtype != "uint8":
+            raise RequestError("bad_request", f"dtype must be uint8, got {dtype!r}")
+        if (not isinstance(shape, list) or not 2 <= len(shape) <= 3
+                or not all(isinstance(d, int) and not isinstance(d, bool) and d > 0 for d in shape)):
+            raise RequestError("bad_request", f"shape must be [H, W] or [H, W, C] of positive integers, got {shape!r}")
+        if int(np.prod(shape)) != len(data):
+            raise RequestError("bad_request", f"shape {shape} needs {int(np.prod(shape))} bytes, got {len(data)}")
         try:
-            pred = self.infer(np.frombuffer(payload or b"", np.uint8).reshape([1] + shape))
+            pred = self.infer(np.frombuffer(data, np.uint8).reshape([1] + shape))
         except OcapError as e:
             raise RequestError("bad_request", str(e)) from e
         k = int(pred.class_ids[0])
-        return {"class_id": k, "class_name": self.slot.current().card.class_names[k],
+        return {"class_id": k, "class_name": self.base.card.class_names[k],
                 "confidence": float(pred.confidence[0]), "model_version": pred.model_version}
+
+    def _forget(self, req: Dict[str, Any], _: Optional[bytes]) -> Dict[str, Any]:
+        n = self.cache.forget()
+        self.events.record("samples_forgotten", samples=n)
+        return {"forgotten": n}

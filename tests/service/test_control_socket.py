@@ -45,10 +45,16 @@ def server(tmp_path, slot):
 
 
 def _raw(path):
-    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    s.settimeout(5)
-    s.connect(str(path))
-    return s, s.makefile("rb")
+    for _ in range(250):
+        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+        s.settimeout(5)
+        try:
+            s.connect(str(path))
+            return s, s.makefile("rb")
+        except BlockingIOError:                 # the listen backlog is full for a moment
+            s.close()
+            time.sleep(0.02)
+    raise AssertionError(f"{path} never accepted")
 
 
 def test_commands_and_predict_round_trip(server, slot):
@@ -72,14 +78,57 @@ def test_bad_lines_get_error_replies_and_touch_no_one_else(server):
     assert reply["ok"] is False and reply["id"] is None and reply["error"]["code"] == "bad_request"
     s.sendall(b'{"v":2,"id":5,"cmd":"status"}\n')
     assert json.loads(f.readline())["error"]["message"].startswith("protocol version")
-    s.sendall(b'{"v":1,"id":6,"cmd":"predict","bytes":99999}\n')
-    assert json.loads(f.readline())["error"]["code"] == "too_large"
+    s.sendall(b'{"v":2,"id":6,"cmd":"predict","bytes":3}\nabc{"v":1,"id":7,"cmd":"status","bytes":2}\nxy')
+    assert json.loads(f.readline())["error"]["message"].startswith("protocol version")    # abc consumed
+    assert json.loads(f.readline())["error"]["message"] == "status takes no payload"      # xy consumed
+    s.sendall(b'{"v":1,"id":8,"cmd":"predict"}\n')
+    assert "needs \"bytes\"" in json.loads(f.readline())["error"]["message"]
     s.sendall(b"x" * (MAX_LINE + 10) + b"\n")
     assert json.loads(f.readline())["error"]["code"] == "too_large"
     assert f.readline() == b""                                      # that connection is closed ...
     assert other.call("status")                                     # ... the other one is not
-    other.close()
     s.close()
+    for bad in (b'"bytes":99999', b'"bytes":-1', b'"bytes":"7"'):  # a payload it will not read: closed
+        s, f = _raw(server.path)
+        s.sendall(b'{"v":1,"id":9,"cmd":"predict",' + bad + b"}\n")
+        assert json.loads(f.readline())["error"]["code"] in ("too_large", "bad_request")
+        assert f.readline() == b""
+        s.close()
+    assert other.call("status")
+    other.close()
+
+
+def test_payloads_shorter_or_longer_than_declared(server):
+    s, f = _raw(server.path)
+    s.sendall(b'{"v":1,"id":1,"cmd":"predict","shape":[2,2],"dtype":"uint8","bytes":4}\n' + b"abcd" + b"xyz\n")
+    assert json.loads(f.readline())["id"] == 1                      # exactly 4 bytes were the payload ...
+    extra = json.loads(f.readline())                                # ... the rest is a (bad) next line
+    assert extra["ok"] is False and extra["id"] is None
+    s.sendall(b'{"v":1,"id":2,"cmd":"status"}\n')
+    assert json.loads(f.readline())["id"] == 2
+    s.sendall(b'{"v":1,"id":3,"cmd":"predict","shape":[28,28],"dtype":"uint8","bytes":784}\n' + b"\0" * 100)
+    s.shutdown(socket.SHUT_WR)                                      # the client gives up mid-payload
+    reply = json.loads(f.readline())
+    assert reply["id"] == 3 and "expected 784 payload bytes, got 100" in reply["error"]["message"]
+    s.close()
+
+
+def test_two_hundred_connections_get_busy_replies_and_others_still_served(server):
+    held = [_raw(server.path) for _ in range(200)]
+    busy = 0
+    for s, f in held[3:]:
+        line = f.readline()
+        busy += bool(line) and json.loads(line)["error"]["code"] == "busy"
+    assert busy == 197
+    s, f = held[0]
+    s.sendall(b'{"v":1,"id":9,"cmd":"status"}\n')                 # the admitted ones are served
+    assert json.loads(f.readline())["id"] == 9
+    for s, f in held:
+        f.close()
+        s.close()
+    time.sleep(0.2)
+    with Client(server.path) as c:
+        assert c.call("status")
 
 
 def test_connection_cap_and_idle_timeout(tmp_path):

@@ -7,12 +7,14 @@ import signal
 import sqlite3
 import subprocess
 import sys
+import threading
 import time
 
 import numpy as np
 import pytest
 
 from ocap_core.data import load_dataset
+from service.client import Client, Unreachable
 from service.errors import ServiceError
 from service.sources import ReplaySource, parse_mix
 from tests.helpers import ROOT
@@ -27,16 +29,26 @@ def _ctl(sock, *args):
                           text=True, cwd=str(ROOT), env=_env(), timeout=60)
 
 
-def test_serve_replay_and_control(tmp_path):
+def _serve(tmp_path, *args):
+    """``python -m service`` on TMP/state and TMP/ocap.sock, once it answers there (a stale socket file
+    from a killed one may be there before)."""
     sock = tmp_path / "ocap.sock"
     proc = subprocess.Popen([sys.executable, "-m", "service", "--state-dir", str(tmp_path / "state"), "--socket",
-                             str(sock), "--source", "replay", "--rate", "200", "--mix", "1:0.7,8:0.3@1m",
-                             "--flush-seconds", "0.3"], cwd=str(ROOT), env=_env(), stderr=subprocess.PIPE, text=True)
-    try:
-        deadline = time.time() + 60
-        while not sock.exists() and time.time() < deadline and proc.poll() is None:
+                             str(sock), *args], cwd=str(ROOT), env=_env(), stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            Client(sock).close()
+            return proc, sock
+        except Unreachable:
             time.sleep(0.1)
-        assert sock.exists(), proc.stderr.read() if proc.poll() is not None else "no socket"
+    raise AssertionError(proc.stderr.read() if proc.poll() is not None else "no socket")
+
+
+def test_serve_replay_and_control(tmp_path):
+    proc, sock = _serve(tmp_path, "--source", "replay", "--rate", "200", "--mix", "1:0.7,8:0.3@1m",
+                        "--flush-seconds", "0.3")
+    try:
         time.sleep(2.0)
         r = _ctl(sock, "--json", "status")
         assert r.returncode == 0, r.stderr
@@ -61,6 +73,46 @@ def test_serve_replay_and_control(tmp_path):
     assert r.returncode == 3 and "unreachable" in r.stderr
     con = sqlite3.connect(str(tmp_path / "state" / "ocap.db"))
     assert con.execute("SELECT SUM(n) FROM counts").fetchone()[0] >= status["requests"]
+
+
+def test_kill_9_loses_at_most_one_flush_interval(tmp_path):
+    flush = 0.5
+    proc, sock = _serve(tmp_path, "--flush-seconds", str(flush))
+    x = load_dataset("fashion-mnist", "test").x[:500]
+    answered, stop = [], threading.Event()
+
+    def client():
+        with Client(sock) as c:
+            i = 0
+            while not stop.is_set():
+                try:
+                    c.predict(x[i % len(x)])
+                except (OSError, Unreachable):
+                    return                                              # the server was killed
+                answered.append(time.monotonic())
+                i += 1
+
+    t = threading.Thread(target=client, daemon=True)
+    t.start()
+    time.sleep(3.0)
+    killed_at = time.monotonic()
+    proc.kill()
+    proc.wait(timeout=30)
+    stop.set()
+    t.join(timeout=10)
+    con = sqlite3.connect(str(tmp_path / "state" / "ocap.db"))
+    counted = con.execute("SELECT COALESCE(SUM(n), 0) FROM counts").fetchone()[0]
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    con.close()
+    recent = sum(1 for a in answered if a > killed_at - flush - 0.3)   # answered since the last flush began
+    assert len(answered) > 100 and len(answered) - recent <= counted <= len(answered), (len(answered), recent, counted)
+    proc, sock = _serve(tmp_path)                                     # restarts over the stale socket
+    try:
+        with Client(sock) as c:
+            assert c.call("status")["model"]["name"] == "fmnist-cnn"
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
 
 
 def test_class_mix_schedule():

@@ -1,0 +1,34 @@
+"""The ``events`` table: one row per thing that happened and why (model loads and swaps, refused
+loads, cache resets here; personalization, gate verdicts, deploys, drift and rollbacks from the
+control plane), details as JSON. Events are rare, so each write uses a short connection of its own."""
+
+import json
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+from .db import read_rows, write
+
+
+class EventLog:
+    """Append and read events in the database at ``path`` (its schema made by ``open_db``)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def record(self, kind: str, **detail: Any) -> Dict[str, Any]:
+        """Append one event now; returns it as ``recent`` would."""
+        ev = {"ts": time.time(), "kind": kind, "detail": detail}
+        write(self.path, "INSERT INTO events (ts, kind, detail_json) VALUES (?, ?, ?)",
+              (ev["ts"], kind, json.dumps(detail, default=str)))
+        return ev
+
+    def recent(self, limit: int = 50, kinds: Optional[Sequence[str]] = None,
+               since: Optional[float] = None) -> List[Dict[str, Any]]:
+        """The latest ``limit`` events, newest first, optionally of some kinds or after a time."""
+        sql, args = "SELECT ts, kind, detail_json FROM events WHERE ts >= ?", [since or 0.0]
+        if kinds:
+            sql += f" AND kind IN ({','.join('?' * len(kinds))})"
+            args += list(kinds)
+        rows = read_rows(self.path, sql + " ORDER BY ts DESC, rowid DESC LIMIT ?", args + [int(limit)])
+        return [{"ts": ts, "kind": kind, "detail": json.loads(d)} for ts, kind, d in rows]

@@ -1,0 +1,37 @@
+"""The ``models`` table: every model version this device has loaded or made, what it is (classes,
+MACs, parameters, metrics from its card) and its status (``serving``, ``teacher``, ``retired``,
+``refused``; the control plane adds ``candidate``, ``rejected``, ``last_good``)."""
+
+import json
+from pathlib import Path
+from typing import Any, Dict, List
+
+from ocap_core.package import Card
+
+from .db import read_rows, write
+
+_UPSERT = ("INSERT INTO models (version, parent, created, class_ids_json, macs, params, metrics_json, status) "
+           "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (version) DO UPDATE SET status = excluded.status")
+
+
+class ModelTable:
+    def __init__(self, path: Path) -> None:
+        self.path = Path(path)
+
+    def put(self, card: Card, status: str) -> None:
+        """Record a model from its card (first time) and set its status."""
+        m = card.metrics
+        row = (card.version, card.parent, card.created, json.dumps(list(card.class_ids)), m.get("macs"),
+               m.get("params"), json.dumps(m, default=str), status)
+        write(self.path, _UPSERT, row)
+
+    def set_status(self, version: str, status: str) -> None:
+        write(self.path, "UPDATE models SET status = ? WHERE version = ?", (status, version))
+
+    def all(self) -> List[Dict[str, Any]]:
+        """Every recorded model, newest first."""
+        rows = read_rows(self.path, "SELECT version, parent, created, class_ids_json, macs, params, metrics_json, "
+                                    "status FROM models ORDER BY created DESC")
+        return [{"version": v, "parent": p, "created": c, "class_ids": json.loads(k), "macs": macs,
+                 "params": params, "metrics": json.loads(mj), "status": st}
+                for v, p, c, k, macs, params, mj, st in rows]

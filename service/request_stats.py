@@ -1,0 +1,52 @@
+"""Request counters for ``status``: totals, recent rates and latency percentiles of the inference path,
+kept in memory (a ring of recent latencies, per-second counts for the last minute), thread-safe."""
+
+import collections
+import threading
+import time
+from typing import Any, Callable, Deque, Dict
+
+import numpy as np
+
+RATE_WINDOWS = (10, 60)     # seconds
+
+
+class RequestStats:
+    def __init__(self, keep_latencies: int = 2000, clock: Callable[[], float] = time.time) -> None:
+        self._clock = clock
+        self._lock = threading.Lock()
+        self._latency_ms: Deque[float] = collections.deque(maxlen=keep_latencies)
+        self._per_second: Deque[list] = collections.deque()         # [second, frames]
+        self.frames = 0
+        self.batches = 0
+        self.failed = 0
+
+    def record(self, frames: int, latency_ms: float) -> None:
+        now = int(self._clock())
+        with self._lock:
+            self.frames += frames
+            self.batches += 1
+            self._latency_ms.append(latency_ms)
+            if self._per_second and self._per_second[-1][0] == now:
+                self._per_second[-1][1] += frames
+            else:
+                self._per_second.append([now, frames])
+                while self._per_second[0][0] <= now - RATE_WINDOWS[-1]:
+                    self._per_second.popleft()
+
+    def record_failure(self) -> None:
+        with self._lock:
+            self.failed += 1
+
+    def snapshot(self) -> Dict[str, Any]:
+        """Totals, frames per second over the last 10 s and 60 s, batch latency p50/p90/p99 (ms)."""
+        now = int(self._clock())
+        with self._lock:
+            lat = np.asarray(self._latency_ms, np.float64)
+            recent = list(self._per_second)
+            out: Dict[str, Any] = {"frames": self.frames, "batches": self.batches, "failed": self.failed}
+        # the current second is still filling: rates count the whole seconds before it
+        out["rate_per_s"] = {f"{w}s": sum(n for s, n in recent if now - w <= s < now) / w for w in RATE_WINDOWS}
+        out["latency_ms"] = ({f"p{q}": float(np.percentile(lat, q)) for q in (50, 90, 99)} if len(lat)
+                             else {"p50": None, "p90": None, "p99": None})
+        return out

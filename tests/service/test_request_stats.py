@@ -1,0 +1,34 @@
+"""RequestStats with a driven clock: totals, per-window rates over whole seconds, latency percentiles."""
+
+import threading
+
+import pytest
+
+from service.request_stats import RequestStats
+
+
+def test_rates_and_percentiles():
+    now = [1000.0]
+    st = RequestStats(clock=lambda: now[0])
+    assert st.snapshot()["latency_ms"]["p50"] is None
+    for sec in range(70):                       # 70 s at 5 frames/s, the last 10 s at 20 frames/s
+        now[0] = 1000.0 + sec
+        for _ in range(20 if sec >= 60 else 5):
+            st.record(1, latency_ms=float(sec % 10))
+    now[0] = 1070.2
+    snap = st.snapshot()
+    assert snap["frames"] == snap["batches"] == 60 * 5 + 10 * 20
+    assert snap["rate_per_s"]["10s"] == pytest.approx(20.0)
+    assert snap["rate_per_s"]["60s"] == pytest.approx((50 * 5 + 10 * 20) / 60)
+    assert snap["latency_ms"]["p50"] == pytest.approx(4.5, abs=0.6) and snap["latency_ms"]["p99"] <= 9.0
+
+
+def test_concurrent_recorders_lose_nothing():
+    st = RequestStats()
+    threads = [threading.Thread(target=lambda: [st.record(2, 0.1) for _ in range(5000)]) for _ in range(8)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    st.record_failure()
+    assert (st.snapshot()["frames"], st.snapshot()["failed"]) == (80000, 1)

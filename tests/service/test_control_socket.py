@@ -116,7 +116,7 @@ def test_payloads_shorter_or_longer_than_declared(server):
 def test_two_hundred_connections_get_busy_replies_and_others_still_served(server):
     held = [_raw(server.path) for _ in range(200)]
     busy = 0
-    for s, f in held[3:]:
+    for _s, f in held[3:]:
         line = f.readline()
         busy += bool(line) and json.loads(line)["error"]["code"] == "busy"
     assert busy == 197

@@ -4,35 +4,81 @@ Exit codes: 0 ok, 1 the command failed, 2 usage error, 3 the daemon is unreachab
 import argparse
 import json
 import sys
+import time
 from pathlib import Path
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 DEFAULT_SOCKET = "/run/ocap/ocap.sock"
 
 
+def _when(ts: float) -> str:
+    return time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(ts))
+
+
+def _table(rows: List[List[str]]) -> List[str]:
+    """Left-aligned columns, two spaces apart."""
+    widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
+    return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
+
+
+def _status(res: Dict[str, Any]) -> str:
+    m, lat, rate = res["model"], res["latency_ms"], res["rate_per_s"]
+    fill = {k: n for k, n in res["cache"]["train"].items()}
+    lines = [f"model     {m['name']} ({m['version']}), classes {m['class_ids']}, {m['swaps']} swaps",
+             f"providers {', '.join(m['providers'])}",
+             f"uptime    {res['uptime_s']:.0f} s, {res['requests']} requests ({res['failed']} failed), "
+             f"{rate['10s']:.1f}/s last 10 s, {rate['60s']:.1f}/s last minute"]
+    if lat["p50"] is not None:
+        lines.append(f"latency   p50 {lat['p50']:.2f} ms, p90 {lat['p90']:.2f} ms, p99 {lat['p99']:.2f} ms")
+    t = res.get("teacher")
+    if t:
+        share = t["disagreed"] / t["checked"] if t["checked"] else 0.0
+        lines.append(f"teacher   {t['version']} checks {100 * t['share']:.0f}% of frames: {t['checked']} checked, "
+                     f"{100 * share:.1f}% disagree")
+    lines.append(f"cache     per class {', '.join(f'{k}:{n}' for k, n in sorted(fill.items(), key=lambda kv: int(kv[0])))}"
+                 f" of {res['cache_per_class']} (+{sum(res['cache']['val'].values())} held back), "
+                 f"{res['cache_bytes'] / 2 ** 20:.1f} of {res['cache_quota'] / 2 ** 20:.0f} MiB")
+    if res.get("last_flush"):
+        lines.append(f"flushed   {_when(res['last_flush'])}")
+    return "\n".join(lines)
+
+
+def _classes(res: Dict[str, Any]) -> str:
+    rows = res["classes"]
+    total = sum(r["n"] for r in rows)
+    lines = [f"last {res['minutes']} min, {res['origin']}: {total} predictions"]
+    width = max([len(r["class_name"]) for r in rows] + [5])
+    for r in rows:
+        share = r["n"] / total if total else 0.0
+        lines.append(f"{r['class_id']:>3} {r['class_name']:<{width}} {r['n']:>8} {100 * share:5.1f}% "
+                     + "#" * int(round(40 * share)))
+    return "\n".join(lines)
+
+
+def _models(res: Dict[str, Any]) -> str:
+    rows = [["version", "status", "classes", "MACs", "served"]]
+    for m in res["models"]:
+        served = m.get("served") or {}
+        rows.append([m["version"], m["status"], ",".join(map(str, m["class_ids"])),
+                     f"{m['macs'] / 1e6:.1f}M" if m.get("macs") else "-", str(served.get("n", 0))])
+    return "\n".join(_table(rows))
+
+
+def _history(res: Dict[str, Any]) -> str:
+    if not res["events"]:
+        return "no events"
+    return "\n".join(_table([["time", "event", "detail"]] + [
+        [_when(e["ts"]), e["kind"], " ".join(f"{k}={v}" for k, v in e["detail"].items())] for e in res["events"]]))
+
+
 def _human(cmd: str, res: Dict[str, Any]) -> str:
-    if cmd == "classes":
-        rows = res["classes"]
-        total = sum(r["n"] for r in rows) or 1
-        width = max([len(r["class_name"]) for r in rows] + [5])
-        lines = [f"last {res['minutes']} min, {res['origin']}: {total if rows else 0} predictions"]
-        for r in rows:
-            bar = "#" * int(round(40 * r["n"] / total))
-            lines.append(f"{r['class_id']:>3} {r['class_name']:<{width}} {r['n']:>8} {100 * r['n'] / total:5.1f}% {bar}")
-        return "\n".join(lines)
-    if cmd == "status":
-        m = res["model"]
-        lat = res["latency_ms"]
-        return "\n".join([f"model     {m['name']} ({m['version']}), classes {m['class_ids']}",
-                          f"providers {', '.join(m['providers'])}",
-                          f"uptime    {res['uptime_s']:.0f} s, {res['requests']} requests",
-                          f"latency   p50 {lat['p50']:.2f} ms, p90 {lat['p90']:.2f} ms, p99 {lat['p99']:.2f} ms",
-                          f"cache     {sum(res['cache']['train'].values())} train + "
-                          f"{sum(res['cache']['val'].values())} val samples, {res['cache_bytes']} bytes"])
     if cmd == "predict":
         return f"{res['class_id']} {res['class_name']} ({res['confidence']:.3f}) by {res['model_version']}"
-    return json.dumps(res, indent=2)
+    if cmd == "forget-samples":
+        return f"forgot {res['forgotten']} cached samples"
+    show = {"status": _status, "classes": _classes, "models": _models, "history": _history}.get(cmd)
+    return show(res) if show else json.dumps(res, indent=2)
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -50,6 +96,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     c.add_argument("--minutes", type=int, default=60)
     c.add_argument("--origin", default="served", choices=["served", "teacher"])
     sub.add_parser("models")
+    sub.add_parser("forget-samples", help="delete every cached sample (needs rights)")
     h = sub.add_parser("history")
     h.add_argument("--limit", type=int, default=50)
     p = sub.add_parser("predict")

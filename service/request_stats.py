@@ -17,6 +17,7 @@ class RequestStats:
         self._lock = threading.Lock()
         self._latency_ms: Deque[float] = collections.deque(maxlen=keep_latencies)
         self._per_second: Deque[list] = collections.deque()         # [second, frames]
+        self._since = int(clock())
         self.frames = 0
         self.batches = 0
         self.failed = 0
@@ -45,8 +46,9 @@ class RequestStats:
             lat = np.asarray(self._latency_ms, np.float64)
             recent = list(self._per_second)
             out: Dict[str, Any] = {"frames": self.frames, "batches": self.batches, "failed": self.failed}
-        # the current second is still filling: rates count the whole seconds before it
-        out["rate_per_s"] = {f"{w}s": sum(n for s, n in recent if now - w <= s < now) / w for w in RATE_WINDOWS}
+        # the current second is still filling: rates count the whole seconds before it (since start)
+        out["rate_per_s"] = {f"{w}s": sum(n for s, n in recent if now - w <= s < now) / max(1, min(w, now - self._since))
+                             for w in RATE_WINDOWS}
         out["latency_ms"] = ({f"p{q}": float(np.percentile(lat, q)) for q in (50, 90, 99)} if len(lat)
                              else {"p50": None, "p90": None, "p99": None})
         return out

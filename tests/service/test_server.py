@@ -64,6 +64,9 @@ def test_serve_replay_and_control(tmp_path):
         assert counts[1] > counts[8] > 0 and counts[1] + counts[8] >= 0.95 * sum(counts.values()), counts
         r = _ctl(sock, "classes")
         assert r.returncode == 0 and "Trouser" in r.stdout and "#" in r.stdout
+        for cmd, shows in (("status", "requests (0 failed)"), ("models", "serving"), ("history", "serving_started")):
+            r = _ctl(sock, cmd)
+            assert r.returncode == 0 and shows in r.stdout, (cmd, r.stdout, r.stderr)
         assert _ctl(sock, "frobnicate").returncode == 2
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -44,12 +44,16 @@ class ClassLog:
         if origin not in ORIGINS:
             raise ServiceError(f"origin must be one of {ORIGINS}, got {origin!r}")
         minute = int((self._clock() if ts is None else ts) // 60)
+        # plain Python numbers: numpy scalars make this loop, run for every frame, twice as slow
+        ids = class_ids.tolist() if hasattr(class_ids, "tolist") else class_ids
+        confs = confidences.tolist() if hasattr(confidences, "tolist") else confidences
+        low, pending = self.low_confidence, self._pending
         with self._lock:
-            for k, c in zip(class_ids, confidences):
-                row = self._pending.setdefault((minute, model_version, origin, int(k)), [0, 0.0, 0])
+            for k, c in zip(ids, confs):
+                row = pending.setdefault((minute, model_version, origin, int(k)), [0, 0.0, 0])
                 row[0] += 1
-                row[1] += float(c)
-                row[2] += float(c) < self.low_confidence
+                row[1] += c
+                row[2] += c < low
 
     def flush(self) -> int:
         """Write the counts gathered since the last flush in one transaction; returns rows written.

@@ -14,6 +14,7 @@ from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from .db import open_db, read_rows
 from .errors import ServiceError
+from .recent_counts import RecentCounts
 
 ORIGINS = ("served", "teacher")
 Key = Tuple[int, str, str, int]
@@ -26,7 +27,8 @@ _UPSERT = ("INSERT INTO counts (minute, model_version, origin, class_id, n, conf
 class ClassLog:
     """Per-minute class counts; ``add`` is cheap and thread-safe, ``flush`` writes what accumulated."""
 
-    def __init__(self, path: Path, low_confidence: float = 0.5, clock: Callable[[], float] = time.time) -> None:
+    def __init__(self, path: Path, low_confidence: float = 0.5, clock: Callable[[], float] = time.time,
+                 recent_seconds: int = 3600) -> None:
         if not 0 <= low_confidence <= 1:
             raise ServiceError(f"low_confidence must be in [0, 1], got {low_confidence}")
         self.path = Path(path)
@@ -37,23 +39,28 @@ class ClassLog:
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self.last_flush: Optional[float] = None
+        self.recent = RecentCounts(recent_seconds, clock)     # per second, in memory, for the policy checks
 
     def add(self, class_ids: Sequence[int], confidences: Sequence[float], model_version: str,
             origin: str = "served", ts: Optional[float] = None) -> None:
         """Count predictions made at ``ts`` (default now)."""
         if origin not in ORIGINS:
             raise ServiceError(f"origin must be one of {ORIGINS}, got {origin!r}")
-        minute = int((self._clock() if ts is None else ts) // 60)
+        now = self._clock() if ts is None else ts
+        minute = int(now // 60)
         # plain Python numbers: numpy scalars make this loop, run for every frame, twice as slow
         ids = class_ids.tolist() if hasattr(class_ids, "tolist") else class_ids
         confs = confidences.tolist() if hasattr(confidences, "tolist") else confidences
-        low, pending = self.low_confidence, self._pending
+        low, pending, n_low = self.low_confidence, self._pending, 0
         with self._lock:
             for k, c in zip(ids, confs):
                 row = pending.setdefault((minute, model_version, origin, int(k)), [0, 0.0, 0])
+                is_low = c < low
                 row[0] += 1
                 row[1] += c
-                row[2] += c < low
+                row[2] += is_low
+                n_low += is_low
+        self.recent.add(int(now), origin, [int(k) for k in ids], n_low)
 
     def flush(self) -> int:
         """Write the counts gathered since the last flush in one transaction; returns rows written.

@@ -9,7 +9,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Dict, FrozenSet, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, FrozenSet, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -83,6 +83,7 @@ class Server:
         self.teacher_disagreed = 0
         self.background_skipped = 0
         self._teacher_credit = 0.0
+        self._status_parts: Dict[str, Callable[[], Any]] = {}
         self._stop = threading.Event()
         self._flusher = threading.Thread(target=self._flush_loop, name="flush", daemon=True)
         # cache offers and teacher checks (KL scoring, a file write with fsync, a second model: ~1 ms)
@@ -180,6 +181,10 @@ class Server:
             for img, f, k, c in zip(images, t.features, t.class_ids, t.confidence):
                 self.cache.offer(img, f, int(k), float(c))
 
+    def add_status(self, key: str, part: Callable[[], Any]) -> None:
+        """Have ``status`` include ``part()`` under ``key`` (the control plane adds its state)."""
+        self._status_parts[key] = part
+
     # -- model changes --------------------------------------------------------------------------
     def swap(self, path: str) -> Tuple[bool, str]:
         """Serve the package at ``path`` (verified, loaded and warmed up first); the reason on refusal."""
@@ -250,7 +255,8 @@ class Server:
                     "disagreed": self.teacher_disagreed},
                 "cache": {sp: {str(k): n for k, n in c.items()} for sp, c in self.cache.counts().items()},
                 "cache_bytes": self.cache.bytes, "cache_quota": self.cache.quota, "cache_per_class": self.cache.per_class,
-                "background_skipped": self.background_skipped, "last_flush": self.class_log.last_flush}
+                "background_skipped": self.background_skipped, "last_flush": self.class_log.last_flush,
+                **{k: part() for k, part in self._status_parts.items()}}
 
     def _classes(self, req: Dict[str, Any], _: Optional[bytes]) -> Dict[str, Any]:
         minutes = req.get("minutes", 60)

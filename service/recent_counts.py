@@ -1,0 +1,63 @@
+"""Per-second class counts of the recent past, in memory: the stability, drift and probation checks
+look at windows of seconds to minutes (seconds in the demo), finer than the per-minute SQLite rows.
+Bounded to ``keep_seconds``; lost on restart, which only makes stability start over."""
+
+import collections
+import threading
+import time
+from typing import Callable, Deque, Dict, List, Optional, Tuple
+
+
+class RecentCounts:
+    def __init__(self, keep_seconds: int = 3600, clock: Callable[[], float] = time.time) -> None:
+        self.keep_seconds = keep_seconds
+        self._clock = clock
+        self._lock = threading.Lock()
+        # [second, {(origin, class_id): n}, {origin: low-confidence n}]
+        self._seconds: Deque[Tuple[int, Dict[Tuple[str, int], int], Dict[str, int]]] = collections.deque()
+
+    def add(self, second: int, origin: str, class_ids: List[int], low: int) -> None:
+        with self._lock:
+            if not self._seconds or self._seconds[-1][0] != second:
+                if self._seconds and second < self._seconds[-1][0]:
+                    return                          # a late batch from a clock step back: not worth a window
+                self._seconds.append((second, {}, {}))
+                while self._seconds[0][0] <= second - self.keep_seconds:
+                    self._seconds.popleft()
+            _, counts, lows = self._seconds[-1]
+            for k in class_ids:
+                counts[(origin, k)] = counts.get((origin, k), 0) + 1
+            if low:
+                lows[origin] = lows.get(origin, 0) + low
+
+    def window(self, seconds: float, origin: str = "served", end: Optional[float] = None,
+               since: Optional[float] = None) -> Tuple[Dict[int, int], int]:
+        """(class histogram, low-confidence count) over the ``seconds`` before ``end`` (default now),
+        not earlier than ``since``."""
+        end_s = int(self._clock() if end is None else end)
+        start_s = end_s - seconds
+        if since is not None:
+            start_s = max(start_s, since)
+        hist: Dict[int, int] = {}
+        low = 0
+        with self._lock:
+            for s, counts, lows in self._seconds:
+                if start_s <= s < end_s:
+                    for (o, k), n in counts.items():
+                        if o == origin:
+                            hist[k] = hist.get(k, 0) + n
+                    low += lows.get(origin, 0)
+        return dict(sorted(hist.items())), low
+
+    def series(self, window_seconds: float, windows: int, origin: str = "served",
+               since: Optional[float] = None) -> List[Dict[int, int]]:
+        """Histograms of the last ``windows`` whole windows, oldest first, ending at the current second;
+        windows that would start before ``since`` are left out (so the list may be shorter)."""
+        end = int(self._clock())
+        out = []
+        for i in range(windows, 0, -1):
+            w_end = end - (i - 1) * window_seconds
+            if since is not None and w_end - window_seconds < since:
+                continue
+            out.append(self.window(window_seconds, origin, end=w_end)[0])
+        return out

@@ -1,0 +1,83 @@
+"""The gate a candidate passes before it serves: it loads in onnxruntime (digests verified) with the
+base model's input and one output per kept class; on the held-back cached samples it agrees with the
+teacher (the base model) at or above a threshold; and it is faster than the served model by a margin.
+Each verdict carries its figures, for the events table."""
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Dict, Optional, Sequence
+
+import numpy as np
+
+from ocap_core.errors import OcapError
+from service.model_slot import LoadedModel, load_model
+
+
+@dataclass(frozen=True)
+class GateConfig:
+    min_agreement: float = 0.95
+    min_speedup: float = 1.1
+    latency_runs: int = 200
+
+
+@dataclass
+class Verdict:
+    passed: bool
+    reason: str
+    figures: Dict[str, Any] = field(default_factory=dict)
+    model: Optional[LoadedModel] = None          # the loaded candidate, ready to install when passed
+
+
+def _p50_ms(model: LoadedModel, frames: np.ndarray) -> float:
+    times = []
+    for f in frames:
+        t0 = time.perf_counter()
+        model.predict(f)
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times))
+
+
+def check(candidate_dir: str, served: LoadedModel, teacher: LoadedModel, images: np.ndarray,
+          cfg: GateConfig, providers: Sequence[str] = ("cpu",), threads: int = 1) -> Verdict:
+    """Judge the candidate at ``candidate_dir`` on ``images`` (held-back cached frames)."""
+    try:
+        cand = load_model(candidate_dir, providers=providers, threads=threads)
+    except OcapError as e:
+        return Verdict(False, f"does not load: {e}")
+    kept = list(cand.card.class_ids)
+    if tuple(cand.card.input.shape) != tuple(teacher.card.input.shape):
+        return Verdict(False, f"input {cand.card.input.shape} differs from the base model's {teacher.card.input.shape}")
+    c, h, w = teacher.card.input.shape
+    blank = np.zeros((1, h, w, c), np.uint8)
+    width = cand.session.run(["logits"], {cand.session.get_inputs()[0].name: _prep(cand, blank)})[0].shape[-1]
+    if width != len(kept):
+        return Verdict(False, f"{width} outputs but the card names {len(kept)} classes {kept}")
+    if not len(images):
+        return Verdict(False, "no held-back samples to judge it on")
+    t = teacher.predict(images).class_ids
+    mine = np.isin(t, kept)
+    if not mine.any():
+        return Verdict(False, f"none of the {len(images)} held-back samples is of the kept classes {kept}")
+    agreement = float(np.mean(cand.predict(images[mine]).class_ids == t[mine]))
+    frames = images[np.arange(cfg.latency_runs) % len(images)]
+    cand_ms, served_ms = [], []
+    for half in np.array_split(frames, 4):       # interleaved, so both see the same machine state
+        cand_ms.append(_p50_ms(cand, half))
+        served_ms.append(_p50_ms(served, half))
+    speedup = float(np.median(served_ms) / np.median(cand_ms))
+    figures = {"version": cand.version, "classes": kept, "samples": int(mine.sum()), "agreement": round(agreement, 4),
+               "candidate_ms": round(float(np.median(cand_ms)), 4), "served_ms": round(float(np.median(served_ms)), 4),
+               "speedup": round(speedup, 3), "macs": cand.card.metrics.get("macs"),
+               "min_agreement": cfg.min_agreement, "min_speedup": cfg.min_speedup}
+    if agreement < cfg.min_agreement:
+        return Verdict(False, f"agrees with the teacher on {100 * agreement:.1f}% of {int(mine.sum())} held-back "
+                              f"samples (needs {100 * cfg.min_agreement:.1f}%)", figures)
+    if speedup < cfg.min_speedup:
+        return Verdict(False, f"{speedup:.2f}x as fast as the served model (needs {cfg.min_speedup:.2f}x)", figures)
+    return Verdict(True, f"agreement {100 * agreement:.1f}%, {speedup:.2f}x faster", figures, cand)
+
+
+def _prep(model: LoadedModel, images: np.ndarray) -> np.ndarray:
+    from ocap_core.preprocess import preprocess
+
+    return preprocess(images, model.card.input)

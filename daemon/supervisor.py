@@ -1,0 +1,140 @@
+"""Runs the personalization worker as a low-priority subprocess and keeps track of it: progress from
+its JSON lines, pause (SIGSTOP) and resume (SIGCONT), a wall-time budget, kill on shutdown. The job
+directory (job file, samples, candidate) is the worker's scratch space; the caller removes it."""
+
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional
+
+from .errors import DaemonError
+
+log = logging.getLogger(__name__)
+Listener = Callable[[Dict[str, Any]], None]
+_PACKAGE_ROOT = str(Path(__file__).resolve().parent.parent)
+
+
+def _lower_priority(nice: int) -> Callable[[], None]:
+    def apply() -> None:                     # runs in the child between fork and exec
+        os.nice(nice)
+        try:
+            import psutil
+
+            psutil.Process().ionice(psutil.IOPRIO_CLASS_IDLE)
+        except Exception:  # idle I/O class is best effort (not every kernel / scheduler has it)
+            pass
+    return apply
+
+
+class WorkerRun:
+    """One worker process. ``state``: running, paused, done, failed, killed."""
+
+    def __init__(self, job: Dict[str, Any], job_dir: Path, nice: int = 19, threads: int = 2,
+                 budget_s: float = 0.0, on_event: Optional[Listener] = None) -> None:
+        self.job, self.job_dir, self.budget_s = job, Path(job_dir), budget_s
+        self.events: List[Dict[str, Any]] = []
+        self.last: Dict[str, Any] = {}
+        self.result: Optional[Dict[str, Any]] = None
+        self.state = "running"
+        self.reason = ""
+        self._on_event = on_event
+        self._paused_since: Optional[float] = None
+        self._paused_total = 0.0
+        self.job_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        job_file = self.job_dir / "job.json"
+        fd = os.open(str(job_file), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(job, f)
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+                   PYTHONPATH=os.pathsep.join(p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")) if p))
+        self.started = time.monotonic()
+        try:
+            self.proc = subprocess.Popen([sys.executable, "-m", "daemon.worker", str(job_file)], stdout=subprocess.PIPE,
+                                         stdin=subprocess.DEVNULL, env=env, preexec_fn=_lower_priority(nice),
+                                         cwd=str(self.job_dir))
+        except OSError as e:
+            raise DaemonError(f"cannot start the personalization worker: {e}") from e
+        self._reader = threading.Thread(target=self._read, name="worker-progress", daemon=True)
+        self._reader.start()
+        log.info("worker %d started for classes %s", self.proc.pid, job.get("classes"))
+
+    def _read(self) -> None:
+        assert self.proc.stdout is not None
+        for raw in self.proc.stdout:
+            try:
+                ev = json.loads(raw.decode("utf-8"))
+            except ValueError:
+                log.info("worker: %s", raw.decode("utf-8", "replace").rstrip())
+                continue
+            if not isinstance(ev, dict):
+                continue
+            self.events.append(ev)
+            self.last = ev
+            if ev.get("event") == "done":
+                self.result = ev
+            if self._on_event:
+                try:
+                    self._on_event(ev)
+                except Exception:
+                    log.exception("worker event listener failed")
+
+    @property
+    def elapsed(self) -> float:
+        """Wall seconds running, not counting time paused."""
+        paused = self._paused_total + (time.monotonic() - self._paused_since if self._paused_since else 0.0)
+        return time.monotonic() - self.started - paused
+
+    def poll(self) -> Optional[str]:
+        """The final state once the process has ended (kills it first when over budget), else None."""
+        if self.state in ("done", "failed", "killed"):
+            return self.state
+        if self.budget_s and self.elapsed > self.budget_s and self.state == "running":
+            self.kill(f"over its time budget of {self.budget_s:.0f} s")
+            return self.state
+        code = self.proc.poll()
+        if code is None:
+            return None
+        self._reader.join(timeout=5)
+        if code == 0 and self.result is not None:
+            self.state = "done"
+        else:
+            self.state = "failed"
+            self.reason = str(self.last.get("error") or f"worker exited with code {code}")
+        return self.state
+
+    def pause(self, why: str) -> bool:
+        if self.state != "running" or self.proc.poll() is not None:
+            return False
+        self.proc.send_signal(signal.SIGSTOP)
+        self.state, self.reason, self._paused_since = "paused", why, time.monotonic()
+        log.info("worker %d paused: %s", self.proc.pid, why)
+        return True
+
+    def resume(self) -> bool:
+        if self.state != "paused":
+            return False
+        self.proc.send_signal(signal.SIGCONT)
+        self._paused_total += time.monotonic() - (self._paused_since or time.monotonic())
+        self.state, self.reason, self._paused_since = "running", "", None
+        log.info("worker %d resumed", self.proc.pid)
+        return True
+
+    def kill(self, why: str) -> None:
+        """Stop the worker now (SIGKILL; a stopped process dies too) and wait for it."""
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait(timeout=30)
+        self._reader.join(timeout=5)
+        self.state, self.reason = "killed", why
+        log.warning("worker %d killed: %s", self.proc.pid, why)
+
+    def describe(self) -> Dict[str, Any]:
+        last = {k: v for k, v in self.last.items() if k in ("event", "stage", "epoch", "epochs", "val", "seconds")}
+        return {"pid": self.proc.pid, "state": self.state, "reason": self.reason, "elapsed_s": round(self.elapsed, 1),
+                "classes": self.job.get("classes"), "last": last}

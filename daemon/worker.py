@@ -1,0 +1,93 @@
+"""``python -m daemon.worker JOB.json``: one personalization in its own process (the only part of the
+daemon that imports torch, so that its memory goes back to the system when it exits and a crash in it
+never touches serving).
+
+The job names the base package, a samples file (``.npz`` with ``x`` uint8 images and ``is_val``), the
+observed classes and the engine's settings; the candidate package goes to ``out``. Progress goes to
+stdout as JSON lines (``started``, ``stage``, ``finetune_epoch``, then ``done`` or ``failed``), which
+the daemon reads into ``status`` and ``events``. Exit 0 when a candidate was written, 1 when not (no
+partial candidate is left behind), 2 for a bad job file."""
+
+import json
+import logging
+import os
+import shutil
+import sys
+import time
+from pathlib import Path
+from typing import Any, Dict, Optional, Sequence
+
+EXIT_OK, EXIT_FAILED, EXIT_BAD_JOB = 0, 1, 2
+REQUIRED = ("base", "samples", "classes", "out")
+
+
+def emit(event: str, **fields: Any) -> None:
+    """One progress line on stdout (the daemon's pipe)."""
+    sys.stdout.write(json.dumps(dict(fields, event=event, t=round(time.time(), 3)), default=str) + "\n")
+    sys.stdout.flush()
+
+
+def read_job(path: Path) -> Dict[str, Any]:
+    try:
+        job = json.loads(Path(path).read_text(encoding="utf-8"))
+    except (OSError, ValueError) as e:
+        raise ValueError(f"job file {path}: {e}") from e
+    if not isinstance(job, dict):
+        raise ValueError(f"job file {path}: a JSON object expected")
+    missing = [k for k in REQUIRED if k not in job]
+    if missing:
+        raise ValueError(f"job file {path}: missing {', '.join(missing)}")
+    return job
+
+
+def run(job: Dict[str, Any]) -> Dict[str, Any]:
+    """Personalize as the job says; returns the candidate's summary."""
+    import numpy as np
+
+    from ocap_core.finetune import FinetuneSpec
+    from ocap_core.package import open_package
+    from ocap_core.personalize import personalize
+    from ocap_core.personalize_samples import Samples
+    from ocap_core.prune_spec import PruneSpec
+
+    with np.load(job["samples"]) as z:
+        samples = Samples(x=z["x"], is_val=z["is_val"].astype(bool))
+    emit("samples", train=int((~samples.is_val).sum()), val=int(samples.is_val.sum()))
+    ft = FinetuneSpec(epochs=int(job.get("epochs", 20)), time_budget=float(job.get("time_budget", 0.0)),
+                      seed=int(job.get("seed", 0)))
+    spec = PruneSpec(scorer=job.get("scorer", "ocap"), rule=job.get("rule", "personalize"), finetune=ft,
+                     threads=int(job.get("threads", 2)), seed=int(job.get("seed", 0)))
+    freqs = {int(k): float(v) for k, v in (job.get("class_freqs") or {}).items()}
+    res = personalize(open_package(job["base"]), samples, [int(k) for k in job["classes"]], spec, Path(job["out"]),
+                      class_freqs=freqs or None, name=job.get("name"), progress=lambda ev: emit(**ev))
+    card = res.package.card
+    return {"candidate": str(res.package.path), "version": card.version, "class_ids": card.class_ids,
+            "metrics": {k: card.metrics.get(k) for k in ("macs", "params", "mac_reduction", "val_agreement")},
+            "timings": res.timings}
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr, format="worker %(levelname)s %(name)s: %(message)s")
+    if len(args) != 1:
+        print("usage: python -m daemon.worker JOB.json", file=sys.stderr)
+        return EXIT_BAD_JOB
+    try:
+        job = read_job(Path(args[0]))
+    except ValueError as e:
+        emit("failed", error=str(e))
+        return EXIT_BAD_JOB
+    emit("started", pid=os.getpid(), classes=job["classes"])
+    try:
+        summary = run(job)
+    except Exception as e:  # any failure of the engine is reported, and no partial candidate stays
+        logging.getLogger("daemon.worker").debug("personalization failed", exc_info=True)
+        shutil.rmtree(job["out"], ignore_errors=True)
+        emit("failed", error=f"{type(e).__name__}: {e}")
+        return EXIT_FAILED
+    emit("done", **summary)
+    return EXIT_OK
+
+
+if __name__ == "__main__":
+    sys.exit(main())

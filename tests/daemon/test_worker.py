@@ -1,0 +1,74 @@
+"""The personalization worker as the daemon runs it: a real ``python -m daemon.worker`` subprocess at
+low priority, progress as JSON lines, pause/resume by signals, kill, failures without partial output."""
+
+import os
+import time
+
+import numpy as np
+import psutil
+import pytest
+
+from daemon.supervisor import WorkerRun
+from ocap_core.data import load_dataset
+from ocap_core.package import open_package, resolve_model
+
+pytestmark = pytest.mark.torch
+
+
+def _job(tmp_path, classes=(1, 8), per_class=40, epochs=2):
+    train = load_dataset("fashion-mnist", "train")
+    idx = np.concatenate([np.flatnonzero(train.y == k)[:per_class] for k in classes])
+    is_val = np.arange(len(idx)) % 5 == 0
+    samples = tmp_path / "samples.npz"
+    np.savez(samples, x=train.x[idx], is_val=is_val)
+    return {"base": str(resolve_model("fmnist-cnn")), "samples": str(samples), "classes": list(classes),
+            "out": str(tmp_path / "job" / "candidate"), "epochs": epochs, "threads": 1}
+
+
+def _wait(run, timeout=300):
+    deadline = time.time() + timeout
+    while run.poll() is None:
+        assert time.time() < deadline, run.describe()
+        time.sleep(0.1)
+    return run.state
+
+
+def test_a_job_makes_a_candidate_and_reports_progress(tmp_path):
+    seen = []
+    run = WorkerRun(_job(tmp_path), tmp_path / "job", nice=19, threads=1, on_event=seen.append)
+    assert psutil.Process(run.proc.pid).nice() == 19
+    assert _wait(run) == "done", run.reason
+    pkg = open_package(run.result["candidate"])
+    assert pkg.card.class_ids == [1, 8] and run.result["metrics"]["mac_reduction"] > 1
+    events = [e["event"] for e in seen]
+    assert events[0] == "started" and "finetune_epoch" in events and events[-1] == "done"
+    assert {e["stage"] for e in seen if e["event"] == "stage"} >= {"load", "score", "prune", "finetune", "export"}
+    assert oct(os.stat(tmp_path / "job" / "job.json").st_mode & 0o777) == "0o600"
+
+
+def test_pause_resume_and_kill(tmp_path):
+    run = WorkerRun(_job(tmp_path, epochs=30), tmp_path / "job", threads=1)
+    time.sleep(1.0)
+    assert run.pause("too hot")
+    assert psutil.Process(run.proc.pid).status() == psutil.STATUS_STOPPED
+    frozen = run.elapsed
+    time.sleep(0.5)
+    assert run.elapsed == pytest.approx(frozen, abs=0.05) and run.poll() is None
+    assert run.resume() and psutil.Process(run.proc.pid).status() != psutil.STATUS_STOPPED
+    run.pause("again")
+    run.kill("shutdown")                                   # a stopped worker dies too
+    assert run.poll() == "killed" and run.proc.returncode is not None
+
+
+def test_a_failing_job_leaves_no_candidate(tmp_path):
+    job = _job(tmp_path, classes=(1, 8), per_class=1)     # one image per class: the engine refuses
+    run = WorkerRun(job, tmp_path / "job", threads=1)
+    assert _wait(run) == "failed"
+    assert "too few images" in run.reason
+    assert not (tmp_path / "job" / "candidate").exists()
+    assert not [p for p in (tmp_path / "job").iterdir() if p.name.startswith(".candidate")]
+
+
+def test_over_budget_is_killed(tmp_path):
+    run = WorkerRun(_job(tmp_path, epochs=500), tmp_path / "job", threads=1, budget_s=2.0)
+    assert _wait(run) == "killed" and "budget" in run.reason

@@ -1,14 +1,208 @@
-"""``ocapd``: the daemon's entry point. The daemon is not built yet; this says so and fails."""
+"""``ocapd``: the daemon. Start: config -> database -> model store recovery -> load -> socket ->
+sources -> scheduler -> ``READY=1``. SIGHUP re-reads the config (a bad file is logged, the old one
+stays); SIGTERM/SIGINT stop sources, scheduler and worker, flush and close within a bounded time.
+Exit codes: 0 clean stop, 1 start failed, 78 bad configuration (systemd does not restart on it)."""
 
+import argparse
+import dataclasses
+import logging
+import signal
 import sys
-from typing import Optional, Sequence
+import threading
+import time
+from pathlib import Path
+from typing import Any, List, Optional, Sequence
 
-EXIT_CONFIG = 78
+import numpy as np
+
+from ocap_core.errors import OcapError
+from service.errors import ServiceError
+from service.server import Server, ServerConfig
+
+from .config import EXIT_CONFIG, Config, ConfigError, load_config
+from .controller import Controller
+from .errors import DaemonError
+from .notify import Notifier
+from .store import ModelStore
+
+log = logging.getLogger("ocapd")
+DEFAULT_CONFIG = "/etc/ocap/ocap.ini"
+EXIT_OK, EXIT_FAILED = 0, 1
+RESTART_SECTIONS = ("daemon", "model", "sources", "privacy", "store")
+
+
+def server_config(cfg: Config) -> ServerConfig:
+    return ServerConfig(providers=tuple(cfg.model.providers), threads=cfg.model.threads,
+                        flush_seconds=cfg.log.flush_interval, low_confidence=cfg.log.low_confidence,
+                        cache_per_class=cfg.personalize.samples_per_class, cache_quota=cfg.privacy.cache_quota,
+                        teacher_share=cfg.drift.teacher_share,
+                        allowed_gids=frozenset() if cfg.daemon.group is None else frozenset([cfg.daemon.group]))
+
+
+def build_sources(cfg: Config, server: Server) -> List[Any]:
+    """One thread per ``[source:NAME]`` section, all feeding ``server.infer``."""
+    from ocap_core.data import load_dataset
+    from service.sources import CameraSource, DirectorySource, ReplaySource, parse_mix
+
+    out = []
+    for name, sc in cfg.sources.items():
+        o = sc.options
+        if sc.type == "replay":
+            data = load_dataset(o["data"], o["split"])
+            mix = parse_mix(o["mix"] or ",".join(f"{k}:1" for k in range(data.num_classes)) + "@1h", data.num_classes)
+            out.append(ReplaySource(data.x, data.y, lambda img: server.infer(img[None]), o["rate"], mix))
+        elif sc.type == "directory":
+            reject = o.get("reject_dir") or Path(cfg.daemon.state_dir) / "rejected"
+            out.append(DirectorySource(Path(o["spool"]), server.infer, Path(reject),
+                                       Path(o["done_dir"]) if o.get("done_dir") else None))
+        elif sc.type == "camera":
+            out.append(CameraSource(o["device"], server.infer, tuple(server.slot.current().card.input.shape),
+                                    rate=o["rate"]))
+        log.info("source %s: %s", name, sc.type)
+    return out
+
+
+class Daemon:
+    def __init__(self, cfg: Config) -> None:
+        self.cfg = cfg
+        self.notifier = Notifier()
+        self.stop_requested = threading.Event()
+        self.reload_requested = threading.Event()
+        self.server: Optional[Server] = None
+        self.controller: Optional[Controller] = None
+        self.sources: List[Any] = []
+        self.scheduler: Any = None
+
+    def start(self) -> None:
+        from ocap_core.package import resolve_model
+
+        c = self.cfg
+        Path(c.daemon.state_dir).mkdir(parents=True, exist_ok=True, mode=0o750)
+        Path(c.daemon.cache_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
+        store = ModelStore(Path(c.daemon.state_dir), keep_versions=c.store.keep_versions)
+        base = Path(resolve_model(c.model.base))
+        serve, why = store.recover(base)
+        log.info("serving %s (%s)", serve, why)
+        self.server = server = Server(str(serve), Path(c.daemon.state_dir), Path(c.daemon.socket), server_config(c),
+                                      base=str(base), cache_dir=Path(c.daemon.cache_dir))
+        server.events.record("daemon_started", serving=server.slot.current().version, recovered=why,
+                             config=str(c.path))
+        self.controller = Controller(c, server, store, base, on_state=self.notifier.status)
+        server.control.register("reload", self._cmd_reload, mutating=True)
+        self.sources = build_sources(c, server)
+        self.scheduler = self._scheduler()
+        server.start()
+        for s in self.sources:
+            s.start()
+        self.scheduler.start()
+        self.notifier.ready(self.controller.status_line())
+        if self.notifier.watchdog_seconds:
+            threading.Thread(target=self._watchdog, name="watchdog", daemon=True).start()
+
+    def _scheduler(self) -> Any:
+        from apscheduler.executors.pool import ThreadPoolExecutor
+        from apscheduler.schedulers.background import BackgroundScheduler
+
+        assert self.controller is not None and self.server is not None
+        sched = BackgroundScheduler(timezone="UTC", executors={"default": ThreadPoolExecutor(2)},
+                                    job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30})
+        sched.add_job(self.controller.tick, "interval", seconds=self.cfg.stability.check_interval, id="policy")
+        sched.add_job(self._retention, "interval", seconds=3600, id="retention")
+        return sched
+
+    def _retention(self) -> None:
+        assert self.server is not None
+        n = self.server.class_log.retain(max(1, int(self.cfg.log.retention // 60)))
+        if n:
+            log.info("retention: %d count rows older than %.0f days deleted", n, self.cfg.log.retention / 86400)
+
+    def healthy(self) -> bool:
+        """The serving path answers (a blank frame through the served model) and the policy job runs."""
+        assert self.server is not None and self.controller is not None
+        c, h, w = self.server.slot.current().card.input.shape
+        try:
+            self.server.slot.current().predict(np.zeros((h, w, c), np.uint8))
+        except OcapError:
+            return False
+        last = self.controller.last_tick
+        return last is None or time.time() - last < 3 * self.cfg.stability.check_interval + 60
+
+    def _watchdog(self) -> None:
+        period = (self.notifier.watchdog_seconds or 30.0) / 2
+        while not self.stop_requested.wait(period):
+            if self.healthy():
+                self.notifier.watchdog()
+            else:
+                log.error("serving path or scheduler unhealthy: no watchdog ping")
+
+    def reload(self) -> None:
+        """Re-read the config; apply what can change live, record what needs a restart."""
+        assert self.server is not None and self.controller is not None and self.cfg.path is not None
+        try:
+            new = load_config(self.cfg.path)
+        except ConfigError as e:
+            log.error("reload refused, keeping the running config: %s", e)
+            self.server.events.record("config_rejected", reason=str(e))
+            return
+        restart = [s for s in RESTART_SECTIONS if getattr(new, s) != getattr(self.cfg, s)]
+        self.cfg = new
+        self.controller.cfg = new
+        self.server.config = dataclasses.replace(self.server.config, teacher_share=new.drift.teacher_share)
+        logging.getLogger().setLevel(new.daemon.log_level.upper())
+        self.scheduler.reschedule_job("policy", trigger="interval", seconds=new.stability.check_interval)
+        self.server.events.record("config_reloaded", restart_needed=restart)
+        log.info("config reloaded%s", f"; restart needed for [{'], ['.join(restart)}]" if restart else "")
+
+    def _cmd_reload(self, req: Any, _: Any) -> Any:
+        self.reload_requested.set()           # the main thread applies it, as for SIGHUP
+        return {"reload": "requested"}
+
+    def run(self) -> int:
+        for sig in (signal.SIGTERM, signal.SIGINT):
+            signal.signal(sig, lambda *_: self.stop_requested.set())
+        signal.signal(signal.SIGHUP, lambda *_: self.reload_requested.set())
+        try:
+            self.start()
+        except (OcapError, ServiceError, DaemonError) as e:
+            log.error("cannot start: %s", e)
+            self.shutdown()
+            return EXIT_FAILED
+        while not self.stop_requested.wait(0.2):
+            if self.reload_requested.is_set():
+                self.reload_requested.clear()
+                self.reload()
+        self.shutdown()
+        return EXIT_OK
+
+    def shutdown(self) -> None:
+        self.notifier.stopping()
+        for s in self.sources:
+            s.stop()
+        if self.scheduler is not None and self.scheduler.running:
+            self.scheduler.shutdown(wait=False)
+        if self.controller is not None:
+            self.controller.stop()
+        if self.server is not None:
+            self.server.stop()
+        log.info("stopped")
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
-    print("ocapd: the ocap daemon is not part of this version yet", file=sys.stderr)
-    return 1
+    ap = argparse.ArgumentParser(prog="ocapd", description="the ocap daemon")
+    ap.add_argument("--config", default=DEFAULT_CONFIG, help=f"INI file (default {DEFAULT_CONFIG})")
+    ap.add_argument("--check-config", action="store_true", help="validate the config file and exit")
+    args = ap.parse_args(argv)
+    try:
+        cfg = load_config(Path(args.config))
+    except ConfigError as e:
+        print(f"ocapd: {e}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.check_config:
+        print(f"ocapd: {args.config} is valid")
+        return EXIT_OK
+    logging.basicConfig(level=cfg.daemon.log_level.upper(), stream=sys.stderr,
+                        format="%(levelname)s %(name)s: %(message)s")
+    return Daemon(cfg).run()
 
 
 if __name__ == "__main__":

@@ -215,6 +215,18 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return run_bench(args)
 
 
+def cmd_demo(args: argparse.Namespace) -> int:
+    from daemon.demo import run_demo  # the control plane's demo (torch-free)
+
+    return run_demo(args)
+
+
+def _add_demo(p: argparse.ArgumentParser) -> None:
+    from daemon.demo import add_arguments
+
+    add_arguments(p)
+
+
 def _stage_printer(ev: Dict[str, Any]) -> None:
     if ev["event"] == "stage":
         print(f"  {ev['stage']:<9} {ev['seconds']:7.2f} s", file=sys.stderr)
@@ -328,6 +340,7 @@ COMMANDS: Dict[str, Tuple[Callable[[argparse.ArgumentParser], None], Callable[[a
     "import": (_add_import, cmd_import, "turn a user's trained torch model into a model package"),
     "prune": (_add_prune, cmd_prune, "personalize a base model for observed classes (prune + fine-tune)"),
     "bench": (_add_bench, cmd_bench, "run a benchmark and write its figures to docs/benchmarks.md"),
+    "demo": (_add_demo, cmd_demo, "run the whole loop: ocapd on the shipped model, a replayed skewed class mix"),
 }
 
 

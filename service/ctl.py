@@ -39,6 +39,8 @@ def _status(res: Dict[str, Any]) -> str:
     lines.append(f"cache     per class {', '.join(f'{k}:{n}' for k, n in sorted(fill.items(), key=lambda kv: int(kv[0])))}"
                  f" of {res['cache_per_class']} (+{sum(res['cache']['val'].values())} held back), "
                  f"{res['cache_bytes'] / 2 ** 20:.1f} of {res['cache_quota'] / 2 ** 20:.0f} MiB")
+    if res.get("daemon"):
+        lines.append(f"daemon    {res['daemon']['status_line']}")
     if res.get("last_flush"):
         lines.append(f"flushed   {_when(res['last_flush'])}")
     return "\n".join(lines)
@@ -77,6 +79,10 @@ def _human(cmd: str, res: Dict[str, Any]) -> str:
         return f"{res['class_id']} {res['class_name']} ({res['confidence']:.3f}) by {res['model_version']}"
     if cmd == "forget-samples":
         return f"forgot {res['forgotten']} cached samples"
+    if cmd == "personalize":
+        if "would_start" in res:
+            return f"{'would start' if res['would_start'] else 'would not start'}: {res['reason']} (classes {res['classes']})"
+        return f"personalization started for classes {res['classes']} (worker pid {res['pid']})"
     show = {"status": _status, "classes": _classes, "models": _models, "history": _history}.get(cmd)
     return show(res) if show else json.dumps(res, indent=2)
 
@@ -97,6 +103,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     c.add_argument("--origin", default="served", choices=["served", "teacher"])
     sub.add_parser("models")
     sub.add_parser("forget-samples", help="delete every cached sample (needs rights)")
+    pz = sub.add_parser("personalize", help="start a personalization when the trigger allows (needs rights)")
+    how = pz.add_mutually_exclusive_group()
+    how.add_argument("--now", action="store_true", help="start even if the classes are not stable yet")
+    how.add_argument("--dry-run", action="store_true", help="only say whether one would start, and why")
+    for name, text in (("rollback", "go back to the last good model, or the base model"),
+                       ("pause", "pause personalization (a running worker is stopped with SIGSTOP)"),
+                       ("resume", "resume personalization"), ("reload", "re-read the config file")):
+        sub.add_parser(name, help=text + " (needs rights)")
     h = sub.add_parser("history")
     h.add_argument("--limit", type=int, default=50)
     p = sub.add_parser("predict")
@@ -118,6 +132,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 res = client.call("classes", minutes=args.minutes, origin=args.origin)
             elif args.cmd == "history":
                 res = client.call("history", limit=args.limit)
+            elif args.cmd == "personalize":
+                res = client.call("personalize", now=args.now, dry_run=args.dry_run)
             else:
                 res = client.call(args.cmd)
     except Unreachable as e:

@@ -72,6 +72,8 @@ class Server:
         self.models = ModelTable(db)
         served = self._load(model)
         self.base = served if base is None else self._load(base)
+        if self.base.version == served.version:
+            self.base = served                      # the base serves: no second session, no teacher
         self.slot = ModelSlot(served)
         self.cache = SampleCache(Path(cache_dir or self.state_dir / "cache"), db, per_class=cfg.cache_per_class,
                                  val_share=cfg.cache_val_share, quota_bytes=cfg.cache_quota, selector=cfg.selector)

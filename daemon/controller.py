@@ -1,0 +1,378 @@
+"""The control plane's policy around a running ``Server``: when the observed classes are stable it
+personalizes in a worker process, gates the candidate, deploys it through the model store, watches it
+on probation, reverts on drift, and answers the mutating commands (personalize, rollback, pause,
+resume, reload). ``tick`` does one round of all checks; the scheduler calls it."""
+
+import logging
+import shutil
+import threading
+import time
+from pathlib import Path
+from typing import Any, Callable, Dict, List, Optional, Tuple
+
+import numpy as np
+
+from service.control_socket import RequestError
+from service.server import Server
+
+from . import gate, stability, telemetry, watch
+from .config import Config
+from .store import ModelStore
+from .supervisor import WorkerRun
+
+log = logging.getLogger(__name__)
+DAY = 86400.0
+
+
+class Controller:
+    def __init__(self, cfg: Config, server: Server, store: ModelStore, base_path: Path,
+                 on_state: Optional[Callable[[str], None]] = None, clock: Callable[[], float] = time.time) -> None:
+        self.cfg, self.server, self.store, self.base_path = cfg, server, store, Path(base_path)
+        self._clock = clock
+        self._on_state = on_state
+        self._lock = threading.RLock()
+        self.jobs_dir = Path(cfg.daemon.state_dir) / "jobs"
+        self.paused = False
+        self.phase = "observing" if server.teacher is None else "personalized"
+        self.worker: Optional[WorkerRun] = None
+        self.observe_since = clock()
+        self.cooldown_until = 0.0
+        self.probation: Optional[Dict[str, Any]] = None
+        self.drift_baseline = 0.0               # outside-the-kept-set share expected without drift
+        self._pending_baseline = 0.0
+        self.last_stability: Optional[stability.Stability] = None
+        self.last_tick: Optional[float] = None
+        self.last_error = ""
+        for name, fn in (("personalize", self._cmd_personalize), ("rollback", self._cmd_rollback),
+                         ("pause", self._cmd_pause), ("resume", self._cmd_resume)):
+            server.control.register(name, fn, mutating=True)
+        server.add_status("daemon", self.describe)
+        shutil.rmtree(self.jobs_dir, ignore_errors=True)         # scratch of a worker from before a crash
+
+    # -- one round of checks -----------------------------------------------------------------------
+    def tick(self) -> None:
+        with self._lock:
+            try:
+                self._tick()
+            except Exception as e:  # a policy bug must not stop serving; it is logged and recorded
+                log.exception("control tick failed")
+                self.last_error = f"{type(e).__name__}: {e}"
+            self.last_tick = self._clock()
+
+    def _tick(self) -> None:
+        if self.worker is not None:
+            self._watch_worker()
+        if self.server.teacher is not None:
+            if self._check_drift():
+                return
+            if self.probation is not None:
+                self._check_probation()
+        if self.worker is None and not self.paused:
+            ok, why, plan = self.evaluate_trigger()
+            if ok:
+                self.start_worker(plan, why="stable")
+
+    def _set_phase(self, phase: str) -> None:
+        if phase != self.phase:
+            log.info("phase %s -> %s", self.phase, phase)
+            self.phase = phase
+            if self._on_state:
+                self._on_state(self.status_line())
+
+    # -- stability and the trigger ---------------------------------------------------------------
+    def _windows(self) -> List[Dict[int, int]]:
+        c = self.cfg.stability
+        origin = "served" if self.server.teacher is None else "teacher"
+        return self.server.class_log.recent.series(c.window, c.windows, origin=origin, since=self.observe_since)
+
+    def _stability_config(self) -> stability.StabilityConfig:
+        c = self.cfg.stability
+        # while a pruned model serves, the windows hold teacher checks: a share of the frames
+        share = 1.0 if self.server.teacher is None else max(self.cfg.drift.teacher_share, 1e-3)
+        return stability.StabilityConfig(windows=c.windows, min_predictions=max(1, int(c.min_predictions * share)),
+                                         coverage=c.coverage,
+                                         min_share=c.min_share, js_threshold=c.js_threshold, max_classes=c.max_classes)
+
+    def evaluate_trigger(self, force: bool = False) -> Tuple[bool, str, Dict[str, Any]]:
+        """Would a personalization start now? (ok, reason, plan with the classes and their shares)."""
+        scfg = self._stability_config()
+        windows = self._windows()
+        st = stability.assess(windows, scfg)
+        self.last_stability = st
+        classes = sorted(st.classes)
+        newest = windows[-1] if windows else {}
+        total = sum(newest.get(k, 0) for k in classes) or 1
+        seen = sum(sum(w.values()) for w in windows)
+        inside = sum(w.get(k, 0) for w in windows for k in classes)
+        # frames of other classes while the set was stable: the base model's own confusions on this
+        # mix, the level drift is measured from
+        plan = {"classes": classes, "class_freqs": {k: newest.get(k, 0) / total for k in classes},
+                "stability": st.describe(), "outside_share": 1 - inside / seen if seen else 0.0}
+        if not self.cfg.personalize.enabled and not force:
+            return False, "personalization is disabled in the config", plan
+        if not st.stable and not force:
+            return False, st.describe(), plan
+        served = self.server.slot.current()
+        ok, why = stability.worth_personalizing(st.classes, None if served is self.server.base else served.class_ids,
+                                                len(served.card.class_names), scfg)
+        if not ok:
+            return False, why, plan
+        fill = self.server.cache.counts()["train"]
+        need = self.cfg.personalize.min_samples_per_class
+        short = [k for k in classes if fill.get(k, 0) < need]
+        if short:
+            return False, f"cache holds {fill.get(short[0], 0)}/{need} samples of class {short[0]}", plan
+        now = self._clock()
+        if now < self.cooldown_until and not force:
+            return False, f"cooling down for {self.cooldown_until - now:.0f} s more", plan
+        started = self.server.events.recent(1000, kinds=["personalize_started"], since=now - DAY)
+        if len(started) >= self.cfg.personalize.daily_cap and not force:
+            return False, f"daily cap of {self.cfg.personalize.daily_cap} personalizations reached", plan
+        busy = telemetry.resource_problem(self.cfg.personalize, self.server.stats.snapshot())
+        if busy:
+            return False, busy, plan
+        return True, st.describe(), plan
+
+    # -- the worker ------------------------------------------------------------------------------
+    def start_worker(self, plan: Dict[str, Any], why: str) -> Dict[str, Any]:
+        p = self.cfg.personalize
+        job_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime(self._clock()))
+        job_dir = self.jobs_dir / job_id
+        job_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        x_tr, y_tr = self.server.cache.load("train")
+        x_va, y_va = self.server.cache.load("val")
+        keep_tr, keep_va = np.isin(y_tr, plan["classes"]), np.isin(y_va, plan["classes"])
+        x = np.concatenate([x_tr[keep_tr], x_va[keep_va]]) if len(x_va) else x_tr[keep_tr]
+        is_val = np.r_[np.zeros(int(keep_tr.sum()), bool), np.ones(int(keep_va.sum()), bool)]
+        samples = job_dir / "samples.npz"
+        with open(samples, "wb") as f:
+            np.savez(f, x=x, is_val=is_val)
+        samples.chmod(0o600)
+        job = {"base": str(self.base_path), "samples": str(samples), "classes": plan["classes"],
+               "class_freqs": plan["class_freqs"], "out": str(job_dir / "candidate"), "scorer": p.scorer,
+               "rule": p.rule, "epochs": p.epochs, "time_budget": max(1.0, 0.6 * p.time_budget),
+               "threads": p.threads, "seed": 0, "name": f"{self.server.base.card.name}-k{len(plan['classes'])}"}
+        self._pending_baseline = float(plan.get("outside_share", 0.0))
+        self.worker = WorkerRun(job, job_dir, nice=p.nice, threads=p.threads, budget_s=p.time_budget,
+                                on_event=self._worker_event)
+        self.server.events.record("personalize_started", classes=plan["classes"], why=why,
+                                  samples={"train": int(keep_tr.sum()), "val": int(keep_va.sum())},
+                                  stability=plan.get("stability"), pid=self.worker.proc.pid)
+        self._set_phase("personalizing")
+        return {"started": True, "classes": plan["classes"], "pid": self.worker.proc.pid}
+
+    def _worker_event(self, ev: Dict[str, Any]) -> None:
+        if ev.get("event") == "stage":
+            self.server.events.record("personalize_progress", stage=ev.get("stage"), seconds=ev.get("seconds"))
+
+    def _watch_worker(self) -> None:
+        w = self.worker
+        assert w is not None
+        state = w.poll()
+        if state is None:
+            self._guard_resources(w)
+            return
+        self.worker = None
+        self.cooldown_until = self._clock() + self.cfg.personalize.cooldown
+        try:
+            if state != "done":
+                self.server.events.record("personalize_failed", state=state, reason=w.reason,
+                                          elapsed_s=round(w.elapsed, 1))
+                self._set_phase("observing")
+                return
+            res = w.result or {}
+            self.server.events.record("personalize_finished", version=res.get("version"),
+                                      metrics=res.get("metrics"), timings=res.get("timings"))
+            self._gate_and_deploy(Path(res["candidate"]))
+        finally:
+            shutil.rmtree(w.job_dir, ignore_errors=True)
+            if self.cfg.privacy.after_personalize == "purge":
+                n = self.server.cache.forget()
+                self.server.events.record("samples_forgotten", samples=n, why="privacy.after_personalize = purge")
+
+    def _guard_resources(self, w: WorkerRun) -> None:
+        problem = telemetry.resource_problem(self.cfg.personalize, self.server.stats.snapshot())
+        if problem and w.state == "running":
+            w.pause(problem)
+            self.server.events.record("worker_paused", reason=problem)
+        elif not problem and w.state == "paused" and not self.paused:
+            w.resume()
+            self.server.events.record("worker_resumed")
+
+    def _gate_and_deploy(self, candidate: Path) -> None:
+        self._set_phase("gating")
+        x_val, _ = self.server.cache.load("val")
+        g = self.cfg.gate
+        verdict = gate.check(str(candidate), self.server.slot.current(), self.server.base, x_val,
+                             gate.GateConfig(g.min_agreement, g.min_speedup, g.latency_runs),
+                             providers=self.cfg.model.providers, threads=self.cfg.model.threads)
+        self.server.events.record("gate", passed=verdict.passed, reason=verdict.reason, **verdict.figures)
+        if not verdict.passed:
+            self._set_phase("observing")
+            return
+        self.deploy(candidate, why=f"gate passed: {verdict.reason}")
+
+    def deploy(self, candidate: Path, why: str) -> Tuple[bool, str]:
+        """Store the candidate, swap it in, start probation against the model it replaces."""
+        previous = self.server.slot.current()
+        stored = self.store.add(candidate)
+        ok, reason = self.server.swap(str(stored))
+        if not ok:
+            self._set_phase("observing")
+            return ok, reason
+        new = self.server.slot.current()
+        self.store.set_current(new.version)
+        self.store.prune()
+        totals = self.server.class_log.totals_by_version().get(previous.version, {})
+        self.probation = {"version": new.version, "since": self._clock(), "previous": previous.version,
+                          "before": watch.Rates(n=int(totals.get("n", 0)),
+                                                low_confidence_share=float(totals.get("low_confidence_share", 0.0)),
+                                                disagreement=None)}
+        self.drift_baseline = self._pending_baseline
+        self.server.events.record("deploy", version=new.version, was=previous.version, why=why,
+                                  drift_baseline=round(self.drift_baseline, 4))
+        self._set_phase("probation")
+        return ok, reason
+
+    # -- drift and probation ---------------------------------------------------------------------
+    def _check_drift(self) -> bool:
+        d = self.cfg.drift
+        teacher_hist, _ = self.server.class_log.recent.window(d.window, origin="teacher")
+        served_hist, served_low = self.server.class_log.recent.window(d.window, origin="served")
+        kept = set(self.server.slot.current().class_ids)
+        limit = min(1.0, self.drift_baseline + d.max_outside_share)
+        why = watch.drift_reason(teacher_hist, kept, served_low, sum(served_hist.values()),
+                                 watch.DriftConfig(d.min_checks, limit, d.max_low_confidence))
+        if why is None:
+            return False
+        self.revert(f"drift: {why}", kind="drift")
+        self.cooldown_until = self._clock() + d.cooldown
+        return True
+
+    def _check_probation(self) -> None:
+        pb = self.probation
+        assert pb is not None
+        s = self.server
+        n, lows = s.class_log.recent.window(self._clock() - pb["since"] + 1, origin="served", since=pb["since"])
+        frames = sum(n.values())
+        during = watch.Rates(n=frames, low_confidence_share=lows / frames if frames else 0.0,
+                             disagreement=s.teacher_disagreed / s.teacher_checked if s.teacher_checked else None)
+        p = self.cfg.probation
+        verdict, why = watch.probation_verdict(pb["before"], during,
+                                               watch.ProbationConfig(p.max_low_confidence_rise, p.max_disagreement),
+                                               min_frames=self.cfg.drift.min_checks)
+        if verdict == "failed":
+            self.server.events.record("probation_failed", version=pb["version"], reason=why)
+            self.rollback(f"probation failed: {why}")
+        elif verdict == "passed" and self._clock() - pb["since"] >= p.duration:
+            self.store.set_last_good(pb["version"])
+            self.server.models.set_status(pb["version"], "last_good")
+            self.server.events.record("probation_passed", version=pb["version"], summary=why)
+            self.probation = None
+            self._set_phase("personalized")
+
+    def revert(self, why: str, kind: str = "revert") -> None:
+        """Serve the base model at once; stability starts over."""
+        was = self.server.slot.current().version
+        self.server.revert_to_base(why)
+        self.store.clear_current()
+        self.probation = None
+        self.observe_since = self._clock()
+        self.server.events.record(kind, was=was, to=self.server.base.version, reason=why)
+        self._set_phase("observing")
+
+    def rollback(self, why: str) -> Dict[str, Any]:
+        """Back to ``last_good`` when that is not what serves, else to the base model."""
+        current = self.server.slot.current().version
+        good = self.store.last_good()
+        if good and good != current:
+            ok, reason = self.server.swap(str(self.store.get(good)))
+            if ok:
+                self.store.set_current(good)
+                self.probation = None
+                self.observe_since = self._clock()
+                self.server.events.record("rollback", was=current, to=good, reason=why)
+                self._set_phase("personalized")
+                return {"serving": good}
+        self.revert(why, kind="rollback")
+        return {"serving": self.server.base.version}
+
+    # -- commands ----------------------------------------------------------------------------------
+    def _cmd_personalize(self, req: Dict[str, Any], _: Any) -> Dict[str, Any]:
+        with self._lock:
+            if self.worker is not None:
+                raise RequestError("busy", f"a personalization is already running ({self.worker.describe()['state']})")
+            ok, why, plan = self.evaluate_trigger(force=bool(req.get("now")))
+            if req.get("dry_run") or not ok:
+                if not ok and not req.get("dry_run"):
+                    raise RequestError("not_ready", why)
+                return {"would_start": ok, "reason": why, **plan}
+            return self.start_worker(plan, why="ocapctl personalize --now" if req.get("now") else "ocapctl personalize")
+
+    def _cmd_rollback(self, req: Dict[str, Any], _: Any) -> Dict[str, Any]:
+        with self._lock:
+            return self.rollback("ocapctl rollback")
+
+    def _cmd_pause(self, req: Dict[str, Any], _: Any) -> Dict[str, Any]:
+        with self._lock:
+            self.paused = True
+            if self.worker is not None:
+                self.worker.pause("paused by ocapctl")
+            self.server.events.record("paused")
+            return {"paused": True}
+
+    def _cmd_resume(self, req: Dict[str, Any], _: Any) -> Dict[str, Any]:
+        with self._lock:
+            self.paused = False
+            if self.worker is not None:
+                self.worker.resume()
+            self.server.events.record("resumed")
+            return {"paused": False}
+
+    def stop(self) -> None:
+        """Kill a running worker and remove its scratch (no partial candidate survives)."""
+        with self._lock:
+            if self.worker is not None:
+                self.worker.kill("daemon stopping")
+                shutil.rmtree(self.worker.job_dir, ignore_errors=True)
+                self.server.events.record("personalize_failed", state="killed", reason="daemon stopping")
+                self.worker = None
+
+    # -- status ------------------------------------------------------------------------------------
+    def describe(self) -> Dict[str, Any]:
+        st = self.last_stability
+        return {"phase": self.phase, "paused": self.paused, "status_line": self.status_line(),
+                "stability": None if st is None else {"stable": st.stable, "streak": st.streak, "needed": st.needed,
+                                                      "js": st.js, "classes": sorted(st.classes), "text": st.describe()},
+                "worker": None if self.worker is None else self.worker.describe(),
+                "probation": None if self.probation is None else {
+                    "version": self.probation["version"], "since": self.probation["since"],
+                    "seconds_left": max(0.0, self.cfg.probation.duration - (self._clock() - self.probation["since"]))},
+                "cooldown_s": max(0.0, self.cooldown_until - self._clock()), "last_error": self.last_error}
+
+    def status_line(self) -> str:
+        """One line for systemd's STATUS= and the demo."""
+        parts = [self.phase + (" (paused)" if self.paused else "")]
+        served = self.server.slot.current()
+        if served is not self.server.base:
+            parts.append(f"serving {served.version} for {stability.format_set(served.class_ids)}")
+            if self.probation is not None:
+                left = self.cfg.probation.duration - (self._clock() - self.probation["since"])
+                parts.append(f"probation {max(0.0, left):.0f} s left")
+            teacher, _ = self.server.class_log.recent.window(self.cfg.drift.window, origin="teacher")
+            n = sum(teacher.values())
+            if n:
+                out = sum(v for k, v in teacher.items() if k not in set(served.class_ids)) / n
+                parts.append(f"teacher: {100 * out:.1f}% outside (limit "
+                             f"{100 * (self.drift_baseline + self.cfg.drift.max_outside_share):.1f}%)")
+        elif self.last_stability is not None:
+            parts.append(self.last_stability.describe())
+            fill = self.server.cache.counts()["train"]
+            if self.last_stability.classes:
+                parts.append("cache " + ",".join(f"{k}:{fill.get(k, 0)}" for k in sorted(self.last_stability.classes))
+                             + f"/{self.cfg.personalize.min_samples_per_class}")
+        if self.worker is not None:
+            last = self.worker.last
+            parts.append(f"worker {self.worker.state} {last.get('stage') or last.get('event', '')}"
+                         + (f" epoch {last['epoch']}" if "epoch" in last else ""))
+        return "; ".join(parts)

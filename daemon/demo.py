@@ -1,0 +1,339 @@
+"""``ocap demo``: the whole loop on the embedded default, in a temporary directory.
+
+It starts ``ocapd`` as a subprocess on the shipped base model, then replays Fashion-MNIST **test**
+images to it over its control socket (the socket source) in a skewed class mix, as a camera in a
+shop might see them. The daemon never sees a label; the replay keeps them to score the models at
+the end. Windows are seconds instead of minutes. Once the personalized model has passed probation
+(or a deadline passes), a fourth class joins the mix to show drift and the revert. It prints a
+status line while it runs, then a before/after table, and writes a report (Markdown and plots).
+
+Half of the test images of each class are replayed; accuracy is measured on the other half, which
+the daemon never saw, so the cached samples it fine-tuned on are not scored."""
+
+import argparse
+import json
+import logging
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any, Dict, List, Optional, Sequence
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+DEMO_INI = """\
+# written by `ocap demo`: windows of seconds, a short fine-tuning budget
+[daemon]
+state_dir = {state}
+cache_dir = {cache}
+socket = {socket}
+log_level = {log_level}
+
+[model]
+base = {model}
+threads = 1
+
+[log]
+flush_interval = 1s
+
+[stability]
+window = {window}s
+windows = 3
+min_predictions = {min_predictions}
+coverage = 0.90
+min_share = 0.06
+js_threshold = 0.15
+max_classes = 5
+check_interval = 1s
+
+[personalize]
+samples_per_class = 128
+min_samples_per_class = 48
+epochs = {epochs}
+time_budget = {budget}s
+cooldown = 20s
+threads = {threads}
+max_serving_p99 = 1s
+
+[gate]
+min_agreement = 0.90
+min_speedup = 1.05
+latency_runs = 100
+
+[drift]
+teacher_share = 0.25
+window = {drift_window}s
+min_checks = 100
+max_outside_share = 0.10
+cooldown = 60s
+
+[probation]
+duration = {probation}s
+"""
+
+
+class Replay:
+    """Sends frames of the current mix to the daemon at ``rate`` per second from its own thread; keeps
+    (time, true class, predicted class, model version, ok) per request."""
+
+    def __init__(self, sock: Path, images: Dict[int, np.ndarray], rate: float, seed: int = 0) -> None:
+        self.sock, self.images, self.rate = sock, images, rate
+        self.rng = np.random.default_rng(seed)
+        self.mix: Dict[int, float] = {}
+        self.log: List[tuple] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, name="replay", daemon=True)
+
+    def set_mix(self, mix: Dict[int, float]) -> None:
+        total = sum(mix.values())
+        self.mix = {k: v / total for k, v in mix.items()}
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        self._stop.set()
+        self._thread.join()
+
+    def _run(self) -> None:
+        from service.client import Client, ServiceError
+
+        period = 1.0 / self.rate
+        nxt = time.monotonic()
+        client = Client(self.sock)
+        while not self._stop.is_set():
+            classes = list(self.mix)
+            k = int(self.rng.choice(classes, p=[self.mix[c] for c in classes]))
+            pool = self.images[k]
+            img = pool[int(self.rng.integers(len(pool)))]
+            t = time.time()
+            try:
+                r = client.predict(img)
+                self.log.append((t, k, r["class_id"], r["model_version"], True))
+            except (ServiceError, OSError) as e:
+                self.log.append((t, k, -1, "", False))
+                log.warning("request failed: %s", e)
+                client.close()
+                try:
+                    client = Client(self.sock)
+                except ServiceError:
+                    time.sleep(0.1)
+            nxt += period
+            time.sleep(max(0.0, nxt - time.monotonic()))
+        client.close()
+
+
+def _call(sock: Path, cmd: str, **args: Any) -> Any:
+    from service.client import Client
+
+    with Client(sock, timeout=10) as c:
+        return c.call(cmd, **args)
+
+
+def _events(sock: Path) -> List[Dict[str, Any]]:
+    return list(reversed(_call(sock, "history", limit=500)["events"]))
+
+
+def _wait_for(sock: Path, kinds: Sequence[str], deadline: float, show) -> Optional[Dict[str, Any]]:
+    while time.time() < deadline:
+        show()
+        for e in reversed(_events(sock)):
+            if e["kind"] in kinds:
+                return e
+        time.sleep(1.0)
+    return None
+
+
+def _accuracy(model_dir: str, x: np.ndarray, y: np.ndarray) -> float:
+    from service.model_slot import load_model
+
+    return float(np.mean(load_model(model_dir).predict(x).class_ids == y))
+
+
+def _restricted_accuracy(model_dir: str, x: np.ndarray, y: np.ndarray, classes: Sequence[int]) -> float:
+    from ocap_core.preprocess import preprocess
+    from service.model_slot import load_model
+
+    m = load_model(model_dir)
+    logits = m.session.run(["logits"], {m.session.get_inputs()[0].name: preprocess(x, m.card.input)})[0]
+    cols = [m.card.class_ids.index(k) for k in classes]
+    return float(np.mean(np.asarray(classes)[logits[:, cols].argmax(1)] == y))
+
+
+def _latency_ms(model_dir: str, x: np.ndarray, runs: int = 300) -> float:
+    from service.model_slot import load_model
+
+    m = load_model(model_dir)
+    times = []
+    for i in range(runs):
+        t0 = time.perf_counter()
+        m.predict(x[i % len(x)])
+        times.append((time.perf_counter() - t0) * 1e3)
+    return float(np.median(times))
+
+
+def run_demo(args: argparse.Namespace) -> int:
+    from ocap_core.data import load_dataset
+    from ocap_core.package import open_package, resolve_model
+
+    classes = [int(k) for k in args.classes.split(",")]
+    extra = int(args.drift_class)
+    shares = [float(s) for s in args.shares.split(",")]
+    if len(shares) != len(classes) or extra in classes:
+        print("ocap demo: --shares needs one share per class, and --drift-class must be another class", file=sys.stderr)
+        return 2
+    test = load_dataset("fashion-mnist", "test")
+    rng = np.random.default_rng(args.seed)
+    replay_x: Dict[int, np.ndarray] = {}
+    held: List[int] = []
+    for k in range(test.num_classes):
+        idx = rng.permutation(np.flatnonzero(test.y == k))
+        replay_x[k] = test.x[idx[: len(idx) // 2]]
+        held.extend(idx[len(idx) // 2:].tolist())
+    held_idx = np.asarray(sorted(held))
+    work = Path(tempfile.mkdtemp(prefix="ocap-demo-"))
+    out = Path(args.out) if args.out else work / "report"
+    out.mkdir(parents=True, exist_ok=True)
+    sock = work / "ocap.sock"
+    speed = args.speed
+    ini = work / "ocap.ini"
+    ini.write_text(DEMO_INI.format(state=work / "state", cache=work / "cache", socket=sock, model=args.model,
+                                   log_level="warning", window=max(2, round(4 / speed)),
+                                   min_predictions=max(40, int(args.rate * 4 / speed * 0.5)), epochs=args.epochs,
+                                   budget=args.budget, threads=args.threads, drift_window=max(3, round(6 / speed)),
+                                   probation=max(5, round(15 / speed))), encoding="utf-8")
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")) if p))
+    daemon_log = open(work / "ocapd.log", "w", encoding="utf-8")
+    proc = subprocess.Popen([sys.executable, "-m", "daemon.main", "--config", str(ini)], stderr=daemon_log, env=env)
+    t_start = time.time()
+    replay = Replay(sock, replay_x, args.rate, seed=args.seed)
+    is_tty = sys.stdout.isatty()
+
+    def show() -> None:
+        try:
+            d = _call(sock, "status")["daemon"]
+        except Exception:                  # the daemon is starting or stopping
+            return
+        line = f"[{time.time() - t_start:5.0f} s] {d['status_line']}"
+        print(("\r" + line[:150].ljust(150)) if is_tty else line, end="" if is_tty else "\n", flush=True)
+
+    try:
+        deadline = time.time() + 60
+        while not sock.exists() or proc.poll() is not None:
+            if proc.poll() is not None or time.time() > deadline:
+                print(f"ocap demo: ocapd did not start; its log is {work / 'ocapd.log'}", file=sys.stderr)
+                return 1
+            time.sleep(0.2)
+        mix1 = dict(zip(classes, shares))
+        print(f"ocapd is up ({args.model}); replaying test images of classes {classes} at {args.rate:g}/s, "
+              f"shares {shares}; work dir {work}")
+        replay.set_mix(mix1)
+        replay.start()
+        passed = _wait_for(sock, ["probation_passed", "probation_failed"], time.time() + args.max_seconds * 0.7, show)
+        t_drift = time.time()
+        replay.set_mix({**mix1, extra: args.drift_share})
+        print(("\n" if is_tty else "") + f"class {extra} joins the mix at {args.drift_share:g} of the weight")
+        reverted = _wait_for(sock, ["drift"], time.time() + max(30.0, args.max_seconds * 0.3), show)
+        time.sleep(2.0)
+        replay.stop()
+        events = _events(sock)
+        status = _call(sock, "status")
+    finally:
+        if replay._thread.is_alive():
+            replay.stop()
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(timeout=60)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+        daemon_log.close()
+    print("" if not is_tty else "\n", end="")
+    deployed = [e for e in events if e["kind"] == "deploy"]
+    base_dir = str(resolve_model(args.model))
+    x_h, y_h = test.x[held_idx], test.y[held_idx]
+    mine = np.isin(y_h, classes)
+    rows = [_model_row("base " + open_package(base_dir).card.name, base_dir, x_h[mine], y_h[mine])]
+    # the fair reference: the base model told that only the observed classes occur (argmax over them)
+    rows.append(dict(rows[0], model="base, told the classes",
+                     accuracy=_restricted_accuracy(base_dir, x_h[mine], y_h[mine], classes)))
+    if deployed:
+        pdir = str(work / "state" / "models" / deployed[-1]["detail"]["version"])
+        rows.append(_model_row("personalized", pdir, x_h[mine], y_h[mine]))
+    requests = len(replay.log)
+    failed = sum(1 for r in replay.log if not r[4])
+    summary = {"seconds": round(time.time() - t_start, 1), "requests": requests, "failed": failed,
+               "served_by_daemon": status["requests"], "deployed": bool(deployed),
+               "probation": passed["kind"] if passed else None, "drift_reverted": reverted is not None,
+               "models": rows, "classes": classes, "drift_class": extra, "work_dir": str(work)}
+    _print_summary(summary)
+    from .demo_report import write_report
+
+    write_report(out, summary, replay.log, events, t_start, t_drift)
+    print(f"report: {out / 'report.md'}")
+    if not args.keep:
+        shutil.rmtree(work / "state", ignore_errors=True)
+        shutil.rmtree(work / "cache", ignore_errors=True)
+    ok = bool(deployed) and reverted is not None and failed == 0
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    return 0 if ok else 1
+
+
+def _model_row(name: str, model_dir: str, x: np.ndarray, y: np.ndarray) -> Dict[str, Any]:
+    from ocap_core.package import open_package
+
+    pkg = open_package(model_dir)
+    return {"model": name, "version": pkg.card.version, "classes": pkg.card.class_ids,
+            "accuracy": _accuracy(model_dir, x, y), "macs": pkg.card.metrics.get("macs"),
+            "latency_ms": _latency_ms(model_dir, x), "size_mb": pkg.onnx_path.stat().st_size / 2 ** 20,
+            "images": int(len(y))}
+
+
+def _print_summary(s: Dict[str, Any]) -> None:
+    print(f"\nobserved classes {s['classes']} (accuracy on {s['models'][0]['images']} held-out test images of them)")
+    print(f"{'model':<22}{'accuracy':>9}{'MACs':>12}{'latency':>11}{'size':>9}")
+    for r in s["models"]:
+        print(f"{r['model']:<22}{100 * r['accuracy']:8.2f}%{r['macs'] / 1e6:10.2f} M{r['latency_ms']:9.3f} ms"
+              f"{r['size_mb']:7.2f} MB")
+    if len(s["models"]) == 3:
+        b, told, p = s["models"]
+        print(f"personalized: {b['macs'] / p['macs']:.2f}x fewer MACs, {b['latency_ms'] / p['latency_ms']:.2f}x faster, "
+              f"{100 * (p['accuracy'] - told['accuracy']):+.2f} pp accuracy against the base told the classes")
+    else:
+        print("no personalized model was deployed (see the events in the report)")
+    print(f"requests {s['requests']} sent, {s['failed']} failed; probation: {s['probation']}; drift revert: "
+          f"{'yes' if s['drift_reverted'] else 'no'}; {s['seconds']:.0f} s")
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", default="fmnist-cnn", help="shipped base model (name or package directory)")
+    p.add_argument("--classes", default="0,3,7", help="the observed classes of the skewed mix")
+    p.add_argument("--shares", default="0.5,0.3,0.2", help="their shares of the frames")
+    p.add_argument("--drift-class", default="9", help="the class that joins later to show drift")
+    p.add_argument("--drift-share", type=float, default=0.3, help="its weight relative to the mix's 1")
+    p.add_argument("--rate", type=float, default=120.0, help="frames per second sent to the daemon")
+    p.add_argument("--speed", type=float, default=1.0, help="shorter windows and probation when > 1")
+    p.add_argument("--epochs", type=int, default=15, help="fine-tuning epochs at most")
+    p.add_argument("--budget", type=float, default=90.0, help="personalization wall budget, seconds")
+    p.add_argument("--threads", type=int, default=2, help="worker threads")
+    p.add_argument("--max-seconds", type=float, default=270.0, help="give up on the loop after this long")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", help="report directory (default: in the work directory)")
+    p.add_argument("--keep", action="store_true", help="keep the daemon's state and cache directories")
+    p.add_argument("--json", action="store_true", help="also print the summary as JSON")
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    ap = argparse.ArgumentParser(prog="ocap demo", description=__doc__.split("\n\n")[0])
+    add_arguments(ap)
+    args = ap.parse_args(argv)
+    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
+    return run_demo(args)

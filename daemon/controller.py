@@ -255,8 +255,9 @@ class Controller:
         s = self.server
         n, lows = s.class_log.recent.window(self._clock() - pb["since"] + 1, origin="served", since=pb["since"])
         frames = sum(n.values())
-        during = watch.Rates(n=frames, low_confidence_share=lows / frames if frames else 0.0,
-                             disagreement=s.teacher_disagreed / s.teacher_checked if s.teacher_checked else None)
+        enough = s.teacher_inside >= self.cfg.drift.min_checks      # judge disagreement on enough checks
+        during = watch.Rates(n=frames if enough else 0, low_confidence_share=lows / frames if frames else 0.0,
+                             disagreement=s.teacher_disagreed / s.teacher_inside if enough else None)
         p = self.cfg.probation
         verdict, why = watch.probation_verdict(pb["before"], during,
                                                watch.ProbationConfig(p.max_low_confidence_rise, p.max_disagreement),

@@ -1,10 +1,10 @@
 #!/usr/bin/env bash
-# The demo: evaluate the shipped ResNet-20 on the Fashion-MNIST test set through onnxruntime.
-# (Until `ocap demo` runs the whole personalization loop, this is the end-to-end path that exists.)
+# The demo: `ocap demo`, the whole loop. ocapd runs as a subprocess in a temporary directory on the
+# shipped CNN; half of the Fashion-MNIST test images of a skewed 3-class mix are replayed to it; it
+# personalizes, gates, swaps and passes probation, then a fourth class shows drift and the revert.
+# Extra arguments go to `ocap demo` (see `ocap demo --help`).
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
 ensure_fashion_mnist
 V311=$(make_venv "$PY311" cpu,torch,dev)
-"$V311/bin/python" -m ocap_core models
-echo
-"$V311/bin/python" -m ocap_core eval --model fmnist-resnet20 --data fashion-mnist "$@"
+"$V311/bin/python" -m ocap_core demo "$@"

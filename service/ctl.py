@@ -33,9 +33,9 @@ def _status(res: Dict[str, Any]) -> str:
         lines.append(f"latency   p50 {lat['p50']:.2f} ms, p90 {lat['p90']:.2f} ms, p99 {lat['p99']:.2f} ms")
     t = res.get("teacher")
     if t:
-        share = t["disagreed"] / t["checked"] if t["checked"] else 0.0
+        share = t["disagreed"] / t["inside"] if t["inside"] else 0.0
         lines.append(f"teacher   {t['version']} checks {100 * t['share']:.0f}% of frames: {t['checked']} checked, "
-                     f"{100 * share:.1f}% disagree")
+                     f"{t['checked'] - t['inside']} outside the served classes, {100 * share:.1f}% of the rest disagree")
     lines.append(f"cache     per class {', '.join(f'{k}:{n}' for k, n in sorted(fill.items(), key=lambda kv: int(kv[0])))}"
                  f" of {res['cache_per_class']} (+{sum(res['cache']['val'].values())} held back), "
                  f"{res['cache_bytes'] / 2 ** 20:.1f} of {res['cache_quota'] / 2 ** 20:.0f} MiB")

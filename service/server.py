@@ -81,8 +81,9 @@ class Server:
                                      idle_timeout=cfg.idle_timeout, allowed_gids=cfg.allowed_gids)
         self.stats = RequestStats()
         self.started = time.time()
-        self.teacher_checked = 0
-        self.teacher_disagreed = 0
+        self.teacher_checked = 0             # frames the teacher saw since the last swap
+        self.teacher_inside = 0              # ... of them, of a class the served model has
+        self.teacher_disagreed = 0           # ... of those, answered differently by the served model
         self.background_skipped = 0
         self._teacher_credit = 0.0
         self._status_parts: Dict[str, Callable[[], Any]] = {}
@@ -132,7 +133,7 @@ class Server:
         else:
             picked = self._teacher_pick(len(images))
             if picked:
-                self._hand_off(("teacher", np.array(images[picked]), pred.class_ids[picked]))
+                self._hand_off(("teacher", np.array(images[picked]), pred.class_ids[picked], model.class_ids))
         return pred
 
     def _teacher_pick(self, n: int) -> list:
@@ -160,7 +161,7 @@ class Server:
                 if item[0] == "offer":
                     self.cache.offer(*item[1:])
                 else:
-                    self._teacher_check(item[1], item[2])
+                    self._teacher_check(*item[1:])
             except Exception:
                 log.exception("background %s failed", item[0])
             finally:
@@ -173,12 +174,16 @@ class Server:
             time.sleep(0.01)
         return not self._background.unfinished_tasks
 
-    def _teacher_check(self, images: np.ndarray, served_ids: np.ndarray) -> None:
+    def _teacher_check(self, images: np.ndarray, served_ids: np.ndarray, kept: Sequence[int]) -> None:
+        """The base model on frames a pruned model answered: counts with origin ``teacher``, and the
+        disagreement on frames whose teacher class the served model has (others are drift's business)."""
         teacher = self.base
         t = teacher.predict(images)
         self.class_log.add(t.class_ids, t.confidence, teacher.version, origin="teacher")
+        inside = np.isin(t.class_ids, kept)
         self.teacher_checked += len(images)
-        self.teacher_disagreed += int(np.sum(t.class_ids != served_ids))
+        self.teacher_inside += int(inside.sum())
+        self.teacher_disagreed += int(np.sum(t.class_ids[inside] != served_ids[inside]))
         if t.features is not None:
             for img, f, k, c in zip(images, t.features, t.class_ids, t.confidence):
                 self.cache.offer(img, f, int(k), float(c))
@@ -213,7 +218,7 @@ class Server:
         return ok, reason
 
     def _after_swap(self, old: LoadedModel, new: LoadedModel, seconds: float, why: str = "") -> None:
-        self.teacher_checked = self.teacher_disagreed = 0
+        self.teacher_checked = self.teacher_inside = self.teacher_disagreed = 0
         self.models.put(new.card, "serving")
         self.models.set_status(old.version, "teacher" if old is self.base and new is not self.base else "retired")
         self.events.record("swap", to=new.version, was=old.version, seconds=round(seconds, 4), why=why)
@@ -254,7 +259,7 @@ class Server:
                 "latency_ms": s["latency_ms"],
                 "teacher": None if teacher is None else {
                     "version": teacher.version, "share": self.config.teacher_share, "checked": self.teacher_checked,
-                    "disagreed": self.teacher_disagreed},
+                    "inside": self.teacher_inside, "disagreed": self.teacher_disagreed},
                 "cache": {sp: {str(k): n for k, n in c.items()} for sp, c in self.cache.counts().items()},
                 "cache_bytes": self.cache.bytes, "cache_quota": self.cache.quota, "cache_per_class": self.cache.per_class,
                 "background_skipped": self.background_skipped, "last_flush": self.class_log.last_flush,

@@ -44,6 +44,8 @@ def test_the_teacher_checks_a_share_and_feeds_the_cache_while_another_model_serv
         assert srv.wait_idle()
         want = int(200 * share)
         assert srv.teacher_checked == want - srv.background_skipped
+        assert srv.teacher_inside == srv.teacher_checked          # the served VGG has every class
+        assert 0 <= srv.teacher_disagreed < 0.2 * srv.teacher_inside
         cnn = load_model("fmnist-cnn").predict(frames[:200])
         cached = srv.cache.counts()
         assert 0 < sum(cached["train"].values()) + sum(cached["val"].values()) <= srv.teacher_checked

@@ -20,6 +20,8 @@ from ocap_core.package import Card, open_package
 from ocap_core.preprocess import preprocess
 from ocap_core.runtime import PROVIDERS, open_session
 
+from . import faults
+
 log = logging.getLogger(__name__)
 
 
@@ -53,6 +55,7 @@ class LoadedModel:
 
     def predict(self, images: np.ndarray) -> Predictions:
         """uint8 images (one H×W[×C] or N×H×W[×C]) -> predictions in the base label space."""
+        faults.point("predict")
         x = preprocess(images, self.card.input)
         inp = self.session.get_inputs()[0].name
         want = ["logits"] + (["features"] if "features" in self.card.outputs else [])

@@ -1,0 +1,71 @@
+"""The gate on a real pruned candidate (made by the engine) and real held-back frames: it passes a good
+one and names the reason for each refusal."""
+
+import dataclasses
+import shutil
+
+import numpy as np
+import pytest
+
+from daemon.gate import GateConfig, check
+from ocap_core.data import load_dataset
+from ocap_core.package import read_card, resolve_model, write_card
+from service.model_slot import load_model
+from tests.daemon.test_store import corrupt
+
+pytestmark = pytest.mark.torch
+
+
+@pytest.fixture(scope="module")
+def candidate(tmp_path_factory):
+    from ocap_core.finetune import FinetuneSpec
+    from ocap_core.package import open_package
+    from ocap_core.personalize import personalize
+    from ocap_core.personalize_samples import Samples
+    from ocap_core.prune_spec import PruneSpec
+
+    train = load_dataset("fashion-mnist", "train")
+    idx = np.concatenate([np.flatnonzero(train.y == k)[:60] for k in (1, 8)])
+    samples = Samples(x=train.x[idx], is_val=np.arange(len(idx)) % 5 == 0)
+    out = tmp_path_factory.mktemp("gate") / "cand"
+    personalize(open_package(resolve_model("fmnist-cnn")), samples, [1, 8],
+                PruneSpec(finetune=FinetuneSpec(epochs=3), threads=1), out)
+    return out
+
+
+@pytest.fixture(scope="module")
+def base():
+    return load_model("fmnist-cnn")
+
+
+@pytest.fixture(scope="module")
+def held():
+    test = load_dataset("fashion-mnist", "test")
+    return test.x[np.isin(test.y, [1, 8])][:200], test.x[np.isin(test.y, [0, 6])][:50]
+
+
+def test_a_good_candidate_passes_with_its_figures(candidate, base, held):
+    v = check(str(candidate), base, base, held[0], GateConfig(0.9, 1.0, 40))
+    assert v.passed, v.reason
+    assert v.figures["classes"] == [1, 8] and v.figures["agreement"] >= 0.9 and v.figures["speedup"] > 1.0
+    assert v.model is not None and v.model.class_ids == [1, 8]
+
+
+@pytest.mark.parametrize("cfg,reason", [(GateConfig(1.01, 1.0, 20), "agrees with the teacher on"),
+                                        (GateConfig(0.5, 50.0, 20), "as fast as the served model")])
+def test_thresholds_refuse(candidate, base, held, cfg, reason):
+    v = check(str(candidate), base, base, held[0], cfg)
+    assert not v.passed and reason in v.reason and 190 <= v.figures["samples"] <= 200
+
+
+def test_a_broken_or_lying_candidate_is_refused(candidate, base, held, tmp_path):
+    broken = tmp_path / "broken"
+    shutil.copytree(str(candidate), str(broken))
+    corrupt(broken)
+    assert "does not load" in check(str(broken), base, base, held[0], GateConfig()).reason
+    liar = tmp_path / "liar"
+    shutil.copytree(str(candidate), str(liar))
+    write_card(liar, dataclasses.replace(read_card(liar), class_ids=[1]))       # the ONNX still has 2 outputs
+    assert check(str(liar), base, base, held[0], GateConfig()).reason == "2 outputs but the card names 1 classes [1]"
+    v = check(str(candidate), base, base, held[1], GateConfig())
+    assert not v.passed and "none of the 50 held-back samples" in v.reason

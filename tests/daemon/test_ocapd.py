@@ -1,0 +1,293 @@
+"""``ocapd`` as real subprocesses on real sockets, SQLite files and workers: the whole loop with a
+concurrent client, bad configs, SIGHUP, SIGTERM during personalization, sd_notify and the watchdog,
+recovery from a corrupt model store, probation rollback."""
+
+import json
+import os
+import signal
+import socket
+import sqlite3
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from daemon.demo import Replay
+from daemon.store import ModelStore
+from ocap_core.data import load_dataset
+from ocap_core.package import open_package, resolve_model
+from service.client import Client, Unreachable
+from tests.daemon.test_store import corrupt, make_version
+from tests.helpers import ROOT
+
+FAST = {
+    "log": {"flush_interval": "1s"},
+    "stability": {"window": "3s", "windows": "3", "min_predictions": "150", "coverage": "0.90", "min_share": "0.06",
+                  "js_threshold": "0.15", "check_interval": "1s"},
+    "personalize": {"samples_per_class": "96", "min_samples_per_class": "40", "epochs": "6", "time_budget": "120s",
+                    "cooldown": "600s", "threads": "1", "max_serving_p99": "1s"},
+    "gate": {"min_agreement": "0.85", "min_speedup": "1.0", "latency_runs": "50"},
+    "drift": {"teacher_share": "0.25", "window": "5s", "min_checks": "60", "max_outside_share": "0.10"},
+    "probation": {"duration": "6s"},
+}
+
+
+def write_ini(tmp: Path, **sections) -> Path:
+    cfg = {"daemon": {"state_dir": str(tmp / "state"), "cache_dir": str(tmp / "cache"), "socket": str(tmp / "s.sock"),
+                      "log_level": "info"}, "model": {"base": "fmnist-cnn"}}
+    for name, keys in list(FAST.items()) + list(sections.items()):
+        cfg.setdefault(name, {}).update(keys)
+    text = "".join(f"[{s}]\n" + "".join(f"{k} = {v}\n" for k, v in keys.items()) + "\n" for s, keys in cfg.items())
+    path = tmp / "ocap.ini"
+    path.write_text(text)
+    return path
+
+
+def _env(**extra):
+    return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra)
+
+
+def start(tmp: Path, ini: Path, **env) -> subprocess.Popen:
+    proc = subprocess.Popen([sys.executable, "-m", "daemon.main", "--config", str(ini)], cwd=str(ROOT),
+                            env=_env(**env), stderr=open(tmp / "ocapd.log", "a"))
+    deadline = time.time() + 60
+    while time.time() < deadline and proc.poll() is None:
+        try:
+            Client(tmp / "s.sock").close()
+            return proc
+        except Unreachable:
+            time.sleep(0.1)
+    raise AssertionError((tmp / "ocapd.log").read_text())
+
+
+def stop(proc: subprocess.Popen) -> int:
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(timeout=60)
+
+
+def ctl(tmp: Path, *args: str) -> dict:
+    r = subprocess.run([sys.executable, "-m", "service.ctl", "--socket", str(tmp / "s.sock"), "--json", *args],
+                       capture_output=True, text=True, cwd=str(ROOT), env=_env(), timeout=60)
+    assert r.returncode == 0, r.stderr
+    return json.loads(r.stdout)
+
+
+def events(tmp: Path) -> list:
+    con = sqlite3.connect(str(tmp / "state" / "ocap.db"))
+    try:
+        return [(k, json.loads(d)) for k, d in con.execute("SELECT kind, detail_json FROM events ORDER BY ts, rowid")]
+    finally:
+        con.close()
+
+
+def wait_event(tmp: Path, kind: str, timeout: float, after: int = 0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        found = [d for k, d in events(tmp)[after:] if k == kind]
+        if found:
+            return found[0]
+        time.sleep(0.5)
+    raise AssertionError(f"no {kind} event in {timeout} s: {[k for k, _ in events(tmp)]}")
+
+
+@pytest.fixture(scope="module")
+def images():
+    test = load_dataset("fashion-mnist", "test")
+    return {k: test.x[test.y == k][:500] for k in range(10)}
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_the_whole_loop_with_a_concurrent_client(tmp_path, images):
+    proc = start(tmp_path, write_ini(tmp_path))
+    replay = Replay(tmp_path / "s.sock", images, rate=150)
+    replay.set_mix({0: 0.5, 3: 0.3, 7: 0.2})
+    replay.start()
+    try:
+        deploy = wait_event(tmp_path, "deploy", 150)
+        status = ctl(tmp_path, "status")
+        assert status["model"]["class_ids"] == [0, 3, 7] and status["daemon"]["phase"] in ("probation", "personalized")
+        gate = [d for k, d in events(tmp_path) if k == "gate"][-1]
+        assert gate["passed"] and gate["agreement"] >= 0.85 and deploy["version"] == status["model"]["version"]
+        wait_event(tmp_path, "probation_passed", 60)
+        n = len(events(tmp_path))
+        replay.set_mix({0: 0.5, 3: 0.3, 7: 0.2, 9: 0.3})
+        drift = wait_event(tmp_path, "drift", 60, after=n)
+        assert "class 9" in drift["reason"]
+        status = ctl(tmp_path, "status")
+        assert status["model"]["class_ids"] == list(range(10)) and status["daemon"]["phase"] == "observing"
+    finally:
+        replay.stop()
+        assert stop(proc) == 0
+    kinds = [k for k, _ in events(tmp_path)]
+    order = ["personalize_started", "personalize_finished", "gate", "deploy", "probation_passed", "drift"]
+    assert [k for k in kinds if k in order] == order
+    assert replay.log and not [r for r in replay.log if not r[4]]          # 0 failed requests
+    versions = {r[3] for r in replay.log}
+    assert len(versions) == 2                                              # both models answered
+    store = ModelStore(tmp_path / "state")
+    assert store.current() is None and store.last_good() == deploy["version"]
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_a_candidate_made_worse_on_purpose_is_rolled_back_in_probation(tmp_path, images):
+    """No disagreement with the teacher at all is allowed: the first probation check fails it."""
+    proc = start(tmp_path, write_ini(tmp_path, probation={"max_disagreement": "0.0", "duration": "60s"}))
+    replay = Replay(tmp_path / "s.sock", images, rate=150)
+    replay.set_mix({0: 0.5, 3: 0.3, 7: 0.2})
+    replay.start()
+    try:
+        failed = wait_event(tmp_path, "probation_failed", 180)
+        assert "disagreement" in failed["reason"]
+        back = wait_event(tmp_path, "rollback", 10)
+        assert back["to"] == ctl(tmp_path, "status")["base"] == ctl(tmp_path, "status")["model"]["version"]
+    finally:
+        replay.stop()
+        assert stop(proc) == 0
+    assert not [r for r in replay.log if not r[4]]
+
+
+BAD = [
+    ("stability", "windows", "1", "windows"),
+    ("stability", "window", "10 parsecs", "window"),
+    ("stability", "coverage", "1.5", "coverage"),
+    ("stability", "js_threshold", "-0.1", "js_threshold"),
+    ("stability", "min_predictions", "many", "min_predictions"),
+    ("personalize", "scorer", "magic", "scorer"),
+    ("personalize", "rule", "whatever", "rule"),
+    ("personalize", "nice", "25", "nice"),
+    ("personalize", "min_free_memory", "lots", "min_free_memory"),
+    ("personalize", "enabled", "perhaps", "enabled"),
+    ("personalize", "epochs", "0", "epochs"),
+    ("gate", "min_agreement", "2", "min_agreement"),
+    ("gate", "min_speedup", "0.5", "min_speedup"),
+    ("drift", "teacher_share", "1.2", "teacher_share"),
+    ("privacy", "cache_quota", "12 apples", "cache_quota"),
+    ("privacy", "after_personalize", "shred", "after_personalize"),
+    ("model", "providers", "cpu,quantum", "providers"),
+    ("model", "threads", "0", "threads"),
+    ("model", "base", "/nowhere/model", "base"),
+    ("daemon", "log_level", "loud", "log_level"),
+    ("daemon", "group", "no-such-group-ocap", "group"),
+    ("store", "keep_versions", "0", "keep_versions"),
+    ("probation", "duration", "soon", "duration"),
+    ("stability", "colour", "blue", "colour"),
+    ("weather", "sunny", "yes", "weather"),
+]
+
+
+@pytest.mark.parametrize("section,key,value,named", BAD, ids=[f"{s}.{k}" for s, k, _, _ in BAD])
+def test_a_bad_config_exits_78_naming_the_key(tmp_path, section, key, value, named):
+    ini = write_ini(tmp_path, **{section: {key: value}})
+    r = subprocess.run([sys.executable, "-m", "daemon.main", "--config", str(ini)], capture_output=True, text=True,
+                       cwd=str(ROOT), env=_env(), timeout=60)
+    assert r.returncode == 78, r.stderr
+    line = r.stderr.strip()
+    assert "\n" not in line and str(ini) in line and named in line and f"[{section}]" in line, line
+    assert not (tmp_path / "state").exists()                 # nothing was touched
+
+
+def test_check_config_and_a_missing_file(tmp_path):
+    ini = write_ini(tmp_path)
+    r = subprocess.run([sys.executable, "-m", "daemon.main", "--config", str(ini), "--check-config"],
+                       capture_output=True, text=True, cwd=str(ROOT), env=_env(), timeout=60)
+    assert r.returncode == 0 and "valid" in r.stdout
+    r = subprocess.run([sys.executable, "-m", "daemon.main", "--config", str(tmp_path / "nope.ini")],
+                       capture_output=True, text=True, cwd=str(ROOT), env=_env(), timeout=60)
+    assert r.returncode == 78 and "nope.ini" in r.stderr
+
+
+def test_sighup_applies_a_good_file_and_keeps_the_old_one_on_a_bad_one(tmp_path):
+    ini = write_ini(tmp_path, personalize={"enabled": "no"})
+    proc = start(tmp_path, ini)
+    try:
+        ini.write_text(ini.read_text().replace("windows = 3", "windows = 4"))
+        proc.send_signal(signal.SIGHUP)
+        reloaded = wait_event(tmp_path, "config_reloaded", 20)
+        assert reloaded["restart_needed"] == []
+        good = ini.read_text()
+        ini.write_text(good.replace("windows = 4", "windows = often"))
+        proc.send_signal(signal.SIGHUP)
+        rejected = wait_event(tmp_path, "config_rejected", 20)
+        assert "[stability] windows" in rejected["reason"]
+        assert proc.poll() is None and ctl(tmp_path, "status")["daemon"]["phase"] == "observing"
+        ini.write_text(good.replace("threads = 1\n", "threads = 2\n", 1))
+        ctl(tmp_path, "reload")                                   # the same through the socket
+        assert wait_event(tmp_path, "config_reloaded", 20, after=len(events(tmp_path)) - 1)
+    finally:
+        assert stop(proc) == 0
+
+
+@pytest.mark.torch
+@pytest.mark.slow
+def test_sigterm_during_personalization_leaves_no_partial_model(tmp_path, images):
+    ini = write_ini(tmp_path, personalize={"epochs": "300", "time_budget": "600s"})
+    proc = start(tmp_path, ini)
+    replay = Replay(tmp_path / "s.sock", images, rate=150)
+    replay.set_mix({1: 0.6, 8: 0.4})
+    replay.start()
+    try:
+        wait_event(tmp_path, "personalize_started", 120)
+        time.sleep(2.0)
+    finally:
+        replay.stop()
+    t0 = time.time()
+    assert stop(proc) == 0 and time.time() - t0 < 30
+    assert not (tmp_path / "state" / "jobs").exists() or not list((tmp_path / "state" / "jobs").iterdir())
+    store = ModelStore(tmp_path / "state")
+    assert store.versions() == [] and not list((tmp_path / "state" / "models").iterdir())
+    con = sqlite3.connect(str(tmp_path / "state" / "ocap.db"))
+    assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+    con.close()
+    assert ("personalize_failed", "killed") in [(k, d.get("state")) for k, d in events(tmp_path)]
+
+
+def test_sd_notify_ready_status_and_a_watchdog_that_stops_when_serving_hangs(tmp_path):
+    addr = str(tmp_path / "notify.sock")
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
+    listener.bind(addr)
+    listener.settimeout(1.0)
+    proc = start(tmp_path, write_ini(tmp_path, personalize={"enabled": "no"}), NOTIFY_SOCKET=addr,
+                 WATCHDOG_USEC="400000", OCAP_FAULTS="predict=stall@6")
+    got = []
+    try:
+        deadline = time.time() + 14
+        end = time.monotonic() + 14
+        while time.time() < deadline:
+            try:
+                got.append((time.monotonic(), listener.recv(4096).decode()))
+            except socket.timeout:
+                pass
+    finally:
+        proc.kill()
+        proc.wait(timeout=30)
+        listener.close()
+    ready = [m for _, m in got if "READY=1" in m]
+    assert ready and "STATUS=observing" in ready[0]
+    pings = [t for t, m in got if m == "WATCHDOG=1"]
+    assert len(pings) >= 5                                     # every 0.2 s while healthy ...
+    assert end - pings[-1] > 5                                 # ... and none once predict hangs
+
+
+def test_a_corrupt_current_model_starts_on_last_good(tmp_path):
+    store = ModelStore(tmp_path / "state")
+    good = store.add(make_version(Path(resolve_model("fmnist-vgg")), tmp_path / "good", "vgg-good"))
+    bad = store.add(make_version(Path(resolve_model("fmnist-vgg")), tmp_path / "bad", "vgg-bad"))
+    store.set_last_good("vgg-good")
+    store.set_current("vgg-bad")
+    corrupt(bad)
+    proc = start(tmp_path, write_ini(tmp_path, personalize={"enabled": "no"}))
+    try:
+        st = ctl(tmp_path, "status")
+        assert st["model"]["version"] == "vgg-good" and st["base"] == open_package(resolve_model("fmnist-cnn")).card.version
+        assert st["teacher"]["version"] == st["base"]              # the base checks the stored model
+        started = [d for k, d in events(tmp_path) if k == "daemon_started"][-1]
+        assert started["recovered"].startswith("last_good") and "vgg-bad" in started["recovered"]
+        ctl(tmp_path, "rollback")                                  # last_good serves: back to the base
+        assert ctl(tmp_path, "status")["model"]["version"] == st["base"]
+    finally:
+        assert stop(proc) == 0
+    assert good.exists()

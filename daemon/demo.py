@@ -19,12 +19,13 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
+
+from service.sources import ThreadSource
 
 log = logging.getLogger(__name__)
 
@@ -79,28 +80,22 @@ duration = {probation}s
 """
 
 
-class Replay:
+class Replay(ThreadSource):
     """Sends frames of the current mix to the daemon at ``rate`` per second from its own thread; keeps
     (time, true class, predicted class, model version, ok) per request."""
+
+    name = "demo-replay"
 
     def __init__(self, sock: Path, images: Dict[int, np.ndarray], rate: float, seed: int = 0) -> None:
         self.sock, self.images, self.rate = sock, images, rate
         self.rng = np.random.default_rng(seed)
         self.mix: Dict[int, float] = {}
         self.log: List[tuple] = []
-        self._stop = threading.Event()
-        self._thread = threading.Thread(target=self._run, name="replay", daemon=True)
+        super().__init__()
 
     def set_mix(self, mix: Dict[int, float]) -> None:
         total = sum(mix.values())
         self.mix = {k: v / total for k, v in mix.items()}
-
-    def start(self) -> None:
-        self._thread.start()
-
-    def stop(self) -> None:
-        self._stop.set()
-        self._thread.join()
 
     def _run(self) -> None:
         from service.client import Client, ServiceError

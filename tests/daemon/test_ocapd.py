@@ -291,3 +291,18 @@ def test_a_corrupt_current_model_starts_on_last_good(tmp_path):
     finally:
         assert stop(proc) == 0
     assert good.exists()
+
+
+def test_personalize_dry_run_pause_and_resume_through_ocapctl(tmp_path):
+    proc = start(tmp_path, write_ini(tmp_path))
+    try:
+        dry = ctl(tmp_path, "personalize", "--dry-run")
+        assert dry["would_start"] is False and "windows" in dry["reason"]
+        r = subprocess.run([sys.executable, "-m", "service.ctl", "--socket", str(tmp_path / "s.sock"), "personalize"],
+                           capture_output=True, text=True, cwd=str(ROOT), env=_env(), timeout=60)
+        assert r.returncode == 1 and "not_ready" in r.stderr
+        assert ctl(tmp_path, "pause") == {"paused": True} and ctl(tmp_path, "status")["daemon"]["paused"]
+        assert ctl(tmp_path, "resume") == {"paused": False} and not ctl(tmp_path, "status")["daemon"]["paused"]
+        assert [k for k, _ in events(tmp_path)][-2:] == ["paused", "resumed"]
+    finally:
+        assert stop(proc) == 0

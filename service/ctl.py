@@ -77,6 +77,8 @@ def _history(res: Dict[str, Any]) -> str:
 def _human(cmd: str, res: Dict[str, Any]) -> str:
     if cmd == "predict":
         return f"{res['class_id']} {res['class_name']} ({res['confidence']:.3f}) by {res['model_version']}"
+    if cmd == "report":
+        return f"wrote {res['report']}"
     if cmd == "forget-samples":
         return f"forgot {res['forgotten']} cached samples"
     if cmd == "personalize":
@@ -85,6 +87,21 @@ def _human(cmd: str, res: Dict[str, Any]) -> str:
         return f"personalization started for classes {res['classes']} (worker pid {res['pid']})"
     show = {"status": _status, "classes": _classes, "models": _models, "history": _history}.get(cmd)
     return show(res) if show else json.dumps(res, indent=2)
+
+
+def write_report(client: Any, out: Path) -> Path:
+    """A Markdown snapshot of the daemon: status, models, the last day's class histogram, events."""
+    status = client.call("status")
+    models = client.call("models")
+    classes = client.call("classes", minutes=1440)
+    events = client.call("history", limit=500)
+    out.mkdir(parents=True, exist_ok=True)
+    lines = [f"# ocap report, {_when(time.time())}", "", "## Status", "", "```", _status(status), "```", "",
+             "## Models", "", "```", _models(models), "```", "", "## Classes, last 24 h (served)", "", "```",
+             _classes(classes), "```", "", "## Events", "", "```", _history(events), "```"]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -107,6 +124,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     how = pz.add_mutually_exclusive_group()
     how.add_argument("--now", action="store_true", help="start even if the classes are not stable yet")
     how.add_argument("--dry-run", action="store_true", help="only say whether one would start, and why")
+    rp = sub.add_parser("report", help="write a Markdown report of the daemon's state to a directory")
+    rp.add_argument("out", help="directory for report.md")
     for name, text in (("rollback", "go back to the last good model, or the base model"),
                        ("pause", "pause personalization (a running worker is stopped with SIGSTOP)"),
                        ("resume", "resume personalization"), ("reload", "re-read the config file")):
@@ -132,6 +151,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                 res = client.call("classes", minutes=args.minutes, origin=args.origin)
             elif args.cmd == "history":
                 res = client.call("history", limit=args.limit)
+            elif args.cmd == "report":
+                res = {"report": str(write_report(client, Path(args.out)))}
             elif args.cmd == "personalize":
                 res = client.call("personalize", now=args.now, dry_run=args.dry_run)
             else:

@@ -67,6 +67,9 @@ def test_serve_replay_and_control(tmp_path):
         for cmd, shows in (("status", "requests (0 failed)"), ("models", "serving"), ("history", "serving_started")):
             r = _ctl(sock, cmd)
             assert r.returncode == 0 and shows in r.stdout, (cmd, r.stdout, r.stderr)
+        r = _ctl(sock, "report", str(tmp_path / "rep"))
+        text = (tmp_path / "rep" / "report.md").read_text()
+        assert r.returncode == 0 and "## Events" in text and "serving_started" in text and "Trouser" in text
         assert _ctl(sock, "frobnicate").returncode == 2
     finally:
         proc.send_signal(signal.SIGTERM)

@@ -299,7 +299,7 @@ SCHEMA: Tuple[Key, ...] = (
     _k("drift", "teacher_share", FLOAT, "0.1", "Share of frames the base model also classifies while a personalized model serves.", "[0, 1]"),
     _k("drift", "window", DURATION, "2min", "Length of the window drift is judged over.", "> 0"),
     _k("drift", "min_checks", INT, "50", "Fewest teacher checks in a window before drift can be declared.", ">= 1"),
-    _k("drift", "max_outside_share", FLOAT, "0.1", "Revert to the base model when the share of teacher predictions outside the kept classes exceeds the share seen while the classes were stable (the base model's own confusions) by more than this.", "[0, 1]"),
+    _k("drift", "max_outside_share", FLOAT, "0.1", "Revert when teacher predictions outside the kept classes exceed their share while stable by this.", "[0, 1]"),
     _k("drift", "max_low_confidence", FLOAT, "0.3", "Revert to the base model when more served predictions than this share are low-confidence.", "[0, 1]"),
     _k("drift", "cooldown", DURATION, "30min", "After a revert, wait this long before personalizing again.", ">= 0"),
 

@@ -38,6 +38,8 @@ def time_resnet20_prune(threads: int, seed: int) -> float:
 def run_bench(args: argparse.Namespace) -> int:
     if args.which == "serving":
         return run_serving(args)
+    if args.which == "loop":
+        return run_loop(args)
     if args.quick:
         models, ks, subsets, methods = ["fmnist-cnn"], [2, 3], 1, quality.QUICK_METHODS
         epochs, per_class, latency_runs = min(args.epochs, 10), min(args.samples_per_class, 64), 50
@@ -84,5 +86,15 @@ def run_serving(args: argparse.Namespace) -> int:
     out = Path(args.out)
     report.replace_section(out, "serving-quick" if args.quick else "serving",
                            serving.markdown(res, quality.machine(), versions))
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def run_loop(args: argparse.Namespace) -> int:
+    from . import loop
+
+    rows = loop.run(quick=args.quick, seed=args.seed)
+    out = Path(args.out)
+    report.replace_section(out, "loop-quick" if args.quick else "loop", loop.markdown(rows, quality.machine(), args.quick))
     print(f"wrote {out}", file=sys.stderr)
     return 0

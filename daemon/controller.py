@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from service import faults
 from service.control_socket import RequestError
 from service.server import Server
 
@@ -135,6 +136,7 @@ class Controller:
 
     # -- the worker ------------------------------------------------------------------------------
     def start_worker(self, plan: Dict[str, Any], why: str) -> Dict[str, Any]:
+        faults.point("policy.trigger")
         p = self.cfg.personalize
         job_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime(self._clock()))
         job_dir = self.jobs_dir / job_id
@@ -148,6 +150,7 @@ class Controller:
         with open(samples, "wb") as f:
             np.savez(f, x=x, is_val=is_val)
         samples.chmod(0o600)
+        faults.point("policy.samples_written")
         job = {"base": str(self.base_path), "samples": str(samples), "classes": plan["classes"],
                "class_freqs": plan["class_freqs"], "out": str(job_dir / "candidate"), "scorer": p.scorer,
                "rule": p.rule, "epochs": p.epochs, "time_budget": max(1.0, 0.6 * p.time_budget),
@@ -155,6 +158,7 @@ class Controller:
         self._pending_baseline = float(plan.get("outside_share", 0.0))
         self.worker = WorkerRun(job, job_dir, nice=p.nice, threads=p.threads, budget_s=p.time_budget,
                                 on_event=self._worker_event)
+        faults.point("policy.worker_started")
         self.server.events.record("personalize_started", classes=plan["classes"], why=why,
                                   samples={"train": int(keep_tr.sum()), "val": int(keep_va.sum())},
                                   stability=plan.get("stability"), pid=self.worker.proc.pid)
@@ -181,6 +185,7 @@ class Controller:
                 self._set_phase("observing")
                 return
             res = w.result or {}
+            faults.point("policy.worker_done")
             self.server.events.record("personalize_finished", version=res.get("version"),
                                       metrics=res.get("metrics"), timings=res.get("timings"))
             self._gate_and_deploy(Path(res["candidate"]))
@@ -215,13 +220,17 @@ class Controller:
     def deploy(self, candidate: Path, why: str) -> Tuple[bool, str]:
         """Store the candidate, swap it in, start probation against the model it replaces."""
         previous = self.server.slot.current()
+        faults.point("deploy.before_store")
         stored = self.store.add(candidate)
+        faults.point("deploy.stored")
         ok, reason = self.server.swap(str(stored))
         if not ok:
             self._set_phase("observing")
             return ok, reason
         new = self.server.slot.current()
+        faults.point("deploy.swapped")
         self.store.set_current(new.version)
+        faults.point("deploy.current_set")
         self.store.prune()
         totals = self.server.class_log.totals_by_version().get(previous.version, {})
         self.probation = {"version": new.version, "since": self._clock(), "previous": previous.version,
@@ -266,7 +275,9 @@ class Controller:
             self.server.events.record("probation_failed", version=pb["version"], reason=why)
             self.rollback(f"probation failed: {why}")
         elif verdict == "passed" and self._clock() - pb["since"] >= p.duration:
+            faults.point("probation.passing")
             self.store.set_last_good(pb["version"])
+            faults.point("probation.last_good_set")
             self.server.models.set_status(pb["version"], "last_good")
             self.server.events.record("probation_passed", version=pb["version"], summary=why)
             self.probation = None
@@ -275,7 +286,9 @@ class Controller:
     def revert(self, why: str, kind: str = "revert") -> None:
         """Serve the base model at once; stability starts over."""
         was = self.server.slot.current().version
+        faults.point("revert.begin")
         self.server.revert_to_base(why)
+        faults.point("revert.swapped")
         self.store.clear_current()
         self.probation = None
         self.observe_since = self._clock()

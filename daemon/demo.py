@@ -102,7 +102,7 @@ class Replay(ThreadSource):
 
         period = 1.0 / self.rate
         nxt = time.monotonic()
-        client = Client(self.sock)
+        client: Optional[Client] = None
         while not self._stop.is_set():
             classes = list(self.mix)
             k = int(self.rng.choice(classes, p=[self.mix[c] for c in classes]))
@@ -110,19 +110,19 @@ class Replay(ThreadSource):
             img = pool[int(self.rng.integers(len(pool)))]
             t = time.time()
             try:
+                client = client or Client(self.sock)
                 r = client.predict(img)
                 self.log.append((t, k, r["class_id"], r["model_version"], True))
-            except (ServiceError, OSError) as e:
+            except (ServiceError, OSError) as e:          # counted as failed; reconnect on the next frame
                 self.log.append((t, k, -1, "", False))
                 log.warning("request failed: %s", e)
-                client.close()
-                try:
-                    client = Client(self.sock)
-                except ServiceError:
-                    time.sleep(0.1)
+                if client is not None:
+                    client.close()
+                client = None
             nxt += period
             time.sleep(max(0.0, nxt - time.monotonic()))
-        client.close()
+        if client is not None:
+            client.close()
 
 
 def _call(sock: Path, cmd: str, **args: Any) -> Any:

@@ -10,6 +10,7 @@ from typing import Any, Dict, Optional, Sequence
 import numpy as np
 
 from ocap_core.errors import OcapError
+from service import faults
 from service.model_slot import LoadedModel, load_model
 
 
@@ -44,6 +45,7 @@ def check(candidate_dir: str, served: LoadedModel, teacher: LoadedModel, images:
         cand = load_model(candidate_dir, providers=providers, threads=threads)
     except OcapError as e:
         return Verdict(False, f"does not load: {e}")
+    faults.point("gate.loaded")
     kept = list(cand.card.class_ids)
     if tuple(cand.card.input.shape) != tuple(teacher.card.input.shape):
         return Verdict(False, f"input {cand.card.input.shape} differs from the base model's {teacher.card.input.shape}")

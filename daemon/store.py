@@ -25,6 +25,7 @@ from typing import List, Optional, Tuple, Union
 
 from ocap_core.errors import OcapError
 from ocap_core.package import CARD, Card, open_package, read_card
+from service import faults
 
 from .errors import DaemonError
 
@@ -134,11 +135,13 @@ class ModelStore:
                 if again.version != version or again.files != card.files:
                     raise OcapError(f"{CARD} changed while it was copied")
                 _fsync_dir(tmp)
+                faults.point("store.copied")
                 if os.path.lexists(str(final)):
                     old = self._tmp_path(version)
                     os.rename(str(final), str(old))
                 os.rename(str(tmp), str(final))
                 _fsync_dir(self.models)
+                faults.point("store.renamed")
             except (OcapError, OSError) as e:
                 shutil.rmtree(str(tmp), ignore_errors=True)
                 if isinstance(e, OSError) and os.path.lexists(str(final)) and self._problem(version) is None:
@@ -367,6 +370,7 @@ class ModelStore:
                     f.write(version + "\n")
                     f.flush()
                     os.fsync(f.fileno())
+                faults.point(f"store.{name}.tmp_written")
                 os.replace(str(tmp), str(self.root / name))
                 _fsync_dir(self.root)
             except OSError as e:

@@ -51,7 +51,9 @@ class WorkerRun:
         fd = os.open(str(job_file), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(job, f)
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads),
+        # every scratch file of the worker (temp files, torch's caches) stays in the job directory
+        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TMPDIR=str(self.job_dir),
+                   TORCHINDUCTOR_CACHE_DIR=str(self.job_dir / "torch-cache"),
                    PYTHONPATH=os.pathsep.join(p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")) if p))
         self.started = time.monotonic()
         try:

@@ -17,6 +17,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
+from service import faults
+
 EXIT_OK, EXIT_FAILED, EXIT_BAD_JOB = 0, 1, 2
 REQUIRED = ("base", "samples", "classes", "out")
 
@@ -40,6 +42,12 @@ def read_job(path: Path) -> Dict[str, Any]:
     return job
 
 
+def _progress(ev: Dict[str, Any]) -> None:
+    emit(**ev)
+    if ev.get("event") == "stage":
+        faults.point(f"worker.{ev['stage']}")          # after each stage (test-only, via OCAP_FAULTS)
+
+
 def run(job: Dict[str, Any]) -> Dict[str, Any]:
     """Personalize as the job says; returns the candidate's summary."""
     import numpy as np
@@ -59,7 +67,7 @@ def run(job: Dict[str, Any]) -> Dict[str, Any]:
                      threads=int(job.get("threads", 2)), seed=int(job.get("seed", 0)))
     freqs = {int(k): float(v) for k, v in (job.get("class_freqs") or {}).items()}
     res = personalize(open_package(job["base"]), samples, [int(k) for k in job["classes"]], spec, Path(job["out"]),
-                      class_freqs=freqs or None, name=job.get("name"), progress=lambda ev: emit(**ev))
+                      class_freqs=freqs or None, name=job.get("name"), progress=_progress)
     card = res.package.card
     return {"candidate": str(res.package.path), "version": card.version, "class_ids": card.class_ids,
             "metrics": {k: card.metrics.get(k) for k in ("macs", "params", "mac_reduction", "val_agreement")},
@@ -85,6 +93,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         shutil.rmtree(job["out"], ignore_errors=True)
         emit("failed", error=f"{type(e).__name__}: {e}")
         return EXIT_FAILED
+    faults.point("worker.before_done")
     emit("done", **summary)
     return EXIT_OK
 

@@ -1,5 +1,12 @@
-"""onnxruntime sessions for model packages (numpy only): open, run in batches, time batch-1 latency."""
+"""onnxruntime sessions for model packages (numpy only): open, run in batches, time batch-1 latency.
 
+No data leaves the device: official onnxruntime builds from 1.2x on Linux carry 1DS telemetry that
+records a device id and process events under ``~/.cache/Microsoft/DeveloperTools/.onnxruntime`` for
+upload (found by tests/reliability/test_no_data_leaves.py). It is switched off here, before the
+runtime initializes, with both environment variables its releases have read (``ORT_DISABLE_TELEMETRY``
+in 1.32; ``ORT_TELEMETRY_DISABLED`` later), and through the Python API where that exists."""
+
+import os
 import time
 from pathlib import Path
 from typing import Dict, List, Optional, Sequence
@@ -29,13 +36,25 @@ def provider_list(names: Sequence[str], trt_cache_dir: Optional[str] = None) -> 
     return out
 
 
-def open_session(path: Path, threads: int = 1, providers: Sequence[str] = ("cpu",),
-                 trt_cache_dir: Optional[str] = None):
-    """An InferenceSession with fixed thread counts; errors name the file."""
+def _onnxruntime():
+    """The onnxruntime module, with its telemetry off (set before its first session initializes it)."""
+    for var in ("ORT_DISABLE_TELEMETRY", "ORT_TELEMETRY_DISABLED"):
+        os.environ[var] = "1"
     try:
         import onnxruntime as ort
     except ImportError as e:
         raise OcapError("onnxruntime is not installed: pip install 'ocap[cpu]' (or 'ocap[gpu]')") from e
+    try:
+        ort.disable_telemetry_events()
+    except AttributeError:  # builds without the API have no telemetry to switch off
+        pass
+    return ort
+
+
+def open_session(path: Path, threads: int = 1, providers: Sequence[str] = ("cpu",),
+                 trt_cache_dir: Optional[str] = None):
+    """An InferenceSession with fixed thread counts; errors name the file."""
+    ort = _onnxruntime()
     so = ort.SessionOptions()
     so.intra_op_num_threads = int(threads)
     so.inter_op_num_threads = 1

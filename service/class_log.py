@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
+from . import faults
 from .db import open_db, read_rows
 from .errors import ServiceError
 from .recent_counts import RecentCounts
@@ -76,6 +77,7 @@ class ClassLog:
             try:
                 conn.execute("BEGIN")
                 conn.executemany(_UPSERT, rows)
+                faults.point("classlog.flush")
                 conn.execute("COMMIT")
             except sqlite3.Error as e:
                 if conn.in_transaction:

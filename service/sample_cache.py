@@ -23,6 +23,7 @@ import numpy as np
 from ocap_core.errors import OcapError
 from ocap_core.selection import Offer, make_selector, split_for
 
+from . import faults
 from .db import open_db
 from .errors import ServiceError
 
@@ -38,6 +39,7 @@ def _write_private(path: Path, image: np.ndarray, features: np.ndarray) -> int:
         np.savez(f, image=image, features=features)
         f.flush()
         os.fsync(f.fileno())
+    faults.point("cache.file_written")
     os.replace(tmp, path)
     return path.stat().st_size
 
@@ -117,6 +119,7 @@ class SampleCache:
         self._db.execute("INSERT INTO samples (class_id, confidence, score, split, path, bytes, created) "
                          "VALUES (?, ?, ?, ?, ?, ?, ?)",
                          (class_id, confidence, offer.score, split, str(path), size, time.time()))
+        faults.point("cache.indexed")
         return True
 
     def _make_room(self, split: str, class_id: int, size: int) -> None:

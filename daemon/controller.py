@@ -14,10 +14,12 @@ import numpy as np
 
 from service import faults
 from service.control_socket import RequestError
+from service.errors import ServiceError
 from service.server import Server
 
 from . import gate, stability, telemetry, watch
 from .config import Config
+from .errors import DaemonError
 from .store import ModelStore
 from .supervisor import WorkerRun
 
@@ -136,6 +138,19 @@ class Controller:
 
     # -- the worker ------------------------------------------------------------------------------
     def start_worker(self, plan: Dict[str, Any], why: str) -> Dict[str, Any]:
+        """Export the cached samples of the planned classes and start the worker on them; a failure
+        (a full disk, a worker that cannot start) is an event, and the daemon goes on observing."""
+        try:
+            return self._start_worker(plan, why)
+        except (OSError, DaemonError, ServiceError) as e:
+            shutil.rmtree(self.jobs_dir, ignore_errors=True)
+            self.worker = None
+            self.cooldown_until = self._clock() + self.cfg.personalize.cooldown
+            self.server.events.record("personalize_failed", state="not started", reason=f"{type(e).__name__}: {e}")
+            self._set_phase("observing")
+            return {"started": False, "reason": str(e)}
+
+    def _start_worker(self, plan: Dict[str, Any], why: str) -> Dict[str, Any]:
         faults.point("policy.trigger")
         p = self.cfg.personalize
         job_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime(self._clock()))
@@ -215,7 +230,12 @@ class Controller:
         if not verdict.passed:
             self._set_phase("observing")
             return
-        self.deploy(candidate, why=f"gate passed: {verdict.reason}")
+        try:
+            self.deploy(candidate, why=f"gate passed: {verdict.reason}")
+        except (OSError, DaemonError, ServiceError) as e:
+            self.server.events.record("deploy_failed", reason=f"{type(e).__name__}: {e}",
+                                      serving=self.server.slot.current().version)
+            self._set_phase("observing" if self.server.teacher is None else "personalized")
 
     def deploy(self, candidate: Path, why: str) -> Tuple[bool, str]:
         """Store the candidate, swap it in, start probation against the model it replaces."""
@@ -229,7 +249,12 @@ class Controller:
             return ok, reason
         new = self.server.slot.current()
         faults.point("deploy.swapped")
-        self.store.set_current(new.version)
+        try:
+            self.store.set_current(new.version)
+        except (OSError, DaemonError):
+            # serving a model the store cannot point at would not survive a restart: go back
+            self.server.revert_to_base("the current pointer could not be written")
+            raise
         faults.point("deploy.current_set")
         self.store.prune()
         totals = self.server.class_log.totals_by_version().get(previous.version, {})

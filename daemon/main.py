@@ -6,6 +6,7 @@ Exit codes: 0 clean stop, 1 start failed, 78 bad configuration (systemd does not
 import argparse
 import dataclasses
 import logging
+import os
 import signal
 import sys
 import threading
@@ -77,6 +78,7 @@ class Daemon:
         from ocap_core.package import resolve_model
 
         c = self.cfg
+        os.umask(0o027)               # as the unit's UMask=: nothing the daemon writes is world-readable
         Path(c.daemon.state_dir).mkdir(parents=True, exist_ok=True, mode=0o750)
         Path(c.daemon.cache_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
         store = ModelStore(Path(c.daemon.state_dir), keep_versions=c.store.keep_versions)

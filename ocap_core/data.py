@@ -112,12 +112,18 @@ def _fashion_mnist_part(prefix: str) -> Dataset:
 
 # ---------------------------------------------------------------- user data
 
-def read_image(path: Path) -> np.ndarray:
+MAX_PIXELS = 4096 * 4096      # a bigger image is refused before it is decoded (decompression bombs)
+
+
+def read_image(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """One image file -> uint8 H x W x C (C = 1 or 3); ``.npy`` holds the array itself. Errors name the file."""
     path = Path(path)
     if path.suffix.lower() == ".npy":
         try:
-            arr = np.load(path, allow_pickle=False)
+            arr = np.load(path, allow_pickle=False, mmap_mode="r")
+            if arr.size > max_pixels * 3:
+                raise OcapError(f"image file {path}: {arr.shape} is over the limit of {max_pixels} pixels")
+            arr = np.array(arr)
         except (OSError, ValueError) as e:
             raise OcapError(f"image file {path} is unreadable: {e}") from e
         if arr.dtype != np.uint8 or arr.ndim not in (2, 3) or (arr.ndim == 3 and arr.shape[2] not in (1, 3)):
@@ -129,6 +135,8 @@ def read_image(path: Path) -> np.ndarray:
         raise OcapError(f"reading {path} needs Pillow: pip install pillow") from e
     try:
         with Image.open(path) as im:
+            if im.size[0] * im.size[1] > max_pixels:
+                raise OcapError(f"{im.size[0]} x {im.size[1]} pixels, over the limit of {max_pixels}")
             im.load()
             if im.mode not in ("L", "RGB"):
                 im = im.convert("RGB" if im.mode in ("RGBA", "P", "CMYK", "YCbCr", "LA") else "L")

@@ -6,6 +6,7 @@ the confidence sum and the count of low-confidence predictions. Queries read the
 their own connection, so they never wait on the writer.
 """
 
+import logging
 import sqlite3
 import threading
 import time
@@ -17,6 +18,7 @@ from .db import open_db, read_rows
 from .errors import ServiceError
 from .recent_counts import RecentCounts
 
+log = logging.getLogger(__name__)
 ORIGINS = ("served", "teacher")
 Key = Tuple[int, str, str, int]
 
@@ -79,7 +81,7 @@ class ClassLog:
                 conn.executemany(_UPSERT, rows)
                 faults.point("classlog.flush")
                 conn.execute("COMMIT")
-            except sqlite3.Error as e:
+            except (sqlite3.Error, OSError) as e:
                 if conn.in_transaction:
                     conn.execute("ROLLBACK")
                 with self._lock:
@@ -129,5 +131,11 @@ class ClassLog:
             return int(cur.rowcount)
 
     def close(self) -> None:
-        self.flush()
-        self._db.conn.close()
+        """Flush what is pending and close; when that last flush fails (a full disk), the counts
+        since the previous flush are lost, which is logged, and the file is closed anyway."""
+        try:
+            self.flush()
+        except ServiceError as e:
+            log.error("closing the class log lost %d count rows: %s", len(self._pending), e)
+        finally:
+            self._db.conn.close()

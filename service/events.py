@@ -3,11 +3,15 @@ loads, cache resets here; personalization, gate verdicts, deploys, drift and rol
 control plane), details as JSON. Events are rare, so each write uses a short connection of its own."""
 
 import json
+import logging
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
 from .db import read_rows, write
+from .errors import ServiceError
+
+log = logging.getLogger(__name__)
 
 
 class EventLog:
@@ -17,10 +21,13 @@ class EventLog:
         self.path = Path(path)
 
     def record(self, kind: str, **detail: Any) -> Dict[str, Any]:
-        """Append one event now; returns it as ``recent`` would."""
+        """Append one event now; returns it as ``recent`` would. A write that fails is logged, not raised."""
         ev = {"ts": time.time(), "kind": kind, "detail": detail}
-        write(self.path, "INSERT INTO events (ts, kind, detail_json) VALUES (?, ?, ?)",
-              (ev["ts"], kind, json.dumps(detail, default=str)))
+        try:
+            write(self.path, "INSERT INTO events (ts, kind, detail_json) VALUES (?, ?, ?)",
+                  (ev["ts"], kind, json.dumps(detail, default=str)))
+        except ServiceError as e:     # a full or failing disk must not stop what the event is about
+            log.error("event %s not recorded: %s", kind, e)
         return ev
 
     def recent(self, limit: int = 50, kinds: Optional[Sequence[str]] = None,

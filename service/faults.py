@@ -1,7 +1,8 @@
 """Named fault points for the reliability tests: faults a test cannot cause from outside (a serving
 path that hangs, a kill at an exact step). Active only when the test-only ``OCAP_FAULTS`` environment
 variable names them, as ``POINT=ACTION[@SECONDS]`` items separated by commas, ACTION one of ``stall``
-(block forever), ``kill`` (SIGKILL this process) or ``error`` (raise OSError EIO), SECONDS after the
+(block forever), ``kill`` (SIGKILL this process), ``error`` (raise OSError EIO) or ``enospc`` (raise
+OSError ENOSPC, a full disk), SECONDS after the
 process imported this module. Unset (always, outside tests), ``point`` is one falsy check."""
 
 import errno
@@ -13,7 +14,7 @@ import time
 from typing import Dict, Tuple
 
 log = logging.getLogger(__name__)
-ACTIONS = ("stall", "kill", "error")
+ACTIONS = ("stall", "kill", "error", "enospc")
 
 
 def parse(spec: str) -> Dict[str, Tuple[str, float]]:
@@ -22,7 +23,7 @@ def parse(spec: str) -> Dict[str, Tuple[str, float]]:
         name, _, rest = item.partition("=")
         action, _, after = rest.partition("@")
         if not name or action not in ACTIONS:
-            raise ValueError(f"OCAP_FAULTS item {item!r}: expected POINT=stall|kill|error[@SECONDS]")
+            raise ValueError(f"OCAP_FAULTS item {item!r}: expected POINT={'|'.join(ACTIONS)}[@SECONDS]")
         out[name] = (action, float(after or 0))
     return out
 
@@ -43,4 +44,6 @@ def point(name: str) -> None:
         threading.Event().wait()
     elif action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    if action == "enospc":
+        raise OSError(errno.ENOSPC, f"No space left on device (injected at fault point {name})")
     raise OSError(errno.EIO, f"injected I/O error at fault point {name}")

@@ -88,6 +88,14 @@ def load_model(path: str, providers: Sequence[str] = ("cpu",), threads: int = 1,
     model = LoadedModel(pkg.card, pkg.path, session, got)
     c, h, w = pkg.card.input.shape
     blank = np.zeros((h, w) if c == 1 else (h, w, c), np.uint8)
+    try:
+        logits = session.run(["logits"], {session.get_inputs()[0].name: preprocess(blank, pkg.card.input)})[0]
+    except Exception as e:  # onnxruntime's own error types: the card's input does not fit the ONNX file
+        raise OcapError(f"model {pkg.card.version} at {pkg.path}: the card's input {pkg.card.input.shape} does not "
+                        f"fit the ONNX file: {e}") from e
+    if logits.shape[-1] != len(pkg.card.class_ids):
+        raise OcapError(f"model {pkg.card.version} at {pkg.path}: the ONNX file has {logits.shape[-1]} outputs but "
+                        f"the card names {len(pkg.card.class_ids)} classes {list(pkg.card.class_ids)}")
     for _ in range(warmup):
         model.predict(blank)
     return model

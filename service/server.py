@@ -87,6 +87,7 @@ class Server:
         self.background_skipped = 0
         self._teacher_credit = 0.0
         self._status_parts: Dict[str, Callable[[], Any]] = {}
+        self._last_trouble: Dict[str, float] = {}
         self._stop = threading.Event()
         self._flusher = threading.Thread(target=self._flush_loop, name="flush", daemon=True)
         # cache offers and teacher checks (KL scoring, a file write with fsync, a second model: ~1 ms)
@@ -162,8 +163,9 @@ class Server:
                     self.cache.offer(*item[1:])
                 else:
                     self._teacher_check(*item[1:])
-            except Exception:
+            except Exception as e:  # a full disk or a bad frame: serving goes on, the event says so
                 log.exception("background %s failed", item[0])
+                self._trouble("cache_write_failed" if item[0] == "offer" else "teacher_check_failed", e)
             finally:
                 self._background.task_done()
 
@@ -187,6 +189,13 @@ class Server:
         if t.features is not None:
             for img, f, k, c in zip(images, t.features, t.class_ids, t.confidence):
                 self.cache.offer(img, f, int(k), float(c))
+
+    def _trouble(self, kind: str, error: BaseException) -> None:
+        """Record a failure event, at most once a minute per kind (a full disk fails every frame)."""
+        now = time.monotonic()
+        if now - self._last_trouble.get(kind, -1e9) >= 60:
+            self._last_trouble[kind] = now
+            self.events.record(kind, error=f"{type(error).__name__}: {error}")
 
     def add_status(self, key: str, part: Callable[[], Any]) -> None:
         """Have ``status`` include ``part()`` under ``key`` (the control plane adds its state)."""
@@ -247,8 +256,9 @@ class Server:
         while not self._stop.wait(self.config.flush_seconds):
             try:
                 self.class_log.flush()
-            except Exception:
+            except Exception as e:  # the counts stay in memory for the next try
                 log.exception("class log flush failed")
+                self._trouble("flush_failed", e)
 
     # -- control commands -----------------------------------------------------------------------
     def _status(self, req: Dict[str, Any], _: Optional[bytes]) -> Dict[str, Any]:

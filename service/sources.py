@@ -5,6 +5,7 @@ spool folder."""
 import logging
 import os
 import re
+import stat
 import threading
 import time
 from pathlib import Path
@@ -114,12 +115,14 @@ class ReplaySource(ThreadSource):
 class DirectorySource(ThreadSource):
     """Watches a spool folder: each new image file (PNG, JPEG, PGM, ..., or a uint8 .npy)
     is passed to ``sink`` and then deleted, or moved to ``done_dir``; a file that cannot be read goes
-    to ``reject_dir`` with its reason logged. Names starting with '.' (files being written) are skipped."""
+    to ``reject_dir`` with its reason logged. Names starting with '.' (files being written) are skipped.
+    Only regular files are read: a symbolic link (which could point anywhere the daemon may read), a
+    device or a FIFO is rejected unread, and so is a file over ``max_bytes``."""
 
     name = "directory"
 
     def __init__(self, spool: Path, sink: Callable[[np.ndarray], object], reject_dir: Path,
-                 done_dir: Optional[Path] = None, poll: float = 0.2) -> None:
+                 done_dir: Optional[Path] = None, poll: float = 0.2, max_bytes: int = 16 * 2 ** 20) -> None:
         self.spool, self.sink, self.reject_dir, self.done_dir, self.poll = Path(spool), sink, Path(reject_dir), \
             (Path(done_dir) if done_dir else None), poll
         if not self.spool.is_dir():
@@ -128,15 +131,17 @@ class DirectorySource(ThreadSource):
             if d is not None:
                 d.mkdir(parents=True, exist_ok=True)
         self.rejected = 0
+        self.max_bytes = max_bytes
         super().__init__()
 
     def scan(self) -> int:
         """Handle every file now in the spool, oldest first; returns how many."""
-        files = sorted((p for p in self.spool.iterdir() if p.is_file() and not p.name.startswith(".")),
-                       key=lambda p: (p.stat().st_mtime, p.name))
+        entries = [(p, p.lstat()) for p in self.spool.iterdir() if not p.name.startswith(".")]
+        files = [p for p, st in sorted(entries, key=lambda e: (e[1].st_mtime, e[0].name))
+                 if not stat.S_ISDIR(st.st_mode)]
         for path in files:
             try:
-                image = read_image(path)
+                image = self._read(path)
             except OcapError as e:
                 log.warning("rejected %s: %s", path, e)
                 os.replace(path, self.reject_dir / path.name)
@@ -155,6 +160,14 @@ class DirectorySource(ThreadSource):
             else:
                 path.unlink()
         return len(files)
+
+    def _read(self, path: Path) -> np.ndarray:
+        st = path.lstat()
+        if stat.S_ISLNK(st.st_mode) or not stat.S_ISREG(st.st_mode):
+            raise OcapError(f"{path} is not a regular file (a link, device or pipe): not read")
+        if st.st_size > self.max_bytes:
+            raise OcapError(f"{path} has {st.st_size} bytes, over the limit of {self.max_bytes}")
+        return read_image(path)
 
     def _run(self) -> None:
         while not self._stop.is_set():

@@ -2,15 +2,11 @@
 model serves, swaps and reverts with their events and model records, 8 socket clients hammering through
 20 swaps, counts that equal the predictions made, forget-samples."""
 
-import json
-import socket
 import sqlite3
 import threading
 
 import numpy as np
 import pytest
-from hypothesis import HealthCheck, given, settings
-from hypothesis import strategies as st
 
 from ocap_core.data import load_dataset
 from service.client import Client
@@ -141,49 +137,3 @@ def test_forget_samples_is_a_mutating_command(tmp_path, frames):
         assert not list((tmp_path / "state" / "cache").glob("*.npz"))
     finally:
         srv.stop()
-
-
-@pytest.fixture(scope="module")
-def live(tmp_path_factory):
-    d = tmp_path_factory.mktemp("fuzz")
-    srv = Server("fmnist-cnn", d / "state", d / "s.sock", ServerConfig(max_payload=4096))
-    srv.start()
-    yield srv
-    srv.stop()
-
-
-_headers = st.fixed_dictionaries(
-    {"v": st.sampled_from([1, 1, 1, 2, "1", None]), "id": st.none() | st.integers() | st.text(max_size=4),
-     "cmd": st.sampled_from(["predict", "predict", "status", "classes", "history", "models", "reboot", ""])},
-    optional={"shape": st.lists(st.integers(-3, 40) | st.booleans() | st.text(max_size=2), max_size=4),
-              "dtype": st.sampled_from(["uint8", "float32", "", 3]),
-              "minutes": st.integers(-5, 10 ** 6) | st.text(max_size=3), "limit": st.integers(-5, 20000) | st.none(),
-              "origin": st.sampled_from(["served", "teacher", "both", 1])})
-
-
-@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
-@given(header=_headers, payload=st.binary(max_size=3000), garbage=st.none() | st.binary(min_size=1, max_size=300).filter(
-    lambda b: b.replace(b"\n", b" ").strip()))       # blank lines are skipped without a reply, by design
-def test_random_frames_get_one_reply_each_and_the_server_stays_up(live, header, payload, garbage):
-    """Any header, any payload (announced with its true length, as the protocol frames it) or a line of
-    garbage: exactly one reply, an error unless the request was valid, and the connection lives on."""
-    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
-        s.settimeout(10)
-        s.connect(str(live.control.path))
-        f = s.makefile("rb")
-        if garbage is not None:
-            s.sendall(garbage.replace(b"\n", b" ") + b"\n")
-        elif header["cmd"] == "predict":
-            s.sendall(json.dumps(dict(header, bytes=len(payload))).encode() + b"\n" + payload)
-        else:
-            s.sendall(json.dumps(header).encode() + b"\n")
-        reply = json.loads(f.readline())
-        if reply["ok"]:
-            assert garbage is None and header["v"] == 1
-            if header["cmd"] == "predict":
-                assert 0 <= reply["result"]["class_id"] < 10 and len(payload) == 784
-        else:
-            assert reply["error"]["code"] in ("bad_request", "unknown_command", "too_large")
-        s.sendall(b'{"v":1,"id":"after","cmd":"status"}\n')
-        assert json.loads(f.readline())["id"] == "after"
-        f.close()

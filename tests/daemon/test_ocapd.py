@@ -176,6 +176,12 @@ BAD = [
     ("probation", "duration", "soon", "duration"),
     ("stability", "colour", "blue", "colour"),
     ("weather", "sunny", "yes", "weather"),
+    ("source:cam", "type", "webcam", "type"),
+    ("source:cam", "rate", "fast", "type"),
+    ("log", "flush_interval", "0s", "flush_interval"),
+    ("log", "low_confidence", "-1", "low_confidence"),
+    ("personalize", "min_samples_per_class", "100000", "min_samples_per_class"),
+    ("daemon", "state_dir", "relative/dir", "state_dir"),
 ]
 
 

@@ -40,6 +40,8 @@ def run_bench(args: argparse.Namespace) -> int:
         return run_serving(args)
     if args.which == "loop":
         return run_loop(args)
+    if args.which == "load":
+        return run_load(args)
     if args.quick:
         models, ks, subsets, methods = ["fmnist-cnn"], [2, 3], 1, quality.QUICK_METHODS
         epochs, per_class, latency_runs = min(args.epochs, 10), min(args.samples_per_class, 64), 50
@@ -96,5 +98,15 @@ def run_loop(args: argparse.Namespace) -> int:
     rows = loop.run(quick=args.quick, seed=args.seed)
     out = Path(args.out)
     report.replace_section(out, "loop-quick" if args.quick else "loop", loop.markdown(rows, quality.machine(), args.quick))
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def run_load(args: argparse.Namespace) -> int:
+    from . import load
+
+    res = load.run(quick=args.quick)
+    out = Path(args.out)
+    report.replace_section(out, "load-quick" if args.quick else "load", load.markdown(res, quality.machine(), args.quick))
     print(f"wrote {out}", file=sys.stderr)
     return 0

@@ -259,6 +259,8 @@ SCHEMA: Tuple[Key, ...] = (
     _k("daemon", "socket", PATH, "/run/ocap/ocap.sock", "Control socket that ocapctl and clients connect to."),
     _k("daemon", "group", GROUP, "", "Group whose members may run mutating ocapctl commands; empty: only root and the daemon's user."),
     _k("daemon", "log_level", CHOICE, "info", "Least severity that is logged.", choices="debug|info|warning|error"),
+    _k("daemon", "max_connections", INT, "64", "Control-socket connections at once; more get a 'busy' reply.", ">= 1"),
+    _k("daemon", "max_payload", SIZE, "1MB", "Largest predict payload (raw image bytes) a client may send.", ">= 1KB"),
 
     _k("model", "base", STR, "fmnist-cnn", "Base model: a shipped package name (fmnist-cnn, fmnist-resnet20, ...) or a package directory."),
     _k("model", "providers", LIST, "cpu", "ONNX Runtime execution providers, in order of preference.", choices="cpu|cuda|tensorrt"),
@@ -351,6 +353,8 @@ class DaemonConfig:
     socket: Path
     group: Optional[int]        # gid allowed to run mutating commands; None: root and the daemon's user only
     log_level: str
+    max_connections: int
+    max_payload: int
 
 
 @dataclass(frozen=True)

@@ -80,6 +80,22 @@ duration = {probation}s
 """
 
 
+def demo_config(work: Path, model: str, rate: float, speed: float = 1.0, epochs: int = 15, budget: float = 90.0,
+                threads: int = 2, log_level: str = "warning") -> str:
+    """The demo's INI for a daemon in ``work`` fed ``rate`` frames per second: windows of seconds."""
+    return DEMO_INI.format(state=work / "state", cache=work / "cache", socket=work / "ocap.sock", model=model,
+                           log_level=log_level, window=max(2, round(4 / speed)),
+                           min_predictions=max(40, int(rate * 4 / speed * 0.5)), epochs=epochs, budget=budget,
+                           threads=threads, drift_window=max(3, round(6 / speed)), probation=max(5, round(15 / speed)))
+
+
+def start_ocapd(ini: Path, stderr: Any) -> subprocess.Popen:
+    """``python -m daemon.main --config INI`` from this checkout or installation."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")) if p))
+    return subprocess.Popen([sys.executable, "-m", "daemon.main", "--config", str(ini)], stderr=stderr, env=env)
+
+
 class Replay(ThreadSource):
     """Sends frames of the current mix to the daemon at ``rate`` per second from its own thread; keeps
     (time, true class, predicted class, model version, ok) per request."""
@@ -199,15 +215,10 @@ def run_demo(args: argparse.Namespace) -> int:
     sock = work / "ocap.sock"
     speed = args.speed
     ini = work / "ocap.ini"
-    ini.write_text(DEMO_INI.format(state=work / "state", cache=work / "cache", socket=sock, model=args.model,
-                                   log_level="warning", window=max(2, round(4 / speed)),
-                                   min_predictions=max(40, int(args.rate * 4 / speed * 0.5)), epochs=args.epochs,
-                                   budget=args.budget, threads=args.threads, drift_window=max(3, round(6 / speed)),
-                                   probation=max(5, round(15 / speed))), encoding="utf-8")
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")) if p))
+    ini.write_text(demo_config(work, args.model, args.rate, speed, args.epochs, args.budget, args.threads),
+                   encoding="utf-8")
     daemon_log = open(work / "ocapd.log", "w", encoding="utf-8")
-    proc = subprocess.Popen([sys.executable, "-m", "daemon.main", "--config", str(ini)], stderr=daemon_log, env=env)
+    proc = start_ocapd(ini, daemon_log)
     t_start = time.time()
     replay = Replay(sock, replay_x, args.rate, seed=args.seed)
     is_tty = sys.stdout.isatty()

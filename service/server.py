@@ -42,7 +42,7 @@ class ServerConfig:
     teacher_share: float = 0.1          # of frames the base model also sees while a pruned model serves
     background_queue: int = 256         # frames waiting for the cache / teacher thread; more are skipped
     max_payload: int = 1 << 20
-    max_connections: int = 16
+    max_connections: int = 64
     idle_timeout: float = 30.0
     allowed_gids: FrozenSet[int] = field(default_factory=frozenset)
 

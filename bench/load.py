@@ -1,0 +1,136 @@
+"""Load while the daemon changes its model (``ocap bench load``): ``ocapd`` on fmnist-cnn with 16 client
+processes sending a skewed class mix at a steady rate for the whole run, while it personalizes (the
+worker runs beside serving), swaps the pruned model in, and, once the mix drifts, swaps back: two swaps.
+Latency p50/p99 when idle vs while the worker runs vs around the swaps; failed requests (target 0)."""
+
+import multiprocessing
+import tempfile
+import time
+from concurrent.futures import ProcessPoolExecutor
+from pathlib import Path
+from typing import Any, Dict, List, Tuple
+
+import numpy as np
+
+from daemon.demo import _events, demo_config, start_ocapd
+from ocap_core.data import load_dataset
+from service.client import Client, Unreachable
+
+MIX = {0: 0.5, 3: 0.3, 7: 0.2}
+DRIFT = {0: 0.5, 3: 0.3, 7: 0.2, 9: 0.35}
+
+
+def paced_client(sock: str, images: Dict[int, np.ndarray], rate: float, start_at: float, stop_at: float,
+                 drift_flag: str, seed: int) -> List[Tuple[float, float, bool]]:
+    """One client process: ``rate`` predictions per second of the mix (the drift mix once the flag file
+    exists) until ``stop_at``; (wall time, latency ms, answered) per request."""
+    rng = np.random.default_rng(seed)
+    time.sleep(max(0.0, start_at - time.time()))
+    out: List[Tuple[float, float, bool]] = []
+    client = Client(Path(sock))
+    nxt, n = time.monotonic(), 0
+    mix = MIX
+    while time.time() < stop_at:
+        if n % 50 == 0 and mix is MIX and Path(drift_flag).exists():
+            mix = DRIFT
+        keys = list(mix)
+        p = np.asarray([mix[k] for k in keys])
+        k = int(rng.choice(keys, p=p / p.sum()))
+        img = images[k][int(rng.integers(len(images[k])))]
+        t0, p0 = time.time(), time.perf_counter()
+        try:
+            client.predict(img)
+            ok = True
+        except Exception:          # counted as failed; reconnect
+            ok = False
+            client.close()
+            try:
+                client = Client(Path(sock))
+            except Unreachable:
+                pass
+        out.append((t0, (time.perf_counter() - p0) * 1e3, ok))
+        n += 1
+        nxt += 1.0 / rate
+        time.sleep(max(0.0, nxt - time.monotonic()))
+    client.close()
+    return out
+
+
+def _pct(ms: List[float]) -> Dict[str, float]:
+    if not ms:
+        return {"n": 0, "p50": float("nan"), "p99": float("nan")}
+    a = np.asarray(ms)
+    return {"n": len(ms), "p50": float(np.percentile(a, 50)), "p99": float(np.percentile(a, 99))}
+
+
+def run(quick: bool = False, clients: int = 16, rate: float = 20.0) -> Dict[str, Any]:
+    seconds = 75.0 if quick else 180.0
+    test = load_dataset("fashion-mnist", "test")
+    images = {k: test.x[test.y == k][:300] for k in range(10)}
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        ini = work / "ocap.ini"
+        ini.write_text(demo_config(work, "fmnist-cnn", rate * clients, threads=1), encoding="utf-8")
+        log = open(work / "ocapd.log", "w", encoding="utf-8")
+        proc = start_ocapd(ini, log)
+        sock, flag = work / "ocap.sock", work / "drift"
+        deadline = time.time() + 60
+        while not sock.exists():
+            if proc.poll() is not None or time.time() > deadline:
+                raise RuntimeError(f"ocapd did not start: {(work / 'ocapd.log').read_text()[-2000:]}")
+            time.sleep(0.2)
+        try:
+            with ProcessPoolExecutor(clients, mp_context=multiprocessing.get_context("spawn")) as pool:
+                start = time.time() + 3.0 + 0.2 * clients
+                futs = [pool.submit(paced_client, str(sock), images, rate, start, start + seconds, str(flag), s)
+                        for s in range(clients)]
+                while not all(f.done() for f in futs):
+                    if not flag.exists() and any(e["kind"] == "probation_passed" for e in _events(sock)):
+                        flag.write_text("drift")
+                    time.sleep(1.0)
+                reqs = [r for f in futs for r in f.result()]
+            events = _events(sock)
+        finally:
+            proc.terminate()
+            proc.wait(timeout=60)
+            log.close()
+    return summarize(reqs, events, clients, rate, seconds)
+
+
+def summarize(reqs, events, clients, rate, seconds) -> Dict[str, Any]:
+    first = {k: min((e["ts"] for e in events if e["kind"] == k), default=None)
+             for k in ("personalize_started", "personalize_finished")}
+    swaps = [(e["ts"] - e["detail"].get("seconds", 0.0) - 0.25, e["ts"] + 0.25) for e in events if e["kind"] == "swap"]
+    phase = {"idle": [], "worker": [], "swaps": []}
+    for t, ms, ok in reqs:
+        if not ok:
+            continue
+        if any(a <= t <= b for a, b in swaps):
+            phase["swaps"].append(ms)
+        elif first["personalize_started"] and first["personalize_started"] <= t <= (first["personalize_finished"] or 1e18):
+            phase["worker"].append(ms)
+        elif first["personalize_started"] is None or t < first["personalize_started"]:
+            phase["idle"].append(ms)
+    kinds = [e["kind"] for e in events]
+    return {"clients": clients, "rate": rate, "seconds": seconds, "requests": len(reqs),
+            "failed": sum(1 for r in reqs if not r[2]), "swaps": len(swaps), "events": kinds,
+            "phases": {k: _pct(v) for k, v in phase.items()},
+            "worker_s": (first["personalize_finished"] or 0) - (first["personalize_started"] or 0)}
+
+
+def markdown(res: Dict[str, Any], machine: str, quick: bool) -> str:
+    ph = res["phases"]
+    idle = ph["idle"]["p99"]
+    lines = ["## Load while the model changes (`ocap bench load`)", "",
+             f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine}" + (" (quick mode)" if quick else "")
+             + f". `ocapd` on fmnist-cnn, {res['clients']} client processes at {res['rate']:g} requests/s each for "
+             f"{res['seconds']:.0f} s (skewed 3-class mix, then a fourth class); the daemon personalized in a worker "
+             f"({res['worker_s']:.0f} s), swapped the pruned model in and, on drift, back ({res['swaps']} swaps).", "",
+             "| phase | requests | p50 ms | p99 ms | p99 ÷ idle |", "|---|---|---|---|---|"]
+    for k, label in (("idle", "idle (base model, no worker)"), ("worker", "worker running"),
+                     ("swaps", "within 0.25 s of a swap")):
+        p = ph[k]
+        lines.append(f"| {label} | {p['n']} | {p['p50']:.2f} | {p['p99']:.2f} | {p['p99'] / idle:.2f} |")
+    verdict = "MET" if res["failed"] == 0 and res["swaps"] >= 2 else "MISSED"
+    lines += ["", f"Failed requests: {res['failed']} of {res['requests']} (target 0, with at least 2 swaps): {verdict}."]
+    return "\n".join(lines)

@@ -42,6 +42,8 @@ def run_bench(args: argparse.Namespace) -> int:
         return run_loop(args)
     if args.which == "load":
         return run_load(args)
+    if args.which == "soak":
+        return run_soak(args)
     if args.quick:
         models, ks, subsets, methods = ["fmnist-cnn"], [2, 3], 1, quality.QUICK_METHODS
         epochs, per_class, latency_runs = min(args.epochs, 10), min(args.samples_per_class, 64), 50
@@ -108,5 +110,15 @@ def run_load(args: argparse.Namespace) -> int:
     res = load.run(quick=args.quick)
     out = Path(args.out)
     report.replace_section(out, "load-quick" if args.quick else "load", load.markdown(res, quality.machine(), args.quick))
+    print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
+def run_soak(args: argparse.Namespace) -> int:
+    from . import soak
+
+    res = soak.run(quick=args.quick)
+    out = Path(args.out)
+    report.replace_section(out, "soak-quick" if args.quick else "soak", soak.markdown(res, quality.machine(), args.quick))
     print(f"wrote {out}", file=sys.stderr)
     return 0

@@ -36,14 +36,16 @@ def time_resnet20_prune(threads: int, seed: int) -> float:
 
 
 def run_bench(args: argparse.Namespace) -> int:
-    if args.which == "serving":
-        return run_serving(args)
-    if args.which == "loop":
-        return run_loop(args)
-    if args.which == "load":
-        return run_load(args)
-    if args.which == "soak":
-        return run_soak(args)
+    if args.which == "all":
+        return run_all(args)
+    if args.which == "summary":
+        return write_summary(args, 0.0)
+    if args.which in SECTIONS:
+        return run_section(args.which, args)
+    return run_quality(args)
+
+
+def run_quality(args: argparse.Namespace) -> int:
     if args.quick:
         models, ks, subsets, methods = ["fmnist-cnn"], [2, 3], 1, quality.QUICK_METHODS
         epochs, per_class, latency_runs = min(args.epochs, 10), min(args.samples_per_class, 64), 50
@@ -82,43 +84,81 @@ def run_bench(args: argparse.Namespace) -> int:
     return 0
 
 
-def run_serving(args: argparse.Namespace) -> int:
+
+
+def _serving(args: argparse.Namespace) -> str:
     from . import serving
 
-    res = serving.run(quick=args.quick)
     versions = {k: v for k, v in _versions().items() if k in ("onnxruntime", "numpy")}
-    out = Path(args.out)
-    report.replace_section(out, "serving-quick" if args.quick else "serving",
-                           serving.markdown(res, quality.machine(), versions))
-    print(f"wrote {out}", file=sys.stderr)
-    return 0
+    return serving.markdown(serving.run(quick=args.quick), quality.machine(), versions)
 
 
-def run_loop(args: argparse.Namespace) -> int:
+def _loop(args: argparse.Namespace) -> str:
     from . import loop
 
-    rows = loop.run(quick=args.quick, seed=args.seed)
-    out = Path(args.out)
-    report.replace_section(out, "loop-quick" if args.quick else "loop", loop.markdown(rows, quality.machine(), args.quick))
-    print(f"wrote {out}", file=sys.stderr)
-    return 0
+    return loop.markdown(loop.run(quick=args.quick, seed=args.seed), quality.machine(), args.quick)
 
 
-def run_load(args: argparse.Namespace) -> int:
+def _load(args: argparse.Namespace) -> str:
     from . import load
 
-    res = load.run(quick=args.quick)
+    return load.markdown(load.run(quick=args.quick), quality.machine(), args.quick)
+
+
+def _soak(args: argparse.Namespace) -> str:
+    from . import soak
+
+    return soak.markdown(soak.run(quick=args.quick), quality.machine(), args.quick)
+
+
+def _reliability(args: argparse.Namespace) -> str:
+    from . import reliability
+
+    return reliability.markdown(reliability.run(quick=args.quick), quality.machine())
+
+
+def _security(args: argparse.Namespace) -> str:
+    from . import security
+
+    return security.markdown(security.run(), quality.machine())
+
+
+# benchmark -> its run-and-render function (each writes one section; quick runs their own "-quick" one)
+SECTIONS = {"serving": _serving, "loop": _loop, "load": _load, "soak": _soak, "reliability": _reliability,
+            "security": _security}
+
+
+def section_name(which: str, quick: bool) -> str:
+    return which + ("-quick" if quick else "")
+
+
+def run_section(which: str, args: argparse.Namespace) -> int:
     out = Path(args.out)
-    report.replace_section(out, "load-quick" if args.quick else "load", load.markdown(res, quality.machine(), args.quick))
-    print(f"wrote {out}", file=sys.stderr)
+    t0 = time.perf_counter()
+    report.replace_section(out, section_name(which, args.quick), SECTIONS[which](args))
+    print(f"{which}: wrote {out} ({time.perf_counter() - t0:.0f} s)", file=sys.stderr)
     return 0
 
 
-def run_soak(args: argparse.Namespace) -> int:
-    from . import soak
+def run_all(args: argparse.Namespace) -> int:
+    """Every benchmark in turn, then a summary of the verdicts of every section."""
+    t0 = time.perf_counter()
+    failed = []
+    for which in ["quality"] + list(SECTIONS):
+        try:
+            run_quality(args) if which == "quality" else run_section(which, args)
+        except Exception as e:  # one broken benchmark must not hide the others' figures
+            print(f"{which}: FAILED: {type(e).__name__}: {e}", file=sys.stderr)
+            failed.append(which)
+    write_summary(args, (time.perf_counter() - t0) / 60)
+    print(f"wrote {args.out}" + (f"; failed: {', '.join(failed)}" if failed else ""), file=sys.stderr)
+    return 1 if failed else 0
 
-    res = soak.run(quick=args.quick)
+
+def write_summary(args: argparse.Namespace, minutes: float) -> int:
+    """The summary section from the sections already in the file (``ocap bench summary``)."""
+    names = [section_name(w, args.quick) for w in ["quality"] + list(SECTIONS)]
     out = Path(args.out)
-    report.replace_section(out, "soak-quick" if args.quick else "soak", soak.markdown(res, quality.machine(), args.quick))
-    print(f"wrote {out}", file=sys.stderr)
+    report.replace_section(out, section_name("summary", args.quick),
+                           report.summary_markdown(out, names, quality.machine(), _versions(), minutes))
     return 0

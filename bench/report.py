@@ -160,3 +160,26 @@ def plot_quality(rows: List[Dict[str, Any]], path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(path, dpi=110)
     plt.close(fig)
+
+
+def section_text(path: Path, name: str) -> Optional[str]:
+    m = re.search(re.escape(f"<!-- section:{name} -->") + r"(.*?)" + re.escape(f"<!-- /section:{name} -->"),
+                  path.read_text(encoding="utf-8") if path.exists() else "", re.S)
+    return m.group(1) if m else None
+
+
+def summary_markdown(path: Path, names: Sequence[str], machine: str, versions: Dict[str, str], minutes: float) -> str:
+    """One row per section: when it ran and how many of its targets were met or missed."""
+    lines = ["## Summary (`ocap bench all`)", "",
+             f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine}, {minutes:.0f} min. Versions: "
+             + ", ".join(f"{k} {v}" for k, v in versions.items()) + ".", "",
+             "| section | run | targets met | targets missed |", "|---|---|---|---|"]
+    for name in names:
+        text = section_text(path, name)
+        if text is None:
+            lines.append(f"| {name} | **missing** | | |")
+            continue
+        when = re.search(r"Run (\d{4}-\d\d-\d\d \d\d:\d\d UTC)", text)
+        met, missed = len(re.findall(r"\bMET\b", text)), len(re.findall(r"\bMISSED\b", text))
+        lines.append(f"| {name} | {when.group(1) if when else '?'} | {met} | {missed} |")
+    return "\n".join(lines)

@@ -20,7 +20,7 @@ MIX = "0:0.5,3:0.3,7:0.2@60s; 0:0.4,3:0.25,7:0.15,9:0.2@60s"
 
 
 def run(quick: bool = False, rate: float = 300.0) -> Dict[str, Any]:
-    seconds = 240.0 if quick else 1800.0
+    seconds = 120.0 if quick else 1800.0
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         ini = work / "ocap.ini"

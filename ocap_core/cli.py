@@ -317,7 +317,8 @@ def _add_prune(p: argparse.ArgumentParser) -> None:
 
 
 def _add_bench(p: argparse.ArgumentParser) -> None:
-    p.add_argument("which", choices=["quality", "serving", "loop", "load", "soak"], help="which benchmark")
+    p.add_argument("which", choices=["quality", "serving", "loop", "load", "soak", "reliability", "security", "all", "summary"],
+                   help="which benchmark (all: every one, then a summary; summary: only the summary)")
     p.add_argument("--quick", action="store_true", help="small, CI-friendly run (one model, fewer subsets)")
     p.add_argument("--models", help="comma-separated shipped models (default: all four)")
     p.add_argument("--ks", default="2,3,5", help="numbers of observed classes")

@@ -92,6 +92,17 @@ def wait_event(tmp: Path, kind: str, timeout: float, after: int = 0):
     raise AssertionError(f"no {kind} event in {timeout} s: {[k for k, _ in events(tmp)]}")
 
 
+MIX3 = {0: 0.5, 3: 0.3, 7: 0.2}
+
+
+def feed(tmp: Path, images, mix=MIX3, rate: float = 150) -> Replay:
+    """A started replay client sending ``mix`` of ``images`` to the daemon in ``tmp``."""
+    replay = Replay(tmp / "s.sock", images, rate=rate)
+    replay.set_mix(mix)
+    replay.start()
+    return replay
+
+
 @pytest.fixture(scope="module")
 def images():
     test = load_dataset("fashion-mnist", "test")

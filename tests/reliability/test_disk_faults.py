@@ -6,10 +6,9 @@ import time
 
 import pytest
 
-from daemon.demo import Replay
 from daemon.store import ModelStore
 from ocap_core.data import load_dataset
-from tests.daemon.test_ocapd import ctl, events, start, stop, wait_event, write_ini
+from tests.daemon.test_ocapd import ctl, events, feed, start, stop, wait_event, write_ini
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 CASES = [
@@ -25,9 +24,7 @@ CASES = [
 def test_serving_goes_on_through_a_disk_fault(tmp_path, fault, kind, says):
     test = load_dataset("fashion-mnist", "test")
     proc = start(tmp_path, write_ini(tmp_path), OCAP_FAULTS=fault)
-    replay = Replay(tmp_path / "s.sock", {k: test.x[test.y == k][:400] for k in range(10)}, rate=150)
-    replay.set_mix({0: 0.5, 3: 0.3, 7: 0.2})
-    replay.start()
+    replay = feed(tmp_path, {k: test.x[test.y == k][:400] for k in range(10)})
     try:
         ev = wait_event(tmp_path, kind, 120)
         assert says in str(ev), ev

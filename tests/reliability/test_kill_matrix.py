@@ -11,12 +11,11 @@ import time
 import numpy as np
 import pytest
 
-from daemon.demo import Replay
 from daemon.errors import DaemonError
 from daemon.store import ModelStore
 from ocap_core.data import load_dataset
 from ocap_core.package import open_package, resolve_model
-from tests.daemon.test_ocapd import ctl, events, start, stop, write_ini
+from tests.daemon.test_ocapd import ctl, events, feed, start, stop, write_ini
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 FLUSH = 1.0
@@ -90,9 +89,7 @@ def check_after_kill(tmp, killed_at, replay):
 @pytest.mark.parametrize("point", DAEMON_POINTS)
 def test_kill_ocapd_at(tmp_path, images, point):
     proc = start(tmp_path, write_ini(tmp_path), OCAP_FAULTS=f"{point}=kill")
-    replay = Replay(tmp_path / "s.sock", images, rate=150)
-    replay.set_mix({0: 0.5, 3: 0.3, 7: 0.2})
-    replay.start()
+    replay = feed(tmp_path, images)
     try:
         killed_at = drive(tmp_path, proc, replay, timeout=150)
     finally:
@@ -107,9 +104,7 @@ def test_kill_ocapd_at(tmp_path, images, point):
 @pytest.mark.parametrize("point", WORKER_POINTS)
 def test_kill_the_worker_at(tmp_path, images, point):
     proc = start(tmp_path, write_ini(tmp_path), OCAP_FAULTS=f"{point}=kill")
-    replay = Replay(tmp_path / "s.sock", images, rate=150)
-    replay.set_mix({0: 0.5, 3: 0.3, 7: 0.2})
-    replay.start()
+    replay = feed(tmp_path, images)
     try:
         drive(tmp_path, proc, replay, timeout=150, stop_when=lambda kinds: "personalize_failed" in kinds)
         failed = [d for k, d in events(tmp_path) if k == "personalize_failed"]
@@ -130,9 +125,7 @@ def test_kill_the_worker_at(tmp_path, images, point):
 def test_kill_ocapd_at_a_random_time(tmp_path, images, seed):
     when = float(np.random.default_rng(seed).uniform(3, 40))
     proc = start(tmp_path, write_ini(tmp_path))
-    replay = Replay(tmp_path / "s.sock", images, rate=150)
-    replay.set_mix({0: 0.5, 3: 0.3, 7: 0.2})
-    replay.start()
+    replay = feed(tmp_path, images)
     t0 = time.time()
     try:
         drive(tmp_path, proc, replay, timeout=when)

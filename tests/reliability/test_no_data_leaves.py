@@ -9,9 +9,8 @@ import time
 import psutil
 import pytest
 
-from daemon.demo import Replay
 from ocap_core.data import load_dataset
-from tests.daemon.test_ocapd import events, start, stop, wait_event, write_ini
+from tests.daemon.test_ocapd import events, feed, start, stop, wait_event, write_ini
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
@@ -47,9 +46,7 @@ def test_a_whole_cycle_opens_no_network_socket_and_writes_only_its_directories(t
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
     test = load_dataset("fashion-mnist", "test")
-    replay = Replay(tmp_path / "s.sock", {k: test.x[test.y == k][:400] for k in range(10)}, rate=150)
-    replay.set_mix({0: 0.5, 3: 0.3, 7: 0.2})
-    replay.start()
+    replay = feed(tmp_path, {k: test.x[test.y == k][:400] for k in range(10)})
     try:
         wait_event(tmp_path, "probation_passed", 150)
         replay.set_mix({0: 0.5, 3: 0.3, 7: 0.2, 9: 0.35})

@@ -1,8 +1,9 @@
-"""Protocol fuzzing against a real ``python -m service`` process: 10,000 random headers, payloads and
+"""Protocol fuzzing against a real ``python -m service`` process: 10,000 (CI) or more random headers, payloads and
 garbage lines (hypothesis). Each gets exactly one reply, an error unless the request was valid, the
 connection lives on, the server stays up, and its memory does not grow."""
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -16,13 +17,11 @@ from hypothesis import strategies as st
 from service.client import Client, Unreachable
 from tests.helpers import ROOT
 
-EXAMPLES = 10_000
+EXAMPLES = int(os.environ.get("OCAP_FUZZ_EXAMPLES", "10000"))       # ocap bench reliability: 100,000
 
 
 @pytest.fixture(scope="module")
 def live(tmp_path_factory):
-    import os
-
     d = tmp_path_factory.mktemp("fuzz")
     sock = d / "s.sock"
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))

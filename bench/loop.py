@@ -50,6 +50,19 @@ def markdown(rows: List[Dict[str, Any]], machine: str, quick: bool) -> str:
             f"{r['probation'] or '-'} | {'yes' if r['drift_reverted'] else 'no'} | {100 * m[0]['accuracy']:.2f} | "
             f"{100 * m[1]['accuracy']:.2f} | " + (f"{100 * pers['accuracy']:.2f} | {m[0]['macs'] / pers['macs']:.2f}× | "
                                                  f"{m[0]['latency_ms'] / pers['latency_ms']:.2f}× |" if pers else "- | - | - |"))
+    staged = [r for r in rows if r.get("stages")]
+    if staged:
+        names = [s["stage"] for s in staged[0]["stages"]]
+        lines += ["", "Personalization in the worker (the first run of each subset): wall seconds of each stage and "
+                  "the worker's peak RSS by its end (torch included; a peak, so it only grows).", "",
+                  "| classes | worker s | " + " | ".join(names) + " | peak RSS MB |",
+                  "|---|---|" + "---|" * len(names) + "---|"]
+        for r in staged:
+            by = {s["stage"]: s for s in r["stages"]}
+            cells = " | ".join(f"{by[n]['seconds']:.2f} s, {by[n].get('peak_rss_mb') or 0:.0f} MB" if n in by else "-"
+                               for n in names)
+            peak = max((s.get("peak_rss_mb") or 0) for s in r["stages"])
+            lines.append(f"| {r['subset']} | {r.get('worker_s') or 0:.1f} | {cells} | {peak:.0f} |")
     ok = [r for r in rows if "models" in r]
     met = ok and all(r["wall_s"] <= 300 and r["failed"] == 0 and r["deployed"] and r["drift_reverted"] for r in ok)
     lines += ["", f"Verdict: {'MET' if met and len(ok) == len(rows) else 'MISSED'} (every run ≤ 300 s, 0 failed "

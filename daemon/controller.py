@@ -182,7 +182,8 @@ class Controller:
 
     def _worker_event(self, ev: Dict[str, Any]) -> None:
         if ev.get("event") == "stage":
-            self.server.events.record("personalize_progress", stage=ev.get("stage"), seconds=ev.get("seconds"))
+            self.server.events.record("personalize_progress", stage=ev.get("stage"), seconds=ev.get("seconds"),
+                                      peak_rss_mb=ev.get("peak_rss_mb"))
 
     def _watch_worker(self) -> None:
         w = self.worker

@@ -275,7 +275,14 @@ def run_demo(args: argparse.Namespace) -> int:
         rows.append(_model_row("personalized", pdir, x_h[mine], y_h[mine]))
     requests = len(replay.log)
     failed = sum(1 for r in replay.log if not r[4])
+    first = next((e["ts"] for e in events if e["kind"] == "personalize_started"), None)
+    done = next((e["ts"] for e in events if e["kind"] == "personalize_finished"), None)
+    stages = []
+    for e in events:                        # the first personalization's stages: seconds, worker peak RSS
+        if e["kind"] == "personalize_progress" and first is not None and first <= e["ts"] <= (done or 1e18):
+            stages.append({k: e["detail"].get(k) for k in ("stage", "seconds", "peak_rss_mb")})
     summary = {"seconds": round(time.time() - t_start, 1), "requests": requests, "failed": failed,
+               "stages": stages, "worker_s": round(done - first, 1) if first and done else None,
                "served_by_daemon": status["requests"], "deployed": bool(deployed),
                "probation": passed["kind"] if passed else None, "drift_reverted": reverted is not None,
                "models": rows, "classes": classes, "drift_class": extra, "work_dir": str(work)}

@@ -11,6 +11,7 @@ partial candidate is left behind), 2 for a bad job file."""
 import json
 import logging
 import os
+import resource
 import shutil
 import sys
 import time
@@ -43,6 +44,8 @@ def read_job(path: Path) -> Dict[str, Any]:
 
 
 def _progress(ev: Dict[str, Any]) -> None:
+    if ev.get("event") == "stage":          # the process's peak memory so far (Linux: KiB)
+        ev = dict(ev, peak_rss_mb=round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1))
     emit(**ev)
     if ev.get("event") == "stage":
         faults.point(f"worker.{ev['stage']}")          # after each stage (test-only, via OCAP_FAULTS)

@@ -64,6 +64,19 @@ def build_sources(cfg: Config, server: Server) -> List[Any]:
     return out
 
 
+def limit_malloc_arenas(n: int = 2) -> bool:
+    """glibc gives each thread that allocates its own malloc arena; with the daemon's threads that took
+    ocapd from 90 to 153 MB RSS. ``mallopt(M_ARENA_MAX)`` caps them (as MALLOC_ARENA_MAX= does, which
+    the unit also sets); a no-op off glibc."""
+    try:
+        import ctypes
+
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(-8, n))        # M_ARENA_MAX
+    except (OSError, AttributeError):
+        return False
+
+
 class Daemon:
     def __init__(self, cfg: Config) -> None:
         self.cfg = cfg
@@ -205,6 +218,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_OK
     logging.basicConfig(level=cfg.daemon.log_level.upper(), stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
+    limit_malloc_arenas()
     return Daemon(cfg).run()
 
 

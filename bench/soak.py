@@ -25,6 +25,7 @@ def run(quick: bool = False, rate: float = 300.0) -> Dict[str, Any]:
         work = Path(tmp)
         ini = work / "ocap.ini"
         text = demo_config(work, "fmnist-cnn", rate, threads=1).replace("cooldown = 60s", "cooldown = 20s")
+        text = text.replace("cooldown = 20s\n", "cooldown = 20s\ndaily_cap = 1000\n", 1)   # cycles all along
         ini.write_text(text + f"\n[source:replay]\ntype = replay\nrate = {rate:g}\nmix = {MIX}\n", encoding="utf-8")
         log = open(work / "ocapd.log", "w", encoding="utf-8")
         proc = start_ocapd(ini, log)

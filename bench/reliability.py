@@ -1,6 +1,6 @@
 """Reliability pass counts (``ocap bench reliability``): the suite in tests/reliability run by pytest in
 a subprocess (kill -9 matrix, disk faults, bad models, hostile input, protocol fuzz, no data leaving),
-passed / failed per file; the protocol fuzz runs 100,000 cases here (10,000 in CI). Quick mode runs the
+passed / failed per file; the protocol fuzz runs 50,000 cases here (10,000 in CI). Quick mode runs the
 files that take seconds."""
 
 import os
@@ -15,7 +15,7 @@ from typing import Any, Dict
 
 ROOT = Path(__file__).resolve().parent.parent
 QUICK = ["tests/reliability/test_bad_models.py", "tests/reliability/test_hostile_input.py"]
-FUZZ_EXAMPLES = 100_000
+FUZZ_EXAMPLES = 50_000
 
 
 def run(quick: bool = False) -> Dict[str, Any]:

@@ -17,7 +17,7 @@ from hypothesis import strategies as st
 from service.client import Client, Unreachable
 from tests.helpers import ROOT
 
-EXAMPLES = int(os.environ.get("OCAP_FUZZ_EXAMPLES", "10000"))       # ocap bench reliability: 100,000
+EXAMPLES = int(os.environ.get("OCAP_FUZZ_EXAMPLES", "10000"))       # ocap bench reliability: 50,000
 
 
 @pytest.fixture(scope="module")

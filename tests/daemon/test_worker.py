@@ -50,6 +50,9 @@ def test_pause_resume_and_kill(tmp_path):
     run = WorkerRun(_job(tmp_path, epochs=30), tmp_path / "job", threads=1)
     time.sleep(1.0)
     assert run.pause("too hot")
+    deadline = time.time() + 5                 # the kernel marks it stopped a moment after the signal
+    while psutil.Process(run.proc.pid).status() != psutil.STATUS_STOPPED and time.time() < deadline:
+        time.sleep(0.02)
     assert psutil.Process(run.proc.pid).status() == psutil.STATUS_STOPPED
     frozen = run.elapsed
     time.sleep(0.5)

@@ -52,18 +52,18 @@ class ClassLog:
         now = self._clock() if ts is None else ts
         minute = int(now // 60)
         # plain Python numbers: numpy scalars make this loop, run for every frame, twice as slow
-        ids = class_ids.tolist() if hasattr(class_ids, "tolist") else class_ids
+        ids = [int(k) for k in (class_ids.tolist() if hasattr(class_ids, "tolist") else class_ids)]
         confs = confidences.tolist() if hasattr(confidences, "tolist") else confidences
         low, pending, n_low = self.low_confidence, self._pending, 0
         with self._lock:
             for k, c in zip(ids, confs):
-                row = pending.setdefault((minute, model_version, origin, int(k)), [0, 0.0, 0])
+                row = pending.setdefault((minute, model_version, origin, k), [0, 0.0, 0])
                 is_low = c < low
                 row[0] += 1
                 row[1] += c
                 row[2] += is_low
                 n_low += is_low
-        self.recent.add(int(now), origin, [int(k) for k in ids], n_low)
+        self.recent.add(int(now), origin, ids, n_low)
 
     def flush(self) -> int:
         """Write the counts gathered since the last flush in one transaction; returns rows written.

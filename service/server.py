@@ -14,6 +14,7 @@ from typing import Any, Callable, Dict, FrozenSet, Optional, Sequence, Tuple
 import numpy as np
 
 from ocap_core.errors import OcapError
+from ocap_core.package import resolve_model
 
 from .class_log import ClassLog
 from .control_socket import ControlServer, RequestError
@@ -71,7 +72,8 @@ class Server:
         self.events = EventLog(db)
         self.models = ModelTable(db)
         served = self._load(model)
-        self.base = served if base is None else self._load(base)
+        same_dir = base is None or Path(resolve_model(base)).resolve() == Path(served.path).resolve()
+        self.base = served if same_dir else self._load(str(base))
         if self.base.version == served.version:
             self.base = served                      # the base serves: no second session, no teacher
         self.slot = ModelSlot(served)

@@ -54,8 +54,9 @@ class ClassLog:
         # plain Python numbers: numpy scalars make this loop, run for every frame, twice as slow
         ids = [int(k) for k in (class_ids.tolist() if hasattr(class_ids, "tolist") else class_ids)]
         confs = confidences.tolist() if hasattr(confidences, "tolist") else confidences
-        low, pending, n_low = self.low_confidence, self._pending, 0
+        low, n_low = self.low_confidence, 0
         with self._lock:
+            pending = self._pending      # read under the lock: flush swaps in a new dict
             for k, c in zip(ids, confs):
                 row = pending.setdefault((minute, model_version, origin, k), [0, 0.0, 0])
                 is_low = c < low

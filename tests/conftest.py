@@ -25,3 +25,14 @@ def package_copy(tmp_path):
     dst = tmp_path / "pkg"
     shutil.copytree(resolve_model("fmnist-cnn"), dst)
     return dst
+
+
+@pytest.fixture
+def tiny_switch_interval():
+    """Make the interpreter switch threads every microsecond, so races between threads show up."""
+    import sys
+
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    yield
+    sys.setswitchinterval(old)

@@ -45,7 +45,9 @@ def test_windows_origins_and_versions_are_kept_apart(tmp_path):
     assert log.histogram(10) == {0: 4, 1: 6, 5: 1}
 
 
-def test_concurrent_adders_lose_nothing(tmp_path):
+def test_concurrent_adders_lose_nothing(tmp_path, tiny_switch_interval):
+    """Regression: add() read the pending dict before taking the lock, so an add racing a flush
+    wrote into the dict the flush had already taken (724 of 8000 counts lost on a busy machine)."""
     log = ClassLog(tmp_path / "ocap.db", clock=lambda: T0)
     stop = threading.Event()
 
@@ -59,7 +61,7 @@ def test_concurrent_adders_lose_nothing(tmp_path):
 
     f = threading.Thread(target=flusher)
     f.start()
-    adders = [threading.Thread(target=adder, args=(k,)) for k in range(4)]
+    adders = [threading.Thread(target=adder, args=(k,)) for k in range(8)]
     for t in adders:
         t.start()
     for t in adders:
@@ -67,7 +69,7 @@ def test_concurrent_adders_lose_nothing(tmp_path):
     stop.set()
     f.join()
     log.flush()
-    assert log.histogram(1) == {k: 2000 for k in range(4)}
+    assert log.histogram(1) == {k: 2000 for k in range(8)}
 
 
 def test_bad_input_and_a_newer_schema_are_refused(tmp_path):

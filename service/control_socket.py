@@ -16,6 +16,7 @@ import socket
 import stat
 import struct
 import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Set
@@ -24,6 +25,7 @@ from .errors import ServiceError
 
 log = logging.getLogger(__name__)
 MAX_LINE = 64 * 1024
+STOP_GRACE = 10.0       # seconds stop() waits for the requests in flight to be answered
 Handler = Callable[[Dict[str, Any], Optional[bytes]], Any]
 
 
@@ -64,6 +66,10 @@ class ControlServer:
         self._active = threading.BoundedSemaphore(max_connections)
         self._stopping = threading.Event()
         self._thread: Optional[threading.Thread] = None
+        # open connections and their threads: added by the accept thread, removed by each connection's
+        # own thread, read by stop()
+        self._conns: Dict[socket.socket, threading.Thread] = {}
+        self._conns_lock = threading.Lock()
 
     def register(self, name: str, handler: Handler, mutating: bool = False, payload: bool = False) -> None:
         if name in self.commands:
@@ -95,9 +101,25 @@ class ControlServer:
         log.info("control socket listening on %s", self.path)
 
     def stop(self) -> None:
+        """Stop accepting, let each connection finish the request it is handling (its reply goes out),
+        close idle ones at once, then remove the socket. Handlers' effects (a counted prediction) are
+        all done when this returns, so the server can flush and close after it."""
         self._stopping.set()
         if self._thread:
-            self._thread.join()
+            self._thread.join()                     # no connection is added after this
+        with self._conns_lock:
+            conns = list(self._conns.items())
+        for conn, _ in conns:
+            try:
+                conn.shutdown(socket.SHUT_RD)       # a thread waiting for a line reads EOF; replies still go out
+            except OSError:
+                pass                                # already closed by its thread
+        deadline = time.monotonic() + STOP_GRACE
+        for _, t in conns:
+            t.join(max(0.0, deadline - time.monotonic()))
+        left = sum(t.is_alive() for _, t in conns)
+        if left:
+            log.warning("%d control connection(s) still busy after %.0f s; stopping without them", left, STOP_GRACE)
         if self._sock:
             self._sock.close()
             self.path.unlink(missing_ok=True)
@@ -118,7 +140,17 @@ class ControlServer:
                 self._send(conn, None, error=("busy", f"too many connections (max {self.max_connections})"))
                 conn.close()
                 continue
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+            t = threading.Thread(target=self._serve, args=(conn,), name="control-connection", daemon=True)
+            with self._conns_lock:
+                self._conns[conn] = t
+            try:
+                t.start()
+            except RuntimeError as e:               # no thread to be had: this client only is refused
+                log.error("control connection refused: %s", e)
+                with self._conns_lock:
+                    del self._conns[conn]
+                conn.close()
+                self._active.release()
 
     def _serve(self, conn: socket.socket) -> None:
         try:
@@ -140,6 +172,8 @@ class ControlServer:
         except OSError as e:
             log.debug("control connection ended: %s", e)
         finally:
+            with self._conns_lock:
+                self._conns.pop(conn, None)
             conn.close()
             self._active.release()
 

@@ -106,13 +106,23 @@ class ModelSlot:
     model, the teacher, while a pruned model serves)."""
 
     def __init__(self, model: LoadedModel) -> None:
-        self._model = model
+        # (model, swaps so far): one reference, replaced whole, so a reader never pairs a model with
+        # another swap's count
+        self._serving: Tuple[LoadedModel, int] = (model, 0)
         self._swap_lock = threading.Lock()
-        self.swaps = 0
 
     def current(self) -> LoadedModel:
         """The model to use for one request (hold the reference for the whole request)."""
-        return self._model
+        return self._serving[0]
+
+    def serving(self) -> Tuple[LoadedModel, int]:
+        """(the current model, the number of swaps that installed it), read together."""
+        return self._serving
+
+    @property
+    def swaps(self) -> int:
+        """Swaps since the slot was made."""
+        return self._serving[1]
 
     def swap(self, path: str, **load_args: Any) -> Tuple[bool, str]:
         """Load and warm up the package at ``path``, then serve it. Returns (ok, reason); on failure,
@@ -132,14 +142,15 @@ class ModelSlot:
             except OcapError as e:
                 log.error("swap to %s refused: %s", what, e)
                 return False, str(e)
-            old, self._model = self._model, new
-            self.swaps += 1
+            old, swaps = self._serving
+            self._serving = (new, swaps + 1)        # swaps are single-flight: no other writer
             log.info("serving %s (was %s)", new.version, old.version)
             return True, f"serving {new.version}"
         finally:
             self._swap_lock.release()
 
     def describe(self) -> Dict[str, Any]:
-        m = self._model
+        """The served model's card summary and the swap count, from one reading."""
+        m, swaps = self._serving
         return {"version": m.version, "name": m.card.name, "class_ids": m.class_ids, "providers": list(m.providers),
-                "loaded_at": m.loaded_at, "swaps": self.swaps}
+                "loaded_at": m.loaded_at, "swaps": swaps}

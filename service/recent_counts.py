@@ -7,6 +7,8 @@ import threading
 import time
 from typing import Callable, Deque, Dict, List, Optional, Tuple
 
+MAX_LATE = 10       # seconds a batch may come after a newer one and still be counted at its second
+
 
 class RecentCounts:
     def __init__(self, keep_seconds: int = 3600, clock: Callable[[], float] = time.time) -> None:
@@ -17,18 +19,43 @@ class RecentCounts:
         self._seconds: Deque[Tuple[int, Dict[Tuple[str, int], int], Dict[str, int]]] = collections.deque()
 
     def add(self, second: int, origin: str, class_ids: List[int], low: int) -> None:
+        """Count ``class_ids`` (``low`` of them low-confidence) at ``second``. Callers read the clock
+        before they get here, so with several adders a batch of second s may come after one of s + 1:
+        it is counted at its own second (dropping it lost counts at every second boundary)."""
         with self._lock:
-            if not self._seconds or self._seconds[-1][0] != second:
-                if self._seconds and second < self._seconds[-1][0]:
-                    return                          # a late batch from a clock step back: not worth a window
-                self._seconds.append((second, {}, {}))
-                while self._seconds[0][0] <= second - self.keep_seconds:
-                    self._seconds.popleft()
-            _, counts, lows = self._seconds[-1]
+            seconds = self._seconds
+            if not seconds or seconds[-1][0] < second:
+                seconds.append((second, {}, {}))
+                while seconds[0][0] <= second - self.keep_seconds:
+                    seconds.popleft()
+                entry = seconds[-1]
+            elif seconds[-1][0] == second:
+                entry = seconds[-1]
+            else:
+                entry = self._late_entry(second)
+                if entry is None:
+                    return
+            _, counts, lows = entry
             for k in class_ids:
                 counts[(origin, k)] = counts.get((origin, k), 0) + 1
             if low:
                 lows[origin] = lows.get(origin, 0) + low
+
+    def _late_entry(self, second: int) -> Optional[Tuple[int, Dict[Tuple[str, int], int], Dict[str, int]]]:
+        """The entry of ``second``, older than the newest, inserted in order if missing (lock held).
+        None more than ``MAX_LATE`` seconds back: that is a clock stepped back, not a slow thread,
+        and such a batch is not worth a walk down the whole deque on the request path."""
+        seconds = self._seconds
+        if second < seconds[-1][0] - MAX_LATE or second <= seconds[-1][0] - self.keep_seconds:
+            return None
+        i = len(seconds) - 1
+        while i >= 0 and seconds[i][0] > second:
+            i -= 1
+        if i >= 0 and seconds[i][0] == second:
+            return seconds[i]
+        entry: Tuple[int, Dict[Tuple[str, int], int], Dict[str, int]] = (second, {}, {})
+        seconds.insert(i + 1, entry)
+        return entry
 
     def window(self, seconds: float, origin: str = "served", end: Optional[float] = None,
                since: Optional[float] = None) -> Tuple[Dict[int, int], int]:

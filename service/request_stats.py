@@ -23,8 +23,9 @@ class RequestStats:
         self.failed = 0
 
     def record(self, frames: int, latency_ms: float) -> None:
-        now = int(self._clock())
+        """Count one batch of ``frames`` that took ``latency_ms``."""
         with self._lock:
+            now = int(self._clock())        # read under the lock, so the per-second entries stay in order
             self.frames += frames
             self.batches += 1
             self._latency_ms.append(latency_ms)
@@ -36,6 +37,7 @@ class RequestStats:
                     self._per_second.popleft()
 
     def record_failure(self) -> None:
+        """Count one batch that failed."""
         with self._lock:
             self.failed += 1
 

@@ -83,11 +83,15 @@ class Server:
                                      idle_timeout=cfg.idle_timeout, allowed_gids=cfg.allowed_gids)
         self.stats = RequestStats()
         self.started = time.time()
-        self.teacher_checked = 0             # frames the teacher saw since the last swap
-        self.teacher_inside = 0              # ... of them, of a class the served model has
-        self.teacher_disagreed = 0           # ... of those, answered differently by the served model
-        self.background_skipped = 0
+        # request threads, the background thread and swaps all change these (and add_status its
+        # copy of the status parts): one lock for them all
+        self._counts_lock = threading.Lock()
         self._teacher_credit = 0.0
+        self.background_skipped = 0
+        # [checked, inside, disagreed] of the model installed by swap number _teacher_swap: frames the
+        # teacher saw, those of a class the served model has, and of those the ones it answered otherwise
+        self._teacher_counts = [0, 0, 0]
+        self._teacher_swap = 0
         self._status_parts: Dict[str, Callable[[], Any]] = {}
         self._last_trouble: Dict[str, float] = {}
         self._stop = threading.Event()
@@ -115,11 +119,33 @@ class Server:
         """The base model while another model serves, else None."""
         return None if self.slot.current() is self.base else self.base
 
+    def teacher_counts(self) -> Dict[str, int]:
+        """Frames the teacher checked since the last swap, those of a class the served model has, and
+        of those the ones the served model answered otherwise: one consistent reading of the three."""
+        with self._counts_lock:
+            checked, inside, disagreed = self._teacher_counts
+        return {"checked": checked, "inside": inside, "disagreed": disagreed}
+
+    @property
+    def teacher_checked(self) -> int:
+        """Frames the teacher checked since the last swap."""
+        return self._teacher_counts[0]
+
+    @property
+    def teacher_inside(self) -> int:
+        """Of the checked frames, those of a class the served model has."""
+        return self._teacher_counts[1]
+
+    @property
+    def teacher_disagreed(self) -> int:
+        """Of the inside frames, those the served model answered otherwise."""
+        return self._teacher_counts[2]
+
     # -- the inference path ---------------------------------------------------------------------
     def infer(self, images: np.ndarray) -> Predictions:
         """The one inference path for a batch (N×H×W[×C] uint8): predict, count, and hand frames to
         the background thread (cache offers from the base model, or teacher checks)."""
-        model = self.slot.current()
+        model, swap = self.slot.serving()       # which swap installed it: teacher checks are per model
         t0 = time.perf_counter()
         try:
             pred = model.predict(images)
@@ -136,24 +162,30 @@ class Server:
         else:
             picked = self._teacher_pick(len(images))
             if picked:
-                self._hand_off(("teacher", np.array(images[picked]), pred.class_ids[picked], model.class_ids))
+                self._hand_off(("teacher", np.array(images[picked]), pred.class_ids[picked], model.class_ids, swap))
         return pred
 
     def _teacher_pick(self, n: int) -> list:
-        """Indices of the frames of this batch the teacher should see (every 1/share-th frame)."""
+        """Indices of the frames of this batch the teacher should see (every 1/share-th frame); the
+        credit is shared by every request thread, so it changes under the lock."""
         picked = []
-        for i in range(n):
-            self._teacher_credit += self.config.teacher_share
-            if self._teacher_credit >= 1.0:
-                self._teacher_credit -= 1.0
-                picked.append(i)
+        share = self.config.teacher_share
+        with self._counts_lock:
+            credit = self._teacher_credit
+            for i in range(n):
+                credit += share
+                if credit >= 1.0:
+                    credit -= 1.0
+                    picked.append(i)
+            self._teacher_credit = credit
         return picked
 
     def _hand_off(self, item: tuple) -> None:
         try:
             self._background.put_nowait(item)
         except queue.Full:
-            self.background_skipped += 1
+            with self._counts_lock:
+                self.background_skipped += 1
 
     def _background_loop(self) -> None:
         while True:
@@ -178,16 +210,24 @@ class Server:
             time.sleep(0.01)
         return not self._background.unfinished_tasks
 
-    def _teacher_check(self, images: np.ndarray, served_ids: np.ndarray, kept: Sequence[int]) -> None:
+    def _teacher_check(self, images: np.ndarray, served_ids: np.ndarray, kept: Sequence[int], swap: int) -> None:
         """The base model on frames a pruned model answered: counts with origin ``teacher``, and the
-        disagreement on frames whose teacher class the served model has (others are drift's business)."""
+        disagreement on frames whose teacher class the served model has (others are drift's business).
+        The disagreement counters belong to the model of swap number ``swap``: frames an earlier model
+        answered (still queued at a swap) are the teacher's counts but not the new model's checks."""
         teacher = self.base
         t = teacher.predict(images)
         self.class_log.add(t.class_ids, t.confidence, teacher.version, origin="teacher")
         inside = np.isin(t.class_ids, kept)
-        self.teacher_checked += len(images)
-        self.teacher_inside += int(inside.sum())
-        self.teacher_disagreed += int(np.sum(t.class_ids[inside] != served_ids[inside]))
+        n_inside, n_disagreed = int(inside.sum()), int(np.sum(t.class_ids[inside] != served_ids[inside]))
+        with self._counts_lock:
+            if swap > self._teacher_swap:       # the new model's first check came before _after_swap
+                self._teacher_swap, self._teacher_counts = swap, [0, 0, 0]
+            if swap == self._teacher_swap:
+                c = self._teacher_counts
+                c[0] += len(images)
+                c[1] += n_inside
+                c[2] += n_disagreed
         if t.features is not None:
             for img, f, k, c in zip(images, t.features, t.class_ids, t.confidence):
                 self.cache.offer(img, f, int(k), float(c))
@@ -200,8 +240,12 @@ class Server:
             self.events.record(kind, error=f"{type(error).__name__}: {error}")
 
     def add_status(self, key: str, part: Callable[[], Any]) -> None:
-        """Have ``status`` include ``part()`` under ``key`` (the control plane adds its state)."""
-        self._status_parts[key] = part
+        """Have ``status`` include ``part()`` under ``key`` (the control plane adds its state). The
+        dict is copied whole, so a part added while ``status`` runs is never seen half-way."""
+        with self._counts_lock:
+            parts = dict(self._status_parts)
+            parts[key] = part
+            self._status_parts = parts
 
     # -- model changes --------------------------------------------------------------------------
     def swap(self, path: str) -> Tuple[bool, str]:
@@ -229,7 +273,10 @@ class Server:
         return ok, reason
 
     def _after_swap(self, old: LoadedModel, new: LoadedModel, seconds: float, why: str = "") -> None:
-        self.teacher_checked = self.teacher_inside = self.teacher_disagreed = 0
+        _, swap = self.slot.serving()
+        with self._counts_lock:                 # unless a check of the new model has reset them already
+            if swap > self._teacher_swap:
+                self._teacher_swap, self._teacher_counts = swap, [0, 0, 0]
         self.models.put(new.card, "serving")
         self.models.set_status(old.version, "teacher" if old is self.base and new is not self.base else "retired")
         self.events.record("swap", to=new.version, was=old.version, seconds=round(seconds, 4), why=why)
@@ -266,12 +313,12 @@ class Server:
     def _status(self, req: Dict[str, Any], _: Optional[bytes]) -> Dict[str, Any]:
         s = self.stats.snapshot()
         teacher = self.teacher
+        tc = self.teacher_counts()
         return {"model": self.slot.describe(), "base": self.base.version, "uptime_s": time.time() - self.started,
                 "requests": s["frames"], "failed": s["failed"], "rate_per_s": s["rate_per_s"],
                 "latency_ms": s["latency_ms"],
                 "teacher": None if teacher is None else {
-                    "version": teacher.version, "share": self.config.teacher_share, "checked": self.teacher_checked,
-                    "inside": self.teacher_inside, "disagreed": self.teacher_disagreed},
+                    "version": teacher.version, "share": self.config.teacher_share, **tc},
                 "cache": {sp: {str(k): n for k, n in c.items()} for sp, c in self.cache.counts().items()},
                 "cache_bytes": self.cache.bytes, "cache_quota": self.cache.quota, "cache_per_class": self.cache.per_class,
                 "background_skipped": self.background_skipped, "last_flush": self.class_log.last_flush,

@@ -1,10 +1,12 @@
 """The control socket over a real Unix socket: JSON-line protocol, a predict payload on the shipped CNN,
-errors that keep the connection (and others) alive, caps, the instance lock, SO_PEERCRED."""
+errors that keep the connection (and others) alive, caps, the instance lock, SO_PEERCRED, and a
+stop that lets the request in flight finish."""
 
 import json
 import os
 import socket
 import stat
+import threading
 import time
 
 import numpy as np
@@ -204,3 +206,31 @@ def test_mutating_commands_check_peer_credentials():
     finally:
         srv.stop()
         shutil.rmtree(d)
+
+
+def test_stop_finishes_the_request_in_flight_and_closes_idle_connections(tmp_path):
+    """stop() used to return while connection threads still ran: a request being handled finished
+    after it (in the server: counted after the class log's last flush, so lost), and an idle client
+    kept its connection until its idle timeout."""
+    srv = ControlServer(tmp_path / "s.sock", idle_timeout=30.0)
+    started, done, replies = threading.Event(), [], []
+
+    def slow(req, _):
+        started.set()
+        time.sleep(0.5)
+        done.append(req["id"])
+        return {"done": True}
+
+    srv.register("slow", slow)
+    srv.start()
+    idle, idle_f = _raw(srv.path)
+    busy = threading.Thread(target=lambda: replies.append(Client(srv.path).call("slow")))
+    busy.start()
+    assert started.wait(10)
+    t0 = time.monotonic()
+    srv.stop()
+    assert done and time.monotonic() - t0 < 5             # waited for the handler, not for the idle client
+    busy.join(10)
+    assert replies == [{"done": True}]                    # the request in flight was answered
+    assert idle_f.readline() == b""                       # the idle connection was closed
+    idle.close()

@@ -1,9 +1,13 @@
-"""The events and models tables on a real SQLite file: append and read back, kinds, statuses."""
+"""The events and models tables on a real SQLite file: append and read back, kinds, statuses, and
+concurrent writers next to the class log's flushes."""
+
+import threading
 
 from ocap_core.package import open_package, resolve_model
 from service.class_log import ClassLog
 from service.events import EventLog
 from service.model_table import ModelTable
+from tests.service.threads import run_threads
 
 
 def test_events_newest_first_by_kind(tmp_path):
@@ -27,3 +31,25 @@ def test_models_are_recorded_once_and_change_status(tmp_path):
     assert rows[0]["class_ids"] == list(range(10))
     table.set_status(card.version, "retired")
     assert table.all()[0]["status"] == "retired"
+
+
+def test_concurrent_writers_lose_no_event(tmp_path, tiny_switch_interval):
+    """Eight threads record events while the class log flushes in a loop on the same file: every
+    event is there once (each write waits for the writer lock instead of failing)."""
+    log = ClassLog(tmp_path / "ocap.db")
+    ev = EventLog(tmp_path / "ocap.db")
+    stop = threading.Event()
+
+    def flusher():
+        while not stop.is_set():
+            log.add([1, 2, 3], [0.9, 0.9, 0.9], "v1")
+            log.flush()
+
+    f = threading.Thread(target=flusher)
+    f.start()
+    run_threads(lambda k: [ev.record("tick", k=k, i=i) for i in range(25)])
+    stop.set()
+    f.join()
+    log.close()
+    got = sorted((e["detail"]["k"], e["detail"]["i"]) for e in ev.recent(limit=1000, kinds=["tick"]))
+    assert got == [(k, i) for k in range(8) for i in range(25)]

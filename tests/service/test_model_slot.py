@@ -87,3 +87,28 @@ def test_wrong_input_shape_names_the_model():
     model = load_model("fmnist-cnn")
     with pytest.raises(OcapError, match=r"shape \(5, 32, 32, 3\) do not fit the model input 28x28"):
         model.predict(np.zeros((5, 32, 32, 3), np.uint8))
+
+
+def test_describe_never_pairs_a_model_with_another_swap_count(tiny_switch_interval):
+    """describe() read the model and then the swap count, so a swap in between paired the new model
+    with the old count. Even counts serve the CNN, odd ones the VGG: every reading must agree."""
+    cnn, vgg = load_model("fmnist-cnn", warmup=0), load_model("fmnist-vgg", warmup=0)
+    slot, stop, torn = ModelSlot(cnn), threading.Event(), []
+
+    def reader():
+        while not stop.is_set():
+            d = slot.describe()
+            if (d["version"] == vgg.version) != (d["swaps"] % 2 == 1):
+                torn.append((d["version"], d["swaps"]))
+
+    readers = [threading.Thread(target=reader) for _ in range(8)]
+    for t in readers:
+        t.start()
+    try:
+        for k in range(2000):
+            assert slot.install(vgg if k % 2 == 0 else cnn)[0]
+    finally:
+        stop.set()
+        for t in readers:
+            t.join()
+    assert torn == [] and slot.describe()["swaps"] == 2000

@@ -1,10 +1,11 @@
 """RequestStats with a driven clock: totals, per-window rates over whole seconds, latency percentiles."""
 
-import threading
+import itertools
 
 import pytest
 
 from service.request_stats import RequestStats
+from tests.service.threads import run_threads
 
 
 def test_rates_and_percentiles():
@@ -28,12 +29,19 @@ def test_rates_and_percentiles():
     assert snap["latency_ms"]["p50"] == pytest.approx(4.5, abs=0.6) and snap["latency_ms"]["p99"] <= 9.0
 
 
-def test_concurrent_recorders_lose_nothing():
-    st = RequestStats()
-    threads = [threading.Thread(target=lambda: [st.record(2, 0.1) for _ in range(5000)]) for _ in range(8)]
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    st.record_failure()
-    assert (st.snapshot()["frames"], st.snapshot()["failed"]) == (80000, 1)
+def test_concurrent_recorders_lose_nothing(tiny_switch_interval):
+    ticks = itertools.count()
+    st = RequestStats(clock=lambda: 1000 + next(ticks) / 2000)        # the second changes under the threads
+
+    def recorder(_):
+        for i in range(5000):
+            st.record(2, 0.1)
+            if i % 50 == 0:
+                st.record_failure()
+
+    run_threads(recorder)
+    snap = st.snapshot()
+    assert (snap["frames"], snap["batches"], snap["failed"]) == (80000, 40000, 800)
+    with st._lock:
+        seconds = [s for s, _ in st._per_second]
+    assert seconds == sorted(set(seconds))              # one entry per second, in order

@@ -1,17 +1,21 @@
 """The serving plane in process over its real socket and SQLite file: teacher sampling while another
 model serves, swaps and reverts with their events and model records, 8 socket clients hammering through
-20 swaps, counts that equal the predictions made, forget-samples."""
+20 swaps, counts that equal the predictions made, forget-samples; teacher counters and counts that
+stay exact under many threads, across swaps and through a stop."""
 
 import sqlite3
 import threading
+import time
 
 import numpy as np
 import pytest
 
 from ocap_core.data import load_dataset
 from service.client import Client
+from service.errors import ServiceError
 from service.model_slot import load_model
 from service.server import Server, ServerConfig
+from tests.service.threads import run_threads
 
 
 @pytest.fixture(scope="module")
@@ -137,3 +141,114 @@ def test_forget_samples_is_a_mutating_command(tmp_path, frames):
         assert not list((tmp_path / "state" / "cache").glob("*.npz"))
     finally:
         srv.stop()
+
+
+def test_teacher_counters_lose_nothing_under_eight_threads(tmp_path, frames, tiny_switch_interval):
+    """Regression: the teacher's credit and the skipped-frame counter were ``+=`` from every request
+    thread, and status read the three teacher counters one by one while the background thread
+    changed them. 8 threads × 36 frames at share 0.5 pick exactly 144 frames: each is checked or
+    skipped, never lost, and no status shows more inside than checked."""
+    srv = Server("fmnist-vgg", tmp_path / "state", tmp_path / "s.sock",
+                 ServerConfig(teacher_share=0.5, background_queue=4, cache_per_class=16), base="fmnist-cnn")
+    srv.start()
+    done, torn = threading.Event(), []
+
+    def poller():
+        with Client(srv.control.path) as c:
+            while not done.is_set():
+                t = c.call("status")["teacher"]
+                if not 0 <= t["disagreed"] <= t["inside"] <= t["checked"]:
+                    torn.append(t)
+
+    def feeder(k):
+        for x in frames[k * 36:(k + 1) * 36]:
+            srv.infer(x[None])
+
+    p = threading.Thread(target=poller)
+    p.start()
+    try:
+        run_threads(feeder)
+        assert srv.wait_idle()
+    finally:
+        done.set()
+        p.join()
+        srv.stop()
+    assert srv.teacher_checked + srv.background_skipped == 144 and srv.background_skipped > 0
+    assert srv.teacher_inside == srv.teacher_checked and torn == []
+    assert _served_total(srv.db_path, "teacher") == {srv.base.version: srv.teacher_checked}
+
+
+def test_teacher_credit_and_skips_shared_by_eight_request_threads_are_exact(tmp_path, tiny_switch_interval):
+    """Regression: ``_teacher_pick`` and ``_hand_off`` (the request path's share of the teacher and the
+    full-queue count) did ``+=`` on the Server from every request thread. On Python 3.8 (JetPack 5)
+    a thread switch between the read and the write lost or doubled credit: 400,004 frames picked of
+    400,000. Python 3.11 happens not to switch inside those lines, so there the old code passes."""
+    srv = Server("fmnist-vgg", tmp_path / "state", tmp_path / "s.sock",
+                 ServerConfig(teacher_share=0.25, background_queue=1), base="fmnist-cnn")
+    picked = []
+
+    def request_thread(_):
+        n = 0
+        for _ in range(2000):
+            n += len(srv._teacher_pick(100))        # the background thread is not started: the queue
+            srv._hand_off(("teacher",))             # holds one item, every later hand-off is skipped
+        picked.append(n)
+
+    run_threads(request_thread)
+    srv.stop()
+    assert sum(picked) == 8 * 2000 * 100 // 4 and srv.background_skipped == 8 * 2000 - 1
+
+
+def test_checks_of_frames_the_old_model_served_do_not_count_after_a_swap(tmp_path, frames):
+    """Regression: teacher checks still queued at a swap were counted after the counters were reset,
+    so the new model was judged on frames the old one answered. They still count as teacher-origin
+    class counts (what the base model saw), but not in the new model's checked/inside/disagreed."""
+    srv = Server("fmnist-vgg", tmp_path / "state", tmp_path / "s.sock",
+                 ServerConfig(teacher_share=1.0, cache_per_class=16), base="fmnist-cnn")
+    try:
+        for x in frames[:30]:
+            srv.infer(x[None])                  # the background thread is not running yet: all queued
+        ok, _ = srv.revert_to_base("drift")
+        assert ok and srv.teacher is None
+        srv.start()
+        assert srv.wait_idle()
+        assert (srv.teacher_checked, srv.teacher_inside, srv.teacher_disagreed) == (0, 0, 0)
+        ok, reason = srv.swap("fmnist-vgg")
+        assert ok, reason
+        for x in frames[30:50]:
+            srv.infer(x[None])
+        assert srv.wait_idle()
+        assert srv.teacher_checked == srv.teacher_inside == 20
+        srv.class_log.flush()
+        assert sum(_served_total(srv.db_path, "teacher").values()) == 50
+    finally:
+        srv.stop()
+
+
+def test_every_prediction_answered_during_stop_is_counted(tmp_path, frames):
+    """Regression: stop() closed the class log while connection threads still served: a request that
+    arrived during shutdown was answered and then counted into memory that was never flushed again.
+    Eight paced clients run into a stop; every ok answer is a row in the class log."""
+    srv = Server("fmnist-cnn", tmp_path / "state", tmp_path / "s.sock", ServerConfig(flush_seconds=0.2))
+    srv.start()
+    answers = []
+
+    def client(seed):
+        rng = np.random.default_rng(seed)
+        try:
+            with Client(srv.control.path, timeout=10) as c:
+                while True:
+                    time.sleep(float(rng.uniform(0, 0.3)))
+                    answers.append(c.predict(frames[int(rng.integers(len(frames)))]))
+        except ServiceError:
+            pass                                # the server went away: this client is done
+
+    threads = [threading.Thread(target=client, args=(s,)) for s in range(8)]
+    for t in threads:
+        t.start()
+    time.sleep(1.0)
+    srv.stop()
+    for t in threads:
+        t.join(30)
+    assert len(answers) > 8
+    assert sum(_served_total(srv.db_path).values()) == len(answers)

@@ -106,6 +106,7 @@ def parse_size(text: str) -> int:
 # ---- value types ---------------------------------------------------------------------------------------
 
 STR, PATH, OPTPATH, INT, FLOAT, BOOL = "str", "path", "optional path", "int", "float", "bool"
+AUTO_INT = "auto or int"            # "auto" (converted to 0) or an integer in the key's range
 DURATION, SIZE, CHOICE, LIST, GROUP, MIX = "duration", "size", "choice", "list", "group", "mix"
 
 _BOOLS = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
@@ -169,6 +170,7 @@ _KINDS: Dict[str, Tuple[str, str, Callable[[str], Any]]] = {
     PATH: ("an absolute path", "", _to_path),
     OPTPATH: ("an absolute path or empty", "", _to_optpath),
     INT: ("an integer", "", _to_int),
+    AUTO_INT: ("auto or an integer", "", _to_int),
     FLOAT: ("a number", "", _to_float),
     BOOL: ("yes or no", "(also true/false, on/off, 1/0)", _to_bool),
     DURATION: ("a duration", "(e.g. 250ms, 10s, 30min, 2h, 1d; a bare number is seconds)", _duration),
@@ -224,6 +226,8 @@ class Key:
             if len(set(items)) != len(items):
                 raise ValueError("an item is given twice")
             return tuple(items)
+        if self.kind == AUTO_INT and text == "auto":
+            return 0
         value = _KINDS[self.kind][2](text)
         lo, lo_open, hi, hi_open = self._bounds()
         if (lo is not None and (value < lo or (lo_open and value == lo))) or \
@@ -288,7 +292,7 @@ SCHEMA: Tuple[Key, ...] = (
     _k("personalize", "time_budget", DURATION, "10min", "A run still going after this long is stopped and discarded.", "> 0"),
     _k("personalize", "cooldown", DURATION, "1h", "Least time between the start of two runs.", ">= 0"),
     _k("personalize", "daily_cap", INT, "4", "Most automatic runs per day (0: none).", ">= 0"),
-    _k("personalize", "threads", INT, "2", "CPU threads the personalization worker may use.", ">= 1"),
+    _k("personalize", "threads", AUTO_INT, "auto", "CPU threads of the personalization worker: one per idle core (auto) or at most this many.", ">= 1"),
     _k("personalize", "nice", INT, "19", "Nice value of the personalization worker.", "0..19"),
     _k("personalize", "max_temperature", FLOAT, "80", "No run starts (a running one pauses) while the hottest thermal zone is above this, in degrees C.", "> 0"),
     _k("personalize", "min_free_memory", SIZE, "512MB", "No run starts with less free memory than this.", ">= 0"),
@@ -402,7 +406,7 @@ class PersonalizeConfig:
     time_budget: float
     cooldown: float
     daily_cap: int
-    threads: int
+    threads: int                # 0: auto (one per idle core at the worker's start); else a cap
     nice: int
     max_temperature: float
     min_free_memory: int

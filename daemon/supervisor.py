@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
+from .cores import PASSIVE_OPENMP, THREAD_VARS
 from .errors import DaemonError
 
 log = logging.getLogger(__name__)
@@ -32,15 +33,30 @@ def _lower_priority(nice: int) -> Callable[[], None]:
     return apply
 
 
-class WorkerRun:
-    """One worker process. ``state``: running, paused, done, failed, killed."""
+def worker_env(job_dir: Path) -> Dict[str, str]:
+    """The worker's environment: OpenMP threads wait passively (no spinning at nice 19), the thread
+    count is left to the worker (it picks one per idle core when it starts), and every scratch file
+    (temp files, torch's caches) stays in the job directory."""
+    env = {k: v for k, v in os.environ.items() if k not in THREAD_VARS}
+    env.update(PASSIVE_OPENMP, TMPDIR=str(job_dir), TORCHINDUCTOR_CACHE_DIR=str(job_dir / "torch-cache"),
+               PYTHONPATH=os.pathsep.join(p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")) if p))
+    return env
 
-    def __init__(self, job: Dict[str, Any], job_dir: Path, nice: int = 19, threads: int = 2,
+
+class WorkerRun:
+    """One worker process. ``state``: running, paused, done, failed, killed. ``threads``, when given,
+    is the job's thread cap (0: auto, one per idle core); the worker chooses within it and reports the
+    count in its ``started`` line."""
+
+    def __init__(self, job: Dict[str, Any], job_dir: Path, nice: int = 19, threads: Optional[int] = None,
                  budget_s: float = 0.0, on_event: Optional[Listener] = None) -> None:
+        if threads is not None:
+            job = dict(job, threads=threads)
         self.job, self.job_dir, self.budget_s = job, Path(job_dir), budget_s
         self.events: List[Dict[str, Any]] = []
         self.last: Dict[str, Any] = {}
         self.result: Optional[Dict[str, Any]] = None
+        self.threads: Optional[int] = None          # what the worker chose, from its started line
         self.state = "running"
         self.reason = ""
         self._on_event = on_event
@@ -51,10 +67,7 @@ class WorkerRun:
         fd = os.open(str(job_file), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             json.dump(job, f)
-        # every scratch file of the worker (temp files, torch's caches) stays in the job directory
-        env = dict(os.environ, OMP_NUM_THREADS=str(threads), MKL_NUM_THREADS=str(threads), TMPDIR=str(self.job_dir),
-                   TORCHINDUCTOR_CACHE_DIR=str(self.job_dir / "torch-cache"),
-                   PYTHONPATH=os.pathsep.join(p for p in (_PACKAGE_ROOT, os.environ.get("PYTHONPATH", "")) if p))
+        env = worker_env(self.job_dir)
         self.started = time.monotonic()
         try:
             self.proc = subprocess.Popen([sys.executable, "-m", "daemon.worker", str(job_file)], stdout=subprocess.PIPE,
@@ -80,6 +93,8 @@ class WorkerRun:
             self.last = ev
             if ev.get("event") == "done":
                 self.result = ev
+            elif ev.get("event") == "started":
+                self.threads = ev.get("threads")
             if self._on_event:
                 try:
                     self._on_event(ev)
@@ -139,4 +154,4 @@ class WorkerRun:
     def describe(self) -> Dict[str, Any]:
         last = {k: v for k, v in self.last.items() if k in ("event", "stage", "epoch", "epochs", "val", "seconds")}
         return {"pid": self.proc.pid, "state": self.state, "reason": self.reason, "elapsed_s": round(self.elapsed, 1),
-                "classes": self.job.get("classes"), "last": last}
+                "classes": self.job.get("classes"), "threads": self.threads, "last": last}

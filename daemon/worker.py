@@ -5,8 +5,9 @@ never touches serving).
 The job names the base package, a samples file (``.npz`` with ``x`` uint8 images and ``is_val``), the
 observed classes and the engine's settings; the candidate package goes to ``out``. Progress goes to
 stdout as JSON lines (``started``, ``stage``, ``finetune_epoch``, then ``done`` or ``failed``), which
-the daemon reads into ``status`` and ``events``. Exit 0 when a candidate was written, 1 when not (no
-partial candidate is left behind), 2 for a bad job file."""
+the daemon reads into ``status`` and ``events``; ``started`` reports the torch threads the worker chose
+(one per idle core, within the job's ``threads`` cap; ``daemon/cores.py``). Exit 0 when a candidate
+was written, 1 when not (no partial candidate is left behind), 2 for a bad job file."""
 
 import json
 import logging
@@ -19,6 +20,8 @@ from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
 from service import faults
+
+from .cores import PASSIVE_OPENMP, THREAD_VARS, measure_idle_cores, worker_threads
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_JOB = 0, 1, 2
 REQUIRED = ("base", "samples", "classes", "out")
@@ -41,6 +44,24 @@ def read_job(path: Path) -> Dict[str, Any]:
     if missing:
         raise ValueError(f"job file {path}: missing {', '.join(missing)}")
     return job
+
+
+def job_threads(job: Dict[str, Any], path: Path) -> int:
+    """The job's thread cap: ``threads`` an integer >= 1, or 0, "auto" or absent for no cap (one thread
+    per idle core)."""
+    value = job.get("threads", 0)
+    if value == "auto":
+        return 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ValueError(f"job file {path}: threads = {value!r}: expected 'auto' or an integer >= 0 (0: auto)")
+    return value
+
+
+def quiet_threads(threads: int) -> None:
+    """Before torch is imported (its OpenMP runtime reads these once, when it loads): ``threads``
+    threads that wait passively instead of spinning while one of them is descheduled."""
+    os.environ.update(PASSIVE_OPENMP)
+    os.environ.update({v: str(threads) for v in THREAD_VARS})
 
 
 def _progress(ev: Dict[str, Any]) -> None:
@@ -85,10 +106,16 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_BAD_JOB
     try:
         job = read_job(Path(args[0]))
+        cap = job_threads(job, Path(args[0]))
     except ValueError as e:
         emit("failed", error=str(e))
         return EXIT_BAD_JOB
-    emit("started", pid=os.getpid(), classes=job["classes"])
+    idle = measure_idle_cores()
+    threads = worker_threads(cap, idle)
+    quiet_threads(threads)
+    job = dict(job, threads=threads)
+    emit("started", pid=os.getpid(), classes=job["classes"], threads=threads, idle_cores=idle,
+         threads_cap=cap or "auto")
     try:
         summary = run(job)
     except Exception as e:  # any failure of the engine is reported, and no partial candidate stays

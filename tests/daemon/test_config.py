@@ -231,6 +231,13 @@ device = /dev/video0
     assert cfg.sources["cam"].options == {"device": "/dev/video0", "rate": 10.0}
 
 
+@pytest.mark.parametrize("text, threads", [("", 0), ("threads = auto\n", 0), ("threads = 1\n", 1),
+                                           ("threads = 4\n", 4)])
+def test_worker_threads_are_auto_or_a_cap(tmp_path, text, threads):
+    assert Config.defaults().personalize.threads == 0                   # auto: one per idle core
+    assert load_config(_write(tmp_path, "[personalize]\n" + text)).personalize.threads == threads
+
+
 def test_directory_source_defaults(tmp_path):
     cfg = load_config(_write(tmp_path, "[source:s]\ntype = directory\nspool = /srv/spool\n"
                                        "reject_dir = /srv/rejected\n"))
@@ -281,6 +288,10 @@ BAD = [
     ("duplicate-provider", "[model]\nproviders = cpu,cpu\n", ["[model] providers", "'cpu,cpu'", "twice"]),
     ("int-below-min", "[stability]\nwindows = 1\n", ["[stability] windows", "'1'", ">= 2"]),
     ("int-above-range", "[personalize]\nnice = 20\n", ["[personalize] nice", "'20'", "in 0..19"]),
+    ("threads-zero", "[personalize]\nthreads = 0\n", ["[personalize] threads", "'0'", "auto or an integer >= 1"]),
+    ("threads-word", "[personalize]\nthreads = all\n", ["[personalize] threads", "'all'", "auto or an integer"]),
+    ("threads-auto-is-lowercase", "[personalize]\nthreads = Auto\n", ["[personalize] threads", "'Auto'", ">= 1"]),
+    ("threads-float", "[personalize]\nthreads = 1.5\n", ["[personalize] threads", "'1.5'", "auto or an integer"]),
     ("int-below-range", "[personalize]\nnice = -1\n", ["[personalize] nice", "'-1'", "in 0..19"]),
     ("open-low-bound", "[stability]\ncoverage = 0\n", ["[stability] coverage", "'0'", "(0, 1]"]),
     ("open-high-bound", "[stability]\nmin_share = 1\n", ["[stability] min_share", "'1'", "[0, 1)"]),

@@ -42,6 +42,7 @@ def test_a_job_makes_a_candidate_and_reports_progress(tmp_path):
     assert pkg.card.class_ids == [1, 8] and run.result["metrics"]["mac_reduction"] > 1
     events = [e["event"] for e in seen]
     assert events[0] == "started" and "finetune_epoch" in events and events[-1] == "done"
+    assert seen[0]["threads"] == 1 and seen[0]["threads_cap"] == 1 and run.describe()["threads"] == 1
     assert {e["stage"] for e in seen if e["event"] == "stage"} >= {"load", "score", "prune", "finetune", "export"}
     assert oct(os.stat(tmp_path / "job" / "job.json").st_mode & 0o777) == "0o600"
 
@@ -75,3 +76,29 @@ def test_a_failing_job_leaves_no_candidate(tmp_path):
 def test_over_budget_is_killed(tmp_path):
     run = WorkerRun(_job(tmp_path, epochs=500), tmp_path / "job", threads=1, budget_s=2.0)
     assert _wait(run) == "killed" and "budget" in run.reason
+
+
+@pytest.mark.parametrize("cap", [None, 0, "auto", 1])
+def test_started_line_reports_the_threads_chosen_from_idle_cores(tmp_path, cap):
+    job = dict(_job(tmp_path), samples=str(tmp_path / "absent.npz"))     # fails right after it starts
+    if cap is None:
+        del job["threads"]
+    else:
+        job["threads"] = cap
+    seen = []
+    run = WorkerRun(job, tmp_path / "job", on_event=seen.append)
+    env = psutil.Process(run.proc.pid).environ()
+    assert env["OMP_WAIT_POLICY"] == "PASSIVE" and env["GOMP_SPINCOUNT"] == "0" and "OMP_NUM_THREADS" not in env
+    assert _wait(run) == "failed"
+    started = seen[0]
+    assert started["event"] == "started"
+    assert 1 <= started["threads"] <= max(1, started["idle_cores"]) and started["threads"] <= len(os.sched_getaffinity(0))
+    assert started["threads_cap"] == (cap or "auto")
+    if cap == 1:
+        assert started["threads"] == 1
+
+
+def test_a_bad_threads_field_is_a_bad_job(tmp_path):
+    run = WorkerRun(dict(_job(tmp_path), threads="many"), tmp_path / "job")
+    assert _wait(run) == "failed" and run.proc.returncode == 2
+    assert "threads = 'many'" in run.reason and "auto" in run.reason

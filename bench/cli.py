@@ -123,9 +123,15 @@ def _security(args: argparse.Namespace) -> str:
     return security.markdown(security.run(), quality.machine())
 
 
+def _threads(args: argparse.Namespace) -> str:
+    from . import threads
+
+    return threads.markdown(threads.run(quick=args.quick), quality.machine())
+
+
 # benchmark -> its run-and-render function (each writes one section; quick runs their own "-quick" one)
 SECTIONS = {"serving": _serving, "loop": _loop, "load": _load, "soak": _soak, "reliability": _reliability,
-            "security": _security}
+            "security": _security, "threads": _threads}
 
 
 def section_name(which: str, quick: bool) -> str:

@@ -12,6 +12,7 @@ import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from .errors import OcapError
+from .search_spec import DEFAULT_TIME_BUDGET
 
 log = logging.getLogger("ocap")
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -175,14 +176,20 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from .finetune import FinetuneSpec
     from .package import open_package
     from .personalize import personalize
+    from .preprocess import parse_floats
     from .prune_spec import PruneSpec
     from .sampling import stream_samples
+    from .search_spec import DEFAULT_LEVELS, SearchSpec
 
     base = open_package(args.model)
     classes = parse_classes(args.classes, len(base.card.class_names))
-    ft = replace(FinetuneSpec(), epochs=args.epochs, time_budget=args.time_budget, lr=args.lr, mixup=args.mixup,
-                 seed=args.seed)
-    spec = PruneSpec(scorer=args.scorer, rule=args.rule, labels=args.labels, grouping=args.grouping,
+    searching = args.rule == "search" and not args.target_macs
+    ft = replace(FinetuneSpec(), epochs=args.epochs, time_budget=0.0 if searching else args.time_budget, lr=args.lr,
+                 mixup=args.mixup, seed=args.seed)
+    levels = tuple(parse_floats(args.levels, "--levels")) if args.levels else DEFAULT_LEVELS
+    search = SearchSpec(max_loss=args.max_loss, levels=levels, time_budget=args.time_budget)
+    spec = PruneSpec(scorer=args.scorer, rule=args.rule, search=search, min_per_class=args.min_per_class,
+                     labels=args.labels, grouping=args.grouping,
                      keep_share=args.keep_share, slope=args.slope, images_per_class=args.images_per_class,
                      keep_first=args.keep_first, prune_stream=args.prune_stream, min_width=args.min_width,
                      min_share=args.min_share, round_to=args.round_to, target_macs=args.target_macs,
@@ -197,13 +204,18 @@ def cmd_prune(args: argparse.Namespace) -> int:
     summary = {"package": str(res.package.path), "version": card.version, "class_ids": card.class_ids,
                "macs": m["macs"], "params": m["params"], "mac_reduction": m["mac_reduction"],
                "param_reduction": m["param_reduction"], "val_agreement": m["val_agreement"],
-               "samples": card.provenance["samples"], "timings": res.timings}
+               "samples": card.provenance["samples"], "timings": res.timings,
+               "search": card.provenance.get("search")}
     if args.json:
         _print_json(summary)
     else:
         print(f"wrote {res.package.path} ({card.version}): classes {card.class_ids}, {m['mac_reduction']:.2f}x fewer "
               f"MACs ({m['macs']:,}), {m['param_reduction']:.2f}x fewer params, validation agreement "
               f"{m['val_agreement']:.4f}")
+        for row in (card.provenance.get("search") or {}).get("path", []):
+            print(f"  level {row['level']:>5}x: {row['mac_reduction']:6.2f}x fewer MACs, agreement "
+                  f"{row['agreement']:.4f} (-{row['loss_pp']:.2f} pp), {row['seconds']:.1f} s, "
+                  f"{'accepted' if row['accepted'] else 'over budget'}")
     return EXIT_OK
 
 
@@ -230,6 +242,10 @@ def _add_demo(p: argparse.ArgumentParser) -> None:
 def _stage_printer(ev: Dict[str, Any]) -> None:
     if ev["event"] == "stage":
         print(f"  {ev['stage']:<9} {ev['seconds']:7.2f} s", file=sys.stderr)
+    elif ev["event"] == "search_level":
+        print(f"  level {ev['level']:>5}x  {ev['mac_reduction']:6.2f}x fewer MACs  agreement {ev['agreement']:.4f}  "
+              f"{ev['epochs']:>2} epochs  {ev['seconds']:6.1f} s  {'ok' if ev['accepted'] else 'over budget'}",
+              file=sys.stderr)
 
 
 # ---------------------------------------------------------------- argument table
@@ -284,14 +300,22 @@ def _add_prune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--classes", required=True, help="observed classes, comma-separated base ids")
     p.add_argument("--out", required=True, help="new package directory")
     p.add_argument("--scorer", default="ocap", help="ocap, ocap-freq, cap, l1, random")
-    p.add_argument("--rule", default="personalize", help="personalize, cap, hybrid")
+    p.add_argument("--rule", default="search",
+                   help="search (default: the smallest model within --max-loss), or a reference rule: "
+                        "personalize (OCAP), cap (CAP), hybrid")
+    p.add_argument("--max-loss", type=float, default=1.0,
+                   help="search budget: points of held-back agreement with the base restricted to the classes")
+    p.add_argument("--levels", help="search ladder of MAC reductions, comma-separated (default 1.5,2,3,4,6,8,12,16,24,32)")
+    p.add_argument("--min-per-class", type=int, default=32,
+                   help="refuse when an observed class has fewer training images than this")
     p.add_argument("--labels", default="none", choices=["none", "truth"], help="fine-tune without or with labels")
     p.add_argument("--grouping", default="pred", choices=["pred", "truth"],
                    help="group images by the base model's prediction (device) or the label (offline)")
     p.add_argument("--select", default="kl", help="sample selector: kl, random, entropy")
     p.add_argument("--samples-per-class", type=int, default=256)
     p.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs (early-stopped on validation)")
-    p.add_argument("--time-budget", type=float, default=0.0, help="fine-tuning wall seconds (0: none)")
+    p.add_argument("--time-budget", type=float, default=DEFAULT_TIME_BUDGET,
+                   help="wall seconds of all fine-tuning, the search included (default: the daemon's)")
     p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
     p.add_argument("--mixup", type=float, default=0.0,
                    help="mixup distillation: Beta(a, a) blends of cached images, labelled by the base (0: off)")
@@ -300,12 +324,17 @@ def _add_prune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--keep-share", type=float, help="activation scorer's share r (default: per family)")
     p.add_argument("--slope", type=float, help="activation scorer's LeakyReLU slope (default: per family)")
     p.add_argument("--images-per-class", type=int, help="images per class to score on (default: per family)")
-    p.add_argument("--keep-first", type=int, help="first BN layers kept whole (default: per family)")
-    p.add_argument("--prune-stream", action="store_true", help="also prune residual-stream channels")
-    p.add_argument("--min-width", type=int, default=1, help="channels every layer keeps at least")
-    p.add_argument("--min-share", type=float, default=0.0, help="share of each layer kept at least")
+    p.add_argument("--keep-first", type=int,
+                   help="conv layers nearest the input kept whole (default: 1 when searching, else per family)")
+    p.add_argument("--prune-stream", dest="prune_stream", action="store_const", const=True, default=None,
+                   help="prune residual-stream channels too (default when searching)")
+    p.add_argument("--keep-stream", dest="prune_stream", action="store_const", const=False,
+                   help="keep residual-stream channels whole (default of the reference rules)")
+    p.add_argument("--min-width", type=int, help="channels every layer keeps at least (default 2 searching, else 1)")
+    p.add_argument("--min-share", type=float, help="share of each layer kept at least (default 0.05 searching, else 0)")
     p.add_argument("--round-to", type=int, help="round kept widths up to a multiple of this (default: per family)")
-    p.add_argument("--target-macs", type=float, default=0.0, help="l1/random: MAC reduction factor to reach")
+    p.add_argument("--target-macs", type=float, default=0.0,
+                   help="fixed budget instead of the search: MAC reduction factor to reach (any scorer)")
     p.add_argument("--tau", type=float, default=0.0, help="a channel matters for a class when its table entry exceeds tau")
     p.add_argument("--cap-threshold", type=int, default=2, help="cap rule: classes a channel must serve")
     p.add_argument("--cap-rounds", type=int, default=3, help="cap rule: prune -> retrain rounds at most")
@@ -317,7 +346,8 @@ def _add_prune(p: argparse.ArgumentParser) -> None:
 
 
 def _add_bench(p: argparse.ArgumentParser) -> None:
-    p.add_argument("which", choices=["quality", "serving", "loop", "load", "soak", "reliability", "security", "all", "summary"],
+    p.add_argument("which", choices=["quality", "serving", "loop", "load", "soak", "reliability", "security", "threads",
+                                     "all", "summary"],
                    help="which benchmark (all: every one, then a summary; summary: only the summary)")
     p.add_argument("--quick", action="store_true", help="small, CI-friendly run (one model, fewer subsets)")
     p.add_argument("--models", help="comma-separated shipped models (default: all four)")

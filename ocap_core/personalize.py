@@ -24,21 +24,22 @@ from .build import PRUNING_FILE, load_model, save_package
 from .errors import OcapError
 from .evaluate import check_classes
 from .finetune import finetune
+from .hooks import probe
 from .importance import ImportanceTable
 from .measure import count_macs, count_params
 from .package import ModelPackage
 from .personalize_samples import Samples
 from .preprocess import preprocess
 from .prune_spec import PruneSpec
-from .rules import apply_rule, group_masks, layer_scores, matched_masks, share_masks
-from .scorers import ScoreSpec, activation_layers, score
+from .rules import apply_rule, group_masks, layer_scores, matched_masks, min_keep, usage_scores
+from .scorers import ScoreSpec, score
+from .search import LevelMasks, SearchResult, agreement, prune_copy, search, soft_agreement
 from .structural import PrunableModel
 from .train import predict_logits
 from .zoo import get_config
 
 log = logging.getLogger(__name__)
 Progress = Callable[[Dict[str, Any]], None]
-MIN_TRAIN_PER_CLASS = 2
 
 
 @dataclass
@@ -58,10 +59,20 @@ def _classifier_name(model: nn.Module, arch: str, shape) -> str:
     return find_classifier(model, shape)
 
 
-def protected_groups(pm: PrunableModel, bn_order: Sequence[str], spec: PruneSpec) -> List[str]:
-    """Group roots kept whole: the first ``keep_first`` BN layers' groups, groups with a member
-    matching ``keep_patterns``, and the residual stream unless ``prune_stream``."""
-    first = set(bn_order[:spec.keep_first or 0])
+def conv_order(model: nn.Module, shape: Sequence[int]) -> List[str]:
+    """Conv2d layers in the order the forward pass runs them (nearest the input first)."""
+    names = {m: n for n, m in model.named_modules()}
+    order: List[str] = []
+    probe(model, shape, [(m, lambda mod, i, o: order.append(names[mod])) for m in model.modules()
+                         if isinstance(m, nn.Conv2d)])
+    return list(dict.fromkeys(order))
+
+
+def protected_groups(pm: PrunableModel, convs: Sequence[str], spec: PruneSpec) -> List[str]:
+    """Group roots kept whole, by position in the graph (not by BatchNorm): the groups of the first
+    ``keep_first`` convs nearest the input, groups with a member matching ``keep_patterns``, grouped
+    convs, and the residual stream unless ``prune_stream``."""
+    first = set(convs[:spec.keep_first or 0])
     out = []
     for g in pm.groups:
         names = list(g.members)
@@ -71,34 +82,38 @@ def protected_groups(pm: PrunableModel, bn_order: Sequence[str], spec: PruneSpec
     return out
 
 
-def _masks_for_macs(base: nn.Module, classifier: str, shape, classes, groups, scores, protected, spec: PruneSpec,
-                    base_macs: int) -> Dict[str, np.ndarray]:
-    """Bisect a uniform keep share so that pruning reaches ``spec.target_macs`` (class-agnostic baselines)."""
-    lo, hi, best = 0.0, 1.0, None
-    for _ in range(12):
-        share = (lo + hi) / 2
-        masks = share_masks(groups, scores, share, protected, spec.min_width, spec.round_to)
-        model = _pruned(base, classifier, shape, masks, classes)
-        ratio = base_macs / count_macs(model, shape)
-        if ratio >= spec.target_macs:
-            best, lo = masks, share
-        else:
-            hi = share
-    if best is None:
-        raise OcapError(f"a {spec.target_macs}x MAC reduction is out of reach with these constraints")
-    return best
+def floors(pm: PrunableModel, spec: PruneSpec, k: int) -> Dict[str, int]:
+    """Channels each group keeps at least: ``min_width`` and ``min_share`` of its width, and for the
+    groups the classifier reads, ``HEAD_INPUT_PER_CLASS`` per kept class."""
+    from .prune_spec import HEAD_INPUT_PER_CLASS
+
+    out = {}
+    for g in pm.groups:
+        n = min_keep(g.width, spec.min_width or 1, spec.min_share or 0.0, 1)
+        if g.feeds_head:
+            n = max(n, min(g.width, HEAD_INPUT_PER_CLASS * k))
+        out[g.root] = n
+    return out
 
 
-def _pruned(base: nn.Module, classifier: str, shape, masks: Mapping[str, np.ndarray],
-            classes: Optional[Sequence[int]]) -> nn.Module:
-    """A pruned copy of ``base`` (head sliced to ``classes`` unless None); its history in an attribute."""
-    model = copy.deepcopy(base).eval()
-    pm = PrunableModel(model, shape, classifier)
-    pm.prune(dict(masks))
-    if classes is not None:
-        pm.slice_head(classes)
-    model.pruning_history = pm.history()  # type: ignore[attr-defined]  # read and removed by the caller
-    return model
+def level_masks(base: nn.Module, pm: PrunableModel, table: ImportanceTable, cls: List[int], spec: PruneSpec,
+                classifier: str, shape, class_freqs: Optional[Mapping[int, float]]) -> LevelMasks:
+    """MAC-level -> masks for this base, table and spec (class-aware usage ranking, or the class-agnostic
+    score with uniform shares)."""
+    protected = protected_groups(pm, conv_order(base, shape), spec)
+    scores = layer_scores(table, cls) if table.class_agnostic else usage_scores(table, cls, class_freqs)
+    return LevelMasks(base, classifier, shape, pm.groups, scores, protected, floors(pm, spec, len(cls)),
+                      spec.round_to or 1, cls, table.class_agnostic)
+
+
+def check_enough(counts: Mapping[int, int], minimum: int, class_names: Sequence[str]) -> None:
+    """Refuse to personalize when an observed class has fewer than ``minimum`` training images,
+    naming every class that is short (a model fine-tuned on a handful of images is not worth deploying)."""
+    short = [k for k, n in sorted(counts.items()) if n < minimum]
+    if short:
+        names = ", ".join(f"{k} ({class_names[k]}): {counts[k]}" for k in short)
+        raise OcapError(f"too few training images of observed classes {names}; at least {minimum} per class "
+                        f"needed (min_per_class)")
 
 
 def personalize(base_pkg: ModelPackage, samples: Samples, classes: Sequence[int], spec: PruneSpec, out: Path,
@@ -144,10 +159,9 @@ def personalize(base_pkg: ModelPackage, samples: Samples, classes: Sequence[int]
     train_idx = np.flatnonzero(~is_val & np.isin(groups, cls))
     val_idx = np.flatnonzero(is_val & np.isin(groups, cls))
     counts = {k: int((groups[train_idx] == k).sum()) for k in cls}
-    few = [k for k, n in counts.items() if n < MIN_TRAIN_PER_CLASS]
-    if few:
-        raise OcapError(f"too few images for class {few[0]} ({card.class_names[few[0]]}): {counts[few[0]]} "
-                        f"training samples, at least {MIN_TRAIN_PER_CLASS} needed")
+    check_enough(counts, spec.min_per_class, card.class_names)
+    if len(val_idx) == 0:
+        raise OcapError("no held-back images of the observed classes: the candidate could not be checked")
     stage("teacher")
 
     score_spec = ScoreSpec(slope=spec.slope, keep_share=spec.keep_share, images_per_class=spec.images_per_class,
@@ -158,32 +172,55 @@ def personalize(base_pkg: ModelPackage, samples: Samples, classes: Sequence[int]
 
     base_macs = count_macs(base, shape)
     pm_base = PrunableModel(copy.deepcopy(base), shape, classifier)
-    keep = _masks(base, pm_base, table, cls, spec, classifier, shape, base_macs, class_freqs)
-    stage("select")
-
-    student = _pruned(base, classifier, shape, keep, cls if spec.rule != "cap" else None)
-    history = student.__dict__.pop("pruning_history")
-    rounds: List[Dict[str, Any]] = []
-    if spec.rule == "cap" and not table.class_agnostic:
-        student, history, rounds = _cap_rounds(student, history, x_tr, g_tr, teacher[train_idx],
-                                               x_all[val_idx], teacher[val_idx], cls, spec, score_spec, classifier,
-                                               shape, progress)
-        pm = PrunableModel(student, shape, classifier)
-        pm.slice_head(cls)
-        history = history + pm.history()
-    stage("prune")
-
     k_index = {k: i for i, k in enumerate(cls)}
     y = None
     if spec.labels == "truth":
         y = torch.tensor([k_index.get(int(v), -1) for v in samples.labels], dtype=torch.long)
-    res = finetune(student, x_all[train_idx], teacher[train_idx][:, cls], x_all[val_idx], teacher[val_idx][:, cls],
-                   spec.finetune, y=None if y is None else y[train_idx], y_val=None if y is None else y[val_idx],
-                   progress=progress, teacher=lambda xb: base(xb)[:, cls])
-    stage("finetune")
+    y_tr, y_val = (None, None) if y is None else (y[train_idx], y[val_idx])
+    t_tr, t_val = teacher[train_idx][:, cls], teacher[val_idx][:, cls]
+    x_val = x_all[val_idx]
 
-    macs, params = count_macs(res.model, shape), count_params(res.model)
-    widths = {g.root: [int(res.model.get_submodule(g.root).out_channels), g.width] for g in pm_base.groups}
+    def teacher_k(xb: torch.Tensor) -> torch.Tensor:
+        return base(xb)[:, cls]
+
+    searched: Optional[SearchResult] = None
+    rounds: List[Dict[str, Any]] = []
+    if spec.rule == "search" and not spec.match_widths and not spec.target_macs:
+        levels = level_masks(base, pm_base, table, cls, spec, classifier, shape, class_freqs)
+        stage("select")
+        searched = search(base, classifier, shape, cls, levels, x_tr, t_tr, x_val, t_val, spec.search,
+                          spec.finetune, teacher=teacher_k, y=y_tr, y_val=y_val, progress=progress)
+        keep, history, student = searched.masks, searched.history, searched.model
+        stage("search")
+        tuned = {"path": searched.path, "stopped": searched.stopped, "level": searched.level,
+                 "polish": searched.polish}
+    else:
+        if spec.target_macs:               # fixed budget, any scorer
+            keep = level_masks(base, pm_base, table, cls, spec, classifier, shape, class_freqs).at(spec.target_macs, exact=True)
+            if keep is None:
+                raise OcapError(f"a {spec.target_macs}x MAC reduction is out of reach with these floors and "
+                                f"protections")
+        else:
+            keep = _masks(base, pm_base, table, cls, spec, classifier, shape, class_freqs)
+        stage("select")
+        student, history = prune_copy(base, classifier, shape, keep, cls if spec.rule != "cap" else None)
+        if spec.rule == "cap" and not table.class_agnostic:
+            student, history, rounds = _cap_rounds(student, history, x_tr, g_tr, teacher[train_idx], x_val,
+                                                   teacher[val_idx], cls, spec, score_spec, classifier, shape,
+                                                   progress)
+            pm = PrunableModel(student, shape, classifier)
+            pm.slice_head(cls)
+            history = history + pm.history()
+        stage("prune")
+        res = finetune(student, x_tr, t_tr, x_val, t_val, spec.finetune, y=y_tr, y_val=y_val, progress=progress,
+                       teacher=teacher_k)
+        student = res.model
+        stage("finetune")
+        tuned = {"best_epoch": res.best_epoch, "best_val": res.best_val, "stopped": res.stopped,
+                 "history": res.history}
+
+    macs, params = count_macs(student, shape), count_params(student)
+    widths = {g.root: [int(keep[g.root].sum()), g.width] for g in pm_base.groups}
     provenance = {
         "base": card.name, "base_path": str(Path(base_pkg.path).resolve()), "base_version": card.version,
         "base_sha256": card.files.get("model.onnx"),
@@ -191,16 +228,16 @@ def personalize(base_pkg: ModelPackage, samples: Samples, classes: Sequence[int]
         "spec": _jsonable(asdict(spec)), "class_freqs": {str(k): float(v) for k, v in (class_freqs or {}).items()},
         "samples": {"train": int(len(train_idx)), "val": int(len(val_idx)), "train_per_class": counts},
         "widths": widths, "cap_rounds": rounds,
-        "finetune": {"best_epoch": res.best_epoch, "best_val": res.best_val, "stopped": res.stopped,
-                     "history": res.history},
+        ("search" if searched else "finetune"): tuned,
     }
     metrics = {"base_macs": base_macs, "base_params": count_params(base), "mac_reduction": base_macs / macs,
-               "param_reduction": count_params(base) / params, "val_agreement": res.best_val}
+               "param_reduction": count_params(base) / params, "val_agreement": agreement(student, x_val, t_val),
+               "val_expected_agreement": soft_agreement(student, x_val, t_val), "val_images": int(len(val_idx))}
     with tempfile.TemporaryDirectory() as tmp:
         hist_file = Path(tmp) / PRUNING_FILE
         hist_file.write_text(json.dumps({"base_arch": card.arch, "num_classes": num_classes, "history": history}))
         parity = x_all[np.concatenate([train_idx, val_idx])[:64]]
-        pkg = save_package(res.model, Path(out), name=name or Path(out).name, input_spec=card.input,
+        pkg = save_package(student, Path(out), name=name or Path(out).name, input_spec=card.input,
                            class_names=card.class_names, arch=dict(card.arch), class_ids=cls, parent=card.version,
                            metrics=metrics, provenance=provenance, extra_files={PRUNING_FILE: hist_file},
                            parity_inputs=parity if len(parity) else None)
@@ -213,22 +250,21 @@ def personalize(base_pkg: ModelPackage, samples: Samples, classes: Sequence[int]
 
 
 def _masks(model: nn.Module, pm: PrunableModel, table: ImportanceTable, cls: List[int], spec: PruneSpec,
-           classifier: str, shape, base_macs: int, class_freqs: Optional[Mapping[int, float]]
-           ) -> Dict[str, np.ndarray]:
-    """Importance table -> one keep mask per channel group of ``pm`` (rule, constraints, baselines)."""
-    bn_order = [n for n, m in activation_layers(model, shape).items() if isinstance(m, nn.BatchNorm2d)]
-    protected = protected_groups(pm, bn_order, spec)
+           classifier: str, shape, class_freqs: Optional[Mapping[int, float]]) -> Dict[str, np.ndarray]:
+    """A reference rule's table -> one keep mask per channel group of ``pm`` (or a class-agnostic
+    baseline at matched widths)."""
+    protected = protected_groups(pm, conv_order(model, shape), spec)
     scores = layer_scores(table, cls)
     if table.class_agnostic:
         if spec.match_widths:
             return matched_masks(pm.groups, scores, spec.match_widths)
-        if spec.target_macs:
-            return _masks_for_macs(model, classifier, shape, cls, pm.groups, scores, protected, spec, base_macs)
-        raise OcapError(f"the {spec.scorer} scorer needs a MAC target (--target-macs) or matched widths")
+        raise OcapError(f"the {spec.scorer} scorer with rule {spec.rule!r} needs a MAC target (--target-macs) "
+                        f"or matched widths")
     rule = "frequency" if spec.scorer == "ocap-freq" and spec.rule == "personalize" else spec.rule
     layer_keep = apply_rule(rule, table, cls, tau=spec.tau, keep_share=spec.keep_share,
                             threshold=spec.cap_threshold, soft=spec.cap_soft, freqs=class_freqs, theta=spec.theta)
-    return group_masks(pm.groups, layer_keep, scores, protected, spec.min_width, spec.min_share, spec.round_to)
+    return group_masks(pm.groups, layer_keep, scores, protected, spec.min_width or 1, spec.min_share or 0.0,
+                       spec.round_to or 1)
 
 
 def _agreement_on(model: nn.Module, x: torch.Tensor, teacher: torch.Tensor, cls: List[int]) -> float:
@@ -271,7 +307,7 @@ def _cap_rounds(model: nn.Module, history: List[list], x_tr: torch.Tensor, g_tr:
             break
         table = score(spec.scorer, accepted, x_tr, g_tr, num_classes, score_spec)
         pm = PrunableModel(copy.deepcopy(accepted), shape, classifier)
-        keep = _masks(accepted, pm, table, cls, spec, classifier, shape, macs, None)
+        keep = _masks(accepted, pm, table, cls, spec, classifier, shape, None)
         if all(bool(m.all()) for m in keep.values()):
             break
         pm.prune(keep)

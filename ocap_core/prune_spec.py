@@ -6,6 +6,7 @@ from typing import Dict, Optional, Tuple
 
 from .errors import OcapError
 from .finetune import FinetuneSpec
+from .search_spec import MIN_PER_CLASS, SearchSpec
 
 
 @dataclass(frozen=True)
@@ -13,7 +14,7 @@ class FamilyDefaults:
     slope: float
     keep_share: float
     images_per_class: int
-    keep_first: int                       # first BN layers (forward order) kept whole
+    keep_first: int                       # conv layers nearest the input (forward order) kept whole
     keep_patterns: Tuple[str, ...] = ()   # fnmatch patterns of layer names kept whole
     round_to: int = 1                     # kept widths rounded up to a multiple of this (latency, not MACs)
 
@@ -31,6 +32,13 @@ FAMILY_DEFAULTS: Dict[str, FamilyDefaults] = {
     "cnn": FamilyDefaults(0.14, 0.05, 30, 2, round_to=8),
 }
 GENERIC = FamilyDefaults(0.14, 0.05, 30, 2)
+# The search (the default rule) protects by position and floors instead of whole layers: the conv nearest
+# the input stays whole, the residual stream is prunable, every group keeps a floor (ALGORITHMS.md §11).
+SEARCH_KEEP_FIRST = 1
+SEARCH_MIN_SHARE = 0.05
+SEARCH_MIN_WIDTH = 2
+HEAD_INPUT_PER_CLASS = 4      # the classifier's input keeps at least this many channels per kept class
+RULE_NAMES = ("search", "personalize", "cap", "hybrid")
 
 
 @dataclass(frozen=True)
@@ -39,7 +47,9 @@ class PruneSpec:
     fine-tuning. ``None`` fields take the architecture family's default (``resolve``)."""
 
     scorer: str = "ocap"
-    rule: str = "personalize"
+    rule: str = "search"                       # search (default) | personalize (OCAP) | cap (CAP) | hybrid
+    search: SearchSpec = field(default_factory=SearchSpec)
+    min_per_class: int = MIN_PER_CLASS         # fewer training images of an observed class: refuse
     tau: float = 0.0
     cap_threshold: int = 2
     cap_soft: bool = False
@@ -52,11 +62,11 @@ class PruneSpec:
     images_per_class: Optional[int] = None
     keep_first: Optional[int] = None
     keep_patterns: Optional[Tuple[str, ...]] = None
-    prune_stream: bool = False
-    min_width: int = 1
-    min_share: float = 0.0
+    prune_stream: Optional[bool] = None
+    min_width: Optional[int] = None
+    min_share: Optional[float] = None
     round_to: Optional[int] = None
-    target_macs: float = 0.0                   # l1 / random: MAC reduction factor to reach
+    target_macs: float = 0.0                   # fixed budget: MAC reduction factor to reach (any scorer)
     match_widths: Optional[Dict[str, int]] = None   # l1 / random: kept width per group root
     labels: str = "none"                       # none | truth
     grouping: str = "pred"                     # pred (device) | truth (offline comparison)
@@ -71,8 +81,13 @@ class PruneSpec:
             raise OcapError(f"grouping must be 'pred' or 'truth', got {self.grouping!r}")
         if self.keep_share is not None and not 0 < self.keep_share <= 1:
             raise OcapError(f"keep share must be in (0, 1], got {self.keep_share}")
-        if self.min_width < 1 or (self.round_to is not None and self.round_to < 1) or not 0 <= self.min_share <= 1:
+        if self.rule not in RULE_NAMES:
+            raise OcapError(f"unknown rule {self.rule!r}; choose from {', '.join(RULE_NAMES)}")
+        if ((self.min_width is not None and self.min_width < 1) or (self.round_to is not None and self.round_to < 1)
+                or (self.min_share is not None and not 0 <= self.min_share <= 1)):
             raise OcapError("min_width and round_to must be >= 1 and min_share in [0, 1]")
+        if self.min_per_class < 1:
+            raise OcapError(f"min_per_class must be >= 1, got {self.min_per_class}")
         if self.cap_rounds < 1 or not 0 <= self.cap_tolerance <= 1:
             raise OcapError(f"cap rounds must be >= 1 and the tolerance in [0, 1], got {self.cap_rounds}, "
                             f"{self.cap_tolerance}")
@@ -80,8 +95,16 @@ class PruneSpec:
             raise OcapError(f"target MAC reduction must be >= 1 (e.g. 5 for 5x), got {self.target_macs}")
 
     def resolve(self, family: str) -> "PruneSpec":
+        """Fill unset fields: the search's positional protections and floors, or the family's
+        reference settings for the fixed rules."""
         d = FAMILY_DEFAULTS.get(family, GENERIC)
+        searching = self.rule == "search" or bool(self.target_macs)
+        if searching:
+            d = replace(d, keep_first=SEARCH_KEEP_FIRST, keep_patterns=())
         return replace(self,
+                       prune_stream=searching if self.prune_stream is None else self.prune_stream,
+                       min_width=(SEARCH_MIN_WIDTH if searching else 1) if self.min_width is None else self.min_width,
+                       min_share=(SEARCH_MIN_SHARE if searching else 0.0) if self.min_share is None else self.min_share,
                        slope=d.slope if self.slope is None else self.slope,
                        keep_share=d.keep_share if self.keep_share is None else self.keep_share,
                        images_per_class=d.images_per_class if self.images_per_class is None else self.images_per_class,

@@ -79,6 +79,22 @@ def layer_scores(table: ImportanceTable, classes: Sequence[int]) -> Dict[str, np
     return out
 
 
+def usage_scores(table: ImportanceTable, classes: Sequence[int],
+                 freqs: Optional[Mapping[int, float]] = None) -> Dict[str, np.ndarray]:
+    """Ranking score per channel for the search: how often (M) and how strongly (mean raw score,
+    relative to the layer's strongest channel for that class) the observed classes use it, averaged
+    and weighted by their observed shares p_k (uniform without ``freqs``). In [0, 1]."""
+    cls = list(classes)
+    p = np.asarray([max(float((freqs or {}).get(k, 1.0)), 0.0) for k in cls])
+    p = p / p.sum() if p.sum() > 0 else np.full(len(cls), 1.0 / len(cls))
+    out = {}
+    for k in table.layers:
+        mag = np.abs(table.mean_mag(k)[:, cls])
+        rel = mag / np.maximum(mag.max(axis=0, keepdims=True), 1e-12)
+        out[k] = 0.5 * (table.M(k)[:, cls] + rel) @ p
+    return out
+
+
 def _combine(group, per_layer: Mapping[str, np.ndarray], fill, reduce) -> Optional[np.ndarray]:
     """Map members' per-channel values to root indices and reduce them (OR / max)."""
     out = None

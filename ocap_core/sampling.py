@@ -1,6 +1,7 @@
 """Offline stand-in for the device's sample cache: stream a dataset's images of the observed classes
 through the base model (onnxruntime, as the serving plane does), and keep per predicted class what a
-selector chooses, with a fixed hash-chosen share held back for validation. numpy + onnxruntime only."""
+selector chooses for training, and a random reservoir of a fixed hash-chosen share held back for
+validation. numpy + onnxruntime only."""
 
 from typing import Optional, Sequence
 
@@ -11,7 +12,7 @@ from .package import ModelPackage
 from .personalize_samples import Samples
 from .preprocess import preprocess
 from .runtime import open_session, run_batches
-from .selection import make_selector, select_stream, split_for
+from .selection import VAL_SELECTOR, make_selector, select_stream, split_for, val_capacity
 
 VAL_SHARE = 0.2
 
@@ -22,7 +23,7 @@ def stream_samples(base: ModelPackage, data: Dataset, classes: Sequence[int], se
     """Images whose true class is in ``classes``, in a seeded random order (a device's stream), offered
     to ``selector`` under the base model's predicted class; returns the selected train and val samples.
 
-    Validation gets its own buffer of ``max(4, per_class // 4)`` per class run by the same rule.
+    Validation gets its own random reservoir of ``val_capacity(per_class)`` per class.
     """
     pool = data.of_classes(classes)
     order = np.random.default_rng(seed).permutation(len(pool))
@@ -35,8 +36,8 @@ def stream_samples(base: ModelPackage, data: Dataset, classes: Sequence[int], se
     ids = [f"{data.name}:{i}" for i in order]
     is_val = np.asarray([split_for(s, val_share) == "val" for s in ids])
     chosen = []
-    for val, cap in ((False, per_class), (True, max(4, per_class // 4))):
-        sel = make_selector(selector, capacity=cap, seed=seed + int(val))
+    for val, cap in ((False, per_class), (True, val_capacity(per_class))):
+        sel = make_selector(VAL_SELECTOR if val else selector, capacity=cap, seed=seed + int(val))
         idx = np.flatnonzero(is_val == val)
         picked = select_stream(sel, list(idx), out["features"][idx], pred[idx], out["logits"][idx])
         chosen += [i for k, items in picked.items() if k in set(classes) for i in items]

@@ -69,10 +69,17 @@ def _onehot(groups: np.ndarray, num_classes: int) -> torch.Tensor:
     return F.one_hot(torch.as_tensor(groups, dtype=torch.long), num_classes).double()
 
 
+def marks_per_image(width: int, keep_share: float) -> int:
+    """Channels one image marks in a layer of ``width``: as many as the reference's strict test
+    against the (1 − r) quantile marks (3 of 64 at r = 0.05), but at least one. The reference marks
+    none in a 16-wide layer at r = 0.05 (int(16·0.95) is the last index), which collapsed whole stages."""
+    return max(1, width - 1 - min(int(width * (1 - keep_share)), width - 1))
+
+
 def score_activation(model: nn.Module, x: torch.Tensor, groups: np.ndarray, num_classes: int,
                      spec: ScoreSpec) -> ImportanceTable:
-    """OCAP (default): per image and layer, mark the channels whose LeakyReLU_α output has an L2 norm
-    above the (1 − r) quantile of that layer (strict), and count marks per class."""
+    """OCAP (default): per image and layer, mark the ``marks_per_image`` channels whose LeakyReLU_α
+    output has the largest L2 norm, and count marks per class."""
     layers = activation_layers(model, tuple(x.shape[1:]))
     widths = {n: (m.num_features if isinstance(m, nn.BatchNorm2d) else m.out_channels) for n, m in layers.items()}
     table = ImportanceTable.empty("ocap", widths, num_classes)
@@ -85,9 +92,8 @@ def score_activation(model: nn.Module, x: torch.Tensor, groups: np.ndarray, num_
             onehot = _onehot(groups[i:i + spec.batch_size], num_classes)
             for name, out in current.items():
                 s = F.leaky_relu(out, spec.slope).flatten(2).norm(dim=2)       # (n, C_l)
-                c_l = s.shape[1]
-                thr = s.sort(dim=1).values[:, min(int(c_l * (1 - spec.keep_share)), c_l - 1)]
-                mark = (s > thr[:, None]).double()
+                top = s.topk(marks_per_image(s.shape[1], spec.keep_share), dim=1).indices
+                mark = torch.zeros_like(s, dtype=torch.float64).scatter_(1, top, 1.0)
                 table.hits[name] += (mark.T @ onehot).numpy()
                 table.mag[name] += (s.double().T @ onehot).numpy()
             table.n += onehot.sum(0).numpy()

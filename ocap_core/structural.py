@@ -2,7 +2,7 @@
 of channels by group, head slicing, and replay of a saved pruning history.
 
 Torch-Pruning's traps (ALGORITHMS.md §4) are handled here and nowhere else: graph building needs grad
-mode, tracing leaves the model in eval mode, unknown ops pass silently as element-wise (made errors
+mode and parameters that require grad (a fine-tuned, frozen model traces without its layers), tracing leaves the model in eval mode, unknown ops pass silently as element-wise (made errors
 here), indices refer to current widths (each group's drop list is computed just before it is pruned),
 and pruning replaces Parameters (callers build optimizers afterwards).
 """
@@ -39,6 +39,7 @@ class ChannelGroup:
     stream: bool = False          # an addition couples several convs' outputs (residual stream)
     depthwise: bool = False       # holds a depthwise conv (expand + depthwise share this group)
     grouped: bool = False         # holds a grouped conv (1 < groups < in_channels): kept whole
+    feeds_head: bool = False      # the classifier reads these channels
 
 
 class PrunableModel:
@@ -50,15 +51,20 @@ class PrunableModel:
         self.model = model
         self.classifier = classifier
         was_training = model.training
+        frozen = [p for p in model.parameters() if not p.requires_grad]
         self.dg = tp.DependencyGraph()
         with torch.enable_grad(), warnings.catch_warnings(record=True) as caught:
             warnings.simplefilter("always")
             try:
+                for p in frozen:            # the trace follows autograd: a frozen layer would be left out
+                    p.requires_grad_(True)
                 self.dg.build_dependency(model, example_inputs=(torch.zeros(1, *input_shape),), verbose=True)
             except Exception as e:
                 raise OcapError(f"Torch-Pruning cannot trace the model: {type(e).__name__}: {e}") from e
             finally:
                 model.train(was_training)
+                for p in frozen:
+                    p.requires_grad_(False)
         for w in caught:
             text = str(w.message)
             if "Unknown operation" in text or "Unwrapped parameters" in text:
@@ -80,6 +86,8 @@ class PrunableModel:
                 if mod not in self.names:        # Torch-Pruning's own op nodes (add, concat, ...)
                     continue
                 out = self.dg.is_out_channel_pruning_fn(item.dep.handler)
+                if mod is head and not out:
+                    cg.feeds_head = True
                 if isinstance(mod, nn.Conv2d) and 1 < mod.groups and mod.groups != mod.in_channels:
                     cg.grouped = True
                 if not out or not isinstance(mod, (nn.Conv2d, nn.BatchNorm2d)):
@@ -121,6 +129,22 @@ class PrunableModel:
             group = self.dg.get_pruning_group(root, tp.prune_conv_out_channels, drop)
             group.prune()
         return widths
+
+    def prune_positions(self, drops: Dict[str, np.ndarray]) -> None:
+        """Remove, per named conv (a group root of the model this one was pruned from), the output
+        channels at the given positions of its current width, with everything coupled to them."""
+        tp = _tp()
+        for root, pos in drops.items():
+            drop = sorted(int(i) for i in pos)
+            if not drop:
+                continue
+            try:
+                mod = self.model.get_submodule(root)
+            except AttributeError as e:
+                raise OcapError(f"the model has no layer {root!r} to prune") from e
+            if len(drop) >= mod.out_channels or drop[-1] >= mod.out_channels:
+                raise OcapError(f"cannot drop positions {drop[:5]}... of {root!r} ({mod.out_channels} channels)")
+            self.dg.get_pruning_group(mod, tp.prune_conv_out_channels, drop).prune()
 
     def slice_head(self, class_ids: Sequence[int]) -> None:
         """Keep the classifier's rows for ``class_ids`` (ascending base ids), in that order."""

@@ -1,0 +1,23 @@
+"""How far a personalized model's answers fall from the base model's, restricted to the kept classes
+(numpy only: the engine's search and the daemon's gate judge candidates by the same numbers)."""
+
+import numpy as np
+
+
+def expected_agreement(teacher_probs: np.ndarray, student_idx: np.ndarray) -> float:
+    """1 − mean over images of p_t(teacher's class) − p_t(student's class), where ``teacher_probs``
+    (N x K) is the teacher's softmax over the K kept classes and ``student_idx`` the student's answers as
+    indices into them. A disagreement where the teacher hesitates (0.55 vs 0.45) costs 0.1, one where it
+    is sure costs about 1: unlike counting disagreements, this follows what pruning costs in accuracy when
+    the teacher is roughly calibrated (ALGORITHMS.md §11). Equal to plain agreement for a sure teacher."""
+    p = np.asarray(teacher_probs, np.float64)
+    if len(p) == 0:
+        raise ValueError("no images to measure agreement on")
+    idx = np.asarray(student_idx, np.int64)
+    return float(1.0 - np.mean(p.max(1) - p[np.arange(len(p)), idx]))
+
+
+def restricted_softmax(probs: np.ndarray, columns) -> np.ndarray:
+    """A softmax over all outputs, renormalized over ``columns`` (the kept classes)."""
+    p = np.asarray(probs, np.float64)[:, list(columns)]
+    return p / np.maximum(p.sum(1, keepdims=True), 1e-300)

@@ -1,0 +1,293 @@
+"""Operating-point search (ALGORITHMS.md §11): the smallest pruned model whose agreement with the base
+model restricted to the observed classes, on held-back images, stays within a loss budget.
+
+A *level* is a MAC-reduction target. ``LevelMasks`` turns one into keep masks: channels ranked by
+class-aware usage (or by a class-agnostic score), per-group floors, widths rounded for latency, and a
+knob bisected until the pruned model meets the MAC budget. ``search`` walks a ladder of levels by
+progressive pruning: each level prunes the last accepted (already fine-tuned) candidate further, since
+the masks of a higher level are nested in those of a lower one, distils it, and measures held-back
+agreement; the first level over budget gets one midpoint try, then the search stops. Every level tried
+is recorded (MACs, agreement, seconds) for the card.
+"""
+
+import copy
+import logging
+import math
+import time
+from dataclasses import dataclass, field, replace
+from typing import Any, Callable, Dict, List, Mapping, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .agreement import expected_agreement
+from .errors import OcapError
+from .finetune import FinetuneSpec, finetune
+from .measure import count_macs
+from .rules import group_scores, top_up
+from .search_spec import SearchSpec
+from .structural import PrunableModel
+
+log = logging.getLogger(__name__)
+Progress = Callable[[Dict[str, Any]], None]
+Masks = Dict[str, np.ndarray]
+
+
+class LevelMasks:
+    """Keep masks for a MAC-reduction level, in the base model's channel indices.
+
+    Channels leave in one global order, the least used first: class-aware scores rank a channel by its
+    usage relative to its group's mean usage, so each layer keeps what the observed classes use;
+    class-agnostic scores (and ties) fall back to a channel's rank within its group, which thins every
+    group evenly. The number of channels removed is bisected until the MACs meet the level. Floors
+    (``floors[root]`` channels) and rounding always hold; protected groups stay whole. Masks of a higher
+    level are subsets of those of a lower one (one order, a longer prefix removed).
+    """
+
+    def __init__(self, base: nn.Module, classifier: str, shape: Sequence[int], groups: Sequence,
+                 scores: Mapping[str, np.ndarray], protected: Sequence[str], floors: Mapping[str, int],
+                 round_to: int, classes: Sequence[int], agnostic: bool) -> None:
+        self.base, self.classifier, self.shape, self.classes = base, classifier, tuple(shape), list(classes)
+        self.groups = list(groups)
+        self.gscore = group_scores(self.groups, scores)
+        self.protected = set(protected) | {g.root for g in self.groups if g.grouped}
+        self.round_to = round_to
+        self.base_macs = count_macs(base, self.shape)
+        self._macs_cache: Dict[Tuple[int, ...], int] = {}
+        gid, primary, secondary = [], [], []
+        for i, g in enumerate(self.groups):
+            if g.root in self.protected:
+                continue
+            s = self.gscore[g.root]
+            ranked = np.sort(s)[::-1]                                  # best first
+            rel = ranked / max(float(ranked.mean()), 1e-12)            # not the max: one outlier channel
+            #                                                            made a whole layer look unused
+            floor = min(max(int(floors.get(g.root, 1)), 1), g.width)
+            pos = np.arange(floor, g.width)                            # the floor's channels never leave
+            gid.append(np.full(len(pos), i))
+            primary.append(np.zeros(len(pos)) if agnostic else rel[pos])
+            secondary.append(1.0 - pos / g.width)
+        if gid:
+            gid_a, p, q = np.concatenate(gid), np.concatenate(primary), np.concatenate(secondary)
+            self._order = gid_a[np.lexsort((q, p))]                    # group of each removal, in order
+        else:
+            self._order = np.zeros(0, np.int64)
+
+    @property
+    def removable(self) -> int:
+        return len(self._order)
+
+    def counts(self, removed: int) -> Dict[str, int]:
+        """Kept channels per group after the first ``removed`` channels of the order have left."""
+        gone = np.bincount(self._order[:max(0, int(removed))], minlength=len(self.groups))
+        out = {}
+        for i, g in enumerate(self.groups):
+            n = g.width - int(gone[i])
+            if self.round_to > 1 and g.root not in self.protected:
+                n = int(math.ceil(n / self.round_to) * self.round_to)
+            out[g.root] = min(n, g.width)
+        return out
+
+    def masks(self, counts: Mapping[str, int]) -> Masks:
+        return {g.root: top_up(np.zeros(g.width, bool), self.gscore[g.root], counts[g.root]) for g in self.groups}
+
+    def macs(self, counts: Mapping[str, int]) -> int:
+        key = tuple(counts[g.root] for g in self.groups)
+        if key not in self._macs_cache:
+            model = prune_copy(self.base, self.classifier, self.shape, self.masks(counts), self.classes)[0]
+            self._macs_cache[key] = count_macs(model, self.shape)
+        return self._macs_cache[key]
+
+    def reduction(self, removed: int) -> float:
+        return self.base_macs / self.macs(self.counts(removed))
+
+    def ceiling(self) -> float:
+        """The largest MAC reduction the floors and protections allow."""
+        return self.reduction(self.removable)
+
+    def at(self, level: float, exact: bool = False) -> Optional[Masks]:
+        """Masks that reach at least ``level``x fewer MACs while keeping as much as they can; None when
+        the floors forbid it. ``exact`` gives back single channels after whole rounding steps, landing
+        closer to the level at the cost of widths that are not multiples of ``round_to``."""
+        if self.ceiling() < level:
+            return None
+        lo, hi = 0, self.removable                   # reduction(lo) < level <= reduction(hi), unless lo meets it
+        if self.reduction(lo) >= level:
+            return self.masks(self.counts(lo))
+        while hi - lo > 1:
+            mid = (lo + hi) // 2
+            if self.reduction(mid) >= level:
+                hi = mid
+            else:
+                lo = mid
+        counts = self._give_back(self.counts(hi), self.counts(lo), level, max(self.round_to, 1))
+        if exact and self.round_to > 1:
+            counts = self._give_back(counts, self.counts(lo), level, 1)
+        return self.masks(counts)
+
+    def _give_back(self, counts: Dict[str, int], upper: Mapping[str, int], level: float, step: int
+                   ) -> Dict[str, int]:
+        """Rounding makes the last removal overshoot (8 channels of a full-resolution layer are a tenth
+        of a small CNN's MACs): give channels back, most recently removed group first, while the level
+        still holds, so that fixed-budget comparisons land close to their target."""
+        counts = dict(counts)
+        recent = list(dict.fromkeys(int(i) for i in self._order[::-1]))
+        for i in recent:
+            root = self.groups[i].root
+            while counts[root] < upper[root]:
+                trial = dict(counts, **{root: min(counts[root] + step, upper[root])})
+                if self.base_macs / self.macs(trial) < level:
+                    break
+                counts = trial
+        return counts
+
+
+def prune_copy(base: nn.Module, classifier: str, shape: Sequence[int], masks: Mapping[str, np.ndarray],
+               classes: Optional[Sequence[int]]) -> Tuple[nn.Module, List[list]]:
+    """A pruned copy of ``base`` (head sliced to ``classes`` unless None) and its pruning history."""
+    model = copy.deepcopy(base).eval()
+    pm = PrunableModel(model, shape, classifier)
+    pm.prune(dict(masks))
+    if classes is not None:
+        pm.slice_head(classes)
+    return model, pm.history()
+
+
+def prune_further(model: nn.Module, classifier: str, shape: Sequence[int], current: Masks, new: Masks
+                  ) -> Tuple[nn.Module, List[list]]:
+    """Prune a copy of ``model`` (pruned from the base at masks ``current``) to masks ``new`` (a subset
+    of ``current``, base indices per group root); returns it and the history of this step."""
+    model = copy.deepcopy(model).eval()
+    pm = PrunableModel(model, shape, classifier)
+    drops = {}
+    for root, cur in current.items():
+        nxt = np.asarray(new[root], bool)
+        if (nxt & ~cur).any():
+            raise OcapError(f"masks of group {root!r} are not nested: a later level keeps a pruned channel")
+        drops[root] = np.flatnonzero(~nxt[cur])       # positions among the channels still there
+    pm.prune_positions(drops)
+    return model, pm.history()
+
+
+@dataclass
+class SearchResult:
+    model: nn.Module
+    history: List[list]
+    masks: Masks
+    level: float
+    agreement: float
+    path: List[Dict[str, Any]] = field(default_factory=list)
+    stopped: str = ""
+    polish: Dict[str, Any] = field(default_factory=dict)
+
+
+def agreement(model: nn.Module, x: torch.Tensor, teacher_k: torch.Tensor) -> float:
+    """Share of ``x`` on which the K-way student's argmax equals the teacher's over the same K classes."""
+    from .train import predict_logits
+
+    if len(x) == 0:
+        raise OcapError("no held-back images to measure agreement on")
+    return float((predict_logits(model, x).argmax(1) == teacher_k.argmax(1)).float().mean())
+
+
+def soft_agreement(model: nn.Module, x: torch.Tensor, teacher_k: torch.Tensor) -> float:
+    """Agreement expected under the teacher's softmax over the K classes (``expected_agreement``)."""
+    from .train import predict_logits
+
+    if len(x) == 0:
+        raise OcapError("no held-back images to measure agreement on")
+    p = torch.softmax(teacher_k.double(), 1).numpy()
+    return expected_agreement(p, predict_logits(model, x).argmax(1).numpy())
+
+
+MEASURES = {"soft": soft_agreement, "hard": agreement}
+
+
+def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequence[int], levels_of: LevelMasks,
+           x_tr: torch.Tensor, t_tr: torch.Tensor, x_val: torch.Tensor, t_val: torch.Tensor, spec: SearchSpec,
+           ft: FinetuneSpec, teacher: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
+           y: Optional[torch.Tensor] = None, y_val: Optional[torch.Tensor] = None,
+           progress: Optional[Progress] = None, measure: Optional[Callable[[nn.Module], float]] = None
+           ) -> SearchResult:
+    """Walk ``spec.levels`` (progressive pruning, distillation at each step) and return the smallest
+    candidate whose held-back agreement with the restricted teacher (``t_tr`` / ``t_val``: base logits at
+    the K classes) loses at most ``spec.max_loss`` points. Raises OcapError when no level is within.
+    ``measure`` (model -> agreement in [0, 1]) replaces that agreement, e.g. to test the policy."""
+    t0 = time.perf_counter()
+    if spec.measure not in MEASURES:
+        raise OcapError(f"unknown agreement measure {spec.measure!r}; choose from {', '.join(MEASURES)}")
+    if measure is None:
+        def measure(model: nn.Module) -> float:
+            return MEASURES[spec.measure](model, x_val, t_val)
+
+    full = {g.root: np.ones(g.width, bool) for g in levels_of.groups}
+    start, start_hist = prune_copy(base, classifier, shape, full, classes)
+    cur = (start, start_hist, full, 1.0, measure(start))   # model, history, masks, level, agreement
+    best: Optional[Tuple[nn.Module, List[list], Masks, float, float]] = None
+    path: List[Dict[str, Any]] = []
+    stopped, failed_at = "ladder", None
+
+    def left() -> float:
+        return spec.time_budget - (time.perf_counter() - t0)
+
+    def step(level: float, masks: Masks) -> bool:
+        nonlocal cur, best
+        ts = time.perf_counter()
+        model, hist = prune_further(cur[0], classifier, shape, cur[2], masks)
+        budget = max(1.0, left() / 3)
+        res = finetune(model, x_tr, t_tr, x_val, t_val,
+                       replace(ft, epochs=spec.step_epochs, patience=spec.step_patience, time_budget=budget),
+                       y=y, y_val=y_val, teacher=teacher)
+        agree = measure(res.model)
+        loss = 100.0 * (1.0 - agree)
+        macs = count_macs(res.model, shape)
+        ok = loss <= spec.max_loss + 1e-9
+        row = {"level": level, "macs": macs, "mac_reduction": round(levels_of.base_macs / macs, 3),
+               "agreement": round(agree, 5), "loss_pp": round(loss, 3), "accepted": ok,
+               "hard_agreement": round(agreement(res.model, x_val, t_val), 5),
+               "epochs": len(res.history) - 1, "stopped": res.stopped, "seconds": round(time.perf_counter() - ts, 2)}
+        path.append(row)
+        log.info("search level %.2fx: %.2fx fewer MACs, agreement %.4f (%.2f pp), %s", level,
+                 row["mac_reduction"], agree, loss, "accepted" if ok else "over budget")
+        if progress:
+            progress(dict(row, event="search_level", max_loss=spec.max_loss))
+        if ok:
+            cur = (res.model, cur[1] + hist, masks, level, agree)
+            best = cur
+        return ok
+
+    for level in spec.levels:
+        if left() <= 0:
+            stopped = "time_budget"
+            break
+        masks = levels_of.at(level)
+        if masks is None:
+            stopped = "floors"
+            break
+        masks = {r: m & cur[2][r] for r, m in masks.items()}
+        if not step(level, masks):
+            failed_at = level
+            break
+    if failed_at is not None:
+        stopped = "over_budget"
+        mid = math.sqrt(cur[3] * failed_at)
+        if mid / cur[3] >= 1.2 and left() > 0:
+            masks = levels_of.at(mid)
+            if masks is not None:
+                step(round(mid, 3), {r: m & cur[2][r] for r, m in masks.items()})
+    if best is None:
+        tried = ", ".join(f"{p['mac_reduction']:.2f}x: -{p['loss_pp']:.2f} pp" for p in path) or "none"
+        raise OcapError(f"no operating point keeps held-back agreement within {spec.max_loss} points of the base "
+                        f"restricted to classes {list(classes)} (tried {tried})")
+    model, hist, masks, level, agree = best
+    polish: Dict[str, Any] = {}
+    if spec.polish and left() > 1:
+        res = finetune(model, x_tr, t_tr, x_val, t_val, replace(ft, time_budget=left()), y=y, y_val=y_val,
+                       teacher=teacher)
+        after = measure(res.model)
+        polish = {"epochs": len(res.history) - 1, "stopped": res.stopped, "agreement": round(after, 5),
+                  "seconds": round(res.seconds, 2)}
+        if after >= agree:
+            model, agree = res.model, after
+    return SearchResult(model, hist, masks, level, agree, path, stopped, polish)

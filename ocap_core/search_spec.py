@@ -1,0 +1,36 @@
+"""What the operating-point search may spend and lose (torch-free: the daemon's config shares its
+defaults)."""
+
+from dataclasses import dataclass
+from typing import Tuple
+
+from .errors import OcapError
+
+DEFAULT_LEVELS: Tuple[float, ...] = (1.5, 2.0, 3.0, 4.0, 6.0, 8.0, 12.0, 16.0, 24.0, 32.0)
+DEFAULT_MAX_LOSS = 1.0
+DEFAULT_TIME_BUDGET = 150.0
+MIN_PER_CLASS = 32          # fewer training images of an observed class: refuse to personalize
+
+
+@dataclass(frozen=True)
+class SearchSpec:
+    """The loss budget in points of held-back agreement with the base restricted to the observed
+    classes (``measure``: expected under the teacher's softmax, or argmax counts), the ladder of
+    MAC-reduction levels, the wall budget of the whole search (fine-tuning included), and the
+    fine-tuning of each step."""
+
+    max_loss: float = DEFAULT_MAX_LOSS
+    levels: Tuple[float, ...] = DEFAULT_LEVELS
+    time_budget: float = DEFAULT_TIME_BUDGET
+    step_epochs: int = 12
+    step_patience: int = 4
+    polish: bool = True           # fine-tune the chosen candidate further with the time left
+    measure: str = "soft"         # agreement judged by the teacher's softmax (soft) or by argmax (hard)
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.max_loss <= 100:
+            raise OcapError(f"max loss must be in [0, 100] points, got {self.max_loss}")
+        if not self.levels or any(b <= a for a, b in zip(self.levels, self.levels[1:])) or self.levels[0] <= 1:
+            raise OcapError(f"search levels must be increasing MAC reductions above 1, got {list(self.levels)}")
+        if self.time_budget <= 0 or self.step_epochs < 1 or self.step_patience < 1:
+            raise OcapError(f"bad search spec {self}")

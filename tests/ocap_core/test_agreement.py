@@ -1,0 +1,29 @@
+"""The agreement measure the search and the gate share (numpy only, so it runs torch-free too)."""
+
+import numpy as np
+import pytest
+
+from ocap_core.agreement import expected_agreement, restricted_softmax
+
+
+def test_a_sure_teacher_gives_plain_agreement():
+    p = np.eye(3)[[0, 1, 2, 2]]
+    assert expected_agreement(p, [0, 1, 2, 2]) == 1.0
+    assert expected_agreement(p, [0, 1, 2, 0]) == pytest.approx(0.75)
+
+
+def test_a_disagreement_where_the_teacher_hesitates_costs_little():
+    p = np.array([[0.55, 0.45], [0.99, 0.01]])
+    assert expected_agreement(p, [1, 0]) == pytest.approx(1 - 0.10 / 2)
+    assert expected_agreement(p, [0, 1]) == pytest.approx(1 - 0.98 / 2)
+
+
+def test_restricted_softmax_renormalizes_over_the_kept_columns():
+    p = np.array([[0.5, 0.2, 0.3], [0.1, 0.1, 0.8]])
+    r = restricted_softmax(p, [0, 2])
+    assert np.allclose(r, [[0.625, 0.375], [1 / 9, 8 / 9]]) and np.allclose(r.sum(1), 1)
+
+
+def test_no_images_is_an_error():
+    with pytest.raises(ValueError, match="no images"):
+        expected_agreement(np.zeros((0, 2)), [])

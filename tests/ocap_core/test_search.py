@@ -1,0 +1,179 @@
+"""The operating-point search and what it stands on: marks in small layers, usage ranking, levels that
+meet a MAC budget for every scorer, floors and positional protection without BatchNorm, progressive
+pruning that replays, and a search that returns the smallest level within budget with its path."""
+
+import numpy as np
+import pytest
+import torch
+import torch.nn as nn
+
+from ocap_core.build import load_model
+from ocap_core.data import load_dataset
+from ocap_core.errors import OcapError
+from ocap_core.finetune import FinetuneSpec
+from ocap_core.measure import count_macs
+from ocap_core.package import open_package
+from ocap_core.personalize import check_enough, level_masks
+from ocap_core.preprocess import preprocess
+from ocap_core.prune_spec import PruneSpec
+from ocap_core.scorers import SCORERS, ScoreSpec, marks_per_image, score
+from ocap_core.search import prune_copy, prune_further, search
+from ocap_core.search_spec import SearchSpec
+from ocap_core.structural import PrunableModel, replay_history
+from ocap_core.train import predict_logits
+from ocap_core.zoo import get_config
+
+pytestmark = pytest.mark.torch
+
+
+class NoBatchNorm(nn.Module):
+    """A user's net without BatchNorm: protection must come from position, not from BN layers."""
+
+    def __init__(self, num_classes: int = 10) -> None:
+        super().__init__()
+        self.c1 = nn.Conv2d(1, 32, 3, padding=1)
+        self.c2 = nn.Conv2d(32, 32, 3, padding=1)
+        self.c3 = nn.Conv2d(32, 64, 3, padding=1)
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.fc = nn.Linear(64, num_classes)
+
+    def forward(self, x):
+        x = torch.relu(self.c1(x))
+        x = torch.relu(self.c2(x))
+        x = torch.relu(self.c3(x))
+        return self.fc(self.pool(x).flatten(1))
+
+
+@pytest.fixture(scope="module")
+def fmnist():
+    test = load_dataset("fashion-mnist", "test")
+    return test
+
+
+def _base(name):
+    pkg = open_package(name)
+    model = load_model(pkg)
+    return pkg, model, tuple(pkg.card.input.shape), get_config(pkg.card.arch["name"]).classifier
+
+
+def _table(model, x, scorer="ocap"):
+    with torch.no_grad():
+        pred = predict_logits(model, x).argmax(1).numpy()
+    return score(scorer, model, x, pred, 10, ScoreSpec(keep_share=0.05, images_per_class=30)), pred
+
+
+@pytest.mark.parametrize("width,share,expected", [(16, 0.05, 1), (64, 0.05, 3), (128, 0.05, 6), (64, 0.01, 1)])
+def test_small_layers_mark_channels(width, share, expected):
+    # the reference marks int-quantile-many minus one: none at all in a 16-wide layer at r = 0.05
+    assert marks_per_image(width, share) == expected
+
+
+def test_a_16_wide_layer_marks_a_channel_for_every_image(fmnist):
+    pkg, model, shape, _ = _base("fmnist-resnet20")           # its first stage is 16 wide
+    x = torch.from_numpy(preprocess(fmnist.x[:40], pkg.card.input))
+    table, _ = _table(model, x)
+    assert table.width("bn1") == 16
+    assert table.hits["bn1"].sum() == pytest.approx(table.n.sum())     # one mark per image in that layer
+
+
+@pytest.mark.parametrize("model_name", ["fmnist-resnet20", "fmnist-cnn"])
+@pytest.mark.parametrize("scorer", sorted(SCORERS))
+def test_target_macs_lands_within_5_percent_for_every_scorer(fmnist, model_name, scorer):
+    pkg, model, shape, clf = _base(model_name)
+    x = torch.from_numpy(preprocess(fmnist.x[:120], pkg.card.input))
+    table, _ = _table(model, x, scorer)
+    cls = [0, 2, 6]
+    spec = PruneSpec(scorer=scorer, target_macs=4.0).resolve(get_config(pkg.card.arch["name"]).family)
+    levels = level_masks(model, PrunableModel(model, shape, clf), table, cls, spec, clf, shape, None)
+    for target in (2.0, 4.0):
+        pruned, _ = prune_copy(model, clf, shape, levels.at(target, exact=True), cls)
+        ratio = count_macs(model, shape) / count_macs(pruned, shape)
+        assert target <= ratio <= 1.05 * target, (scorer, target, ratio)
+
+
+def test_levels_nest_and_progressive_pruning_replays(fmnist):
+    pkg, model, shape, clf = _base("fmnist-resnet20")
+    x = torch.from_numpy(preprocess(fmnist.x[:120], pkg.card.input))
+    table, _ = _table(model, x)
+    cls = [1, 8]
+    spec = PruneSpec().resolve("resnet")
+    levels = level_masks(model, PrunableModel(model, shape, clf), table, cls, spec, clf, shape, {1: 0.7, 8: 0.3})
+    a, b = levels.at(2.0), levels.at(6.0)
+    assert all(not (b[r] & ~a[r]).any() for r in a)                   # a higher level keeps a subset
+    step1, h1 = prune_copy(model, clf, shape, a, cls)
+    step2, h2 = prune_further(step1, clf, shape, a, b)
+    direct, _ = prune_copy(model, clf, shape, b, cls)
+    assert count_macs(step2, shape) == count_macs(direct, shape)
+    rebuilt = replay_history(load_model(pkg), shape, h1 + h2)
+    rebuilt.load_state_dict(step2.state_dict(), strict=True)
+    xb = x[:16]
+    assert torch.allclose(predict_logits(rebuilt, xb), predict_logits(step2, xb), atol=1e-5)
+    with pytest.raises(OcapError, match="not nested"):
+        prune_further(step2, clf, shape, b, a)
+
+
+def test_floors_and_first_conv_hold_on_a_model_without_batchnorm(fmnist):
+    torch.manual_seed(0)
+    model, shape = NoBatchNorm().eval(), (1, 28, 28)
+    x = torch.from_numpy(preprocess(fmnist.x[:100], open_package("fmnist-cnn").card.input))
+    table, _ = _table(model, x)
+    cls = [0, 1, 2]
+    spec = PruneSpec().resolve("generic")
+    pm = PrunableModel(model, shape, "fc")
+    levels = level_masks(model, pm, table, cls, spec, "fc", shape, None)
+    masks = levels.masks(levels.counts(levels.removable))            # everything at its floor
+    assert masks["c1"].all()                                        # the conv nearest the input stays whole
+    assert masks["c2"].sum() == max(spec.min_width, int(np.ceil(spec.min_share * 32)))
+    assert masks["c3"].sum() == 4 * len(cls)                         # the classifier's input: 4 per class
+    assert levels.ceiling() > 5
+
+
+def _data(fmnist, pkg, classes, n_train=96, n_val=48):
+    idx = np.flatnonzero(np.isin(fmnist.y, classes))
+    x = torch.from_numpy(preprocess(fmnist.x[idx[:n_train + n_val]], pkg.card.input))
+    return x[:n_train], x[n_train:]
+
+
+def test_search_returns_the_smallest_level_within_budget_and_its_path(fmnist):
+    pkg, model, shape, clf = _base("fmnist-cnn")
+    cls = [1, 8]
+    x_tr, x_val = _data(fmnist, pkg, cls)
+    t_tr, t_val = predict_logits(model, x_tr)[:, cls], predict_logits(model, x_val)[:, cls]
+    table, _ = _table(model, x_tr)
+    spec = PruneSpec().resolve("cnn")
+    levels = level_masks(model, PrunableModel(model, shape, clf), table, cls, spec, clf, shape, None)
+    base_macs = count_macs(model, shape)
+
+    def measure(m):     # a known loss curve: 0.5 pp up to 3.5x fewer MACs, 5 pp beyond
+        return 0.995 if base_macs / count_macs(m, shape) < 3.5 else 0.95
+
+    ss = SearchSpec(max_loss=1.0, levels=(1.5, 2.0, 3.0, 4.0, 6.0), time_budget=60, step_epochs=1, polish=False)
+    res = search(model, clf, shape, cls, levels, x_tr, t_tr, x_val, t_val, ss, FinetuneSpec(epochs=1),
+                 measure=measure)
+    assert [p["level"] for p in res.path] == [1.5, 2.0, 3.0, 4.0]     # stops at the first level over budget
+    assert [p["accepted"] for p in res.path] == [True, True, True, False]
+    assert res.level == 3.0 and res.stopped == "over_budget" and res.agreement == 0.995
+    assert all(a["macs"] > b["macs"] for a, b in zip(res.path, res.path[1:]))
+    assert count_macs(res.model, shape) == res.path[2]["macs"]
+    assert all(set(p) >= {"macs", "mac_reduction", "agreement", "loss_pp", "seconds"} for p in res.path)
+    rebuilt = replay_history(load_model(pkg), shape, res.history)
+    rebuilt.load_state_dict(res.model.state_dict(), strict=True)
+
+    with pytest.raises(OcapError, match=r"no operating point .* within 0\.1 points .*\(tried 1\.5\d*x: -1\.00 pp"):
+        search(model, clf, shape, cls, levels, x_tr, t_tr, x_val, t_val,
+               SearchSpec(max_loss=0.1, levels=(1.5, 2.0), time_budget=60, step_epochs=1, polish=False),
+               FinetuneSpec(epochs=1), measure=lambda m: 0.99)
+
+
+def test_too_few_images_names_every_short_class():
+    names = [f"c{i}" for i in range(10)]
+    check_enough({1: 40, 3: 40}, 32, names)
+    with pytest.raises(OcapError, match=r"classes 3 \(c3\): 12, 7 \(c7\): 4; at least 32"):
+        check_enough({1: 40, 3: 12, 7: 4}, 32, names)
+
+
+@pytest.mark.parametrize("bad", [dict(max_loss=-1), dict(levels=(2.0, 1.5)), dict(levels=(1.0,)),
+                                 dict(time_budget=0)])
+def test_bad_search_specs_are_refused(bad):
+    with pytest.raises(OcapError):
+        SearchSpec(**bad)

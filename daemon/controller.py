@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from ocap_core.search_spec import MIN_PER_CLASS
 from service import faults
 from service.control_socket import RequestError
 from service.errors import ServiceError
@@ -25,6 +26,8 @@ from .supervisor import WorkerRun
 
 log = logging.getLogger(__name__)
 DAY = 86400.0
+SEARCH_SHARE = 0.5            # of [personalize] time_budget, for the search (the rest: load, score, export)
+SEARCH_LEVEL_FIELDS = ("level", "mac_reduction", "agreement", "loss_pp", "accepted", "seconds")
 
 
 class Controller:
@@ -168,8 +171,9 @@ class Controller:
         faults.point("policy.samples_written")
         job = {"base": str(self.base_path), "samples": str(samples), "classes": plan["classes"],
                "class_freqs": plan["class_freqs"], "out": str(job_dir / "candidate"), "scorer": p.scorer,
-               "rule": p.rule, "epochs": p.epochs, "time_budget": max(1.0, 0.6 * p.time_budget),
-               "threads": p.threads, "seed": 0, "name": f"{self.server.base.card.name}-k{len(plan['classes'])}"}
+               "rule": p.rule, "max_loss": p.max_loss, "epochs": p.epochs,
+               "time_budget": max(1.0, SEARCH_SHARE * p.time_budget),
+               "min_per_class": min(MIN_PER_CLASS, p.min_samples_per_class), "threads": p.threads, "seed": 0, "name": f"{self.server.base.card.name}-k{len(plan['classes'])}"}
         self._pending_baseline = float(plan.get("outside_share", 0.0))
         self.worker = WorkerRun(job, job_dir, nice=p.nice, threads=p.threads, budget_s=p.time_budget,
                                 on_event=self._worker_event)
@@ -184,6 +188,8 @@ class Controller:
         if ev.get("event") == "stage":
             self.server.events.record("personalize_progress", stage=ev.get("stage"), seconds=ev.get("seconds"),
                                       peak_rss_mb=ev.get("peak_rss_mb"))
+        elif ev.get("event") == "search_level":
+            self.server.events.record("search_level", **{k: ev.get(k) for k in SEARCH_LEVEL_FIELDS})
 
     def _watch_worker(self) -> None:
         w = self.worker
@@ -290,9 +296,10 @@ class Controller:
         s = self.server
         n, lows = s.class_log.recent.window(self._clock() - pb["since"] + 1, origin="served", since=pb["since"])
         frames = sum(n.values())
-        enough = s.teacher_inside >= self.cfg.drift.min_checks      # judge disagreement on enough checks
+        tc = s.teacher_counts()           # one consistent reading (a check may land between two reads)
+        enough = tc["inside"] >= self.cfg.drift.min_checks      # judge disagreement on enough checks
         during = watch.Rates(n=frames if enough else 0, low_confidence_share=lows / frames if frames else 0.0,
-                             disagreement=s.teacher_disagreed / s.teacher_inside if enough else None)
+                             disagreement=tc["disagreed"] / tc["inside"] if enough else None)
         p = self.cfg.probation
         verdict, why = watch.probation_verdict(pb["before"], during,
                                                watch.ProbationConfig(p.max_low_confidence_rise, p.max_disagreement),
@@ -380,14 +387,15 @@ class Controller:
 
     # -- status ------------------------------------------------------------------------------------
     def describe(self) -> Dict[str, Any]:
-        st = self.last_stability
+        # the policy thread may clear worker or probation at any time: read each reference once
+        st, worker, pb = self.last_stability, self.worker, self.probation
         return {"phase": self.phase, "paused": self.paused, "status_line": self.status_line(),
                 "stability": None if st is None else {"stable": st.stable, "streak": st.streak, "needed": st.needed,
                                                       "js": st.js, "classes": sorted(st.classes), "text": st.describe()},
-                "worker": None if self.worker is None else self.worker.describe(),
-                "probation": None if self.probation is None else {
-                    "version": self.probation["version"], "since": self.probation["since"],
-                    "seconds_left": max(0.0, self.cfg.probation.duration - (self._clock() - self.probation["since"]))},
+                "worker": None if worker is None else worker.describe(),
+                "probation": None if pb is None else {
+                    "version": pb["version"], "since": pb["since"],
+                    "seconds_left": max(0.0, self.cfg.probation.duration - (self._clock() - pb["since"]))},
                 "cooldown_s": max(0.0, self.cooldown_until - self._clock()), "last_error": self.last_error}
 
     def status_line(self) -> str:
@@ -395,9 +403,12 @@ class Controller:
         parts = [self.phase + (" (paused)" if self.paused else "")]
         served = self.server.slot.current()
         if served is not self.server.base:
-            parts.append(f"serving {served.version} for {stability.format_set(served.class_ids)}")
-            if self.probation is not None:
-                left = self.cfg.probation.duration - (self._clock() - self.probation["since"])
+            red = (served.card.metrics or {}).get("mac_reduction")
+            parts.append(f"serving {served.version} for {stability.format_set(served.class_ids)}"
+                         + (f" ({red:.1f}x fewer MACs)" if red else ""))
+            pb = self.probation
+            if pb is not None:
+                left = self.cfg.probation.duration - (self._clock() - pb["since"])
                 parts.append(f"probation {max(0.0, left):.0f} s left")
             teacher, _ = self.server.class_log.recent.window(self.cfg.drift.window, origin="teacher")
             n = sum(teacher.values())
@@ -406,13 +417,19 @@ class Controller:
                 parts.append(f"teacher: {100 * out:.1f}% outside (limit "
                              f"{100 * (self.drift_baseline + self.cfg.drift.max_outside_share):.1f}%)")
         elif self.last_stability is not None:
-            parts.append(self.last_stability.describe())
+            st = self.last_stability
+            parts.append(st.describe())
             fill = self.server.cache.counts()["train"]
-            if self.last_stability.classes:
-                parts.append("cache " + ",".join(f"{k}:{fill.get(k, 0)}" for k in sorted(self.last_stability.classes))
+            if st.classes:
+                parts.append("cache " + ",".join(f"{k}:{fill.get(k, 0)}" for k in sorted(st.classes))
                              + f"/{self.cfg.personalize.min_samples_per_class}")
-        if self.worker is not None:
-            last = self.worker.last
-            parts.append(f"worker {self.worker.state} {last.get('stage') or last.get('event', '')}"
-                         + (f" epoch {last['epoch']}" if "epoch" in last else ""))
+        worker = self.worker
+        if worker is not None:
+            last = worker.last
+            if last.get("event") == "search_level":
+                step = (f"search {last['mac_reduction']:.1f}x -{last['loss_pp']:.2f} pp "
+                        f"({'within' if last['accepted'] else 'over'} {self.cfg.personalize.max_loss:g})")
+            else:
+                step = f"{last.get('stage') or last.get('event', '')}" + (f" epoch {last['epoch']}" if "epoch" in last else "")
+            parts.append(f"worker {worker.state} {step}")
         return "; ".join(parts)

@@ -55,6 +55,7 @@ max_classes = 5
 check_interval = 1s
 
 [personalize]
+max_loss = {max_loss}
 samples_per_class = 128
 min_samples_per_class = 48
 epochs = {epochs}
@@ -64,7 +65,6 @@ threads = {threads}
 max_serving_p99 = 1s
 
 [gate]
-min_agreement = 0.90
 min_speedup = 1.05
 latency_runs = 100
 
@@ -80,13 +80,14 @@ duration = {probation}s
 """
 
 
-def demo_config(work: Path, model: str, rate: float, speed: float = 1.0, epochs: int = 15, budget: float = 90.0,
-                threads: int = 2, log_level: str = "warning") -> str:
-    """The demo's INI for a daemon in ``work`` fed ``rate`` frames per second: windows of seconds."""
+def demo_config(work: Path, model: str, rate: float, speed: float = 1.0, epochs: int = 15, budget: float = 160.0,
+                threads: int = 0, log_level: str = "warning", max_loss: float = 1.0) -> str:
+    """The demo's INI for a daemon in ``work`` fed ``rate`` frames per second: windows of seconds.
+    ``threads`` 0 lets the worker take one per idle core."""
     return DEMO_INI.format(state=work / "state", cache=work / "cache", socket=work / "ocap.sock", model=model,
                            log_level=log_level, window=max(2, round(4 / speed)),
                            min_predictions=max(40, int(rate * 4 / speed * 0.5)), epochs=epochs, budget=budget,
-                           threads=threads, drift_window=max(3, round(6 / speed)), probation=max(5, round(15 / speed)))
+                           threads=threads or "auto", max_loss=max_loss, drift_window=max(3, round(6 / speed)), probation=max(5, round(15 / speed)))
 
 
 def start_ocapd(ini: Path, stderr: Any) -> subprocess.Popen:
@@ -215,8 +216,8 @@ def run_demo(args: argparse.Namespace) -> int:
     sock = work / "ocap.sock"
     speed = args.speed
     ini = work / "ocap.ini"
-    ini.write_text(demo_config(work, args.model, args.rate, speed, args.epochs, args.budget, args.threads),
-                   encoding="utf-8")
+    ini.write_text(demo_config(work, args.model, args.rate, speed, args.epochs, args.budget, args.threads,
+                               max_loss=args.max_loss), encoding="utf-8")
     daemon_log = open(work / "ocapd.log", "w", encoding="utf-8")
     proc = start_ocapd(ini, daemon_log)
     t_start = time.time()
@@ -285,7 +286,8 @@ def run_demo(args: argparse.Namespace) -> int:
                "stages": stages, "worker_s": round(done - first, 1) if first and done else None,
                "served_by_daemon": status["requests"], "deployed": bool(deployed),
                "probation": passed["kind"] if passed else None, "drift_reverted": reverted is not None,
-               "models": rows, "classes": classes, "drift_class": extra, "work_dir": str(work)}
+               "models": rows, "classes": classes, "drift_class": extra, "work_dir": str(work),
+               "search": _search_of(rows[-1]["path"]) if deployed else None}
     _print_summary(summary)
     from .demo_report import write_report
 
@@ -304,10 +306,21 @@ def _model_row(name: str, model_dir: str, x: np.ndarray, y: np.ndarray) -> Dict[
     from ocap_core.package import open_package
 
     pkg = open_package(model_dir)
-    return {"model": name, "version": pkg.card.version, "classes": pkg.card.class_ids,
+    return {"model": name, "version": pkg.card.version, "classes": pkg.card.class_ids, "path": model_dir,
             "accuracy": _accuracy(model_dir, x, y), "macs": pkg.card.metrics.get("macs"),
             "latency_ms": _latency_ms(model_dir, x), "size_mb": pkg.onnx_path.stat().st_size / 2 ** 20,
             "images": int(len(y))}
+
+
+def _search_of(model_dir: str) -> Optional[Dict[str, Any]]:
+    """The operating-point search recorded in a personalized package's card (None for a fixed rule)."""
+    from ocap_core.package import open_package
+
+    prov = open_package(model_dir).card.provenance
+    if not prov.get("search"):
+        return None
+    return {"max_loss": prov["spec"]["search"]["max_loss"], "path": prov["search"]["path"],
+            "stopped": prov["search"]["stopped"]}
 
 
 def _print_summary(s: Dict[str, Any]) -> None:
@@ -320,6 +333,10 @@ def _print_summary(s: Dict[str, Any]) -> None:
         b, told, p = s["models"]
         print(f"personalized: {b['macs'] / p['macs']:.2f}x fewer MACs, {b['latency_ms'] / p['latency_ms']:.2f}x faster, "
               f"{100 * (p['accuracy'] - told['accuracy']):+.2f} pp accuracy against the base told the classes")
+        if s.get("search"):
+            print("operating point searched within " + f"{s['search']['max_loss']:g} pp: " + ", ".join(
+                f"{r['mac_reduction']:.1f}x -{r['loss_pp']:.2f} pp {'ok' if r['accepted'] else 'over'}"
+                for r in s["search"]["path"]))
     else:
         print("no personalized model was deployed (see the events in the report)")
     print(f"requests {s['requests']} sent, {s['failed']} failed; probation: {s['probation']}; drift revert: "
@@ -334,9 +351,12 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--drift-share", type=float, default=0.3, help="its weight relative to the mix's 1")
     p.add_argument("--rate", type=float, default=120.0, help="frames per second sent to the daemon")
     p.add_argument("--speed", type=float, default=1.0, help="shorter windows and probation when > 1")
-    p.add_argument("--epochs", type=int, default=15, help="fine-tuning epochs at most")
-    p.add_argument("--budget", type=float, default=90.0, help="personalization wall budget, seconds")
-    p.add_argument("--threads", type=int, default=2, help="worker threads")
+    p.add_argument("--epochs", type=int, default=15, help="fine-tuning epochs of the chosen model at most")
+    p.add_argument("--budget", type=float, default=160.0,
+                   help="personalization wall budget, seconds (the operating-point search gets half)")
+    p.add_argument("--max-loss", type=float, default=1.0,
+                   help="points of held-back agreement with the base the search may give up")
+    p.add_argument("--threads", type=int, default=0, help="worker threads at most (0: one per idle core)")
     p.add_argument("--max-seconds", type=float, default=270.0, help="give up on the loop after this long")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", help="report directory (default: in the work directory)")

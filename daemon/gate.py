@@ -1,6 +1,7 @@
 """The gate a candidate passes before it serves: it loads in onnxruntime (``load_model`` verifies the
 digests and one output per class the card names) with the base model's input; on the held-back cached
-samples it agrees with the teacher (the base model) at or above a threshold; and it is faster than the
+samples it agrees with the teacher (the base model, restricted to the kept classes; the search's soft
+measure) at or above a threshold; and it is faster than the
 served model by a margin.
 Each verdict carries its figures, for the events table."""
 
@@ -10,6 +11,7 @@ from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
+from ocap_core.agreement import expected_agreement, restricted_softmax
 from ocap_core.errors import OcapError
 from service import faults
 from service.model_slot import LoadedModel, load_model
@@ -52,11 +54,15 @@ def check(candidate_dir: str, served: LoadedModel, teacher: LoadedModel, images:
         return Verdict(False, f"input {cand.card.input.shape} differs from the base model's {teacher.card.input.shape}")
     if not len(images):
         return Verdict(False, "no held-back samples to judge it on")
-    t = teacher.predict(images).class_ids
+    tp = teacher.predict(images)
+    t = tp.class_ids
     mine = np.isin(t, kept)
     if not mine.any():
         return Verdict(False, f"none of the {len(images)} held-back samples is of the kept classes {kept}")
-    agreement = float(np.mean(cand.predict(images[mine]).class_ids == t[mine]))
+    student = cand.predict(images[mine]).class_ids
+    hard = float(np.mean(student == t[mine]))
+    cols = [list(teacher.card.class_ids).index(k) for k in kept]
+    agreement = expected_agreement(restricted_softmax(tp.probs[mine], cols), np.searchsorted(kept, student))
     frames = images[np.arange(cfg.latency_runs) % len(images)]
     cand_ms, served_ms = [], []
     for half in np.array_split(frames, 4):       # interleaved, so both see the same machine state
@@ -64,6 +70,7 @@ def check(candidate_dir: str, served: LoadedModel, teacher: LoadedModel, images:
         served_ms.append(_p50_ms(served, half))
     speedup = float(np.median(served_ms) / np.median(cand_ms))
     figures = {"version": cand.version, "classes": kept, "samples": int(mine.sum()), "agreement": round(agreement, 4),
+               "hard_agreement": round(hard, 4),
                "candidate_ms": round(float(np.median(cand_ms)), 4), "served_ms": round(float(np.median(served_ms)), 4),
                "speedup": round(speedup, 3), "macs": cand.card.metrics.get("macs"),
                "min_agreement": cfg.min_agreement, "min_speedup": cfg.min_speedup}

@@ -152,6 +152,7 @@ class WorkerRun:
         log.warning("worker %d killed: %s", self.proc.pid, why)
 
     def describe(self) -> Dict[str, Any]:
-        last = {k: v for k, v in self.last.items() if k in ("event", "stage", "epoch", "epochs", "val", "seconds")}
+        last = {k: v for k, v in self.last.items() if k in ("event", "stage", "epoch", "epochs", "val", "seconds",
+                                                            "level", "mac_reduction", "loss_pp", "accepted")}
         return {"pid": self.proc.pid, "state": self.state, "reason": self.reason, "elapsed_s": round(self.elapsed, 1),
                 "classes": self.job.get("classes"), "threads": self.threads, "last": last}

@@ -4,7 +4,7 @@ never touches serving).
 
 The job names the base package, a samples file (``.npz`` with ``x`` uint8 images and ``is_val``), the
 observed classes and the engine's settings; the candidate package goes to ``out``. Progress goes to
-stdout as JSON lines (``started``, ``stage``, ``finetune_epoch``, then ``done`` or ``failed``), which
+stdout as JSON lines (``started``, ``stage``, ``search_level``, ``finetune_epoch``, then ``done`` or ``failed``), which
 the daemon reads into ``status`` and ``events``; ``started`` reports the torch threads the worker chose
 (one per idle core, within the job's ``threads`` cap; ``daemon/cores.py``). Exit 0 when a candidate
 was written, 1 when not (no partial candidate is left behind), 2 for a bad job file."""
@@ -81,21 +81,27 @@ def run(job: Dict[str, Any]) -> Dict[str, Any]:
     from ocap_core.personalize import personalize
     from ocap_core.personalize_samples import Samples
     from ocap_core.prune_spec import PruneSpec
+    from ocap_core.search_spec import DEFAULT_MAX_LOSS, DEFAULT_TIME_BUDGET, MIN_PER_CLASS, SearchSpec
 
     with np.load(job["samples"]) as z:
         samples = Samples(x=z["x"], is_val=z["is_val"].astype(bool))
     emit("samples", train=int((~samples.is_val).sum()), val=int(samples.is_val.sum()))
-    ft = FinetuneSpec(epochs=int(job.get("epochs", 20)), time_budget=float(job.get("time_budget", 0.0)),
+    rule = job.get("rule", "search")
+    budget = float(job.get("time_budget", DEFAULT_TIME_BUDGET))
+    ft = FinetuneSpec(epochs=int(job.get("epochs", 30)), time_budget=0.0 if rule == "search" else budget,
                       seed=int(job.get("seed", 0)))
-    spec = PruneSpec(scorer=job.get("scorer", "ocap"), rule=job.get("rule", "personalize"), finetune=ft,
-                     threads=int(job.get("threads", 2)), seed=int(job.get("seed", 0)))
+    search = SearchSpec(max_loss=float(job.get("max_loss", DEFAULT_MAX_LOSS)), time_budget=budget)
+    spec = PruneSpec(scorer=job.get("scorer", "ocap"), rule=rule, search=search, finetune=ft,
+                     min_per_class=int(job.get("min_per_class", MIN_PER_CLASS)),
+                     threads=int(job.get("threads", 1)), seed=int(job.get("seed", 0)))
     freqs = {int(k): float(v) for k, v in (job.get("class_freqs") or {}).items()}
     res = personalize(open_package(job["base"]), samples, [int(k) for k in job["classes"]], spec, Path(job["out"]),
                       class_freqs=freqs or None, name=job.get("name"), progress=_progress)
     card = res.package.card
     return {"candidate": str(res.package.path), "version": card.version, "class_ids": card.class_ids,
-            "metrics": {k: card.metrics.get(k) for k in ("macs", "params", "mac_reduction", "val_agreement")},
-            "timings": res.timings}
+            "metrics": {k: card.metrics.get(k) for k in ("macs", "params", "mac_reduction", "val_agreement",
+                                                         "val_expected_agreement")},
+            "search": card.provenance.get("search"), "timings": res.timings}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:

@@ -27,12 +27,14 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class Predictions:
-    """Per image: base class id, softmax confidence over the model's outputs, features if it has them."""
+    """Per image: base class id, softmax confidence over the model's outputs, features if it has them,
+    and the whole softmax."""
 
     class_ids: np.ndarray
     confidence: np.ndarray
     features: Optional[np.ndarray]
     model_version: str
+    probs: Optional[np.ndarray] = None      # softmax over the model's outputs (card.class_ids order)
 
 
 @dataclass(frozen=True)
@@ -68,7 +70,7 @@ class LoadedModel:
         p /= p.sum(1, keepdims=True)
         top = p.argmax(1)
         return Predictions(np.asarray(self.card.class_ids)[top], p[np.arange(len(top)), top],
-                           out[1] if len(out) > 1 else None, self.version)
+                           out[1] if len(out) > 1 else None, self.version, p)
 
 
 def load_model(path: str, providers: Sequence[str] = ("cpu",), threads: int = 1,

@@ -3,7 +3,7 @@ streaming KL rule (``ocap_core.selection``, numpy only), kept for the personaliz
 
 Each sample is one ``.npz`` (image and penultimate features) written with mode 0600 by tmp + fsync +
 rename and indexed in the ``samples`` table. A fixed, hash-chosen share of sample ids goes to a
-separate validation buffer. The byte quota is never exceeded: when it is reached, a class holding fewer
+separate validation buffer, a random reservoir (unbiased held-back frames to judge candidates on). The byte quota is never exceeded: when it is reached, a class holding fewer
 samples takes room from the largest class of its split (that class's weakest sample goes), and the
 largest classes only change by the KL rule's replacements. On restart the stored samples are offered
 again, in the order they came, to fresh selectors, so the cache resumes the state it had; nothing
@@ -21,7 +21,7 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from ocap_core.errors import OcapError
-from ocap_core.selection import Offer, make_selector, split_for
+from ocap_core.selection import VAL_SELECTOR, Offer, make_selector, split_for, val_capacity
 
 from . import faults
 from .db import open_db
@@ -68,7 +68,7 @@ class SampleCache:
         name, seed = self._selector_args
         try:
             self._sel = {"train": make_selector(name, self.per_class, seed=seed),
-                         "val": make_selector(name, max(4, self.per_class // 4), seed=seed + 1)}
+                         "val": make_selector(VAL_SELECTOR, val_capacity(self.per_class), seed=seed + 1)}
         except OcapError as e:
             raise ServiceError(f"sample cache: {e}") from e
 

@@ -216,7 +216,9 @@ device = /dev/video0
     p = cfg.personalize
     assert p.enabled is False and p.scorer == "ocap-freq" and p.nice == 0 and p.min_free_memory == 65536
     assert p.max_serving_p99 == pytest.approx(0.02) and p.max_temperature == 71.5
-    assert p.samples_per_class == 256 and p.time_budget == 600.0 and p.cooldown == 3600.0
+    assert p.samples_per_class == 256 and p.time_budget == 300.0 and p.cooldown == 3600.0
+    assert p.rule == "search" and p.max_loss == 1.0
+    assert cfg.gate.min_agreement == pytest.approx(1 - 2 * p.max_loss / 100)     # auto: from the loss budget
     assert cfg.privacy.cache_quota == 2 ** 30 and cfg.privacy.after_personalize == "purge"
     assert cfg.gate == d.gate and cfg.drift == d.drift and cfg.probation == d.probation and cfg.store == d.store
 
@@ -296,6 +298,9 @@ BAD = [
     ("open-low-bound", "[stability]\ncoverage = 0\n", ["[stability] coverage", "'0'", "(0, 1]"]),
     ("open-high-bound", "[stability]\nmin_share = 1\n", ["[stability] min_share", "'1'", "[0, 1)"]),
     ("closed-high-bound", "[gate]\nmin_agreement = 1.5\n", ["[gate] min_agreement", "'1.5'", "[0, 1]"]),
+    ("auto-float-word", "[gate]\nmin_agreement = most\n", ["[gate] min_agreement", "'most'", "auto or a number"]),
+    ("max-loss-range", "[personalize]\nmax_loss = 101\n", ["[personalize] max_loss", "'101'", "[0, 100]"]),
+    ("unknown-rule", "[personalize]\nrule = smallest\n", ["[personalize] rule", "'smallest'", "search, personalize"]),
     ("float-below-min", "[gate]\nmin_speedup = 0.9\n", ["[gate] min_speedup", "'0.9'", ">= 1.0"]),
     ("zero-duration", "[log]\nflush_interval = 0s\n", ["[log] flush_interval", "'0s'", "duration > 0"]),
     ("duration-unit-m", "[stability]\nwindow = 10m\n", ["[stability] window", "'10m'", "write 'min'"]),

@@ -15,14 +15,14 @@ from ocap_core.package import open_package, resolve_model
 pytestmark = pytest.mark.torch
 
 
-def _job(tmp_path, classes=(1, 8), per_class=40, epochs=2):
+def _job(tmp_path, classes=(1, 8), per_class=48, epochs=2, time_budget=15):
     train = load_dataset("fashion-mnist", "train")
     idx = np.concatenate([np.flatnonzero(train.y == k)[:per_class] for k in classes])
     is_val = np.arange(len(idx)) % 5 == 0
     samples = tmp_path / "samples.npz"
     np.savez(samples, x=train.x[idx], is_val=is_val)
     return {"base": str(resolve_model("fmnist-cnn")), "samples": str(samples), "classes": list(classes),
-            "out": str(tmp_path / "job" / "candidate"), "epochs": epochs, "threads": 1}
+            "out": str(tmp_path / "job" / "candidate"), "epochs": epochs, "threads": 1, "time_budget": time_budget}
 
 
 def _wait(run, timeout=300):
@@ -41,9 +41,12 @@ def test_a_job_makes_a_candidate_and_reports_progress(tmp_path):
     pkg = open_package(run.result["candidate"])
     assert pkg.card.class_ids == [1, 8] and run.result["metrics"]["mac_reduction"] > 1
     events = [e["event"] for e in seen]
-    assert events[0] == "started" and "finetune_epoch" in events and events[-1] == "done"
+    assert events[0] == "started" and "search_level" in events and events[-1] == "done"
     assert seen[0]["threads"] == 1 and seen[0]["threads_cap"] == 1 and run.describe()["threads"] == 1
-    assert {e["stage"] for e in seen if e["event"] == "stage"} >= {"load", "score", "prune", "finetune", "export"}
+    assert {e["stage"] for e in seen if e["event"] == "stage"} >= {"load", "score", "select", "search", "export"}
+    # the operating point the search chose is the candidate, and its path is in the result
+    path = run.result["search"]["path"]
+    assert path and run.result["metrics"]["mac_reduction"] >= max(p["level"] for p in path if p["accepted"])
     assert oct(os.stat(tmp_path / "job" / "job.json").st_mode & 0o777) == "0o600"
 
 
@@ -68,7 +71,7 @@ def test_a_failing_job_leaves_no_candidate(tmp_path):
     job = _job(tmp_path, classes=(1, 8), per_class=1)     # one image per class: the engine refuses
     run = WorkerRun(job, tmp_path / "job", threads=1)
     assert _wait(run) == "failed"
-    assert "too few images" in run.reason
+    assert "too few training images of observed classes 1 (Trouser): " in run.reason
     assert not (tmp_path / "job" / "candidate").exists()
     assert not [p for p in (tmp_path / "job").iterdir() if p.name.startswith(".candidate")]
 

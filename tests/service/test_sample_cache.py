@@ -7,6 +7,7 @@ import numpy as np
 import pytest
 
 from ocap_core.data import load_dataset
+from ocap_core.selection import val_capacity
 from service.errors import ServiceError
 from service.model_slot import load_model
 from service.sample_cache import SampleCache
@@ -31,7 +32,7 @@ def test_buffers_are_bounded_private_and_indexed(tmp_path, frames):
     assert _fill(cache, frames) > 0
     counts = cache.counts()
     assert set(counts["train"]) == set(np.unique(frames[1].class_ids).tolist())
-    assert max(counts["train"].values()) == 12 and max(counts["val"].values()) <= 4
+    assert max(counts["train"].values()) == 12 and max(counts["val"].values()) <= val_capacity(12)
     files = sorted((tmp_path / "cache").glob("*.npz"))
     assert len(files) == sum(counts["train"].values()) + sum(counts["val"].values())
     assert all(stat.S_IMODE(f.stat().st_mode) == 0o600 for f in files)

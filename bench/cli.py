@@ -1,12 +1,15 @@
 """``ocap bench``: parse the benchmark's options, run it, write docs/benchmarks.md (and a plot)."""
 
 import argparse
-import json
+import os
 import subprocess
 import sys
 import time
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
+from typing import Any, Dict, List, Optional
+
+from ocap_core.errors import OcapError
 
 from . import quality, report
 
@@ -23,16 +26,68 @@ def _versions() -> dict:
     return out
 
 
-def time_resnet20_prune(threads: int, seed: int) -> float:
-    """Wall seconds of the whole `ocap prune` CLI on fmnist-resnet20 at K = 3 (a fresh process)."""
+# quick mode (CI's budget): one model, one easy subset at K = 2 and 3 (a short search on a busy box finds
+# no operating point on the hard ones, and the smoke test should exercise the rows of a found one), a
+# short search over a few levels
+QUICK = {"models": ["fmnist-cnn"], "ks": [2, 3], "subsets": {2: [[1, 8]], 3: [[3, 5, 9]]}, "time_budget": 30.0,
+         "levels": [2.0, 4.0, 8.0], "epochs": 10, "per_class": 128, "latency_runs": 50}
+
+
+def _given(args: argparse.Namespace, flag: str) -> bool:
+    """Whether ``flag`` was on the command line (the parser's defaults are those of quick runs)."""
+    return any(a == flag or a.startswith(flag + "=") for a in getattr(args, "argv", None) or [])
+
+
+def quality_settings(args: argparse.Namespace) -> Dict[str, Any]:
+    """What a row depends on (rows made with other settings are not resumed or tabled): full runs use
+    the daemon's budgets (SearchSpec's defaults), quick runs a short search over a few levels."""
+    from ocap_core.search_spec import SearchSpec
+
+    d = SearchSpec()
+    if args.quick:
+        budget = args.time_budget if _given(args, "--time-budget") and args.time_budget > 0 else QUICK["time_budget"]
+        return {"time_budget": budget, "levels": QUICK["levels"], "max_loss": d.max_loss,
+                "per_class": min(args.samples_per_class, QUICK["per_class"]), "epochs": min(args.epochs, QUICK["epochs"]),
+                "seed": args.seed, "threads": args.threads, "latency_runs": QUICK["latency_runs"]}
+    budget = args.time_budget if _given(args, "--time-budget") and args.time_budget > 0 else d.time_budget
+    return {"time_budget": budget, "levels": list(d.levels), "max_loss": d.max_loss, "per_class": args.samples_per_class,
+            "epochs": args.epochs, "seed": args.seed, "threads": args.threads, "latency_runs": 200}
+
+
+def rows_path(args: argparse.Namespace) -> Optional[Path]:
+    """The resumable rows file: ``--rows``, else docs/quality-rows.jsonl beside ``--out`` for full runs
+    (quick runs keep their rows in memory unless ``--rows`` names a file)."""
+    if args.rows:
+        return Path(args.rows)
+    return None if args.quick else Path(args.out).parent / "quality-rows.jsonl"
+
+
+def time_resnet20_prune(threads: int, seed: int) -> Dict[str, Any]:
+    """The whole `ocap prune` CLI on fmnist-resnet20 at K = 3 (daemon defaults, search included) in a fresh
+    process, its OpenMP threads passive as the daemon's worker's: wall seconds and the process's own peak
+    RSS (``wait4``'s rusage, so earlier children do not count), as a row of the rows file."""
     import tempfile
 
-    with tempfile.TemporaryDirectory() as tmp:
+    from daemon.cores import PASSIVE_OPENMP, THREAD_VARS
+
+    env = dict(os.environ, **PASSIVE_OPENMP, **{v: str(threads) for v in THREAD_VARS})
+    row: Dict[str, Any] = {"model": "fmnist-resnet20", "k": len(quality.PRUNE_CLI_CLASSES),
+                           "classes": quality.PRUNE_CLI_CLASSES, "method": quality.PRUNE_CLI, "seed": seed,
+                           "threads": threads, "loadavg": round(os.getloadavg()[0], 2)}
+    with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
-        subprocess.run([sys.executable, "-m", "ocap_core", "prune", "--model", "fmnist-resnet20", "--classes",
-                        "0,2,9", "--threads", str(threads), "--seed", str(seed), "--out", f"{tmp}/c", "--quiet"],
-                       check=True, cwd=str(ROOT), capture_output=True)
-        return time.perf_counter() - t0
+        proc = subprocess.Popen([sys.executable, "-m", "ocap_core", "prune", "--model", "fmnist-resnet20", "--classes",
+                                 ",".join(map(str, quality.PRUNE_CLI_CLASSES)), "--threads", str(threads), "--seed",
+                                 str(seed), "--out", f"{tmp}/c", "--quiet"],
+                                cwd=str(ROOT), env=env, stdout=subprocess.DEVNULL, stderr=err)
+        _, status, usage = os.wait4(proc.pid, 0)
+        proc.returncode = os.WEXITSTATUS(status) if os.WIFEXITED(status) else -os.WTERMSIG(status)
+        row.update(seconds=round(time.perf_counter() - t0, 1), peak_rss_mb=round(usage.ru_maxrss / 1024, 1))
+        if proc.returncode != 0:
+            err.seek(0)
+            tail = err.read().decode(errors="replace").strip().splitlines()
+            row["error"] = f"exit {proc.returncode}: {tail[-1] if tail else ''}"
+    return row
 
 
 def run_bench(args: argparse.Namespace) -> int:
@@ -45,45 +100,69 @@ def run_bench(args: argparse.Namespace) -> int:
     return run_quality(args)
 
 
+def _progress(i: int, n: int, job: Dict[str, Any], rows: List[Dict[str, Any]], seconds: float) -> None:
+    done = ", ".join(f"{r['method']} " + ("crashed" if r.get("crashed") else "no candidate") if "error" in r else
+                     f"{r['method']} {r['delta_pp']:+.1f}pp {r['mac_reduction']:.1f}x" for r in rows)
+    print(f"[{i}/{n}] {job['model']} {job['classes']} ({seconds:.0f} s): {done}", file=sys.stderr, flush=True)
+
+
 def run_quality(args: argparse.Namespace) -> int:
+    """Run the (model, subset, method) rows the rows file lacks, then rebuild the section from every row."""
+    settings = quality_settings(args)
     if args.quick:
-        models, ks, subsets, methods = ["fmnist-cnn"], [2, 3], 1, quality.QUICK_METHODS
-        epochs, per_class, latency_runs = min(args.epochs, 10), min(args.samples_per_class, 64), 50
+        models, ks, subsets, methods = QUICK["models"], QUICK["ks"], 1, quality.QUICK_METHODS
     else:
         models = args.models.split(",") if args.models else quality.MODELS
         ks = [int(k) for k in args.ks.split(",")]
-        subsets, epochs, per_class, latency_runs = args.subsets, args.epochs, args.samples_per_class, 200
-        methods = args.methods.split(",") if args.methods else quality.METHODS
-    jobs = quality.plan(models, ks, subsets, methods, args.seed, epochs, per_class, args.threads, latency_runs,
-                        time_budget=args.time_budget)
+        subsets = args.subsets if _given(args, "--subsets") else max(args.subsets, quality.SUBSETS_PER_K)
+        methods = args.methods.split(",") if args.methods else list(quality.METHODS)
+    unknown = [m for m in methods if m not in quality.METHODS]
+    if unknown:
+        raise OcapError(f"unknown method(s) {', '.join(unknown)}; choose from {', '.join(quality.METHODS)}")
+    path = rows_path(args)
+    before = quality.read_rows(path)
+    done = quality.current(before, settings)
+    chosen = QUICK["subsets"] if args.quick else None
+    jobs = quality.pending(quality.plan(models, ks, subsets, methods, settings, chosen), done)
+    todo = sum(len(j["methods"]) for j in jobs)
+    print(f"quality: {len(done)} rows already in {path}, {todo} to run in {len(jobs)} jobs" if path else
+          f"quality: {todo} rows to run in {len(jobs)} jobs", file=sys.stderr, flush=True)
     t0 = time.perf_counter()
-
-    def progress(i, n, job, rows, seconds):
-        best = ", ".join(f"{r['method']} failed" if "error" in r else
-                         f"{r['method']} {r['delta_pp']:+.1f}pp {r['mac_reduction']:.1f}x" for r in rows)
-        print(f"[{i}/{n}] {job['model']} {job['classes']} ({seconds:.0f} s): {best}", file=sys.stderr, flush=True)
-
-    rows = quality.run_jobs(jobs, progress, workers=args.workers)
-    failed = [r for r in rows if "error" in r]
-    rows = [r for r in rows if "error" not in r]
-    prune_seconds = None if args.quick or "fmnist-resnet20" not in models else time_resnet20_prune(2, args.seed)
+    sink = quality.RowSink(path)
+    new = quality.run_jobs(jobs, _progress, workers=args.workers, on_row=sink)
+    crashed = [r for r in new if r.get("crashed")]
+    prune_key = ("fmnist-resnet20", tuple(quality.PRUNE_CLI_CLASSES), quality.PRUNE_CLI)
+    if (not args.quick and "fmnist-resnet20" in models
+            and prune_key not in {quality.row_key(r) for r in done + new}):
+        row = dict(time_resnet20_prune(2, args.seed), settings=settings)
+        sink(row)
+        new.append(row)
+    rows = quality.current(quality.read_rows(path), settings) if path else [r for r in new if not r.get("crashed")]
+    others = sum(r.get("settings") != settings for r in before)
+    prune = next((r for r in rows if r["method"] == quality.PRUNE_CLI), None)
+    rows = [r for r in rows if r["method"] != quality.PRUNE_CLI]
     out = Path(args.out)
     plot = out.parent / ("quality-quick.png" if args.quick else "quality.png")
     report.plot_quality(rows, plot)
-    settings = {"models": ",".join(models), "K": ",".join(map(str, ks)), "subsets per K": subsets,
-                "samples per class": per_class, "fine-tuning epochs": epochs,
-                "fine-tuning budget": f"{args.time_budget:g} s" if args.time_budget else "none", "seed": args.seed,
-                "threads per run": args.threads, "parallel runs": args.workers, "mode": "quick" if args.quick else "full",
-                "wall time": f"{(time.perf_counter() - t0) / 60:.1f} min"}
-    md = report.quality_markdown(rows, settings, quality.machine(), _versions(), prune_seconds, plot.name,
-                                 failed=failed)
+    shown = {
+        "mode": "quick" if args.quick else "full (the daemon's budgets)",
+        "models": ",".join(sorted({r["model"] for r in rows})) or "none",
+        "K": ",".join(map(str, sorted({r["k"] for r in rows}))) or "none",
+        "subsets per K": subsets, "samples per class": settings["per_class"],
+        "search budget": f"{settings['time_budget']:g} s per run",
+        "levels": "/".join(f"{x:g}" for x in settings["levels"]), "max loss": f"{settings['max_loss']:g} pp",
+        "epochs": settings["epochs"], "seed": settings["seed"], "threads per run": settings["threads"],
+        "parallel runs": args.workers, "rows": f"{len(rows)} ({len([r for r in new if not r.get('crashed')])} "
+                                              f"from this run, {(time.perf_counter() - t0) / 60:.1f} min)"}
+    notes = f"Rows from {path.name}." if path else ""
+    if others:
+        notes += f" {others} row(s) of that file were made with other settings and are left out."
+    md = report.quality_markdown(rows, shown, quality.machine(), _versions(), prune, plot.name, notes=notes.strip(),
+                                 crashed=crashed, title="Personalization quality" + (", quick" if args.quick else ""))
     report.replace_section(out, "quality-quick" if args.quick else "quality", md)
-    if args.rows:
-        Path(args.rows).write_text("".join(json.dumps(r) + "\n" for r in rows + failed), encoding="utf-8")
-    print(f"wrote {out} and {plot} ({len(rows)} runs)", file=sys.stderr)
+    print(f"wrote {out} and {plot} ({len(rows)} rows{f', {len(crashed)} crashed' if crashed else ''})",
+          file=sys.stderr)
     return 0
-
-
 
 
 def _serving(args: argparse.Namespace) -> str:

@@ -1,9 +1,14 @@
-"""``ocap bench quality``: class-aware pruning vs baselines on the shipped models (ALGORITHMS.md §7).
+"""``ocap bench quality``: the operating-point search vs baselines on the shipped models (ALGORITHMS.md §7, §11).
 
 For each model and class subset, one child process (so peak RSS is per subset) streams the training
 split's images of the subset through the base model, selects samples, and personalizes with every
-method; each candidate and the base are evaluated on the test images of the subset. Methods share
-data and fine-tuning budget; l1 / random get the ocap run's per-group widths (equal MACs).
+method; each candidate and the base are evaluated on the test images of the subset (never used for
+selection, early stopping or the search). The class-aware search runs first: l1 and random then prune
+to exactly the MACs it chose (``target_macs``), so the comparison is at the search's operating point.
+
+Resumable: each finished (model, classes, method) is one JSON line of the rows file, appended as soon
+as the child reports it; a later run skips the rows already there (with the same settings) and builds
+its tables from every row in the file.
 """
 
 import json
@@ -13,17 +18,33 @@ import resource
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import replace
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 MODELS = ["fmnist-cnn", "fmnist-resnet20", "fmnist-mobilenetv2", "fmnist-vgg"]
 HARD_SUBSETS = {2: [[0, 6]], 3: [[0, 2, 6]], 5: [[0, 2, 3, 4, 6]]}   # shirt / T-shirt / pullover / coat
-METHODS = ["ocap", "cap", "hybrid", "l1", "random", "ocap+truth", "ocap+random-select"]
+SUBSETS_PER_K = 4
+COMPARED_MODELS = ("fmnist-resnet20", "fmnist-cnn")                 # every method; the others: ocap only
+# method -> what it is (the legend of the markdown); "ocap" (the default engine) runs first in each job
+METHODS: Dict[str, str] = {
+    "ocap": "the operating-point search with class-aware ranking (the default)",
+    "l1-search": "the same search with l1 ranking",
+    "l1": "l1 ranking at exactly the MACs the class-aware search chose for the subset (`target_macs`)",
+    "random": "random ranking at exactly those MACs",
+    "ocap-ref": "OCAP's original rule with the family's reference protections (one fine-tune, same budget)",
+    "ocap+truth": "the class-aware search, fine-tuned with ground-truth labels",
+    "ocap+random-select": "the class-aware search on randomly selected samples (equal N) instead of KL",
+}
 QUICK_METHODS = ["ocap", "l1", "ocap+truth", "ocap+random-select"]
+MATCHED = ("l1", "random")                  # need the class-aware search's MAC reduction
+PRUNE_CLI = "prune-cli"                     # the row of the timed whole `ocap prune`
+PRUNE_CLI_CLASSES = [0, 2, 9]
+Row = Dict[str, Any]
 
 
 def class_subsets(k: int, n: int, seed: int, num_classes: int = 10) -> List[List[int]]:
@@ -37,112 +58,263 @@ def class_subsets(k: int, n: int, seed: int, num_classes: int = 10) -> List[List
     return out
 
 
-def _method_spec(method: str, base_spec, ocap_widths: Optional[Dict[str, int]], freqs: Dict[int, float]):
+def methods_for(model: str, methods: Sequence[str]) -> List[str]:
+    """The methods run on ``model`` (comparisons only on ``COMPARED_MODELS``), the class-aware search first."""
+    ms = [m for m in methods if model in COMPARED_MODELS or m == "ocap"]
+    return sorted(dict.fromkeys(ms), key=order)
+
+
+def order(method: str) -> int:
+    """Position of a method in tables and legends."""
+    names = list(METHODS)
+    return names.index(method) if method in names else len(names)
+
+
+# ---------------------------------------------------------------- the rows file (resumable runs)
+
+def row_key(row: Row) -> Tuple[str, Tuple[int, ...], str]:
+    """(model, classes, method): one row of the rows file per key and settings."""
+    return row["model"], tuple(int(c) for c in row["classes"]), row["method"]
+
+
+def read_rows(path: Optional[Path]) -> List[Row]:
+    """Every complete JSON line of the rows file (none when it does not exist). A line cut off by a
+    killed run is skipped; its key runs again."""
+    if path is None or not Path(path).exists():
+        return []
+    rows = []
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        try:
+            row = json.loads(line)
+        except ValueError:
+            continue
+        if isinstance(row, dict) and {"model", "classes", "method"} <= set(row):
+            rows.append(row)
+    return rows
+
+
+class RowSink:
+    """Appends rows to the rows file as they arrive (from several job threads), one JSON line each."""
+
+    def __init__(self, path: Optional[Path]) -> None:
+        self.path = Path(path) if path else None
+        self._lock = threading.Lock()
+        if self.path is not None:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            if self.path.exists() and self.path.stat().st_size:
+                with open(self.path, "rb") as f:
+                    f.seek(-1, os.SEEK_END)
+                    cut = f.read(1) != b"\n"
+                if cut:                           # a killed run left half a line: do not glue onto it
+                    with open(self.path, "a", encoding="utf-8") as f:
+                        f.write("\n")
+
+    def __call__(self, row: Row) -> None:
+        if self.path is None:
+            return
+        with self._lock, open(self.path, "a", encoding="utf-8") as f:
+            f.write(json.dumps(row) + "\n")
+            f.flush()
+            os.fsync(f.fileno())
+
+
+def current(rows: Sequence[Row], settings: Dict[str, Any]) -> List[Row]:
+    """Rows made with ``settings``, the last one of each key (a rerun of a key replaces its row)."""
+    out: Dict[Tuple[str, Tuple[int, ...], str], Row] = {}
+    for r in rows:
+        if r.get("settings") == settings:
+            out[row_key(r)] = r
+    return list(out.values())
+
+
+def pending(jobs: Sequence[Dict[str, Any]], done: Sequence[Row]) -> List[Dict[str, Any]]:
+    """``jobs`` less the methods already in ``done``; a job whose matched baselines still run takes
+    the class-aware search's MAC reduction from its finished row."""
+    have = {row_key(r): r for r in done}
+    out = []
+    for job in jobs:
+        key = (job["model"], tuple(job["classes"]))
+        left = [m for m in job["methods"] if key + (m,) not in have]
+        if not left:
+            continue
+        ocap = have.get(key + ("ocap",))
+        job = dict(job, methods=left)
+        if ocap is not None:
+            job["ocap_macs"] = ocap.get("mac_reduction")        # None when the search found no candidate
+        out.append(job)
+    return out
+
+
+# ---------------------------------------------------------------- one job, in a child process
+
+def method_spec(method: str, spec, ocap_macs: Optional[float]):
+    """The PruneSpec of ``method`` from the run's class-aware search spec."""
+    fixed_ft = replace(spec.finetune, time_budget=spec.search.time_budget)   # one fine-tune, the search's budget
     if method in ("ocap", "ocap+random-select"):
-        return base_spec
+        return spec
     if method == "ocap+truth":
-        return replace(base_spec, labels="truth")
-    if method == "cap":
-        return replace(base_spec, scorer="cap", rule="cap", tau=0.9)   # tau 0: CAP marks every channel (docs)
-    if method == "hybrid":
-        return replace(base_spec, rule="hybrid", theta=0.5 * min(freqs.values()))
-    if method in ("l1", "random"):
-        return replace(base_spec, scorer=method, match_widths=ocap_widths)
-    raise ValueError(method)
+        return replace(spec, labels="truth")
+    if method == "l1-search":
+        return replace(spec, scorer="l1")
+    if method in MATCHED:
+        if not ocap_macs:
+            raise ValueError("the class-aware search found no operating point to match")
+        return replace(spec, scorer=method, target_macs=float(ocap_macs), finetune=fixed_ft)
+    if method == "ocap-ref":
+        return replace(spec, rule="personalize", keep_first=None, prune_stream=None, min_width=None, min_share=None,
+                       finetune=fixed_ft)
+    raise ValueError(f"unknown method {method!r}")
 
 
-def run_subset(job: Dict[str, Any]) -> List[Dict[str, Any]]:
-    """All methods for one (model, classes); runs inside a child process."""
+def _peak_rss_mb() -> float:
+    return round(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, 1)   # Linux: KiB
+
+
+def run_subset(job: Dict[str, Any], emit: Callable[[Row], None]) -> None:
+    """All methods of one (model, classes), each row handed to ``emit`` when it is done; runs inside a
+    child process."""
     import torch
 
     from ocap_core.data import load_dataset
     from ocap_core.errors import OcapError
     from ocap_core.evaluate import evaluate_package
+    from ocap_core.finetune import FinetuneSpec
     from ocap_core.package import open_package
     from ocap_core.personalize import personalize
     from ocap_core.prune_spec import PruneSpec
     from ocap_core.sampling import stream_samples
+    from ocap_core.search_spec import SearchSpec
 
     torch.set_num_threads(job["threads"])
     base = open_package(job["model"])
     classes = job["classes"]
     train, test = load_dataset("fashion-mnist", "train"), load_dataset("fashion-mnist", "test")
-    spec = PruneSpec(**job["spec"]) if job.get("spec") else PruneSpec()
-    spec = replace(spec, threads=job["threads"], seed=job["seed"],
-                   finetune=replace(spec.finetune, epochs=job["epochs"], seed=job["seed"],
-                                    time_budget=job.get("time_budget", 0.0)))
-    t0 = time.perf_counter()
-    samples = {sel: stream_samples(base, train, classes, sel, job["per_class"], seed=job["seed"])
-               for sel in ("kl", "random")}
-    select_s = (time.perf_counter() - t0) / 2
-    # a skewed observed mix for the hybrid rule: Zipf shares over the subset
-    shares = np.array([1.0 / (i + 1) for i in range(len(classes))])
-    freqs = {k: float(s) for k, s in zip(classes, shares / shares.sum())}
+    search = SearchSpec(time_budget=job["time_budget"], levels=tuple(job["levels"]), max_loss=job["max_loss"])
+    spec = PruneSpec(search=search, threads=job["threads"], seed=job["seed"],
+                     finetune=FinetuneSpec(epochs=job["epochs"], seed=job["seed"]))
+    samples: Dict[str, Any] = {}
+    select_s: Dict[str, float] = {}
     base_eval = evaluate_package(base, test, classes, threads=1, latency_runs=job["latency_runs"])
-    rows, ocap_widths = [], None
+    ocap_macs = job.get("ocap_macs")
+    head = {"model": job["model"], "k": len(classes), "classes": classes, "seed": job["seed"],
+            "settings": job["settings"], "engine": job.get("engine", "unknown")}
     for method in job["methods"]:
-        mspec = _method_spec(method, spec, ocap_widths, freqs)
-        data = samples["random" if method == "ocap+random-select" else "kl"]
+        selector = "random" if method == "ocap+random-select" else "kl"
+        if selector not in samples:
+            t0 = time.perf_counter()
+            samples[selector] = stream_samples(base, train, classes, selector, job["per_class"], seed=job["seed"])
+            select_s[selector] = round(time.perf_counter() - t0, 3)
+        load = os.getloadavg()[0]
+        t0 = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
             try:
-                res = personalize(base, data, classes, mspec, Path(tmp) / "cand", class_freqs=freqs, name=method)
-            except OcapError as e:          # a refused candidate is a result to report, not a crash
-                rows.append({"model": job["model"], "k": len(classes), "classes": classes, "method": method,
-                             "seed": job["seed"], "error": str(e)})
+                mspec = method_spec(method, spec, ocap_macs)
+                res = personalize(base, samples[selector], classes, mspec, Path(tmp) / "cand", name=method)
+            except (OcapError, ValueError) as e:     # no candidate is a result to report, not a crash
+                emit(dict(head, method=method, error=str(e), seconds=round(time.perf_counter() - t0, 1),
+                          loadavg=round(load, 2), peak_rss_mb=_peak_rss_mb()))
                 continue
+            seconds = time.perf_counter() - t0
             ev = evaluate_package(res.package, test, classes, threads=1, latency_runs=job["latency_runs"])
             card = res.package.card
             onnx_bytes = res.package.onnx_path.stat().st_size
+        searched = card.provenance.get("search")
         if method == "ocap":
-            ocap_widths = {root: w[0] for root, w in card.provenance["widths"].items()}
-        rows.append({
-            "model": job["model"], "k": len(classes), "classes": classes, "method": method, "seed": job["seed"],
-            "base_accuracy": base_eval["accuracy"], "restricted_accuracy": base_eval["restricted_accuracy"],
-            "accuracy": ev["accuracy"], "worst_class": min(ev["per_class"].values()),
-            "delta_pp": 100 * (ev["accuracy"] - base_eval["restricted_accuracy"]),
-            "mac_reduction": card.metrics["mac_reduction"], "param_reduction": card.metrics["param_reduction"],
-            "latency_ms": ev["latency_ms"], "base_latency_ms": base_eval["latency_ms"],
-            "latency_speedup": base_eval["latency_ms"] / ev["latency_ms"],
-            "onnx_size_ratio": base.onnx_path.stat().st_size / onnx_bytes,
-            "timings": dict(card.metrics["timings"], sample_selection=round(select_s, 3)),
-            "val_agreement": card.metrics["val_agreement"], "finetune_stopped": card.provenance["finetune"]["stopped"],
-            "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-        })
+            ocap_macs = card.metrics["mac_reduction"]
+        emit(dict(
+            head, method=method, base_accuracy=base_eval["accuracy"],
+            restricted_accuracy=base_eval["restricted_accuracy"], accuracy=ev["accuracy"],
+            worst_class=min(ev["per_class"].values()),
+            delta_pp=100 * (ev["accuracy"] - base_eval["restricted_accuracy"]),
+            mac_reduction=card.metrics["mac_reduction"], param_reduction=card.metrics["param_reduction"],
+            target_macs=mspec.target_macs or None, latency_ms=ev["latency_ms"],
+            base_latency_ms=base_eval["latency_ms"], latency_speedup=base_eval["latency_ms"] / ev["latency_ms"],
+            onnx_size_ratio=base.onnx_path.stat().st_size / onnx_bytes,
+            timings=dict(card.metrics.get("timings") or card.provenance.get("timings") or {},
+                         sample_selection=select_s[selector]),
+            val_agreement=card.metrics["val_agreement"], samples=card.provenance["samples"],
+            search=searched, path_len=len(searched["path"]) if searched else 0,
+            seconds=round(seconds, 1), loadavg=round(load, 2), peak_rss_mb=_peak_rss_mb()))
+
+
+def _child_env(threads: int) -> Dict[str, str]:
+    """The benchmark's child: the repository on the path, its OpenMP threads wait passively (as the
+    daemon's worker's do) so a busy box does not stall them."""
+    from daemon.cores import PASSIVE_OPENMP, THREAD_VARS
+
+    root = Path(__file__).resolve().parent.parent
+    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env.update(PASSIVE_OPENMP)
+    env.update({v: str(threads) for v in THREAD_VARS})
+    return env
+
+
+def engine_version() -> str:
+    """The engine a row was made with: the commit of the checkout, ``+dirty`` when ocap_core/ has
+    uncommitted changes (a resumed run may span engine changes; the report says which rows came from which)."""
+    root = Path(__file__).resolve().parent.parent
+    try:
+        head = subprocess.run(["git", "rev-parse", "--short", "HEAD"], cwd=str(root), capture_output=True, text=True,
+                              timeout=30).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "ocap_core"], cwd=str(root),
+                               capture_output=True, text=True, timeout=30).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+    return (head or "unknown") + ("+dirty" if dirty else "")
+
+
+def _run_job(job: Dict[str, Any], on_row: Optional[Callable[[Row], None]]) -> List[Row]:
+    """One child process; each row is passed to ``on_row`` as soon as the child prints it. A child that
+    dies yields one ``crashed`` row per method it did not report (not written to the rows file)."""
+    root = Path(__file__).resolve().parent.parent
+    job = dict(job, engine=engine_version())
+    with tempfile.TemporaryFile("w+") as err:
+        proc = subprocess.Popen([sys.executable, "-m", "bench.quality", json.dumps(job)], stdout=subprocess.PIPE,
+                                stderr=err, text=True, cwd=str(root), env=_child_env(job["threads"]))
+        rows: List[Row] = []
+        assert proc.stdout is not None
+        for line in proc.stdout:
+            if line.startswith("{"):
+                row = json.loads(line)
+                rows.append(row)
+                if on_row:
+                    on_row(row)
+        rc = proc.wait()
+        err.seek(0)
+        tail = err.read()[-3000:]
+    if rc != 0:
+        got = {r["method"] for r in rows}
+        rows += [{"model": job["model"], "k": len(job["classes"]), "classes": job["classes"], "method": m,
+                  "seed": job["seed"], "settings": job["settings"], "crashed": True,
+                  "error": f"worker exited {rc}: {tail.strip().splitlines()[-1] if tail.strip() else ''}"}
+                 for m in job["methods"] if m not in got]
     return rows
 
 
-def _run_job(job: Dict[str, Any]) -> List[Dict[str, Any]]:
-    root = Path(__file__).resolve().parent.parent
-    env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    out = subprocess.run([sys.executable, "-m", "bench.quality", json.dumps(job)], capture_output=True, text=True,
-                         cwd=str(root), env=env)
-    if out.returncode != 0:
-        raise RuntimeError(f"benchmark job {job['model']} {job['classes']} failed:\n{out.stderr[-3000:]}")
-    return [json.loads(line) for line in out.stdout.splitlines() if line.startswith("{")]
-
-
-def run_jobs(jobs: Sequence[Dict[str, Any]], progress=None, workers: int = 1) -> List[Dict[str, Any]]:
+def run_jobs(jobs: Sequence[Dict[str, Any]], progress=None, workers: int = 1,
+             on_row: Optional[Callable[[Row], None]] = None) -> List[Row]:
     """Each job in its own ``python -m bench.quality JOB`` child process (fresh RSS), ``workers`` at a
-    time; rows come back in job order."""
+    time; ``on_row`` sees every finished row at once (the rows file); rows come back in job order."""
     from concurrent.futures import ThreadPoolExecutor
 
     t0 = time.perf_counter()
-    results: List[List[Dict[str, Any]]] = []
+    results: List[List[Row]] = []
     with ThreadPoolExecutor(max(1, workers)) as pool:
-        for i, new in enumerate(pool.map(_run_job, jobs)):
+        for i, new in enumerate(pool.map(lambda j: _run_job(j, on_row), jobs)):
             results.append(new)
             if progress:
                 progress(i + 1, len(jobs), jobs[i], new, time.perf_counter() - t0)
     return [row for new in results for row in new]
 
 
-def plan(models: Sequence[str], ks: Sequence[int], subsets: int, methods: Sequence[str], seed: int, epochs: int,
-         per_class: int, threads: int, latency_runs: int, spec: Optional[Dict[str, Any]] = None,
-         time_budget: float = 0.0) -> List[Dict[str, Any]]:
-    return [{"model": m, "classes": c, "methods": list(methods), "seed": seed, "epochs": epochs,
-             "per_class": per_class, "threads": threads, "latency_runs": latency_runs, "spec": spec or {},
-             "time_budget": time_budget}
-            for m in models for k in ks for c in class_subsets(k, subsets, seed)]
+def plan(models: Sequence[str], ks: Sequence[int], subsets: int, methods: Sequence[str], settings: Dict[str, Any],
+         chosen: Optional[Dict[int, List[List[int]]]] = None) -> List[Dict[str, Any]]:
+    """One job per (model, subset): the methods that model runs, and the run's settings. Subsets are
+    ``class_subsets`` unless ``chosen`` names them for a K."""
+    chosen = chosen or {}
+    return [dict(settings, model=m, classes=c, methods=methods_for(m, methods), settings=settings)
+            for m in models for k in ks for c in chosen.get(k, class_subsets(k, subsets, settings["seed"]))
+            if methods_for(m, methods)]
 
 
 def machine() -> str:
@@ -157,6 +329,9 @@ def machine() -> str:
     return f"{os.cpu_count()} cores, {cpu}, {platform.system()} {platform.machine()}, Python {platform.python_version()}"
 
 
+def _emit(row: Row) -> None:
+    print(json.dumps(row), flush=True)
+
+
 if __name__ == "__main__":
-    for row in run_subset(json.loads(sys.argv[1])):
-        print(json.dumps(row), flush=True)
+    run_subset(json.loads(sys.argv[1]), _emit)

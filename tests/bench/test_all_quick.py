@@ -1,6 +1,7 @@
 """``ocap bench all --quick`` (what CI runs): every benchmark in its quick form writes its section with
 its figures, and the summary names no section as missing. Timings are not judged here."""
 
+import json
 import re
 
 import pytest
@@ -22,8 +23,14 @@ def test_every_benchmark_writes_its_figures(tmp_path):
     assert "**missing**" not in summary and summary.count("| ") >= len(SECTIONS)
     assert "nan" not in text.replace("fashion", "")
     # a few figures each section must carry
-    assert "class-aware (ocap) ≥ 2 pp above l1" in text and (tmp_path / "quality-quick.png").stat().st_size > 1000
-    assert len((tmp_path / "rows.jsonl").read_text().splitlines()) == 2 * 4          # two subsets x four methods
+    quality = text[text.index("<!-- section:quality-quick -->"):text.index("<!-- /section:quality-quick -->")]
+    assert "class-aware ≥ 2 pp above l1 at the MACs the search chose" in quality
+    assert "| fmnist-cnn | 1,8 | ocap |" in quality and "| fmnist-cnn | 3,5,9 | l1 |" in quality
+    assert (tmp_path / "quality-quick.png").stat().st_size > 1000
+    rows = [json.loads(line) for line in (tmp_path / "rows.jsonl").read_text().splitlines()]
+    assert len(rows) == 2 * 4                                                       # two subsets x four methods
+    for row in rows:                            # a search's row carries its path (or says why it has no candidate)
+        assert "error" in row or row["method"] == "l1" or row["search"]["path"], row
     assert "| fmnist-cnn | 16 |" in text and "| none mapped | MET |" in text        # serving
     assert re.search(r"\| 0,3,7 \| \d+ \| \d+ \| 0 \| yes \|", text)                # loop: 0 failed, deployed
     assert "Failed requests: 0 of" in text                                          # load

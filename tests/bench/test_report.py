@@ -1,7 +1,23 @@
-"""The benchmark report: section replacement and target verdicts (no torch)."""
+"""The benchmark report: section replacement, the quality section's target verdicts and its resumable
+rows file (tiny rows written here; no torch)."""
 
-from bench.quality import class_subsets
-from bench.report import judge, quality_markdown, replace_section
+import json
+
+from bench.quality import (
+    PRUNE_CLI,
+    RowSink,
+    class_subsets,
+    current,
+    methods_for,
+    pending,
+    plan,
+    read_rows,
+    row_key,
+)
+from bench.report import judge, quality_markdown, replace_section, summary_markdown
+
+SETTINGS = {"time_budget": 150.0, "levels": [1.5, 2.0], "max_loss": 1.0, "per_class": 256, "epochs": 30, "seed": 0,
+            "threads": 1, "latency_runs": 200}
 
 
 def test_replace_section_is_idempotent_and_keeps_other_sections(tmp_path):
@@ -14,20 +30,109 @@ def test_replace_section_is_idempotent_and_keeps_other_sections(tmp_path):
     assert text.count("<!-- section:a -->") == 1 and text.startswith("# Benchmarks")
 
 
-def _row(method, delta, macs, acc=0.9, k=2, classes=(0, 1), speed=None):
-    return {"model": "m", "k": k, "classes": list(classes), "method": method, "delta_pp": delta,
-            "mac_reduction": macs, "accuracy": acc, "latency_speedup": speed if speed is not None else macs * 0.6}
+def _row(method, delta, macs, acc=0.9, k=2, classes=(0, 1), speed=None, model="m"):
+    path = [{"level": 1.5, "macs": 10, "mac_reduction": 1.5, "agreement": 0.998, "hard_agreement": 1.0,
+             "loss_pp": 0.2, "accepted": True, "epochs": 3, "stopped": "patience", "seconds": 4.0},
+            {"level": 2.0, "macs": 8, "mac_reduction": 2.1, "agreement": 0.98, "hard_agreement": 0.98,
+             "loss_pp": 2.0, "accepted": False, "epochs": 3, "stopped": "patience", "seconds": 4.0}]
+    return {"model": model, "k": k, "classes": list(classes), "method": method, "settings": SETTINGS, "seed": 0,
+            "delta_pp": delta, "mac_reduction": macs, "accuracy": acc, "restricted_accuracy": acc - delta / 100,
+            "base_accuracy": 0.9, "worst_class": acc - 0.05, "param_reduction": macs, "latency_ms": 0.1,
+            "base_latency_ms": 0.1 * (speed if speed is not None else macs * 0.6),
+            "latency_speedup": speed if speed is not None else macs * 0.6, "onnx_size_ratio": macs,
+            "val_agreement": 0.99, "path_len": 2, "seconds": 30.0, "loadavg": 0.5, "peak_rss_mb": 700.0,
+            "timings": {"sample_selection": 2.0, "load": 0.1, "teacher": 0.3, "score": 1.0, "select": 0.5,
+                        "search": 20.0, "export": 1.0},
+            "search": {"path": path, "stopped": "over_budget", "level": 1.5, "polish": {}}}
+
+
+def _verdicts(rows, prune=None):
+    return {t: (m, s) for t, m, s in judge(rows, prune)}
 
 
 def test_targets_are_judged_from_the_rows():
-    rows = [_row("ocap", -0.5, 6.0, 0.95), _row("l1", -5, 6.0, 0.90), _row("ocap+truth", 0, 6.0, 0.955),
-            _row("ocap+random-select", -1, 6.0, 0.94)]
-    verdicts = {t.split(":")[0]: s for t, _, s in judge(rows, prune_seconds=100)}
-    assert set(verdicts.values()) == {"MET"}
+    rows = [_row("ocap", -0.5, 9.0, 0.95, model="fmnist-resnet20"), _row("l1", -5, 9.0, 0.90, model="fmnist-resnet20"),
+            _row("ocap", -0.2, 4.0, 0.97, k=5, classes=(0, 1, 2, 3, 4))]
+    prune = {"model": "fmnist-resnet20", "classes": [0, 2, 9], "method": PRUNE_CLI, "seconds": 150.0,
+             "peak_rss_mb": 900.0, "loadavg": 0.1}
+    assert {s for _, s in _verdicts(rows, prune).values()} == {"MET"}
     rows[0]["delta_pp"] = -1.5
-    assert judge(rows, None)[0][2] == "MISSED"
+    acc = [v for t, v in _verdicts(rows, prune).items() if t.startswith("test accuracy")][0]
+    assert acc == ("1/2 subsets (50 %); 1 misses, listed below", "MISSED")
     rows = [_row("ocap", -0.5, 6.0, speed=1.0)]
-    assert [s for t, _, s in judge(rows, None) if t.startswith("latency")] == ["MISSED"]
+    assert [s for t, (_, s) in _verdicts(rows).items() if t.startswith("ONNX")] == ["MISSED"]
+
+
+def test_missing_data_says_so_and_never_prints_nan():
+    verdicts = _verdicts([_row("ocap", -0.5, 6.0)])          # no ResNet-20, no K = 5, no l1, no prune timing
+    missing = {t for t, (m, s) in verdicts.items() if s == "no data"}
+    assert any("fmnist-resnet20" in t for t in missing) and any(t.startswith("K = 5") for t in missing)
+    assert any("above l1" in t for t in missing) and any("ocap prune" in t for t in missing)
+    assert all(m == "no data" for t, (m, s) in verdicts.items() if t in missing)
+    for rows in ([], [_row("ocap", -0.5, 6.0)], [dict(_row("ocap", 0, 1)), {"model": "m", "k": 2, "classes": [0, 1],
+                                                                              "method": "l1", "error": "x"}]):
+        md = quality_markdown(rows, {"mode": "test"}, "test machine", {}, None, "q.png")
+        assert "nan" not in md.lower() and "| **no data** |" in md
+    assert "no data: no run produced a candidate" in quality_markdown([], {}, "m", {}, None, None)
+
+
+def test_no_data_counts_as_not_met_in_the_summary(tmp_path):
+    out = tmp_path / "b.md"
+    replace_section(out, "quality", quality_markdown([_row("ocap", -0.5, 6.0)], {}, "m", {}, None, None))
+    summary = summary_markdown(out, ["quality"], "m", {}, 1.0)
+    met, missed = summary.splitlines()[-1].strip("|").split("|")[-2:]
+    verdicts = judge([_row("ocap", -0.5, 6.0)], None)
+    assert int(met) == sum(s == "MET" for _, _, s in verdicts)
+    assert int(missed) == sum(s != "MET" for _, _, s in verdicts)
+
+
+def test_every_miss_and_every_failed_search_is_listed_with_a_failed_search_counted_as_1x():
+    rows = [_row("ocap", -2.5, 9.0, classes=(0, 6)), _row("ocap", -0.1, 9.0, classes=(1, 8)),
+            {"model": "m", "k": 2, "classes": [3, 5], "method": "ocap", "settings": SETTINGS,
+             "error": "no operating point keeps held-back agreement"}]
+    md = quality_markdown(rows, {}, "test machine", {}, None, None)
+    assert "- m {0,6}: -2.50 pp at 9.00× fewer MACs" in md
+    assert "- m {3,5}: no candidate (no operating point keeps held-back agreement)" in md
+    macs = [m for t, (m, s) in _verdicts(rows).items() if t.startswith("K ≤ 3: median MAC reduction, all")][0]
+    assert macs == "median 9.00× over 3 subsets (1 without a candidate counted as 1×)"
+    assert "| m | 0,6 | ocap | " in md and "1.5 → 2.1✗ (2 levels, over_budget)" in md
+
+
+def test_the_rows_file_resumes_skipping_rows_present_and_tables_use_every_row(tmp_path):
+    path = tmp_path / "rows.jsonl"
+    jobs = plan(["fmnist-cnn", "fmnist-vgg"], [2], 2, ["ocap", "l1", "random"], SETTINGS)
+    assert [j["methods"] for j in jobs] == [["ocap", "l1", "random"]] * 2 + [["ocap"]] * 2
+    first = jobs[0]
+    sink = RowSink(path)
+    done = [dict(_row("ocap", -0.4, 7.5, 0.95, model="fmnist-cnn", classes=first["classes"])),
+            dict(_row("ocap", -0.3, 5.0, model="fmnist-vgg", classes=jobs[2]["classes"]))]
+    for r in done:
+        sink(r)
+    sink(dict(_row("l1", -1.0, 7.5, model="fmnist-cnn", classes=first["classes"]), settings=dict(SETTINGS, seed=1)))
+    with open(path, "a") as f:                    # a run killed while writing its last line
+        f.write('{"model": "fmnist-cnn", "classes": [0')
+    sink2 = RowSink(path)                          # the next run starts: the cut line is closed, then skipped
+    rows = read_rows(path)
+    assert len(rows) == 3 and {row_key(r) for r in current(rows, SETTINGS)} == {row_key(r) for r in done}
+
+    left = pending(jobs, current(rows, SETTINGS))
+    assert [(j["model"], j["methods"]) for j in left] == [("fmnist-cnn", ["l1", "random"]),
+                                                          ("fmnist-cnn", ["ocap", "l1", "random"]),
+                                                          ("fmnist-vgg", ["ocap"])]
+    assert left[0]["ocap_macs"] == 7.5 and "ocap_macs" not in left[1]
+
+    sink2(dict(_row("l1", -3.0, 7.5, 0.924, model="fmnist-cnn", classes=first["classes"])))
+    rows = current(read_rows(path), SETTINGS)
+    assert len(rows) == 3 and json.loads(path.read_text().splitlines()[-1])["method"] == "l1"
+    md = quality_markdown(rows, {}, "test machine", {}, None, None)
+    for r in rows:                                 # every row of the file is in the tables
+        assert f"| {r['model']} | {','.join(map(str, r['classes']))} | {r['method']} |" in md
+    assert "class-aware − l1: mean +2.60 pp over 1 subsets" in md and "of the rows: unknown (3)." in md
+
+
+def test_comparisons_run_on_resnet20_and_the_cnn_only():
+    assert methods_for("fmnist-vgg", ["l1", "ocap", "random"]) == ["ocap"]
+    assert methods_for("fmnist-resnet20", ["ocap+truth", "l1", "ocap"]) == ["ocap", "l1", "ocap+truth"]
 
 
 def test_class_subsets_are_distinct_sorted_and_start_with_the_hard_one():
@@ -35,14 +140,4 @@ def test_class_subsets_are_distinct_sorted_and_start_with_the_hard_one():
     assert subsets[0] == [0, 2, 6] and len({tuple(s) for s in subsets}) == 4
     assert all(s == sorted(s) and len(s) == 3 for s in subsets)
     assert class_subsets(3, 4, seed=0) == subsets
-
-
-def test_runs_without_a_candidate_are_listed_not_averaged():
-    row = dict(_row("ocap", -0.5, 6.0), base_accuracy=0.9, restricted_accuracy=0.95, worst_class=0.9,
-               param_reduction=5.0, latency_ms=0.1, base_latency_ms=0.2, onnx_size_ratio=5.0,
-               timings=dict.fromkeys(["sample_selection", "score", "prune", "finetune", "export"], 1.0),
-               peak_rss_mb=100.0)
-    failed = [{"model": "m", "k": 2, "classes": [0, 1], "method": "random", "error": "ONNX export disagrees"}]
-    md = quality_markdown([row], {}, "test machine", {}, None, None, failed=failed)
-    assert "1 run(s) produced no candidate" in md and "m 0,1 random: ONNX export disagrees" in md
-    assert "| m | 2 | random |" not in md
+    assert class_subsets(5, 4, seed=0)[0] == [0, 2, 3, 4, 6]

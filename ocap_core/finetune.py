@@ -38,6 +38,7 @@ class FinetuneSpec:
     time_budget: float = 0.0
     min_confidence: float = 0.0
     recal_samples: int = 500
+    recalibrate: bool = True    # re-estimate BN statistics first (off when training a candidate further)
     shift: int = 0              # augmentation (needs the teacher model): random shifts up to this many pixels
     hflip: bool = False         # ... and random horizontal flips; the teacher labels each augmented batch
     mixup: float = 0.0          # mixup distillation: blend image pairs (Beta(a, a) weights), teacher labels the blend
@@ -141,7 +142,8 @@ def finetune(student: nn.Module, x: torch.Tensor, teacher_logits: torch.Tensor, 
         y = y[keep] if y is not None else None
     if len(x) == 0:
         raise OcapError("no samples left to fine-tune on")
-    recalibrate_bn(student, x, spec.recal_samples, spec.batch_size)
+    if spec.recalibrate:
+        recalibrate_bn(student, x, spec.recal_samples, spec.batch_size)
     for p in student.parameters():
         p.requires_grad_(True)
     if spec.optimizer == "adam":

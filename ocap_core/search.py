@@ -213,13 +213,20 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
     """Walk ``spec.levels`` (progressive pruning, distillation at each step) and return the smallest
     candidate whose held-back agreement with the restricted teacher (``t_tr`` / ``t_val``: base logits at
     the K classes) loses at most ``spec.max_loss`` points. Raises OcapError when no level is within.
-    ``measure`` (model -> agreement in [0, 1]) replaces that agreement, e.g. to test the policy."""
+    ``measure`` (model -> agreement in [0, 1]) replaces that agreement, e.g. to test the policy.
+
+    The held-back images are split in two: early stopping picks each step's weights on one half, the
+    levels are judged on the other, so the verdict comes from images that chose nothing."""
     t0 = time.perf_counter()
+    x_stop, t_stop, x_judge, t_judge = x_val[0::2], t_val[0::2], x_val[1::2], t_val[1::2]
+    yv_stop = None if y_val is None else y_val[0::2]
+    if len(x_judge) == 0:
+        x_judge, t_judge = x_stop, t_stop
     if spec.measure not in MEASURES:
         raise OcapError(f"unknown agreement measure {spec.measure!r}; choose from {', '.join(MEASURES)}")
     if measure is None:
         def measure(model: nn.Module) -> float:
-            return MEASURES[spec.measure](model, x_val, t_val)
+            return MEASURES[spec.measure](model, x_judge, t_judge)
 
     full = {g.root: np.ones(g.width, bool) for g in levels_of.groups}
     start, start_hist = prune_copy(base, classifier, shape, full, classes)
@@ -227,25 +234,29 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
     best: Optional[Tuple[nn.Module, List[list], Masks, float, float]] = None
     path: List[Dict[str, Any]] = []
     stopped, failed_at = "ladder", None
+    last_failed: Optional[Tuple[nn.Module, List[list]]] = None
 
     def left() -> float:
         return spec.time_budget - (time.perf_counter() - t0)
 
-    def step(level: float, masks: Masks) -> bool:
-        nonlocal cur, best
+    def step(level: float, masks: Masks, retry: Optional[Tuple[nn.Module, List[list]]] = None) -> bool:
+        """Prune the accepted candidate to ``masks`` (or go on training ``retry``, a candidate at these
+        masks that missed the budget, ``spec.retry_factor`` times longer) and judge it."""
+        nonlocal cur, best, last_failed
         ts = time.perf_counter()
-        model, hist = prune_further(cur[0], classifier, shape, cur[2], masks)
-        budget = max(1.0, left() / 3)
-        res = finetune(model, x_tr, t_tr, x_val, t_val,
-                       replace(ft, epochs=spec.step_epochs, patience=spec.step_patience, time_budget=budget),
-                       y=y, y_val=y_val, teacher=teacher)
+        model, hist = retry if retry is not None else prune_further(cur[0], classifier, shape, cur[2], masks)
+        f = spec.retry_factor if retry is not None else 1
+        res = finetune(model, x_tr, t_tr, x_stop, t_stop,
+                       replace(ft, epochs=spec.step_epochs * f, patience=spec.step_patience * f,
+                               time_budget=max(1.0, left() / 3), recalibrate=retry is None),
+                       y=y, y_val=yv_stop, teacher=teacher)
         agree = measure(res.model)
         loss = 100.0 * (1.0 - agree)
         macs = count_macs(res.model, shape)
         ok = loss <= spec.max_loss + 1e-9
         row = {"level": level, "macs": macs, "mac_reduction": round(levels_of.base_macs / macs, 3),
                "agreement": round(agree, 5), "loss_pp": round(loss, 3), "accepted": ok,
-               "hard_agreement": round(agreement(res.model, x_val, t_val), 5),
+               "hard_agreement": round(agreement(res.model, x_judge, t_judge), 5), "retry": retry is not None,
                "epochs": len(res.history) - 1, "stopped": res.stopped, "seconds": round(time.perf_counter() - ts, 2)}
         path.append(row)
         log.info("search level %.2fx: %.2fx fewer MACs, agreement %.4f (%.2f pp), %s", level,
@@ -255,8 +266,14 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
         if ok:
             cur = (res.model, cur[1] + hist, masks, level, agree)
             best = cur
+        else:
+            last_failed = (res.model, hist)
         return ok
 
+    def same(a: Masks, b: Masks) -> bool:
+        return all(np.array_equal(a[r], b[r]) for r in a)
+
+    failed_masks: Optional[Masks] = None
     for level in spec.levels:
         if left() <= 0:
             stopped = "time_budget"
@@ -266,16 +283,25 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
             stopped = "floors"
             break
         masks = {r: m & cur[2][r] for r, m in masks.items()}
-        if not step(level, masks):
-            failed_at = level
-            break
+        if same(masks, cur[2]):              # rounding: this level prunes nothing more than the last
+            continue
+        if step(level, masks):
+            continue
+        # fine-tuning, not the masks, is what usually fails first: train the same candidate longer once
+        if spec.retry_factor > 1 and left() > 0 and last_failed is not None and step(level, masks, last_failed):
+            continue
+        failed_at, failed_masks = level, masks
+        break
     if failed_at is not None:
         stopped = "over_budget"
         mid = math.sqrt(cur[3] * failed_at)
         if mid / cur[3] >= 1.2 and left() > 0:
             masks = levels_of.at(mid)
             if masks is not None:
-                step(round(mid, 3), {r: m & cur[2][r] for r, m in masks.items()})
+                masks = {r: m & cur[2][r] for r, m in masks.items()}
+                # rounding can make the midpoint the level that failed, or the one accepted: not worth a step
+                if not same(masks, cur[2]) and not (failed_masks is not None and same(masks, failed_masks)):
+                    step(round(mid, 3), masks)
     if best is None:
         tried = ", ".join(f"{p['mac_reduction']:.2f}x: -{p['loss_pp']:.2f} pp" for p in path) or "none"
         raise OcapError(f"no operating point keeps held-back agreement within {spec.max_loss} points of the base "
@@ -283,7 +309,7 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
     model, hist, masks, level, agree = best
     polish: Dict[str, Any] = {}
     if spec.polish and left() > 1:
-        res = finetune(model, x_tr, t_tr, x_val, t_val, replace(ft, time_budget=left()), y=y, y_val=y_val,
+        res = finetune(model, x_tr, t_tr, x_stop, t_stop, replace(ft, time_budget=left()), y=y, y_val=yv_stop,
                        teacher=teacher)
         after = measure(res.model)
         polish = {"epochs": len(res.history) - 1, "stopped": res.stopped, "agreement": round(after, 5),

@@ -228,9 +228,10 @@ VAL_SELECTOR = "random"      # held-back images: unbiased. A KL-selected buffer 
 
 
 def val_capacity(per_class: int) -> int:
-    """Held-back images per class beside a training buffer of ``per_class``: half as many, at least 16,
-    so that a 1-point loss budget is a few images rather than a fraction of one."""
-    return max(16, per_class // 2)
+    """Held-back images per class beside a training buffer of ``per_class``: as many, at least 32. The
+    search stops fine-tuning on one half and judges levels on the other, and a 1-point budget should be a
+    few images of each half rather than a fraction of one."""
+    return max(32, per_class)
 
 
 def split_for(sample_id: str, val_share: float = 0.2) -> str:

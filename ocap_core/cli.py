@@ -352,16 +352,18 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
     p.add_argument("--quick", action="store_true", help="small, CI-friendly run (one model, fewer subsets)")
     p.add_argument("--models", help="comma-separated shipped models (default: all four)")
     p.add_argument("--ks", default="2,3,5", help="numbers of observed classes")
-    p.add_argument("--subsets", type=int, default=3, help="class subsets per K")
+    p.add_argument("--subsets", type=int, default=4, help="class subsets per K")
     p.add_argument("--methods", help="comma-separated methods (default: all)")
     p.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs per run")
     p.add_argument("--samples-per-class", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--time-budget", type=float, default=8.0, help="fine-tuning wall seconds per run (0: none)")
+    p.add_argument("--time-budget", type=float, default=0.0,
+                   help="search wall seconds per run (0: the daemon's default; quick runs: 30)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--workers", type=int, default=2, help="runs in parallel (one process each)")
     p.add_argument("--out", default="docs/benchmarks.md", help="markdown file whose section is replaced")
-    p.add_argument("--rows", help="also write every row as JSON lines here")
+    p.add_argument("--rows", help="resumable rows file: rows in it are skipped, tables built from all "
+                                  "(default for full runs: docs/quality-rows.jsonl)")
 
 
 COMMANDS: Dict[str, Tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {

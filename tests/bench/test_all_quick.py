@@ -32,7 +32,8 @@ def test_every_benchmark_writes_its_figures(tmp_path):
     for row in rows:                            # a search's row carries its path (or says why it has no candidate)
         assert "error" in row or row["method"] == "l1" or row["search"]["path"], row
     assert "| fmnist-cnn | 16 |" in text and "| none mapped | MET |" in text        # serving
-    assert re.search(r"\| 0,3,7 \| \d+ \| \d+ \| 0 \| yes \|", text)                # loop: 0 failed, deployed
+    assert re.search(r"\| 0,3,7 \| as is \| \d+ \| \d+ \| 0 \| yes \|", text)        # loop: 0 failed, deployed
+    assert re.search(r"\| 0,3,7 \| one core busy \| \d+ \| \d+ \| \d+ \|", text)      # ... and with a core busy
     assert "Failed requests: 0 of" in text                                          # load
     assert "| RSS of ocapd |" in text                                               # soak
     assert "Verdict: MET (8 of 8 passed)" in text                                   # reliability quick

@@ -25,8 +25,8 @@ DAEMON_POINTS = [
     "store.renamed", "deploy.stored", "deploy.swapped", "store.current.tmp_written", "deploy.current_set",
     "probation.passing", "store.last_good.tmp_written", "probation.last_good_set", "revert.begin", "revert.swapped",
 ]
-WORKER_POINTS = ["worker.load", "worker.teacher", "worker.score", "worker.select", "worker.prune", "worker.finetune",
-                 "worker.export", "worker.before_done"]
+WORKER_POINTS = ["worker.load", "worker.teacher", "worker.score", "worker.select", "worker.search", "worker.export",
+                 "worker.before_done"]
 
 
 @pytest.fixture(scope="module")

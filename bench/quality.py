@@ -212,7 +212,8 @@ def run_subset(job: Dict[str, Any], emit: Callable[[Row], None]) -> None:
                 res = personalize(base, samples[selector], classes, mspec, Path(tmp) / "cand", name=method)
             except (OcapError, ValueError) as e:     # no candidate is a result to report, not a crash
                 emit(dict(head, method=method, error=str(e), seconds=round(time.perf_counter() - t0, 1),
-                          loadavg=round(load, 2), peak_rss_mb=_peak_rss_mb()))
+                          loadavg=round(load, 2), peak_rss_mb=_peak_rss_mb(),
+                          search={"path": getattr(e, "path", []), "stopped": "no candidate"}))
                 continue
             seconds = time.perf_counter() - t0
             ev = evaluate_package(res.package, test, classes, threads=1, latency_runs=job["latency_runs"])

@@ -170,6 +170,14 @@ def prune_further(model: nn.Module, classifier: str, shape: Sequence[int], curre
     return model, pm.history()
 
 
+class NoOperatingPoint(OcapError):
+    """No level kept the loss budget; ``path`` holds every level tried, as in a card."""
+
+    def __init__(self, message: str, path: List[Dict[str, Any]]) -> None:
+        super().__init__(message)
+        self.path = path
+
+
 @dataclass
 class SearchResult:
     model: nn.Module
@@ -304,8 +312,8 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
                     step(round(mid, 3), masks)
     if best is None:
         tried = ", ".join(f"{p['mac_reduction']:.2f}x: -{p['loss_pp']:.2f} pp" for p in path) or "none"
-        raise OcapError(f"no operating point keeps held-back agreement within {spec.max_loss} points of the base "
-                        f"restricted to classes {list(classes)} (tried {tried})")
+        raise NoOperatingPoint(f"no operating point keeps held-back agreement within {spec.max_loss} points of the "
+                               f"base restricted to classes {list(classes)} (tried {tried})", path)
     model, hist, masks, level, agree = best
     polish: Dict[str, Any] = {}
     if spec.polish and left() > 1:

@@ -161,10 +161,11 @@ def test_search_returns_the_smallest_level_within_budget_and_its_path(fmnist):
     rebuilt = replay_history(load_model(pkg), shape, res.history)
     rebuilt.load_state_dict(res.model.state_dict(), strict=True)
 
-    with pytest.raises(OcapError, match=r"no operating point .* within 0\.1 points .*\(tried 1\.\d+x: -1\.00 pp"):
+    with pytest.raises(OcapError, match=r"no operating point .* within 0\.1 points .*\(tried 1\.\d+x: -1\.00 pp") as e:
         search(model, clf, shape, cls, levels, x_tr, t_tr, x_val, t_val,
                SearchSpec(max_loss=0.1, levels=(1.5, 2.0), time_budget=60, step_epochs=1, polish=False),
                FinetuneSpec(epochs=1), measure=lambda m: 0.99)
+    assert e.value.path and not any(p["accepted"] for p in e.value.path)      # what was tried, for the record
 
 
 def test_too_few_images_names_every_short_class():

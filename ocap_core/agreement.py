@@ -4,17 +4,28 @@
 import numpy as np
 
 
+def agreement_costs(teacher_probs: np.ndarray, student_idx: np.ndarray) -> np.ndarray:
+    """Per image, p_t(teacher's class) − p_t(student's class): what ``expected_agreement`` averages."""
+    p = np.asarray(teacher_probs, np.float64)
+    if len(p) == 0:
+        raise ValueError("no images to measure agreement on")
+    idx = np.asarray(student_idx, np.int64)
+    return p.max(1) - p[np.arange(len(p)), idx]
+
+
+def standard_error(costs: np.ndarray) -> float:
+    """Standard error of the mean of per-image costs (0 for fewer than two images)."""
+    c = np.asarray(costs, np.float64)
+    return float(c.std(ddof=1) / np.sqrt(len(c))) if len(c) > 1 else 0.0
+
+
 def expected_agreement(teacher_probs: np.ndarray, student_idx: np.ndarray) -> float:
     """1 − mean over images of p_t(teacher's class) − p_t(student's class), where ``teacher_probs``
     (N x K) is the teacher's softmax over the K kept classes and ``student_idx`` the student's answers as
     indices into them. A disagreement where the teacher hesitates (0.55 vs 0.45) costs 0.1, one where it
     is sure costs about 1: unlike counting disagreements, this follows what pruning costs in accuracy when
     the teacher is roughly calibrated (ALGORITHMS.md §11). Equal to plain agreement for a sure teacher."""
-    p = np.asarray(teacher_probs, np.float64)
-    if len(p) == 0:
-        raise ValueError("no images to measure agreement on")
-    idx = np.asarray(student_idx, np.int64)
-    return float(1.0 - np.mean(p.max(1) - p[np.arange(len(p)), idx]))
+    return float(1.0 - agreement_costs(teacher_probs, student_idx).mean())
 
 
 def restricted_softmax(probs: np.ndarray, columns) -> np.ndarray:

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .agreement import expected_agreement
+from .agreement import agreement_costs, standard_error
 from .errors import OcapError
 from .finetune import FinetuneSpec, finetune
 from .measure import count_macs
@@ -201,15 +201,23 @@ def agreement(model: nn.Module, x: torch.Tensor, teacher_k: torch.Tensor) -> flo
 
 def soft_agreement(model: nn.Module, x: torch.Tensor, teacher_k: torch.Tensor) -> float:
     """Agreement expected under the teacher's softmax over the K classes (``expected_agreement``)."""
+    return 1.0 - float(judge_costs(model, x, teacher_k, "soft").mean())
+
+
+def judge_costs(model: nn.Module, x: torch.Tensor, teacher_k: torch.Tensor, measure: str) -> np.ndarray:
+    """Per held-back image, what the student's answer costs in agreement: under the teacher's softmax
+    (``soft``, ``agreement_costs``) or 1 per disagreement (``hard``)."""
     from .train import predict_logits
 
     if len(x) == 0:
         raise OcapError("no held-back images to measure agreement on")
-    p = torch.softmax(teacher_k.double(), 1).numpy()
-    return expected_agreement(p, predict_logits(model, x).argmax(1).numpy())
+    student = predict_logits(model, x).argmax(1).numpy()
+    if measure == "hard":
+        return (student != teacher_k.argmax(1).numpy()).astype(np.float64)
+    return agreement_costs(torch.softmax(teacher_k.double(), 1).numpy(), student)
 
 
-MEASURES = {"soft": soft_agreement, "hard": agreement}
+MEASURES = ("soft", "hard")
 
 
 def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequence[int], levels_of: LevelMasks,
@@ -232,13 +240,17 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
         x_judge, t_judge = x_stop, t_stop
     if spec.measure not in MEASURES:
         raise OcapError(f"unknown agreement measure {spec.measure!r}; choose from {', '.join(MEASURES)}")
-    if measure is None:
-        def measure(model: nn.Module) -> float:
-            return MEASURES[spec.measure](model, x_judge, t_judge)
+
+    def judge(model: nn.Module) -> Tuple[float, float]:
+        """Agreement on the judged half and its standard error (0 for a given ``measure``)."""
+        if measure is not None:
+            return measure(model), 0.0
+        costs = judge_costs(model, x_judge, t_judge, spec.measure)
+        return 1.0 - float(costs.mean()), standard_error(costs)
 
     full = {g.root: np.ones(g.width, bool) for g in levels_of.groups}
     start, start_hist = prune_copy(base, classifier, shape, full, classes)
-    cur = (start, start_hist, full, 1.0, measure(start))   # model, history, masks, level, agreement
+    cur = (start, start_hist, full, 1.0, judge(start)[0])   # model, history, masks, level, agreement
     best: Optional[Tuple[nn.Module, List[list], Masks, float, float]] = None
     path: List[Dict[str, Any]] = []
     stopped, failed_at = "ladder", None
@@ -258,12 +270,13 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
                        replace(ft, epochs=spec.step_epochs * f, patience=spec.step_patience * f,
                                time_budget=max(1.0, left() / 3), recalibrate=retry is None),
                        y=y, y_val=yv_stop, teacher=teacher)
-        agree = measure(res.model)
+        agree, se = judge(res.model)
         loss = 100.0 * (1.0 - agree)
         macs = count_macs(res.model, shape)
-        ok = loss <= spec.max_loss + 1e-9
+        ok = loss + spec.confidence_z * 100.0 * se <= spec.max_loss + 1e-9
         row = {"level": level, "macs": macs, "mac_reduction": round(levels_of.base_macs / macs, 3),
-               "agreement": round(agree, 5), "loss_pp": round(loss, 3), "accepted": ok,
+               "agreement": round(agree, 5), "loss_pp": round(loss, 3), "loss_se_pp": round(100.0 * se, 3),
+               "accepted": ok,
                "hard_agreement": round(agreement(res.model, x_judge, t_judge), 5), "retry": retry is not None,
                "epochs": len(res.history) - 1, "stopped": res.stopped, "seconds": round(time.perf_counter() - ts, 2)}
         path.append(row)
@@ -319,7 +332,7 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
     if spec.polish and left() > 1:
         res = finetune(model, x_tr, t_tr, x_stop, t_stop, replace(ft, time_budget=left()), y=y, y_val=yv_stop,
                        teacher=teacher)
-        after = measure(res.model)
+        after = judge(res.model)[0]
         polish = {"epochs": len(res.history) - 1, "stopped": res.stopped, "agreement": round(after, 5),
                   "seconds": round(res.seconds, 2)}
         if after >= agree:

@@ -27,11 +27,13 @@ class SearchSpec:
     retry_factor: int = 3         # a level over budget is trained this many times longer once (1: no retry)
     polish: bool = True           # fine-tune the chosen candidate further with the time left
     measure: str = "soft"         # agreement judged by the teacher's softmax (soft) or by argmax (hard)
+    confidence_z: float = 1.0     # a level passes when its loss plus this many standard errors is in budget
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_loss <= 100:
             raise OcapError(f"max loss must be in [0, 100] points, got {self.max_loss}")
         if not self.levels or any(b <= a for a, b in zip(self.levels, self.levels[1:])) or self.levels[0] <= 1:
             raise OcapError(f"search levels must be increasing MAC reductions above 1, got {list(self.levels)}")
-        if self.time_budget <= 0 or self.step_epochs < 1 or self.step_patience < 1 or self.retry_factor < 1:
+        if (self.time_budget <= 0 or self.step_epochs < 1 or self.step_patience < 1 or self.retry_factor < 1
+                or self.confidence_z < 0):
             raise OcapError(f"bad search spec {self}")

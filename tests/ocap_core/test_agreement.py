@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from ocap_core.agreement import expected_agreement, restricted_softmax
+from ocap_core.agreement import agreement_costs, expected_agreement, restricted_softmax, standard_error
 
 
 def test_a_sure_teacher_gives_plain_agreement():
@@ -27,3 +27,11 @@ def test_restricted_softmax_renormalizes_over_the_kept_columns():
 def test_no_images_is_an_error():
     with pytest.raises(ValueError, match="no images"):
         expected_agreement(np.zeros((0, 2)), [])
+
+
+def test_costs_and_their_standard_error():
+    p = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])
+    costs = agreement_costs(p, [0, 1, 0, 1])
+    assert np.allclose(costs, [0, 0.8, 0, 0.2])
+    assert standard_error(costs) == pytest.approx(np.std(costs, ddof=1) / 2)
+    assert standard_error(np.zeros(50)) == 0.0 and standard_error([0.3]) == 0.0

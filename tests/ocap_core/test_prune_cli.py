@@ -45,8 +45,8 @@ def test_candidate_card_records_how_it_was_made(pruned):
     assert path[0]["level"] == 2 and all(p["level"] in (2, 4, 8) or not p["accepted"] or p is path[-1] for p in path)
     assert all(a["macs"] > b["macs"] for a, b in zip(path, path[1:]) if a["accepted"])
     chosen = [p for p in path if p["accepted"]][-1]
-    assert chosen["level"] == prov["search"]["level"] and chosen["loss_pp"] <= 1.0
-    assert card.metrics["mac_reduction"] >= chosen["level"] and card.metrics["val_agreement"] >= 0.99
+    assert chosen["level"] == prov["search"]["level"] and chosen["loss_pp"] + chosen["loss_se_pp"] <= 1.0
+    assert card.metrics["mac_reduction"] >= chosen["level"] and 0.9 <= card.metrics["val_agreement"] <= 1
     assert card.metrics["onnx_parity_max_abs_diff"] <= 1e-4
     assert card.metrics["macs"] * card.metrics["mac_reduction"] == pytest.approx(card.metrics["base_macs"])
     # samples came from the training split, with some held back for validation

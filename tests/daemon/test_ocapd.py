@@ -27,7 +27,7 @@ FAST = {
     "stability": {"window": "3s", "windows": "3", "min_predictions": "150", "coverage": "0.90", "min_share": "0.06",
                   "js_threshold": "0.15", "check_interval": "1s"},
     # a short search with a lenient budget: these tests are about the loop's reliability, not its quality
-    "personalize": {"samples_per_class": "96", "min_samples_per_class": "40", "epochs": "6", "time_budget": "50s",
+    "personalize": {"samples_per_class": "96", "min_samples_per_class": "40", "epochs": "6", "time_budget": "80s",
                     "max_loss": "5", "cooldown": "600s", "threads": "1", "max_serving_p99": "1s"},
     "gate": {"min_agreement": "0.85", "min_speedup": "1.0", "latency_runs": "50"},
     "drift": {"teacher_share": "0.25", "window": "5s", "min_checks": "60", "max_outside_share": "0.10"},
@@ -118,7 +118,7 @@ def test_the_whole_loop_with_a_concurrent_client(tmp_path, images):
     replay.set_mix({0: 0.5, 3: 0.3, 7: 0.2})
     replay.start()
     try:
-        deploy = wait_event(tmp_path, "deploy", 150)
+        deploy = wait_event(tmp_path, "deploy", 300)
         status = ctl(tmp_path, "status")
         assert status["model"]["class_ids"] == [0, 3, 7] and status["daemon"]["phase"] in ("probation", "personalized")
         gate = [d for k, d in events(tmp_path) if k == "gate"][-1]
@@ -152,7 +152,7 @@ def test_a_candidate_made_worse_on_purpose_is_rolled_back_in_probation(tmp_path,
     replay.set_mix({0: 0.5, 3: 0.3, 7: 0.2})
     replay.start()
     try:
-        failed = wait_event(tmp_path, "probation_failed", 180)
+        failed = wait_event(tmp_path, "probation_failed", 300)
         assert "disagreement" in failed["reason"]
         back = wait_event(tmp_path, "rollback", 10)
         assert back["to"] == ctl(tmp_path, "status")["base"] == ctl(tmp_path, "status")["model"]["version"]

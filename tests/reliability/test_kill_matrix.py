@@ -19,6 +19,7 @@ from tests.daemon.test_ocapd import ctl, events, feed, start, stop, write_ini
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 FLUSH = 1.0
+CYCLE_S = 300        # a whole cycle to probation takes ~100 s idle; more while other work shares the cores
 DAEMON_POINTS = [
     "cache.file_written", "cache.indexed", "classlog.flush", "policy.trigger", "policy.samples_written",
     "policy.worker_started", "policy.worker_done", "gate.loaded", "deploy.before_store", "store.copied",
@@ -91,7 +92,7 @@ def test_kill_ocapd_at(tmp_path, images, point):
     proc = start(tmp_path, write_ini(tmp_path), OCAP_FAULTS=f"{point}=kill")
     replay = feed(tmp_path, images)
     try:
-        killed_at = drive(tmp_path, proc, replay, timeout=150)
+        killed_at = drive(tmp_path, proc, replay, timeout=CYCLE_S)
     finally:
         replay.stop()
         if proc.poll() is None:
@@ -106,7 +107,7 @@ def test_kill_the_worker_at(tmp_path, images, point):
     proc = start(tmp_path, write_ini(tmp_path), OCAP_FAULTS=f"{point}=kill")
     replay = feed(tmp_path, images)
     try:
-        drive(tmp_path, proc, replay, timeout=150, stop_when=lambda kinds: "personalize_failed" in kinds)
+        drive(tmp_path, proc, replay, timeout=CYCLE_S, stop_when=lambda kinds: "personalize_failed" in kinds)
         failed = [d for k, d in events(tmp_path) if k == "personalize_failed"]
         assert failed and "-9" in failed[0]["reason"], failed
         st = ctl(tmp_path, "status")

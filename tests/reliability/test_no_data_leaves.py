@@ -48,7 +48,7 @@ def test_a_whole_cycle_opens_no_network_socket_and_writes_only_its_directories(t
     test = load_dataset("fashion-mnist", "test")
     replay = feed(tmp_path, {k: test.x[test.y == k][:400] for k in range(10)})
     try:
-        wait_event(tmp_path, "probation_passed", 150)
+        wait_event(tmp_path, "probation_passed", 300)
         replay.set_mix({0: 0.5, 3: 0.3, 7: 0.2, 9: 0.35})
         wait_event(tmp_path, "drift", 60)
     finally:

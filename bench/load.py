@@ -16,6 +16,8 @@ from daemon.demo import _events, demo_config, start_ocapd
 from ocap_core.data import load_dataset
 from service.client import Client, Unreachable
 
+from .report import figure
+
 MIX = {0: 0.5, 3: 0.3, 7: 0.2}
 DRIFT = {0: 0.5, 3: 0.3, 7: 0.2, 9: 0.35}
 
@@ -130,7 +132,8 @@ def markdown(res: Dict[str, Any], machine: str, quick: bool) -> str:
     for k, label in (("idle", "idle (base model, no worker)"), ("worker", "worker running"),
                      ("swaps", "within 0.25 s of a swap")):
         p = ph[k]
-        lines.append(f"| {label} | {p['n']} | {p['p50']:.2f} | {p['p99']:.2f} | {p['p99'] / idle:.2f} |")
+        lines.append(f"| {label} | {p['n']} | {figure(p['p50'])} | {figure(p['p99'])} | "
+                     f"{figure(p['p99'] / idle if p['n'] and idle == idle and idle > 0 else None)} |")
     verdict = "MET" if res["failed"] == 0 and res["swaps"] >= 2 else "MISSED"
     lines += ["", f"Failed requests: {res['failed']} of {res['requests']} (target 0, with at least 2 swaps): {verdict}."]
     return "\n".join(lines)

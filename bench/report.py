@@ -46,11 +46,14 @@ def _median(values) -> Optional[float]:
     return statistics.median(vals) if vals else None
 
 
-def _f(value: Optional[float], fmt: str = ".2f", unit: str = "") -> str:
-    """A figure, or "no data" (never ``nan``)."""
+def figure(value: Optional[float], fmt: str = ".2f", unit: str = "") -> str:
+    """A figure, or "no data" (never ``nan``): every benchmark formats its measured numbers with it."""
     if value is None or value != value:
         return NO_DATA
     return f"{value:{fmt}}{unit}"
+
+
+_f = figure
 
 
 def _rows(rows, **match) -> List[Dict[str, Any]]:

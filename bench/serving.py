@@ -28,6 +28,8 @@ from service.class_log import ClassLog
 from service.client import Client, Unreachable
 from service.server import Server
 
+from .report import figure
+
 ROOT = Path(__file__).resolve().parent.parent
 MODELS = ["fmnist-cnn", "fmnist-resnet20", "fmnist-mobilenetv2", "fmnist-vgg"]
 SOCKET_MODELS = ["fmnist-cnn", "fmnist-resnet20"]
@@ -44,12 +46,18 @@ def _pct(ms: Sequence[float]) -> Dict[str, float]:
 
 
 # -- socket clients (separate processes, so the server's GIL is its own) -------------------------------
-def client_loop(sock: str, frames: np.ndarray, start_at: float, stop_at: float, seed: int) -> List[Request]:
-    """One client: predict random frames back to back from ``start_at`` until ``stop_at`` (wall time)."""
+START_TIMEOUT_S = 300.0     # client processes import numpy and connect first; on a busy machine that is slow
+
+
+def client_loop(sock: str, frames: np.ndarray, seconds: float, seed: int, ready) -> List[Request]:
+    """One client: connect, wait at ``ready`` (a barrier every client and the caller pass), then predict
+    random frames back to back for ``seconds``. (A fixed start time once came before any client had
+    imported on a loaded machine, and the run measured nothing.)"""
     rng = np.random.default_rng(seed)
-    time.sleep(max(0.0, start_at - time.time()))
     out: List[Request] = []
     with Client(Path(sock)) as c:
+        ready.wait(START_TIMEOUT_S)
+        stop_at = time.time() + seconds
         while time.time() < stop_at:
             frame = frames[int(rng.integers(len(frames)))]
             t0, p0 = time.time(), time.perf_counter()
@@ -65,11 +73,11 @@ def client_loop(sock: str, frames: np.ndarray, start_at: float, stop_at: float, 
 def run_clients(sock: Path, frames: np.ndarray, clients: int, seconds: float, during=None) -> List[Request]:
     """``clients`` processes for ``seconds``; ``during()`` runs in this process meanwhile."""
     ctx = multiprocessing.get_context("spawn")
-    with ProcessPoolExecutor(clients, mp_context=ctx) as pool:
-        start = time.time() + 2.0 + 0.25 * clients          # lets every process start and import
-        futures = [pool.submit(client_loop, str(sock), frames, start, start + seconds, s) for s in range(clients)]
+    with ctx.Manager() as manager, ProcessPoolExecutor(clients, mp_context=ctx) as pool:
+        ready = manager.Barrier(clients + 1)
+        futures = [pool.submit(client_loop, str(sock), frames, seconds, s, ready) for s in range(clients)]
+        ready.wait(START_TIMEOUT_S)                       # every client is connected: the run starts now
         if during is not None:
-            time.sleep(max(0.0, start - time.time()))
             during()
         return [r for f in futures for r in f.result()]
 
@@ -117,7 +125,7 @@ def swap_under_load(frames: np.ndarray, seconds: float, swaps: int = 5, clients:
     c, b = _pct(calm), _pct(busy)
     return {"clients": clients, "swaps": len(spans), "swap_s": statistics.median(b - a for a, b in spans),
             "requests": len(reqs), "failed": sum(not ok for *_, ok in reqs), "during_n": len(busy),
-            "calm": c, "during": b, "p99_ratio": b["p99"] / c["p99"]}
+            "calm": c, "during": b, "p99_ratio": b["p99"] / c["p99"] if busy and calm else float("nan")}
 
 
 # -- in-process path costs ------------------------------------------------------------------------------
@@ -246,8 +254,9 @@ def markdown(res: Dict[str, Any], machine: str, versions: Dict[str, str]) -> str
              f"({clo['with_per_s']:.0f} vs {clo['without_per_s']:.0f} frames/s) | {_verdict(clo['cost'] <= 0.03)} |",
              f"| swap under load ({s['clients']} clients, {s['swaps']} swaps): 0 failed requests | {s['failed']} failed of "
              f"{s['requests']} | {_verdict(s['failed'] == 0)} |",
-             f"| p99 during swaps ≤ 2× idle p99 | {s['during']['p99']:.2f} vs {s['calm']['p99']:.2f} ms = "
-             f"{s['p99_ratio']:.2f}× ({s['during_n']} requests overlapped a swap) | {_verdict(s['p99_ratio'] <= 2)} |",
+             f"| p99 during swaps ≤ 2× idle p99 | {figure(s['during']['p99'])} vs {figure(s['calm']['p99'])} ms = "
+             f"{figure(s['p99_ratio'], unit='×')} ({s['during_n']} requests overlapped a swap) | "
+             f"{_verdict(s['p99_ratio'] <= 2)} |",
              f"| serving RSS with {rss['model']} loaded ≤ 250 MB | {rss['rss_mb']:.0f} MB | "
              f"{_verdict(rss['rss_mb'] <= 250)} |",
              f"| no torch in the serving process | {'none mapped' if not rss['torch_mapped'] else rss['torch_mapped']} | "
@@ -255,11 +264,11 @@ def markdown(res: Dict[str, Any], machine: str, versions: Dict[str, str]) -> str
              f"### Socket round trips ({res['seconds']:g} s per row; clients are separate processes; on this "
              "machine they share its cores with the server)", "",
              "| model | clients | requests/s | p50 ms | p99 ms | failed |", "|---|---|---|---|---|---|"]
-    lines += [f"| {r['model']} | {r['clients']} | {r['per_s']:.0f} | {r['p50']:.2f} | {r['p99']:.2f} | {r['failed']} |"
-              for r in res["socket"]]
+    lines += [f"| {r['model']} | {r['clients']} | {r['per_s']:.0f} | {figure(r['p50'])} | {figure(r['p99'])} | "
+              f"{r['failed']} |" for r in res["socket"]]
     lines += ["", f"Swap under load: fmnist-cnn ↔ fmnist-vgg, median swap (verify digests, load, 3 warm-up runs) "
-              f"{s['swap_s'] * 1e3:.0f} ms; p50/p99 {s['calm']['p50']:.2f}/{s['calm']['p99']:.2f} ms outside swaps, "
-              f"{s['during']['p50']:.2f}/{s['during']['p99']:.2f} ms for requests overlapping one.", "",
+              f"{s['swap_s'] * 1e3:.0f} ms; p50/p99 {figure(s['calm']['p50'])}/{figure(s['calm']['p99'])} ms outside "
+              f"swaps, {figure(s['during']['p50'])}/{figure(s['during']['p99'])} ms for requests overlapping one.", "",
               "### The serving path vs a bare onnxruntime call (in process, interleaved)", "",
               f"*bare* is `session.run` on a preprocessed frame; *infer* is `Server.infer`: preprocess, predict, map "
               f"to base ids, class log, hand-off of the frame to the cache thread (whose KL scoring and file write run "

@@ -159,18 +159,3 @@ def matched_masks(groups: Iterable, scores: Mapping[str, np.ndarray], counts: Ma
     gscore = group_scores(groups, scores)
     return {g.root: top_up(np.zeros(g.width, bool), gscore[g.root], int(counts.get(g.root, g.width)))
             for g in groups}
-
-
-def share_masks(groups: Iterable, scores: Mapping[str, np.ndarray], share: float, protected: Iterable[str] = (),
-                min_width: int = 1, round_to: int = 1) -> Dict[str, np.ndarray]:
-    """Keep the best ``share`` of every unprotected group (uniform widths, for a MAC target)."""
-    protected = set(protected)
-    gscore = group_scores(groups, scores)
-    out = {}
-    for g in groups:
-        if g.root in protected or g.grouped:
-            out[g.root] = np.ones(g.width, bool)
-            continue
-        n = max(min_keep(g.width, min_width, share, round_to), 1)
-        out[g.root] = top_up(np.zeros(g.width, bool), gscore[g.root], n)
-    return out

@@ -17,7 +17,6 @@ from ocap_core.rules import (
     rule_cap,
     rule_hybrid,
     rule_personalize,
-    share_masks,
 )
 
 
@@ -73,8 +72,6 @@ def test_class_agnostic_masks():
     g = G("r", 4, {"a": np.arange(4)})
     scores = {"a": np.array([0.1, 0.9, 0.5, 0.3])}
     assert matched_masks([g], scores, {"r": 2})["r"].tolist() == [False, True, True, False]
-    assert share_masks([g], scores, 0.5)["r"].tolist() == [False, True, True, False]
-    assert share_masks([g], scores, 0.5, protected=["r"])["r"].all()
     assert min_keep(10, 1, 0.25, 4) == 4 and min_keep(3, 8) == 3
 
 

@@ -86,6 +86,16 @@ def save_package(model: nn.Module, out: Path, *, name: str, input_spec: InputSpe
     return ModelPackage(out, card)
 
 
+def write_pruning(path: Path, base_arch: Optional[Dict[str, Any]], num_classes: int, history: List[list],
+                  removed_blocks: Sequence[str] = ()) -> Path:
+    """The pruning file of a pruned package: how ``load_model`` rebuilds it from its base (the
+    Torch-Pruning history, then the residual blocks replaced by identities)."""
+    path = Path(path)
+    path.write_text(json.dumps({"base_arch": base_arch, "num_classes": num_classes, "history": history,
+                                "removed_blocks": list(removed_blocks)}), encoding="utf-8")
+    return path
+
+
 def update_metrics(pkg: ModelPackage, metrics: Dict[str, Any]) -> ModelPackage:
     """Merge ``metrics`` into the card (files are unchanged, so their digests stay valid)."""
     pkg.card.metrics.update(metrics)
@@ -109,15 +119,17 @@ def load_model(pkg: ModelPackage) -> nn.Module:
 
     kwargs = dict(pkg.card.arch.get("kwargs") or {}) if pkg.card.arch else {}
     if PRUNING_FILE in pkg.card.files:       # a pruned model: build the base, replay its pruning history
+        from .blocks import remove_blocks
         from .structural import replay_history
 
         model = create_model(arch_name(pkg), in_chans=pkg.card.input.shape[0],
                              num_classes=len(pkg.card.class_names), **kwargs)
         try:
-            history = json.loads((pkg.path / PRUNING_FILE).read_text(encoding="utf-8"))["history"]
-        except (OSError, ValueError, KeyError) as e:
+            pruning = json.loads((pkg.path / PRUNING_FILE).read_text(encoding="utf-8"))
+            history, blocks = pruning["history"], list(pruning.get("removed_blocks") or [])
+        except (OSError, ValueError, KeyError, TypeError) as e:
             raise OcapError(f"{pkg.path / PRUNING_FILE} is unreadable: {e}") from e
-        model = replay_history(model.eval(), pkg.card.input.shape, history)
+        model = remove_blocks(replay_history(model.eval(), pkg.card.input.shape, history), blocks)
     else:
         model = create_model(arch_name(pkg), in_chans=pkg.card.input.shape[0],
                              num_classes=len(pkg.card.class_ids), **kwargs)
@@ -129,4 +141,4 @@ def load_model(pkg: ModelPackage) -> nn.Module:
     return model.eval()
 
 
-__all__ = ["CARD", "save_package", "load_model", "update_metrics", "arch_name"]
+__all__ = ["CARD", "save_package", "load_model", "update_metrics", "arch_name", "write_pruning"]

@@ -187,7 +187,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
     ft = replace(FinetuneSpec(), epochs=args.epochs, time_budget=0.0 if searching else args.time_budget, lr=args.lr,
                  mixup=args.mixup, seed=args.seed)
     levels = tuple(parse_floats(args.levels, "--levels")) if args.levels else DEFAULT_LEVELS
-    search = SearchSpec(max_loss=args.max_loss, levels=levels, time_budget=args.time_budget)
+    search = SearchSpec(max_loss=args.max_loss, levels=levels, time_budget=args.time_budget,
+                        remove_blocks=not args.keep_blocks)
     spec = PruneSpec(scorer=args.scorer, rule=args.rule, search=search, min_per_class=args.min_per_class,
                      labels=args.labels, grouping=args.grouping,
                      keep_share=args.keep_share, slope=args.slope, images_per_class=args.images_per_class,
@@ -328,6 +329,8 @@ def _add_prune(p: argparse.ArgumentParser) -> None:
                    help="conv layers nearest the input kept whole (default: 1 when searching, else per family)")
     p.add_argument("--prune-stream", dest="prune_stream", action="store_const", const=True, default=None,
                    help="prune residual-stream channels too (default when searching)")
+    p.add_argument("--keep-blocks", action="store_true",
+                   help="never remove a residual block whose channels the search left at their floor")
     p.add_argument("--keep-stream", dest="prune_stream", action="store_const", const=False,
                    help="keep residual-stream channels whole (default of the reference rules)")
     p.add_argument("--min-width", type=int, help="channels every layer keeps at least (default 2 searching, else 1)")

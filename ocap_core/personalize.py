@@ -7,7 +7,6 @@ distillation, export (ONNX parity-checked) into a package whose card records how
 """
 
 import copy
-import json
 import logging
 import tempfile
 import time
@@ -20,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .build import PRUNING_FILE, load_model, save_package
+from .build import PRUNING_FILE, load_model, save_package, write_pruning
 from .errors import OcapError
 from .evaluate import check_classes
 from .finetune import finetune
@@ -193,7 +192,7 @@ def personalize(base_pkg: ModelPackage, samples: Samples, classes: Sequence[int]
         keep, history, student = searched.masks, searched.history, searched.model
         stage("search")
         tuned = {"path": searched.path, "stopped": searched.stopped, "level": searched.level,
-                 "polish": searched.polish}
+                 "polish": searched.polish, "removed_blocks": searched.removed_blocks}
     else:
         if spec.target_macs:               # fixed budget, any scorer
             keep = level_masks(base, pm_base, table, cls, spec, classifier, shape, class_freqs).at(spec.target_macs, exact=True)
@@ -234,8 +233,8 @@ def personalize(base_pkg: ModelPackage, samples: Samples, classes: Sequence[int]
                "param_reduction": count_params(base) / params, "val_agreement": agreement(student, x_val, t_val),
                "val_expected_agreement": soft_agreement(student, x_val, t_val), "val_images": int(len(val_idx))}
     with tempfile.TemporaryDirectory() as tmp:
-        hist_file = Path(tmp) / PRUNING_FILE
-        hist_file.write_text(json.dumps({"base_arch": card.arch, "num_classes": num_classes, "history": history}))
+        hist_file = write_pruning(Path(tmp) / PRUNING_FILE, card.arch, num_classes, history,
+                                  searched.removed_blocks if searched else [])
         parity = x_all[np.concatenate([train_idx, val_idx])[:64]]
         pkg = save_package(student, Path(out), name=name or Path(out).name, input_spec=card.input,
                            class_names=card.class_names, arch=dict(card.arch), class_ids=cls, parent=card.version,

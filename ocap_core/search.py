@@ -22,6 +22,7 @@ import torch
 import torch.nn as nn
 
 from .agreement import agreement_costs, standard_error
+from .blocks import remove_blocks, residual_blocks
 from .errors import OcapError
 from .finetune import FinetuneSpec, finetune
 from .measure import count_macs
@@ -54,6 +55,8 @@ class LevelMasks:
         self.protected = set(protected) | {g.root for g in self.groups if g.grouped}
         self.round_to = round_to
         self.base_macs = count_macs(base, self.shape)
+        self.floors = {g.root: min(max(int(floors.get(g.root, 1)), 1), g.width) for g in self.groups}
+        self._blocks: Optional[List[str]] = None
         self._macs_cache: Dict[Tuple[int, ...], int] = {}
         gid, primary, secondary = [], [], []
         for i, g in enumerate(self.groups):
@@ -63,8 +66,7 @@ class LevelMasks:
             ranked = np.sort(s)[::-1]                                  # best first
             rel = ranked / max(float(ranked.mean()), 1e-12)            # not the max: one outlier channel
             #                                                            made a whole layer look unused
-            floor = min(max(int(floors.get(g.root, 1)), 1), g.width)
-            pos = np.arange(floor, g.width)                            # the floor's channels never leave
+            pos = np.arange(self.floors[g.root], g.width)              # the floor's channels never leave
             gid.append(np.full(len(pos), i))
             primary.append(np.zeros(len(pos)) if agnostic else rel[pos])
             secondary.append(1.0 - pos / g.width)
@@ -125,6 +127,20 @@ class LevelMasks:
         if exact and self.round_to > 1:
             counts = self._give_back(counts, self.counts(lo), level, 1)
         return self.masks(counts)
+
+    def blocks_at_floor(self, masks: Masks) -> List[str]:
+        """Residual blocks (``residual_blocks`` of the base) whose own channel groups are all at their
+        floor in ``masks``: what is left of them is worth trying without them."""
+        if self._blocks is None:
+            self._blocks = residual_blocks(self.base, self.shape)
+        least = self.counts(self.removable)           # the floors, rounded as every level is
+        out = []
+        for b in self._blocks:
+            inner = [g for g in self.groups if g.root.startswith(b + ".") and not g.stream]
+            if inner and all(g.root not in self.protected and int(masks[g.root].sum()) <= least[g.root]
+                             for g in inner):
+                out.append(b)
+        return out
 
     def _give_back(self, counts: Dict[str, int], upper: Mapping[str, int], level: float, step: int
                    ) -> Dict[str, int]:
@@ -188,6 +204,7 @@ class SearchResult:
     path: List[Dict[str, Any]] = field(default_factory=list)
     stopped: str = ""
     polish: Dict[str, Any] = field(default_factory=dict)
+    removed_blocks: List[str] = field(default_factory=list)    # replaced by nn.Identity after the history
 
 
 def agreement(model: nn.Module, x: torch.Tensor, teacher_k: torch.Tensor) -> float:
@@ -201,20 +218,20 @@ def agreement(model: nn.Module, x: torch.Tensor, teacher_k: torch.Tensor) -> flo
 
 def soft_agreement(model: nn.Module, x: torch.Tensor, teacher_k: torch.Tensor) -> float:
     """Agreement expected under the teacher's softmax over the K classes (``expected_agreement``)."""
-    return 1.0 - float(judge_costs(model, x, teacher_k, "soft").mean())
+    return 1.0 - float(judge_costs(model, x, teacher_k)["soft"].mean())
 
 
-def judge_costs(model: nn.Module, x: torch.Tensor, teacher_k: torch.Tensor, measure: str) -> np.ndarray:
-    """Per held-back image, what the student's answer costs in agreement: under the teacher's softmax
-    (``soft``, ``agreement_costs``) or 1 per disagreement (``hard``)."""
+def judge_costs(model: nn.Module, x: torch.Tensor, teacher_k: torch.Tensor) -> Dict[str, np.ndarray]:
+    """Per held-back image and measure, what the student's answer costs in agreement: under the
+    teacher's softmax (``soft``, ``agreement_costs``) and 1 per disagreement (``hard``), from one
+    forward pass."""
     from .train import predict_logits
 
     if len(x) == 0:
         raise OcapError("no held-back images to measure agreement on")
     student = predict_logits(model, x).argmax(1).numpy()
-    if measure == "hard":
-        return (student != teacher_k.argmax(1).numpy()).astype(np.float64)
-    return agreement_costs(torch.softmax(teacher_k.double(), 1).numpy(), student)
+    return {"hard": (student != teacher_k.argmax(1).numpy()).astype(np.float64),
+            "soft": agreement_costs(torch.softmax(teacher_k.double(), 1).numpy(), student)}
 
 
 MEASURES = ("soft", "hard")
@@ -241,12 +258,14 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
     if spec.measure not in MEASURES:
         raise OcapError(f"unknown agreement measure {spec.measure!r}; choose from {', '.join(MEASURES)}")
 
-    def judge(model: nn.Module) -> Tuple[float, float]:
-        """Agreement on the judged half and its standard error (0 for a given ``measure``)."""
+    def judge(model: nn.Module) -> Tuple[float, float, float]:
+        """Agreement on the judged half, its standard error (0 for a given ``measure``), and the
+        argmax agreement (for the record)."""
+        costs = judge_costs(model, x_judge, t_judge)
+        hard = 1.0 - float(costs["hard"].mean())
         if measure is not None:
-            return measure(model), 0.0
-        costs = judge_costs(model, x_judge, t_judge, spec.measure)
-        return 1.0 - float(costs.mean()), standard_error(costs)
+            return measure(model), 0.0, hard
+        return 1.0 - float(costs[spec.measure].mean()), standard_error(costs[spec.measure]), hard
 
     full = {g.root: np.ones(g.width, bool) for g in levels_of.groups}
     start, start_hist = prune_copy(base, classifier, shape, full, classes)
@@ -255,30 +274,35 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
     path: List[Dict[str, Any]] = []
     stopped, failed_at = "ladder", None
     last_failed: Optional[Tuple[nn.Module, List[list]]] = None
+    removed: List[str] = []
 
     def left() -> float:
         return spec.time_budget - (time.perf_counter() - t0)
 
-    def step(level: float, masks: Masks, retry: Optional[Tuple[nn.Module, List[list]]] = None) -> bool:
-        """Prune the accepted candidate to ``masks`` (or go on training ``retry``, a candidate at these
-        masks that missed the budget, ``spec.retry_factor`` times longer) and judge it."""
+    def step(level: float, masks: Masks, cand: Optional[Tuple[nn.Module, List[list]]] = None, retry: bool = False,
+             blocks: Sequence[str] = ()) -> bool:
+        """Prune the accepted candidate to ``masks`` (or take ``cand``: with ``retry``, a candidate at
+        these masks that missed the budget, trained ``spec.retry_factor`` times longer; with ``blocks``,
+        the accepted one without those blocks) and judge it."""
         nonlocal cur, best, last_failed
         ts = time.perf_counter()
-        model, hist = retry if retry is not None else prune_further(cur[0], classifier, shape, cur[2], masks)
-        f = spec.retry_factor if retry is not None else 1
+        model, hist = cand if cand is not None else prune_further(cur[0], classifier, shape, cur[2], masks)
+        f = spec.retry_factor if retry else 1
         res = finetune(model, x_tr, t_tr, x_stop, t_stop,
                        replace(ft, epochs=spec.step_epochs * f, patience=spec.step_patience * f,
-                               time_budget=max(1.0, left() / 3), recalibrate=retry is None),
+                               time_budget=max(1.0, left() / 3), recalibrate=not retry),
                        y=y, y_val=yv_stop, teacher=teacher)
-        agree, se = judge(res.model)
+        agree, se, hard = judge(res.model)
         loss = 100.0 * (1.0 - agree)
         macs = count_macs(res.model, shape)
         ok = loss + spec.confidence_z * 100.0 * se <= spec.max_loss + 1e-9
         row = {"level": level, "macs": macs, "mac_reduction": round(levels_of.base_macs / macs, 3),
                "agreement": round(agree, 5), "loss_pp": round(loss, 3), "loss_se_pp": round(100.0 * se, 3),
                "accepted": ok,
-               "hard_agreement": round(agreement(res.model, x_judge, t_judge), 5), "retry": retry is not None,
+               "hard_agreement": round(hard, 5), "retry": retry,
                "epochs": len(res.history) - 1, "stopped": res.stopped, "seconds": round(time.perf_counter() - ts, 2)}
+        if blocks:
+            row["removed_blocks"] = list(blocks)
         path.append(row)
         log.info("search level %.2fx: %.2fx fewer MACs, agreement %.4f (%.2f pp), %s", level,
                  row["mac_reduction"], agree, loss, "accepted" if ok else "over budget")
@@ -287,6 +311,7 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
         if ok:
             cur = (res.model, cur[1] + hist, masks, level, agree)
             best = cur
+            removed.extend(blocks)
         else:
             last_failed = (res.model, hist)
         return ok
@@ -309,7 +334,7 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
         if step(level, masks):
             continue
         # fine-tuning, not the masks, is what usually fails first: train the same candidate longer once
-        if spec.retry_factor > 1 and left() > 0 and last_failed is not None and step(level, masks, last_failed):
+        if spec.retry_factor > 1 and left() > 0 and last_failed is not None and step(level, masks, last_failed, retry=True):
             continue
         failed_at, failed_masks = level, masks
         break
@@ -327,6 +352,9 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
         tried = ", ".join(f"{p['mac_reduction']:.2f}x: -{p['loss_pp']:.2f} pp" for p in path) or "none"
         raise NoOperatingPoint(f"no operating point keeps held-back agreement within {spec.max_loss} points of the "
                                f"base restricted to classes {list(classes)} (tried {tried})", path)
+    blocks = levels_of.blocks_at_floor(best[2]) if spec.remove_blocks else []
+    if blocks and left() > 0:            # fewer operators: what channel pruning cannot take away
+        step(best[3], best[2], (remove_blocks(copy.deepcopy(best[0]), blocks), []), blocks=blocks)
     model, hist, masks, level, agree = best
     polish: Dict[str, Any] = {}
     if spec.polish and left() > 1:
@@ -337,4 +365,4 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
                   "seconds": round(res.seconds, 2)}
         if after >= agree:
             model, agree = res.model, after
-    return SearchResult(model, hist, masks, level, agree, path, stopped, polish)
+    return SearchResult(model, hist, masks, level, agree, path, stopped, polish, removed)

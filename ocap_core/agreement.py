@@ -14,9 +14,12 @@ def agreement_costs(teacher_probs: np.ndarray, student_idx: np.ndarray) -> np.nd
 
 
 def standard_error(costs: np.ndarray) -> float:
-    """Standard error of the mean of per-image costs (0 for fewer than two images)."""
-    c = np.asarray(costs, np.float64)
-    return float(c.std(ddof=1) / np.sqrt(len(c))) if len(c) > 1 else 0.0
+    """Standard error of the mean of per-image costs, counted as if one more image had been a sure
+    disagreement (cost 1): no disagreement seen on n images does not show a loss below about 1/n, and the
+    search accepts the last of several levels, the one most likely to have been lucky. (The demo's search
+    saw 0.06 pp on 132 judged images at 6.6x; its test loss was 1.13 pp.)"""
+    c = np.append(np.asarray(costs, np.float64), 1.0)
+    return float(c.std(ddof=1) / np.sqrt(len(c)))
 
 
 def expected_agreement(teacher_probs: np.ndarray, student_idx: np.ndarray) -> float:

@@ -33,5 +33,8 @@ def test_costs_and_their_standard_error():
     p = np.array([[0.9, 0.1], [0.9, 0.1], [0.6, 0.4], [0.6, 0.4]])
     costs = agreement_costs(p, [0, 1, 0, 1])
     assert np.allclose(costs, [0, 0.8, 0, 0.2])
-    assert standard_error(costs) == pytest.approx(np.std(costs, ddof=1) / 2)
-    assert standard_error(np.zeros(50)) == 0.0 and standard_error([0.3]) == 0.0
+    padded = np.append(costs, 1.0)                  # one pseudo-image, a sure disagreement
+    assert standard_error(costs) == pytest.approx(np.std(padded, ddof=1) / np.sqrt(len(padded)))
+    # no disagreement seen is no proof of none: about 1/n, smaller with more images
+    assert 0.9 / 51 < standard_error(np.zeros(50)) < 1.1 / 51
+    assert standard_error(np.zeros(500)) < standard_error(np.zeros(50))

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from ocap_core.errors import OcapError
-from ocap_core.package import open_package
+from ocap_core.package import Card, open_package
 from service.errors import ServiceError
 from service.sources import parse_mix
 
@@ -27,7 +27,6 @@ log = logging.getLogger(__name__)
 
 EXIT_CONFIG = 78                    # sysexits.h EX_CONFIG; listed in the unit's RestartPreventExitStatus=
 DEFAULT_PATH = Path("/etc/ocap/ocap.ini")
-MIX_CLASSES = 10                    # a replay mix names classes of a 10-class dataset (Fashion-MNIST)
 SOURCE_PREFIX = "source:"
 SOURCE_TYPES = {
     "replay": "replays a dataset at a set rate under a class-mix schedule (demos, benchmarks)",
@@ -157,9 +156,10 @@ def _to_group(text: str) -> Optional[int]:
 
 
 def _to_mix(text: str) -> str:
+    """The syntax only: the class ids are checked against the base model's classes once it is open."""
     if text:
         try:
-            parse_mix(text, MIX_CLASSES)
+            parse_mix(text, None)
         except ServiceError as e:
             raise ValueError(str(e)) from None
     return text
@@ -623,13 +623,25 @@ def _build(raw: Dict[str, Dict[str, str]], name: str, path: Optional[Path]) -> C
     return Config(sources=sources, path=path, **parts)
 
 
-def _check_base(cfg: Config, name: str) -> None:
+def _check_base(cfg: Config, name: str) -> Card:
     """The base model must open (and verify) as a package: a typo fails here, not at the first request."""
     try:
-        open_package(cfg.model.base)
+        return open_package(cfg.model.base).card
     except (OcapError, OSError) as e:
         raise ConfigError(_one_line(f"{name}: [model] base = {cfg.model.base!r}: cannot open the model "
                                     f"package: {e}")) from None
+
+
+def _check_mixes(cfg: Config, name: str, card: Card) -> None:
+    """A replay mix names classes of the base model: ids outside its class space are named."""
+    for src in cfg.sources.values():
+        mix = src.options.get("mix") if src.type == "replay" else ""
+        if mix:
+            try:
+                parse_mix(mix, len(card.class_names))
+            except ServiceError as e:
+                raise ConfigError(_one_line(f"{name}: [{SOURCE_PREFIX}{src.name}] mix = {mix!r}: {e} "
+                                            f"([model] base = {cfg.model.base})")) from None
 
 
 def load_config(path: Union[str, Path]) -> Config:
@@ -647,7 +659,7 @@ def load_config(path: Union[str, Path]) -> Config:
     except OSError as e:
         raise ConfigError(_one_line(f"{name}: cannot read: {e.strerror or e}")) from None
     cfg = _build(_read_ini(text, name), name, path)
-    _check_base(cfg, name)
+    _check_mixes(cfg, name, _check_base(cfg, name))
     log.debug("configuration %s: %d source(s)", name, len(cfg.sources))
     return cfg
 

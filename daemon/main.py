@@ -12,10 +12,11 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ocap_core.data import Dataset
 from ocap_core.errors import OcapError
 from service.errors import ServiceError
 from service.server import Server, ServerConfig
@@ -24,6 +25,7 @@ from .config import EXIT_CONFIG, Config, ConfigError, load_config
 from .controller import Controller
 from .errors import DaemonError
 from .notify import Notifier
+from .sources import build_sources, check_sources
 from .store import ModelStore
 
 log = logging.getLogger("ocapd")
@@ -41,29 +43,6 @@ def server_config(cfg: Config) -> ServerConfig:
                         allowed_gids=frozenset() if cfg.daemon.group is None else frozenset([cfg.daemon.group]))
 
 
-def build_sources(cfg: Config, server: Server) -> List[Any]:
-    """One thread per ``[source:NAME]`` section, all feeding ``server.infer``."""
-    from ocap_core.data import load_dataset
-    from service.sources import CameraSource, DirectorySource, ReplaySource, parse_mix
-
-    out = []
-    for name, sc in cfg.sources.items():
-        o = sc.options
-        if sc.type == "replay":
-            data = load_dataset(o["data"], o["split"])
-            mix = parse_mix(o["mix"] or ",".join(f"{k}:1" for k in range(data.num_classes)) + "@1h", data.num_classes)
-            out.append(ReplaySource(data.x, data.y, lambda img: server.infer(img[None]), o["rate"], mix))
-        elif sc.type == "directory":
-            reject = o.get("reject_dir") or Path(cfg.daemon.state_dir) / "rejected"
-            out.append(DirectorySource(Path(o["spool"]), server.infer, Path(reject),
-                                       Path(o["done_dir"]) if o.get("done_dir") else None))
-        elif sc.type == "camera":
-            out.append(CameraSource(o["device"], server.infer, tuple(server.slot.current().card.input.shape),
-                                    rate=o["rate"]))
-        log.info("source %s: %s", name, sc.type)
-    return out
-
-
 def limit_malloc_arenas(n: int = 2) -> bool:
     """glibc gives each thread that allocates its own malloc arena; with the daemon's threads that took
     ocapd from 90 to 153 MB RSS. ``mallopt(M_ARENA_MAX)`` caps them (as MALLOC_ARENA_MAX= does, which
@@ -78,8 +57,9 @@ def limit_malloc_arenas(n: int = 2) -> bool:
 
 
 class Daemon:
-    def __init__(self, cfg: Config) -> None:
+    def __init__(self, cfg: Config, replay_data: Optional[Dict[str, Dataset]] = None) -> None:
         self.cfg = cfg
+        self.replay_data = replay_data          # check_sources' result; None: checked at start
         self.notifier = Notifier()
         self.stop_requested = threading.Event()
         self.reload_requested = threading.Event()
@@ -92,6 +72,7 @@ class Daemon:
         from ocap_core.package import resolve_model
 
         c = self.cfg
+        replay_data = check_sources(c) if self.replay_data is None else self.replay_data
         os.umask(0o027)               # as the unit's UMask=: nothing the daemon writes is world-readable
         Path(c.daemon.state_dir).mkdir(parents=True, exist_ok=True, mode=0o750)
         Path(c.daemon.cache_dir).mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -105,7 +86,8 @@ class Daemon:
                              config=str(c.path))
         self.controller = Controller(c, server, store, base, on_state=self.notifier.status)
         server.control.register("reload", self._cmd_reload, mutating=True)
-        self.sources = build_sources(c, server)
+        self.sources = build_sources(c, server, replay_data)
+        self.replay_data = None                 # the sources hold what they need
         self.scheduler = self._scheduler()
         server.start()
         for s in self.sources:
@@ -156,6 +138,8 @@ class Daemon:
         assert self.server is not None and self.controller is not None and self.cfg.path is not None
         try:
             new = load_config(self.cfg.path)
+            if new.sources != self.cfg.sources:     # applied at the next start: it must be able to start
+                check_sources(new)
         except ConfigError as e:
             log.error("reload refused, keeping the running config: %s", e)
             self.server.events.record("config_rejected", reason=str(e))
@@ -210,6 +194,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = ap.parse_args(argv)
     try:
         cfg = load_config(Path(args.config))
+        replay_data = check_sources(cfg)
     except ConfigError as e:
         print(f"ocapd: {e}", file=sys.stderr)
         return EXIT_CONFIG
@@ -219,7 +204,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     logging.basicConfig(level=cfg.daemon.log_level.upper(), stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
     limit_malloc_arenas()
-    return Daemon(cfg).run()
+    return Daemon(cfg, replay_data).run()
 
 
 if __name__ == "__main__":

@@ -9,6 +9,8 @@ import threading
 from pathlib import Path
 from typing import Optional, Sequence
 
+import numpy as np
+
 from ocap_core.errors import OcapError
 
 from .errors import ServiceError
@@ -42,7 +44,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from ocap_core.data import load_dataset
 
     from .server import Server, ServerConfig
-    from .sources import CameraSource, DirectorySource, ReplaySource, parse_mix
+    from .sources import CameraSource, DirectorySource, RejectedFrames, ReplaySource, data_misfit, parse_mix
 
     try:
         config = ServerConfig(providers=tuple(args.providers.split(",")), threads=args.threads,
@@ -50,20 +52,25 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                               cache_per_class=args.cache_per_class, cache_quota=int(args.cache_quota_mb * 2 ** 20))
         server = Server(args.model, Path(args.state_dir), Path(args.socket), config, base=args.base)
         source = None
+        rejects = RejectedFrames(args.source, server.events)
         if args.source == "replay":
             data = load_dataset(args.data, "test")
-            mix = parse_mix(args.mix or ",".join(f"{k}:1" for k in range(data.num_classes)) + "@1h",
-                            data.num_classes)
-            source = ReplaySource(data.x, data.y, lambda img: server.infer(img[None]), args.rate, mix)
+            why = data_misfit(data.x, data.y, server.base.card)
+            if why:
+                raise ServiceError(f"--data {args.data}: {why}")
+            mix = parse_mix(args.mix or ",".join(f"{k}:1" for k in np.unique(data.y)) + "@1h",
+                            len(server.base.card.class_names))
+            source = ReplaySource(data.x, data.y, lambda img: server.infer(img[None]), args.rate, mix,
+                                  rejects=rejects)
         elif args.source == "directory":
             if not args.spool:
                 raise ServiceError("--source directory needs --spool DIR")
             source = DirectorySource(Path(args.spool), server.infer,
                                      Path(args.reject_dir or Path(args.state_dir) / "rejected"),
-                                     Path(args.done_dir) if args.done_dir else None)
+                                     Path(args.done_dir) if args.done_dir else None, rejects=rejects)
         elif args.source == "camera":
             source = CameraSource(args.camera, server.infer, tuple(server.slot.current().card.input.shape),
-                                  rate=args.rate)
+                                  rate=args.rate, rejects=rejects)
         done = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: done.set())

@@ -1,0 +1,149 @@
+"""daemon.sources through real ``ocapd`` subprocesses (issue 13): at start and under ``--check-config``
+every source's files exist and fit the base model (one line naming section, key and file, exit 78, nothing
+touched), and a spool of wrong-sized images at run time is one event, not a traceback per frame."""
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from ocap_core.data import load_dataset
+from service.client import Client
+from tests.daemon.test_ocapd import _env, events, start, stop, write_ini
+from tests.helpers import ROOT
+
+
+def ocapd(ini: Path, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "daemon.main", "--config", str(ini), *args], capture_output=True,
+                          text=True, cwd=str(ROOT), env=_env(), timeout=120)
+
+
+def _npz(path: Path, shape, labels) -> Path:
+    labels = np.asarray(labels)
+    np.savez(path, x=np.random.default_rng(0).integers(0, 255, (len(labels), *shape), dtype=np.uint8), y=labels)
+    return path
+
+
+def _bad_setups(tmp: Path) -> dict:
+    """name -> (extra ini sections, fragments the one line must hold)"""
+    (tmp / "a-file").write_text("not a directory")
+    (tmp / "spool").mkdir()
+    ten = np.arange(70) % 10
+    return {
+        "missing-replay-file": ({"source:r": {"type": "replay", "data": str(tmp / "nope.npz")}},
+                                ["[source:r] data", "nope.npz", "no such file or directory"]),
+        "images-too-big": ({"source:r": {"type": "replay", "data": str(_npz(tmp / "c.npz", (32, 32, 3), ten))}},
+                           ["[source:r] data", "c.npz", "[model] base = fmnist-cnn",
+                            "images are 32x32 (3 channels), the model fmnist-cnn takes 28x28 (1 channel)"]),
+        "labels-outside-the-model": (
+            {"source:r": {"type": "replay", "data": str(_npz(tmp / "l.npz", (28, 28), np.arange(84) % 12))}},
+            ["[source:r] data", "l.npz", "labels [10, 11] are not among the model fmnist-cnn's 10 classes 0..9"]),
+        "mix-class-not-in-data": (
+            {"source:r": {"type": "replay", "data": str(_npz(tmp / "five.npz", (28, 28), np.arange(70) % 5)),
+                          "mix": "0:1,7:1@1m"}},
+            ["[source:r] mix", "'0:1,7:1@1m'", "five.npz", "no images of class(es) [7]"]),
+        "mix-class-outside-the-model": (
+            {"source:r": {"type": "replay", "mix": "0:1,10:1,12:1@1m"}},
+            ["[source:r] mix", "class id(s) [10, 12] are not among the model's 10 classes 0..9"]),
+        "missing-spool": ({"source:d": {"type": "directory", "spool": str(tmp / "nowhere")}},
+                          ["[source:d] spool", "nowhere", "no such directory"]),
+        "spool-is-a-file": ({"source:d": {"type": "directory", "spool": str(tmp / "a-file")}},
+                            ["[source:d] spool", "a-file", "not a directory"]),
+        "done-dir-is-a-file": ({"source:d": {"type": "directory", "spool": str(tmp / "spool"),
+                                             "done_dir": str(tmp / "a-file")}},
+                               ["[source:d] done_dir", "a-file", "not a directory"]),
+    }
+
+
+BAD = ["missing-replay-file", "images-too-big", "labels-outside-the-model", "mix-class-not-in-data",
+       "mix-class-outside-the-model", "missing-spool", "spool-is-a-file", "done-dir-is-a-file"]
+
+
+@pytest.mark.parametrize("case", BAD)
+def test_check_config_said_valid_for_sources_that_cannot_start(tmp_path, case):
+    sections, fragments = _bad_setups(tmp_path)[case]
+    ini = write_ini(tmp_path, **sections)
+    for args in (["--check-config"], []):                   # the same check at start: exit 78, nothing touched
+        r = ocapd(ini, *args)
+        line = r.stderr.strip()
+        assert r.returncode == 78 and "\n" not in line and str(ini) in line, (r.returncode, r.stderr)
+        assert all(f in line for f in fragments), line
+        assert not (tmp_path / "state").exists()
+
+
+def test_sources_that_fit_are_valid(tmp_path):
+    (tmp_path / "spool").mkdir()
+    rgb = _npz(tmp_path / "rgb.npz", (28, 28, 3), np.arange(70) % 10)     # converted to gray, as serving does
+    ini = write_ini(tmp_path, **{"source:r": {"type": "replay", "data": str(rgb), "mix": "0:1,9:1@1m"},
+                                 "source:f": {"type": "replay", "mix": "3:1@1m"},
+                                 "source:d": {"type": "directory", "spool": str(tmp_path / "spool")}})
+    r = ocapd(ini, "--check-config")
+    assert r.returncode == 0 and "valid" in r.stdout, r.stderr
+
+
+def _put(spool: Path, name: str, image: np.ndarray) -> None:
+    np.save(spool / f".{name}", image)                      # the source skips dot-files being written
+    os.replace(str(spool / f".{name}"), str(spool / name))
+
+
+def test_a_spool_of_wrong_sized_images_is_one_event_not_a_traceback_per_frame(tmp_path):
+    """Issue 13: 32x32x3 images into a 28x28x1 net logged 542 tracebacks in 11 s."""
+    spool, done, rejected = tmp_path / "spool", tmp_path / "done", tmp_path / "rejected"
+    spool.mkdir()
+    ini = write_ini(tmp_path, personalize={"enabled": "no"},
+                    **{"source:in": {"type": "directory", "spool": str(spool), "done_dir": str(done),
+                                     "reject_dir": str(rejected), "interval": "100ms"}})
+    proc = start(tmp_path, ini)
+    good = load_dataset("fashion-mnist", "test").x[:20]
+    wrong = np.random.default_rng(0).integers(0, 255, (300, 32, 32, 3), dtype=np.uint8)
+    try:
+        for i in range(300):
+            _put(spool, f"bad{i:03d}.npy", wrong[i])
+            if i % 15 == 0:
+                _put(spool, f"good{i // 15:02d}.npy", good[i // 15])
+        deadline = time.time() + 60
+        while any(spool.iterdir()) and time.time() < deadline:
+            time.sleep(0.2)
+        assert not any(spool.iterdir())
+        with Client(tmp_path / "s.sock") as c:
+            c.predict(good[0])                              # the socket still serves
+            status = c.call("status")
+    finally:
+        assert stop(proc) == 0
+    assert len(list(rejected.iterdir())) == 300 and len(list(done.iterdir())) == 20
+    assert status["requests"] >= 21
+    rejections = [d for k, d in events(tmp_path) if k == "frames_rejected"]
+    assert len(rejections) == 1 and rejections[0]["source"] == "in", rejections
+    assert "(1, 32, 32, 3) do not fit the model input 28x28" in rejections[0]["reason"]
+    log = (tmp_path / "ocapd.log").read_text()
+    assert "Traceback" not in log
+    assert len([line for line in log.splitlines() if "rejected" in line]) == 1, log
+
+
+@pytest.mark.torch
+def test_a_mix_is_checked_against_the_models_own_classes(tmp_path):
+    """MIX_CLASSES hard-coded 10 classes: a 12-class RGB model's class 11 was refused, and nothing
+    said that Fashion-MNIST does not fit it."""
+    from ocap_core.build import save_package
+    from ocap_core.preprocess import InputSpec
+    from ocap_core.zoo import create_model
+
+    spec = InputSpec((3, 32, 32), 1 / 255, (0.5,), (0.5,))
+    pkg = tmp_path / "rgb12"
+    save_package(create_model("test_cnn", in_chans=3, num_classes=12).eval(), pkg, name="rgb12", input_spec=spec,
+                 class_names=[f"c{k}" for k in range(12)], arch={"name": "test_cnn", "kwargs": {"in_chans": 3}})
+    data = str(_npz(tmp_path / "d.npz", (32, 32, 3), np.arange(84) % 12))
+    model = {"base": str(pkg)}
+    r = ocapd(write_ini(tmp_path, model=model, **{"source:r": {"type": "replay", "data": data,
+                                                                "mix": "0:1,11:2@1m"}}), "--check-config")
+    assert r.returncode == 0, r.stderr
+    r = ocapd(write_ini(tmp_path, model=model, **{"source:r": {"type": "replay", "data": data,
+                                                                "mix": "0:1,12:1,13:1@1m"}}), "--check-config")
+    assert r.returncode == 78 and "class id(s) [12, 13] are not among the model's 12 classes 0..11" in r.stderr
+    r = ocapd(write_ini(tmp_path, model=model, **{"source:r": {"type": "replay"}}), "--check-config")
+    assert r.returncode == 78 and "[source:r] data = 'fashion-mnist'" in r.stderr
+    assert "images are 28x28 (1 channel), the model rgb12 takes 32x32 (3 channels)" in r.stderr

@@ -26,6 +26,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ocap_core import strict_json
+
 MODELS = ["fmnist-cnn", "fmnist-resnet20", "fmnist-mobilenetv2", "fmnist-vgg"]
 HARD_SUBSETS = {2: [[0, 6]], 3: [[0, 2, 6]], 5: [[0, 2, 3, 4, 6]]}   # shirt / T-shirt / pullover / coat
 SUBSETS_PER_K = 4
@@ -113,7 +115,7 @@ class RowSink:
         if self.path is None:
             return
         with self._lock, open(self.path, "a", encoding="utf-8") as f:
-            f.write(json.dumps(row) + "\n")
+            f.write(strict_json.dumps(row) + "\n")
             f.flush()
             os.fsync(f.fileno())
 
@@ -270,7 +272,7 @@ def _run_job(job: Dict[str, Any], on_row: Optional[Callable[[Row], None]]) -> Li
     root = Path(__file__).resolve().parent.parent
     job = dict(job, engine=engine_version())
     with tempfile.TemporaryFile("w+") as err:
-        proc = subprocess.Popen([sys.executable, "-m", "bench.quality", json.dumps(job)], stdout=subprocess.PIPE,
+        proc = subprocess.Popen([sys.executable, "-m", "bench.quality", strict_json.dumps(job)], stdout=subprocess.PIPE,
                                 stderr=err, text=True, cwd=str(root), env=_child_env(job["threads"]))
         rows: List[Row] = []
         assert proc.stdout is not None
@@ -331,7 +333,7 @@ def machine() -> str:
 
 
 def _emit(row: Row) -> None:
-    print(json.dumps(row), flush=True)
+    print(strict_json.dumps(row), flush=True)
 
 
 if __name__ == "__main__":

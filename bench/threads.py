@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any, Dict, List, Optional
 
 from daemon.cores import PASSIVE_OPENMP, THREAD_VARS, measure_idle_cores, usable_cpus, worker_threads
+from ocap_core import strict_json
 
 ROOT = Path(__file__).resolve().parent.parent
 MODEL, CLASSES, KEEP = "fmnist-resnet20", (0, 2, 9), 0.5
@@ -67,7 +68,7 @@ def _stop(procs: List[subprocess.Popen]) -> None:
 def time_cell(threads: int, passive: bool, images: int, epochs: int, cap_s: float) -> Dict[str, Any]:
     """One cell in a fresh nice-19 process (OpenMP reads its settings once, when torch loads)."""
     cell = {"threads": threads, "images": images, "epochs": epochs, "cap_s": cap_s}
-    r = subprocess.run([sys.executable, "-m", "bench.threads", json.dumps(cell)], env=_child_env(threads, passive),
+    r = subprocess.run([sys.executable, "-m", "bench.threads", strict_json.dumps(cell)], env=_child_env(threads, passive),
                        preexec_fn=lambda: os.nice(19), capture_output=True, text=True, cwd=str(ROOT),
                        timeout=cap_s * 4 + 600)
     if r.returncode != 0:
@@ -219,4 +220,4 @@ def markdown(res: Dict[str, Any], machine: str) -> str:
 
 
 if __name__ == "__main__":
-    print(json.dumps(_measure(json.loads(sys.argv[1]))), flush=True)
+    print(strict_json.dumps(_measure(json.loads(sys.argv[1]))), flush=True)

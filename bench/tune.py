@@ -13,6 +13,8 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any, Dict, List
 
+from ocap_core import strict_json
+
 from .quality import class_subsets
 
 
@@ -52,7 +54,7 @@ def main() -> None:
                 acc = evaluate_package(res.package, val, c, latency_runs=0)["accuracy"]
             deltas.append(100 * (acc - refs[tuple(c)]))
             macs.append(res.package.card.metrics["mac_reduction"])
-        print(json.dumps({"setting": setting, "mean_delta_pp": round(sum(deltas) / len(deltas), 2),
+        print(strict_json.dumps({"setting": setting, "mean_delta_pp": round(sum(deltas) / len(deltas), 2),
                           "worst_delta_pp": round(min(deltas), 2), "mean_mac_reduction": round(sum(macs) / len(macs), 2),
                           "per_subset": [[c, round(d, 2), round(m, 2)] for c, d, m in zip(subsets, deltas, macs)]}),
               flush=True)

@@ -32,6 +32,7 @@ log = logging.getLogger("ocapd")
 DEFAULT_CONFIG = "/etc/ocap/ocap.ini"
 EXIT_OK, EXIT_FAILED = 0, 1
 RESTART_SECTIONS = ("daemon", "model", "sources", "privacy", "store")
+QUIET_LOGGERS = ("apscheduler.scheduler", "apscheduler.executors.default")   # a line per job run at info
 
 
 def server_config(cfg: Config) -> ServerConfig:
@@ -41,6 +42,15 @@ def server_config(cfg: Config) -> ServerConfig:
                         teacher_share=cfg.drift.teacher_share, max_connections=cfg.daemon.max_connections,
                         max_payload=cfg.daemon.max_payload,
                         allowed_gids=frozenset() if cfg.daemon.group is None else frozenset([cfg.daemon.group]))
+
+
+def set_log_level(level: str) -> None:
+    """The daemon's log level. APScheduler logs two lines at info for every job run (the policy job runs
+    every few seconds): its loggers log from warning up unless the daemon logs at debug."""
+    value = getattr(logging, level.upper())
+    logging.getLogger().setLevel(value)
+    for name in QUIET_LOGGERS:        # a logger's own level, not the root's, filters what it propagates
+        logging.getLogger(name).setLevel(logging.NOTSET if value <= logging.DEBUG else max(value, logging.WARNING))
 
 
 def limit_malloc_arenas(n: int = 2) -> bool:
@@ -148,7 +158,7 @@ class Daemon:
         self.cfg = new
         self.controller.cfg = new
         self.server.config = dataclasses.replace(self.server.config, teacher_share=new.drift.teacher_share)
-        logging.getLogger().setLevel(new.daemon.log_level.upper())
+        set_log_level(new.daemon.log_level)
         self.scheduler.reschedule_job("policy", trigger="interval", seconds=new.stability.check_interval)
         self.server.events.record("config_reloaded", restart_needed=restart)
         log.info("config reloaded%s", f"; restart needed for [{'], ['.join(restart)}]" if restart else "")
@@ -188,6 +198,13 @@ class Daemon:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``ocapd``; quiet (exit 141) when stdout is a pipe closed early (``ocapd --check-config | head -1``)."""
+    from ocap_core.closed_pipe import quiet_on_closed_pipe
+
+    return quiet_on_closed_pipe(lambda: _main(argv))
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     ap = argparse.ArgumentParser(prog="ocapd", description="the ocap daemon")
     ap.add_argument("--config", default=DEFAULT_CONFIG, help=f"INI file (default {DEFAULT_CONFIG})")
     ap.add_argument("--check-config", action="store_true", help="validate the config file and exit")
@@ -203,6 +220,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         return EXIT_OK
     logging.basicConfig(level=cfg.daemon.log_level.upper(), stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
+    set_log_level(cfg.daemon.log_level)
     limit_malloc_arenas()
     return Daemon(cfg, replay_data).run()
 

@@ -13,6 +13,8 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
+from ocap_core import strict_json
+
 from .cores import PASSIVE_OPENMP, THREAD_VARS
 from .errors import DaemonError
 
@@ -66,7 +68,7 @@ class WorkerRun:
         job_file = self.job_dir / "job.json"
         fd = os.open(str(job_file), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(job, f)
+            strict_json.dump(job, f)
         env = worker_env(self.job_dir)
         self.started = time.monotonic()
         try:

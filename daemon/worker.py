@@ -19,6 +19,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, Optional, Sequence
 
+from ocap_core import strict_json
 from service import faults
 
 from .cores import PASSIVE_OPENMP, THREAD_VARS, measure_idle_cores, worker_threads
@@ -29,7 +30,7 @@ REQUIRED = ("base", "samples", "classes", "out")
 
 def emit(event: str, **fields: Any) -> None:
     """One progress line on stdout (the daemon's pipe)."""
-    sys.stdout.write(json.dumps(dict(fields, event=event, t=round(time.time(), 3)), default=str) + "\n")
+    sys.stdout.write(strict_json.dumps(dict(fields, event=event, t=round(time.time(), 3)), default=str) + "\n")
     sys.stdout.flush()
 
 

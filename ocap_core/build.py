@@ -10,6 +10,7 @@ from typing import Any, Dict, List, Optional, Sequence
 import torch
 import torch.nn as nn
 
+from . import strict_json
 from .errors import OcapError
 from .export import export_onnx, find_classifier, parity_diffs
 from .measure import count_macs, count_params
@@ -91,7 +92,7 @@ def write_pruning(path: Path, base_arch: Optional[Dict[str, Any]], num_classes: 
     """The pruning file of a pruned package: how ``load_model`` rebuilds it from its base (the
     Torch-Pruning history, then the residual blocks replaced by identities)."""
     path = Path(path)
-    path.write_text(json.dumps({"base_arch": base_arch, "num_classes": num_classes, "history": history,
+    path.write_text(strict_json.dumps({"base_arch": base_arch, "num_classes": num_classes, "history": history,
                                 "removed_blocks": list(removed_blocks)}), encoding="utf-8")
     return path
 

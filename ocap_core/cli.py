@@ -11,7 +11,9 @@ import shlex
 import sys
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
+from . import strict_json
 from .errors import OcapError
+from .preprocess import DEFAULT_PRESET, INPUT_PRESETS
 from .search_spec import DEFAULT_TIME_BUDGET
 
 log = logging.getLogger("ocap")
@@ -39,7 +41,7 @@ class ProgressBar:
 
 
 def _print_json(obj: Any) -> None:
-    print(json.dumps(obj, indent=2))
+    print(strict_json.dumps(obj, indent=2))
 
 
 # ---------------------------------------------------------------- commands
@@ -101,7 +103,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     classes = parse_classes(args.classes, len(pkg.card.class_names)) if args.classes else None
     if classes is None and len(pkg.card.class_ids) < len(pkg.card.class_names):
         classes = list(pkg.card.class_ids)
-    test = load_dataset(args.data, "test")
+    test = load_dataset(args.data, args.split, class_names=pkg.card.class_names)
     res = evaluate_package(pkg, test, classes, threads=args.threads, latency_runs=args.latency_runs)
     if len(pkg.card.class_ids) < len(pkg.card.class_names):
         base_pkg = _parent_package(pkg)
@@ -113,7 +115,8 @@ def cmd_eval(args: argparse.Namespace) -> int:
     if args.json:
         _print_json(res)
         return EXIT_OK
-    print(f"{res['model']} ({res['version']}) on {res['images']} test images of classes {res['classes']}")
+    which = "images (the whole data set)" if args.split == "all" else f"{args.split} images"
+    print(f"{res['model']} ({res['version']}) on {res['images']} {which} of classes {res['classes']}")
     print(f"  accuracy            {res['accuracy']:.4f}")
     if "restricted_accuracy" in res:
         print(f"  restricted accuracy {res['restricted_accuracy']:.4f}  (argmax over these classes only)")
@@ -126,21 +129,22 @@ def cmd_eval(args: argparse.Namespace) -> int:
         print(f"  onnxruntime CPU batch-1 latency {res['latency_ms']:.3f} ms median, "
               f"{res['latency_p90_ms']:.3f} ms p90 ({res['latency_threads']} thread(s))")
     for k, acc in res["per_class"].items():
-        print(f"    {k:>3} {res['class_names'][k]:<16} {acc:.4f}")
+        print(f"    {k:>3} {res['class_names'][k]:<16} " + ("no images" if acc is None else f"{acc:.4f}"))
     return EXIT_OK
 
 
 def cmd_import(args: argparse.Namespace) -> int:
     from .importer import import_model
-    from .preprocess import parse_floats
+    from .preprocess import parse_floats, parse_scale
 
     shape = tuple(int(v) for v in parse_floats(args.input_shape, "--input-shape"))
     if len(shape) != 3:
         raise OcapError(f"--input-shape: expected C,H,W, got {args.input_shape!r}")
     kwargs = json.loads(args.arch_kwargs) if args.arch_kwargs else {}
-    pkg = import_model(args.arch, args.weights, shape, args.scale, parse_floats(args.mean, "--mean"),
-                       parse_floats(args.std, "--std"), args.classes, args.out, name=args.name,
-                       features_module=args.features_module, arch_kwargs=kwargs)
+    pkg = import_model(args.arch, args.weights, shape, None if args.scale is None else parse_scale(args.scale),
+                       None if args.mean is None else parse_floats(args.mean, "--mean"),
+                       None if args.std is None else parse_floats(args.std, "--std"), args.classes, args.out,
+                       name=args.name, features_module=args.features_module, arch_kwargs=kwargs, preset=args.preset)
     print(f"wrote {pkg.path} ({pkg.card.version}): {pkg.card.metrics['macs']:,} MACs, "
           f"{pkg.card.metrics['params']:,} params, features {pkg.card.features_dim}")
     return EXIT_OK
@@ -197,7 +201,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
                      tau=args.tau, cap_threshold=args.cap_threshold, cap_rounds=args.cap_rounds, cap_tolerance=args.cap_tolerance,
                      theta=args.theta, finetune=ft, threads=args.threads,
                      seed=args.seed)
-    samples = stream_samples(base, load_dataset(args.data, "train"), classes, args.select, args.samples_per_class,
+    train = load_dataset(args.data, "train", class_names=base.card.class_names)
+    samples = stream_samples(base, train, classes, args.select, args.samples_per_class,
                              seed=args.seed, threads=args.threads)
     res = personalize(base, samples, classes, spec, args.out, progress=None if args.quiet else _stage_printer)
     card = res.package.card
@@ -274,7 +279,11 @@ def _add_train(p: argparse.ArgumentParser) -> None:
 def _add_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="shipped model name or package directory")
     p.add_argument("--data", default="fashion-mnist", help="fashion-mnist, an image folder, or an .npz")
-    p.add_argument("--classes", help="comma-separated class ids: evaluate on test images of these only")
+    p.add_argument("--split", default="test", choices=["train", "val", "test", "all"],
+                   help="which images to score (default: test, the data set's own test images, or for one "
+                        "folder or .npz a seeded 1/7 of each class; val: 1/12 of the rest, train: what remains; "
+                        "all: every image, for a small data set the model was not trained on)")
+    p.add_argument("--classes", help="comma-separated class ids: evaluate on images of these only")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime intra-op threads")
     p.add_argument("--latency-runs", type=int, default=200, help="timed batch-1 runs (0: skip latency)")
     p.add_argument("--json", action="store_true", help="print one JSON object")
@@ -285,9 +294,14 @@ def _add_import(p: argparse.ArgumentParser) -> None:
     p.add_argument("--arch-kwargs", help="JSON object of constructor arguments")
     p.add_argument("--weights", required=True, help="state_dict saved with torch.save")
     p.add_argument("--input-shape", required=True, help="C,H,W")
-    p.add_argument("--scale", type=float, default=1 / 255, help="pixel scale before mean/std (default 1/255)")
-    p.add_argument("--mean", default="0", help="per-channel mean, comma-separated")
-    p.add_argument("--std", default="1", help="per-channel std, comma-separated")
+    p.add_argument("--preset", choices=list(INPUT_PRESETS),
+                   help="the model's input convention, input = (pixel * scale - mean) / std: "
+                        + "; ".join(f"{k}: {v[3]}" for k, v in INPUT_PRESETS.items())
+                        + f" (default {DEFAULT_PRESET}); --scale, --mean and --std override it")
+    p.add_argument("--scale", help="pixel scale before mean/std, a number or a fraction such as 1/255 "
+                                   "(default: the preset's)")
+    p.add_argument("--mean", help="per-channel mean, comma-separated (default: the preset's)")
+    p.add_argument("--std", help="per-channel std, comma-separated (default: the preset's)")
     p.add_argument("--classes", required=True, help="text file with one class name per line, in output order")
     p.add_argument("--out", required=True, help="new package directory")
     p.add_argument("--name", help="package name (default: the --out directory's name)")
@@ -297,7 +311,8 @@ def _add_import(p: argparse.ArgumentParser) -> None:
 
 def _add_prune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--model", required=True, help="base model: shipped name or package directory")
-    p.add_argument("--data", default="fashion-mnist", help="where the device's images come from (train split)")
+    p.add_argument("--data", default="fashion-mnist",
+                   help="where the device's images come from (its train split; labels in the model's class space)")
     p.add_argument("--classes", required=True, help="observed classes, comma-separated base ids")
     p.add_argument("--out", required=True, help="new package directory")
     p.add_argument("--scorer", default="ocap", help="ocap, ocap-freq, cap, l1, random")
@@ -372,7 +387,7 @@ def _add_bench(p: argparse.ArgumentParser) -> None:
 COMMANDS: Dict[str, Tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {
     "models": (_add_models, cmd_models, "list the shipped model packages and architectures"),
     "train": (_add_train, cmd_train, "train a base model and write a model package"),
-    "eval": (_add_eval, cmd_eval, "evaluate a model package on test images"),
+    "eval": (_add_eval, cmd_eval, "evaluate a model package on labelled images (default: the test split)"),
     "import": (_add_import, cmd_import, "turn a user's trained torch model into a model package"),
     "prune": (_add_prune, cmd_prune, "personalize a base model for observed classes (prune + fine-tune)"),
     "bench": (_add_bench, cmd_bench, "run a benchmark and write its figures to docs/benchmarks.md"),
@@ -393,6 +408,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``ocap``; quiet (exit 141) when stdout is a pipe closed early (``ocap eval ... | head -1``)."""
+    from .closed_pipe import quiet_on_closed_pipe
+
+    return quiet_on_closed_pipe(lambda: _main(argv))
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     args = build_parser().parse_args(argv)
     args.argv = argv

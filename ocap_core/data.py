@@ -1,11 +1,12 @@
 """Image datasets as plain numpy arrays: Fashion-MNIST from its Debian package, ImageFolder directories
-and ``.npz`` files, with deterministic train / validation / test splits.
+and ``.npz`` files, with deterministic train / validation / test splits (and ``all``: every image).
 
 Images are ``uint8`` arrays of shape N x H x W x C (C = 1 for grey images); labels are ``int64``.
 The test split is only ever used for final evaluation.
 """
 
 import gzip
+import logging
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -15,13 +16,14 @@ import numpy as np
 
 from .errors import OcapError
 
+log = logging.getLogger(__name__)
 FASHION_MNIST_DIR = "/usr/share/datasets/fashion-mnist"
 FASHION_MNIST_ENV = "OCAP_FASHION_MNIST"
 FASHION_MNIST_CLASSES = [
     "T-shirt/top", "Trouser", "Pullover", "Dress", "Coat",
     "Sandal", "Shirt", "Sneaker", "Bag", "Ankle boot",
 ]
-SPLITS = ("train", "val", "test", "trainval")
+SPLITS = ("train", "val", "test", "trainval", "all")
 SPLIT_SEED = 20231
 VAL_FRACTION = 1 / 12          # 5,000 of Fashion-MNIST's 60,000 training images
 TEST_FRACTION = 1 / 7          # user data without its own test split: 1/7 held out, as 10k of 70k
@@ -199,18 +201,63 @@ def load_npz(path: Path, class_names: Optional[List[str]] = None) -> Dataset:
         raise OcapError(f"{path}: 'y' must hold integer class ids, got {y.dtype}")
     if len(y) == 0:
         raise OcapError(f"{path}: no images")
+    space = "the model's classes" if class_names else ("the file's class_names" if names else "")
     names = class_names or names
     n_classes = len(names) if names else int(y.max()) + 1
-    if y.min() < 0 or y.max() >= n_classes:
-        bad = int(y[(y < 0) | (y >= n_classes)][0])
-        raise OcapError(f"{path}: label {bad} is out of range 0..{n_classes - 1}")
+    check_labels(y, n_classes, str(path), space)
     names = names or [str(k) for k in range(n_classes)]
     return Dataset(np.ascontiguousarray(x), y.astype(np.int64), names, str(path))
 
 
+def check_labels(y: np.ndarray, num_classes: int, source: str, space: str = "") -> None:
+    """Every label in 0..num_classes-1, or an error naming the labels outside and ``source``."""
+    bad = np.unique(y[(y < 0) | (y >= num_classes)])
+    if len(bad):
+        shown = ", ".join(str(int(v)) for v in bad[:10]) + (f" and {len(bad) - 10} more" if len(bad) > 10 else "")
+        raise OcapError(f"{source}: label{'s' if len(bad) > 1 else ''} {shown} {'are' if len(bad) > 1 else 'is'} "
+                        f"out of range 0..{num_classes - 1}" + (f" ({space})" if space else ""))
+
+
+def in_class_space(data: Dataset, class_names: Sequence[str], folders: bool = False) -> Dataset:
+    """``data`` with a model's class names; labels outside them are an error naming them and the data set.
+
+    With ``folders`` (an image folder, whose labels are its sorted sub-folder names), a folder named as
+    one of the model's classes, or by a class id, takes that id; folders named otherwise keep their
+    positions only when there are as many as the model has classes.
+    """
+    names = [str(s) for s in class_names]
+    y = data.y
+    if folders and data.class_names != names:
+        own = data.class_names
+        if set(own) <= set(names):
+            ids = [names.index(s) for s in own]
+        elif all(s.isdigit() for s in own):
+            ids = [int(s) for s in own]
+        elif len(own) == len(names):
+            ids = list(range(len(own)))
+        else:
+            raise OcapError(f"{data.name}: class folders {[s for s in own if s not in names]} are neither class "
+                            f"names nor class ids of the model ({len(names)} classes: {names})")
+        y = np.asarray(ids, np.int64)[data.y]
+    check_labels(y, len(names), data.name or "dataset", f"the model has {len(names)} classes")
+    return Dataset(data.x, y, names, data.name)
+
+
+def _concat(a: Dataset, b: Dataset) -> Dataset:
+    if a.x.shape[1:] != b.x.shape[1:]:
+        raise OcapError(f"{a.name} has images of shape {a.x.shape[1:]}, {b.name} of {b.x.shape[1:]}")
+    return Dataset(np.concatenate([a.x, b.x]), np.concatenate([a.y, b.y]), a.class_names, a.name)
+
+
 # ---------------------------------------------------------------- one entry point
 
+SPLIT_RULES = {"test": "a seeded 1/7 of each class", "val": "1/12 of each class after the test split",
+               "train": "what the test and val splits leave", "trainval": "all but the test split"}
+
+
 def _split(full: Dataset, split: str, test_held: bool) -> Dataset:
+    if split == "all":
+        return full
     if test_held:
         rest, test = stratified_split(full.y, TEST_FRACTION, SPLIT_SEED + 1)
         if split == "test":
@@ -222,33 +269,59 @@ def _split(full: Dataset, split: str, test_held: bool) -> Dataset:
     return full.subset(train if split == "train" else val)
 
 
-def load_dataset(spec: str, split: str) -> Dataset:
-    """Load ``split`` (train, val, test, trainval) of ``fashion-mnist``, an image folder or an ``.npz``.
+def load_dataset(spec: str, split: str, class_names: Optional[Sequence[str]] = None) -> Dataset:
+    """Load ``split`` (train, val, test, trainval, all) of ``fashion-mnist``, an image folder or an ``.npz``.
 
     Fashion-MNIST's 60k training images give train (55k) and val (5k, stratified, seeded); its 10k
     test images are the test split. User data that has ``train/`` and ``test/`` sub-folders (or a
     single folder or file) is split the same way, holding out a seeded 1/7 as test when needed.
+    ``all`` is every image. A split that comes out empty is an error that suggests ``all``.
+
+    ``class_names`` (a model's) fix the class space: labels outside it are an error naming them;
+    without them it is the data set's own (an ``.npz`` without names: its largest label + 1).
     """
     if split not in SPLITS:
         raise OcapError(f"unknown split {split!r}; choose one of {', '.join(SPLITS)}")
-    if spec in ("fashion-mnist", "fmnist"):
-        if split == "test":
-            return _fashion_mnist_part("t10k")
-        return _split(_fashion_mnist_part("train"), split, test_held=False)
+
+    def space(data: Dataset, folders: bool = False) -> Dataset:
+        return data if class_names is None else in_class_space(data, class_names, folders)
+
     path = Path(spec)
-    if path.is_dir() and (path / "train").is_dir() and (path / "test").is_dir():
-        if split == "test":
+    if spec in ("fashion-mnist", "fmnist"):
+        full = space(_fashion_mnist_part("train")) if split != "test" else None
+        test = space(_fashion_mnist_part("t10k")) if split in ("test", "all") else None
+        held = False
+    elif path.is_dir() and (path / "train").is_dir() and (path / "test").is_dir():
+        full = space(load_image_folder(path / "train"), True) if split != "test" else None
+        test = None
+        if split in ("test", "all"):
             test = load_image_folder(path / "test")
             train_classes = sorted(p.name for p in (path / "train").iterdir() if p.is_dir())
             if test.class_names != train_classes:
                 raise OcapError(f"{path / 'test'} has class folders {test.class_names}, but {path / 'train'} "
                                 f"has {train_classes}")
-            return test
-        return _split(load_image_folder(path / "train"), split, test_held=False)
-    if path.is_dir():
-        return _split(load_image_folder(path), split, test_held=True)
-    if path.suffix == ".npz":
+            test = space(test, True)
+        held = False
+    elif path.is_dir():
+        full, test, held = space(load_image_folder(path), True), None, True
+    elif path.suffix == ".npz":
         if not path.is_file():
             raise OcapError(f"dataset file {path} does not exist")
-        return _split(load_npz(path), split, test_held=True)
-    raise OcapError(f"unknown dataset {spec!r}: give 'fashion-mnist', an image folder or an .npz file")
+        full, test, held = load_npz(path, None if class_names is None else list(class_names)), None, True
+    else:
+        raise OcapError(f"unknown dataset {spec!r}: give 'fashion-mnist', an image folder or an .npz file")
+    if full is None:
+        assert test is not None
+        return test
+    if test is not None:
+        return _concat(full, test)
+    out = _split(full, split, test_held=held)
+    rule = SPLIT_RULES.get(split, split)
+    if len(out) == 0:
+        raise OcapError(f"{full.name} has too few images ({len(full)}) for a {split} split ({rule}), which would "
+                        f"be empty; use --split all to use every image")
+    left_out = sorted(set(np.unique(full.y).tolist()) - set(np.unique(out.y).tolist()))
+    if left_out:
+        log.warning("%s: the %s split (%s) holds %d of %d images and none of classes %s (too few of them); "
+                    "--split all uses every image", full.name, split, rule, len(out), len(full), left_out)
+    return out

@@ -36,8 +36,8 @@ def parse_classes(text: str, num_classes: int) -> List[int]:
 
 def evaluate_package(pkg: ModelPackage, test: Dataset, classes: Optional[Sequence[int]] = None,
                      threads: int = 1, latency_runs: int = 200) -> Dict[str, Any]:
-    """Accuracy (over images of ``classes``, default all the model's classes), per-class accuracy,
-    MACs and params from the card, and onnxruntime CPU batch-1 latency.
+    """Accuracy (over images of ``classes``, default all the model's classes), per-class accuracy
+    (None for a class without images), MACs and params from the card, and onnxruntime CPU batch-1 latency.
 
     With ``classes`` and a model that outputs all of them, ``restricted_accuracy`` is the accuracy when
     the argmax is taken over those classes only (the fair reference for a pruned model).
@@ -64,7 +64,7 @@ def evaluate_package(pkg: ModelPackage, test: Dataset, classes: Optional[Sequenc
     out: Dict[str, Any] = {
         "model": card.name, "version": card.version, "classes": cls, "images": int(len(data)),
         "accuracy": float(correct.mean()),
-        "per_class": {str(k): float(correct[data.y == k].mean()) for k in cls},
+        "per_class": {str(k): float(correct[data.y == k].mean()) if (data.y == k).any() else None for k in cls},
         "class_names": {str(k): card.class_names[k] for k in cls},
         "macs": card.metrics.get("macs"), "params": card.metrics.get("params"),
     }

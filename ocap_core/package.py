@@ -12,6 +12,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from . import strict_json
 from .errors import OcapError
 from .preprocess import InputSpec
 
@@ -185,7 +186,7 @@ def write_card(path: Path, card: Card) -> None:
     path = Path(path)
     tmp = path / (CARD + ".tmp")
     with open(tmp, "w", encoding="utf-8") as f:
-        json.dump(card.to_dict(), f, indent=2, sort_keys=False)
+        strict_json.dump(card.to_dict(), f, indent=2, sort_keys=False)
         f.write("\n")
         f.flush()
         os.fsync(f.fileno())

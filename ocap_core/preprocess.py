@@ -1,7 +1,8 @@
 """Turn raw uint8 images into the float tensor a model package expects (numpy only: serving uses it)."""
 
+import math
 from dataclasses import asdict, dataclass
-from typing import Any, Dict, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -54,6 +55,45 @@ class InputSpec:
                        layout=d.get("layout", "NCHW"), dtype=d.get("dtype", "float32"))
         except (KeyError, TypeError, ValueError) as e:
             raise OcapError(f"bad input spec {d!r}: {e}") from e
+
+
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
+# name -> (scale, mean, std, what it means): the usual conventions of trained models' inputs
+INPUT_PRESETS: Dict[str, Tuple[float, Tuple[float, ...], Tuple[float, ...], str]] = {
+    "unit": (1 / 255, (0.0,), (1.0,), "pixels scaled to 0..1"),
+    "raw255": (1.0, (0.0,), (1.0,), "pixels 0..255 as they are (e.g. Keras nets without a Rescaling layer)"),
+    "signed": (1 / 255, (0.5,), (0.5,), "pixels scaled to -1..1"),
+    "imagenet": (1 / 255, IMAGENET_MEAN, IMAGENET_STD,
+                 "0..1, then ImageNet's per-channel mean and std (torchvision's pretrained nets; 3 channels)"),
+}
+DEFAULT_PRESET = "unit"
+
+
+def input_spec_for(shape: Tuple[int, int, int], preset: Optional[str] = None, scale: Optional[float] = None,
+                   mean: Optional[Sequence[float]] = None, std: Optional[Sequence[float]] = None) -> InputSpec:
+    """An InputSpec from a preset (default ``unit``), each of scale, mean and std overriding it when given."""
+    name = preset or DEFAULT_PRESET
+    if name not in INPUT_PRESETS:
+        raise OcapError(f"--preset: unknown preset {name!r}; choose one of {', '.join(INPUT_PRESETS)}")
+    p_scale, p_mean, p_std, _ = INPUT_PRESETS[name]
+    if len(shape) == 3 and shape[0] != len(p_mean) and len(p_mean) != 1 and (mean is None or std is None):
+        raise OcapError(f"--preset {name} is for {len(p_mean)}-channel inputs, the input shape has {shape[0]}; "
+                        f"give --mean and --std, or another preset")
+    return InputSpec(tuple(shape), p_scale if scale is None else scale, tuple(p_mean if mean is None else mean),
+                     tuple(p_std if std is None else std))
+
+
+def parse_scale(text: str) -> float:
+    """'1/255' or '0.00392' -> a positive finite float; an error naming --scale otherwise."""
+    num, sep, den = text.strip().partition("/")
+    try:
+        value = float(num) / float(den) if sep else float(num)
+    except (ValueError, ZeroDivisionError) as e:
+        raise OcapError(f"--scale: expected a number or a fraction such as 1/255, got {text!r}") from e
+    if not math.isfinite(value) or value <= 0:
+        raise OcapError(f"--scale: expected a positive number or a fraction such as 1/255, got {text!r}")
+    return value
 
 
 def preprocess(images: np.ndarray, spec: InputSpec) -> np.ndarray:

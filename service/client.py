@@ -9,6 +9,8 @@ from typing import Any, Optional
 
 import numpy as np
 
+from ocap_core import strict_json
+
 from .errors import ServiceError
 
 
@@ -53,7 +55,7 @@ class Client:
         if payload is not None:
             req["bytes"] = len(payload)
         try:
-            self._sock.sendall((json.dumps(req) + "\n").encode("utf-8") + (payload or b""))
+            self._sock.sendall((strict_json.dumps(req) + "\n").encode("utf-8") + (payload or b""))
         except OSError as e:                     # closed on us; a "busy" reply may be waiting
             sent_error: Optional[OSError] = e
         else:

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, Optional, Set
 
+from ocap_core import strict_json
+
 from .errors import ServiceError
 
 log = logging.getLogger(__name__)
@@ -233,6 +235,6 @@ class ControlServer:
         else:
             msg["error"] = {"code": error[0], "message": error[1]}
         try:
-            conn.sendall((json.dumps(msg) + "\n").encode("utf-8"))
+            conn.sendall((strict_json.dumps(msg) + "\n").encode("utf-8"))
         except OSError as e:
             log.debug("reply not sent: %s", e)

@@ -2,11 +2,12 @@
 Exit codes: 0 ok, 1 the command failed, 2 usage error, 3 the daemon is unreachable."""
 
 import argparse
-import json
 import sys
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
+
+from ocap_core import strict_json
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 DEFAULT_SOCKET = "/run/ocap/ocap.sock"
@@ -86,7 +87,7 @@ def _human(cmd: str, res: Dict[str, Any]) -> str:
             return f"{'would start' if res['would_start'] else 'would not start'}: {res['reason']} (classes {res['classes']})"
         return f"personalization started for classes {res['classes']} (worker pid {res['pid']})"
     show = {"status": _status, "classes": _classes, "models": _models, "history": _history}.get(cmd)
-    return show(res) if show else json.dumps(res, indent=2)
+    return show(res) if show else strict_json.dumps(res, indent=2)
 
 
 def write_report(client: Any, out: Path) -> Path:
@@ -105,34 +106,51 @@ def write_report(client: Any, out: Path) -> Path:
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
+    """``ocapctl``; quiet (exit 141) when stdout is a pipe closed early (``ocapctl history | head -1``)."""
+    from ocap_core.closed_pipe import quiet_on_closed_pipe
+
+    return quiet_on_closed_pipe(lambda: _main(argv))
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
     from ocap_core.data import read_image
     from ocap_core.errors import OcapError
 
     from .client import Client, CommandFailed, Unreachable
 
     ap = argparse.ArgumentParser(prog="ocapctl", description=__doc__)
-    ap.add_argument("--socket", default=DEFAULT_SOCKET)
+    ap.add_argument("--socket", default=DEFAULT_SOCKET, help=f"control socket (default {DEFAULT_SOCKET})")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
+    # the same flags after the subcommand (`ocapctl classes --json`); SUPPRESS: absent there, the value
+    # given before the subcommand (or its default) stays
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--socket", default=argparse.SUPPRESS, help="control socket (also before the command)")
+    common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
+                        help="print the result as JSON (also before the command)")
     sub = ap.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("status")
-    c = sub.add_parser("classes")
+
+    def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
+        return sub.add_parser(name, parents=[common], **kwargs)
+
+    command("status")
+    c = command("classes")
     c.add_argument("--minutes", type=int, default=60)
     c.add_argument("--origin", default="served", choices=["served", "teacher"])
-    sub.add_parser("models")
-    sub.add_parser("forget-samples", help="delete every cached sample (needs rights)")
-    pz = sub.add_parser("personalize", help="start a personalization when the trigger allows (needs rights)")
+    command("models")
+    command("forget-samples", help="delete every cached sample (needs rights)")
+    pz = command("personalize", help="start a personalization when the trigger allows (needs rights)")
     how = pz.add_mutually_exclusive_group()
     how.add_argument("--now", action="store_true", help="start even if the classes are not stable yet")
     how.add_argument("--dry-run", action="store_true", help="only say whether one would start, and why")
-    rp = sub.add_parser("report", help="write a Markdown report of the daemon's state to a directory")
+    rp = command("report", help="write a Markdown report of the daemon's state to a directory")
     rp.add_argument("out", help="directory for report.md")
     for name, text in (("rollback", "go back to the last good model, or the base model"),
                        ("pause", "pause personalization (a running worker is stopped with SIGSTOP)"),
                        ("resume", "resume personalization"), ("reload", "re-read the config file")):
-        sub.add_parser(name, help=text + " (needs rights)")
-    h = sub.add_parser("history")
+        command(name, help=text + " (needs rights)")
+    h = command("history")
     h.add_argument("--limit", type=int, default=50)
-    p = sub.add_parser("predict")
+    p = command("predict")
     p.add_argument("file", help="an image file (PNG, JPEG, PGM, ...) or a uint8 .npy array")
     try:
         args = ap.parse_args(argv)
@@ -163,7 +181,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except CommandFailed as e:
         print(f"ocapctl: {args.cmd} failed: {e}", file=sys.stderr)
         return EXIT_FAILED
-    print(json.dumps(res, indent=2) if args.json else _human(args.cmd, res))
+    print(strict_json.dumps(res, indent=2) if args.json else _human(args.cmd, res))
     return EXIT_OK
 
 

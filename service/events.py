@@ -8,6 +8,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
 
+from ocap_core import strict_json
+
 from .db import read_rows, write
 from .errors import ServiceError
 
@@ -25,7 +27,7 @@ class EventLog:
         ev = {"ts": time.time(), "kind": kind, "detail": detail}
         try:
             write(self.path, "INSERT INTO events (ts, kind, detail_json) VALUES (?, ?, ?)",
-                  (ev["ts"], kind, json.dumps(detail, default=str)))
+                  (ev["ts"], kind, strict_json.dumps(detail, default=str)))
         except ServiceError as e:     # a full or failing disk must not stop what the event is about
             log.error("event %s not recorded: %s", kind, e)
         return ev

@@ -6,6 +6,7 @@ import json
 from pathlib import Path
 from typing import Any, Dict, List
 
+from ocap_core import strict_json
 from ocap_core.package import Card
 
 from .db import read_rows, write
@@ -21,8 +22,8 @@ class ModelTable:
     def put(self, card: Card, status: str) -> None:
         """Record a model from its card (first time) and set its status."""
         m = card.metrics
-        row = (card.version, card.parent, card.created, json.dumps(list(card.class_ids)), m.get("macs"),
-               m.get("params"), json.dumps(m, default=str), status)
+        row = (card.version, card.parent, card.created, strict_json.dumps(list(card.class_ids)), m.get("macs"),
+               m.get("params"), strict_json.dumps(m, default=str), status)
         write(self.path, _UPSERT, row)
 
     def set_status(self, version: str, status: str) -> None:

@@ -124,6 +124,8 @@ def test_npz_round_trip_and_grey_promotion(tmp_path):
     ({"x": np.zeros((4, 8, 8), np.uint8), "y": np.zeros(3, int)}, "one label per image"),
     ({"x": np.zeros((4, 8, 8, 5), np.uint8), "y": np.zeros(4, int)}, "C 1 or 3"),
     ({"x": np.zeros((4, 8, 8), np.uint8), "y": np.array([0, 1, -1, 2])}, "label -1 is out of range"),
+    ({"x": np.zeros((4, 8, 8), np.uint8), "y": np.array([0, 1, 1, 2]), "class_names": np.array(["a", "b"])},
+     r"label 2 is out of range 0..1 \(the file's class_names\)"),
     ({"x": np.zeros((4, 8, 8), np.uint8), "y": np.array([0.5, 1, 1, 2])}, "integer class ids"),
 ])
 def test_bad_npz_names_the_file_and_the_problem(tmp_path, arrays, message):
@@ -138,6 +140,54 @@ def test_npz_that_is_not_a_zip(tmp_path):
     (tmp_path / "junk.npz").write_bytes(b"\x00" * 100)
     with pytest.raises(OcapError, match="junk.npz"):
         load_dataset(str(tmp_path / "junk.npz"), "train")
+
+
+def test_split_all_is_every_image_and_an_empty_split_suggests_it(tmp_path):
+    x = np.random.default_rng(0).integers(0, 256, (4, 8, 8), dtype=np.uint8)
+    np.savez(tmp_path / "four.npz", x=x, y=np.array([0, 1, 2, 5]))
+    ds = load_dataset(str(tmp_path / "four.npz"), "all")
+    assert len(ds) == 4 and np.array_equal(ds.x[..., 0], x)
+    with pytest.raises(OcapError, match=r"four.npz has too few images \(4\) for a test split.*--split all"):
+        load_dataset(str(tmp_path / "four.npz"), "test")
+
+
+def test_a_split_without_some_classes_warns(tmp_path, caplog):
+    y = np.array([0] * 14 + [1] * 3)                 # class 1: too few images for a seeded 1/7
+    np.savez(tmp_path / "d.npz", x=np.zeros((17, 8, 8), np.uint8), y=y)
+    assert list(load_dataset(str(tmp_path / "d.npz"), "test").counts()) == [2, 0]
+    assert "none of classes [1]" in caplog.text and "--split all" in caplog.text
+
+
+def test_fashion_mnist_all_is_train_and_test(fmnist):
+    assert len(load_dataset("fashion-mnist", "all")) == 70000
+
+
+def test_a_models_class_space_replaces_the_largest_label(tmp_path):
+    np.savez(tmp_path / "d.npz", x=np.zeros((6, 8, 8), np.uint8), y=np.array([0, 1, 2, 3, 4, 5]))
+    assert load_dataset(str(tmp_path / "d.npz"), "all").num_classes == 6
+    names = [f"c{k}" for k in range(10)]
+    ds = load_dataset(str(tmp_path / "d.npz"), "all", class_names=names)
+    assert ds.class_names == names and list(ds.y) == [0, 1, 2, 3, 4, 5]
+    np.savez(tmp_path / "bad.npz", x=np.zeros((5, 8, 8), np.uint8), y=np.array([0, 12, 3, 10, 12]))
+    with pytest.raises(OcapError, match=r"bad.npz: labels 10, 12 are out of range 0..9 \(the model's classes\)"):
+        load_dataset(str(tmp_path / "bad.npz"), "all", class_names=names)
+
+
+def test_image_folders_map_to_a_models_classes_by_name_or_id(tmp_path):
+    _write_pngs(tmp_path / "named", per_class=2)          # cat, dog, emu
+    ds = load_dataset(str(tmp_path / "named"), "all", class_names=["ant", "cat", "dog", "emu"])
+    assert list(ds.counts()) == [0, 2, 2, 2] and ds.class_names == ["ant", "cat", "dog", "emu"]
+    from PIL import Image
+
+    for k in ("3", "7"):
+        (tmp_path / "ids" / k).mkdir(parents=True)
+        Image.fromarray(np.zeros((12, 10), np.uint8), "L").save(tmp_path / "ids" / k / "a.png")
+    ds = load_dataset(str(tmp_path / "ids"), "all", class_names=[f"c{k}" for k in range(8)])
+    assert sorted(ds.y) == [3, 7]
+    with pytest.raises(OcapError, match=r"ids: label 7 is out of range 0..4"):
+        load_dataset(str(tmp_path / "ids"), "all", class_names=[f"c{k}" for k in range(5)])
+    with pytest.raises(OcapError, match=r"class folders \['cat', 'emu'\] are neither class names nor class ids"):
+        load_dataset(str(tmp_path / "named"), "all", class_names=["ant", "dog"])
 
 
 def test_dataset_rejects_wrong_layout():

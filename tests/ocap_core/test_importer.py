@@ -25,6 +25,13 @@ class Net(nn.Module):
         return self.head(self.body(x))
 
 
+class Fixed10(Net):
+    """Ten outputs, whatever the class names say."""
+
+    def __init__(self, width=6):
+        super().__init__(num_classes=10, width=width)
+
+
 class NoLinearHead(nn.Module):
     def __init__(self, num_classes=10):
         super().__init__()
@@ -109,6 +116,66 @@ def test_import_wrong_input_shape(user_model):
                 "--input-shape", "3,28,28", "--mean", "0,0,0", "--std", "1,1,1", "--classes",
                 str(user_model / "names.txt"), "--out", str(user_model / "pkg"), "--arch-kwargs", '{"width": 6}')
     assert r.returncode == 1 and "fails on input shape [3, 28, 28]" in r.stderr
+
+
+def _import_with(d, *flags, names="names.txt", weights="w.pt", kwargs='{"width": 6}', arch="Net"):
+    return run_cli("import", "--arch", f"{d}/net.py:{arch}", "--weights", str(d / weights), "--input-shape", "1,28,28",
+                   "--classes", str(d / names), "--out", str(d / "pkg"), "--arch-kwargs", kwargs, *flags)
+
+
+@pytest.mark.parametrize("flags,scale,mean,std,preset,overrides", [
+    ([], 1 / 255, [0.0], [1.0], "unit", []),
+    (["--preset", "raw255"], 1.0, [0.0], [1.0], "raw255", []),
+    (["--preset", "signed"], 1 / 255, [0.5], [0.5], "signed", []),
+    (["--scale", "1/255", "--mean", "0.286", "--std", "0.353"], 1 / 255, [0.286], [0.353], "unit",
+     ["scale", "mean", "std"]),
+    (["--preset", "raw255", "--scale", "2/510", "--std", "0.25"], 1 / 255, [0.0], [0.25], "raw255", ["scale", "std"]),
+    (["--scale", "0.5"], 0.5, [0.0], [1.0], "unit", ["scale"]),
+])
+def test_import_presets_fractions_and_overrides_go_on_the_card(user_model, flags, scale, mean, std, preset, overrides):
+    r = _import_with(user_model, *flags)
+    assert r.returncode == 0, r.stderr
+    card = open_package(str(user_model / "pkg")).card
+    assert card.input.scale == pytest.approx(scale) and list(card.input.mean) == mean and list(card.input.std) == std
+    assert card.provenance["imported_from"]["preset"] == preset
+    assert card.provenance["imported_from"]["overrides"] == overrides
+
+
+@pytest.mark.parametrize("flags,message", [
+    (["--scale", "1/0"], "--scale: expected a number or a fraction such as 1/255, got '1/0'"),
+    (["--scale", "one/255"], "--scale: expected a number or a fraction such as 1/255, got 'one/255'"),
+    (["--scale=-1/255"], "--scale: expected a positive number"),
+    (["--scale", "nan"], "--scale: expected a positive number"),
+    (["--preset", "imagenet"], "--preset imagenet is for 3-channel inputs, the input shape has 1"),
+])
+def test_import_bad_scale_or_preset_is_a_clear_error(user_model, flags, message):
+    r = _import_with(user_model, *flags)
+    assert r.returncode == 1 and message in r.stderr and "Traceback" not in r.stderr, r.stderr
+    assert not (user_model / "pkg").exists()
+
+
+def test_import_unknown_preset_is_a_usage_error(user_model):
+    r = _import_with(user_model, "--preset", "bgr")
+    assert r.returncode == 2 and "invalid choice: 'bgr'" in r.stderr
+
+
+def test_import_class_names_that_do_not_match_the_outputs_are_refused_before_the_weights(user_model):
+    """9 names for 10 outputs failed inside load_state_dict with a size mismatch."""
+    (user_model / "nine.txt").write_text("\n".join(f"class{k}" for k in range(9)) + "\n")
+    r = _import_with(user_model, names="nine.txt")          # the class follows num_classes: the weights say 10
+    assert r.returncode == 1 and "Traceback" not in r.stderr and "size mismatch" not in r.stderr, r.stderr
+    assert f"{user_model / 'nine.txt'} lists 9 class names, but the weights {user_model / 'w.pt'} have 10 outputs" \
+        in r.stderr, r.stderr
+    # a class built with 10 outputs whatever the names say: refused before the weights are even read
+    r = _import_with(user_model, names="nine.txt", weights="missing.pt", kwargs="{}", arch="Fixed10")
+    assert r.returncode == 1 and "does not exist" not in r.stderr, r.stderr
+    assert f"{user_model / 'nine.txt'} lists 9 class names, but {user_model}/net.py:Fixed10 outputs shape (10,)" \
+        in r.stderr, r.stderr
+    r = _import_with(user_model, names="nine.txt", weights="missing.pt", kwargs='{"width": 6, "num_classes": 10}')
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert f"{user_model / 'nine.txt'} lists 9 class names, but --arch-kwargs sets num_classes 10" in r.stderr
+    assert _import_with(user_model, kwargs='{"width": 6, "num_classes": 10}').returncode == 0
+    load_model(open_package(str(user_model / "pkg")))          # rebuilds: num_classes is not given twice
 
 
 def test_imported_user_model_prunes_and_evaluates(user_model):

@@ -2,6 +2,7 @@
 a reference rule, the fixed-budget mode, and every bad input."""
 
 import json
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -88,6 +89,43 @@ def test_iterative_cap_rounds_shrink_and_replay(tmp_path):
     head_macs = (10 - 2) * card.features_dim
     assert card.metrics["macs"] == rounds[-1]["macs"] - head_macs
     _rebuilds_in_torch(out)
+
+
+def _refuse(constant):
+    raise ValueError(f"{constant} is not JSON")
+
+
+def _strict_json_files(root) -> set:
+    """Every *.json under ``root`` parsed by a strict parser (no NaN, Infinity); their names."""
+    files = sorted(Path(root).rglob("*.json"))
+    for f in files:
+        json.loads(f.read_text(encoding="utf-8"), parse_constant=_refuse)
+    return {f.name for f in files}
+
+
+def test_every_json_file_of_a_pruned_package_is_strict(pruned):
+    assert _strict_json_files(pruned[0]) == {"card.json", "pruning.json"}
+
+
+def test_a_diverging_finetune_writes_strict_json(tmp_path):
+    """card.json held "loss": NaN in the fine-tuning history (strict parsers refuse the file): a loss of
+    an epoch that diverged is a missing value, null."""
+    out = tmp_path / "diverged"
+    r = run_cli("prune", "--model", "fmnist-cnn", "--classes", "1,8", "--rule", "personalize", "--epochs", "1",
+                "--lr", "1e12", "--samples-per-class", "48", "--out", str(out), "--json", "--quiet")
+    assert r.returncode == 0, r.stderr
+    json.loads(r.stdout, parse_constant=_refuse)
+    assert _strict_json_files(out) == {"card.json", "pruning.json"}
+    history = open_package(str(out)).card.provenance["finetune"]["history"]
+    assert None in (history[1]["loss"], history[1]["val_kd"]), history     # it diverged: the epoch-0 weights stay
+
+
+def test_prune_data_labels_outside_the_models_classes(tmp_path):
+    np.savez(tmp_path / "d.npz", x=np.zeros((40, 28, 28), np.uint8), y=np.arange(40) % 12)
+    r = run_cli("prune", "--model", "fmnist-cnn", "--data", str(tmp_path / "d.npz"), "--classes", "0,1",
+                "--out", str(tmp_path / "x"))
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "d.npz: labels 10, 11 are out of range 0..9 (the model's classes)" in r.stderr, r.stderr
 
 
 def test_pruning_a_pruned_model_is_refused(pruned, tmp_path):

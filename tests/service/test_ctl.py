@@ -1,0 +1,87 @@
+"""``ocapctl`` against a real ``python -m service`` socket: global flags work before and after the
+subcommand (``ocapctl classes --json`` was refused), and a closed stdout pipe ends it quietly."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from ocap_core.closed_pipe import EXIT_CLOSED_PIPE
+from service.client import Client, Unreachable
+from tests.helpers import ROOT
+
+READ_ONLY = ["status", "classes", "models", "history"]
+
+
+def _env():
+    return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+
+
+def _ctl(*args):
+    return subprocess.run([sys.executable, "-m", "service.ctl", *args], capture_output=True, text=True, cwd=str(ROOT),
+                          env=_env(), timeout=60)
+
+
+@pytest.fixture(scope="module")
+def sock(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("ctl")
+    path = tmp / "ocap.sock"
+    proc = subprocess.Popen([sys.executable, "-m", "service", "--state-dir", str(tmp / "state"), "--socket", str(path)],
+                            cwd=str(ROOT), env=_env(), stderr=subprocess.PIPE, text=True)
+    try:
+        deadline = time.time() + 60
+        while True:
+            try:
+                Client(path).close()
+                break
+            except Unreachable:
+                if proc.poll() is not None or time.time() > deadline:
+                    raise AssertionError(proc.stderr.read() if proc.poll() is not None else "no socket") from None
+                time.sleep(0.1)
+        yield str(path)
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize("cmd", READ_ONLY)
+def test_json_flag_before_or_after_the_subcommand(sock, cmd):
+    before = _ctl("--socket", sock, "--json", cmd)
+    after = _ctl(cmd, "--socket", sock, "--json")
+    assert before.returncode == 0 and after.returncode == 0, before.stderr + after.stderr
+    a, b = json.loads(before.stdout), json.loads(after.stdout)
+    assert set(a) == set(b)
+    if cmd in ("classes", "models"):
+        assert a == b
+
+
+def test_flags_after_the_subcommand_override_the_ones_before(sock):
+    r = _ctl("--socket", "/nonexistent/ocap.sock", "classes", "--minutes", "5", "--socket", sock, "--json")
+    assert r.returncode == 0 and json.loads(r.stdout)["minutes"] == 5, r.stderr
+    r = _ctl("--socket", sock, "models")           # no --json anywhere: the human table
+    assert r.returncode == 0 and r.stdout.startswith("version"), r.stdout
+    assert _ctl("--socket", "/nonexistent/ocap.sock", "status", "--json").returncode == 3
+
+
+def test_every_subcommand_takes_the_global_flags():
+    r = _ctl("--help")
+    names = ["status", "classes", "models", "history", "predict", "personalize", "rollback", "pause", "resume",
+             "reload", "report", "forget-samples"]
+    assert all(n in r.stdout for n in names)
+    for n in names:
+        h = _ctl(n, "--help")
+        assert h.returncode == 0 and "--json" in h.stdout and "--socket" in h.stdout, (n, h.stdout)
+
+
+@pytest.mark.parametrize("args", [["history"], ["--json", "status"], ["classes", "--json"]])
+def test_a_closed_stdout_pipe_ends_ocapctl_quietly(sock, args):
+    proc = subprocess.Popen([sys.executable, "-m", "service.ctl", "--socket", sock, *args], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, cwd=str(ROOT), env=_env())
+    proc.stdout.close()                             # the reader is gone before ocapctl prints
+    _, err = proc.communicate(timeout=60)
+    err = err.decode("utf-8", "replace")
+    assert proc.returncode == EXIT_CLOSED_PIPE and "Traceback" not in err and "Exception ignored" not in err, err

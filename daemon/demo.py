@@ -11,7 +11,6 @@ Half of the test images of each class are replayed; accuracy is measured on the 
 the daemon never saw, so the cached samples it fine-tuned on are not scored."""
 
 import argparse
-import json
 import logging
 import os
 import shutil
@@ -25,6 +24,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from ocap_core import strict_json
 from service.sources import ThreadSource
 
 log = logging.getLogger(__name__)
@@ -298,7 +298,7 @@ def run_demo(args: argparse.Namespace) -> int:
         shutil.rmtree(work / "cache", ignore_errors=True)
     ok = bool(deployed) and reverted is not None and failed == 0
     if args.json:
-        print(json.dumps(summary, indent=2))
+        print(strict_json.dumps(summary, indent=2))
     return 0 if ok else 1
 
 

@@ -33,7 +33,8 @@ SEARCH_LEVEL_FIELDS = ("level", "mac_reduction", "agreement", "loss_pp", "accept
 class Controller:
     def __init__(self, cfg: Config, server: Server, store: ModelStore, base_path: Path,
                  on_state: Optional[Callable[[str], None]] = None, clock: Callable[[], float] = time.time) -> None:
-        self.cfg, self.server, self.store, self.base_path = cfg, server, store, Path(base_path)
+        self.cfg, self.server, self.store, self.base_path = cfg, server, store, Path(base_path).resolve()
+        # (resolved: the worker runs in its job directory, where a relative path means nothing)
         self._clock = clock
         self._on_state = on_state
         self._lock = threading.RLock()
@@ -49,6 +50,7 @@ class Controller:
         self.last_stability: Optional[stability.Stability] = None
         self.last_tick: Optional[float] = None
         self.last_error = ""
+        self.last_outcome = ""                  # why the last personalization came to nothing (status line)
         for name, fn in (("personalize", self._cmd_personalize), ("rollback", self._cmd_rollback),
                          ("pause", self._cmd_pause), ("resume", self._cmd_resume)):
             server.control.register(name, fn, mutating=True)
@@ -150,6 +152,7 @@ class Controller:
             self.worker = None
             self.cooldown_until = self._clock() + self.cfg.personalize.cooldown
             self.server.events.record("personalize_failed", state="not started", reason=f"{type(e).__name__}: {e}")
+            self.last_outcome = f"personalization not started: {e}"
             self._set_phase("observing")
             return {"started": False, "reason": str(e)}
 
@@ -181,6 +184,7 @@ class Controller:
         self.server.events.record("personalize_started", classes=plan["classes"], why=why,
                                   samples={"train": int(keep_tr.sum()), "val": int(keep_va.sum())},
                                   stability=plan.get("stability"), pid=self.worker.proc.pid)
+        self.last_outcome = ""
         self._set_phase("personalizing")
         return {"started": True, "classes": plan["classes"], "pid": self.worker.proc.pid}
 
@@ -204,6 +208,7 @@ class Controller:
             if state != "done":
                 self.server.events.record("personalize_failed", state=state, reason=w.reason,
                                           elapsed_s=round(w.elapsed, 1))
+                self.last_outcome = f"personalization {state}: {w.reason}"
                 self._set_phase("observing")
                 return
             res = w.result or {}
@@ -235,6 +240,7 @@ class Controller:
                              providers=self.cfg.model.providers, threads=self.cfg.model.threads)
         self.server.events.record("gate", passed=verdict.passed, reason=verdict.reason, **verdict.figures)
         if not verdict.passed:
+            self.last_outcome = f"gate rejected the candidate: {verdict.reason}"
             self._set_phase("observing")
             return
         try:
@@ -242,6 +248,7 @@ class Controller:
         except (OSError, DaemonError, ServiceError) as e:
             self.server.events.record("deploy_failed", reason=f"{type(e).__name__}: {e}",
                                       serving=self.server.slot.current().version)
+            self.last_outcome = f"deploy failed: {e}"
             self._set_phase("observing" if self.server.teacher is None else "personalized")
 
     def deploy(self, candidate: Path, why: str) -> Tuple[bool, str]:
@@ -306,6 +313,7 @@ class Controller:
                                                min_frames=self.cfg.drift.min_checks)
         if verdict == "failed":
             self.server.events.record("probation_failed", version=pb["version"], reason=why)
+            self.last_outcome = f"probation failed: {why}"
             self.rollback(f"probation failed: {why}")
         elif verdict == "passed" and self._clock() - pb["since"] >= p.duration:
             faults.point("probation.passing")
@@ -396,7 +404,8 @@ class Controller:
                 "probation": None if pb is None else {
                     "version": pb["version"], "since": pb["since"],
                     "seconds_left": max(0.0, self.cfg.probation.duration - (self._clock() - pb["since"]))},
-                "cooldown_s": max(0.0, self.cooldown_until - self._clock()), "last_error": self.last_error}
+                "cooldown_s": max(0.0, self.cooldown_until - self._clock()), "last_error": self.last_error,
+                "last_outcome": self.last_outcome}
 
     def status_line(self) -> str:
         """One line for systemd's STATUS= and the demo."""
@@ -423,7 +432,10 @@ class Controller:
             if st.classes:
                 parts.append("cache " + ",".join(f"{k}:{fill.get(k, 0)}" for k in sorted(st.classes))
                              + f"/{self.cfg.personalize.min_samples_per_class}")
-        worker = self.worker
+        worker, outcome = self.worker, self.last_outcome
+        if worker is None and outcome and self.phase == "observing":
+            wait = self.cooldown_until - self._clock()
+            parts.append(f"last: {outcome[:160]}" + (f" (next try in {wait:.0f} s at the earliest)" if wait > 0 else ""))
         if worker is not None:
             last = worker.last
             if last.get("event") == "search_level":

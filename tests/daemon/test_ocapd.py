@@ -155,7 +155,11 @@ def test_a_candidate_made_worse_on_purpose_is_rolled_back_in_probation(tmp_path,
         failed = wait_event(tmp_path, "probation_failed", 300)
         assert "disagreement" in failed["reason"]
         back = wait_event(tmp_path, "rollback", 10)
-        assert back["to"] == ctl(tmp_path, "status")["base"] == ctl(tmp_path, "status")["model"]["version"]
+        status = ctl(tmp_path, "status")
+        assert back["to"] == status["base"] == status["model"]["version"]
+        # the status line says what became of the personalization, not only "observing"
+        assert status["daemon"]["last_outcome"].startswith("probation failed: ")
+        assert "last: probation failed" in status["daemon"]["status_line"]
     finally:
         replay.stop()
         assert stop(proc) == 0

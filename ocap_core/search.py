@@ -237,6 +237,26 @@ def judge_costs(model: nn.Module, x: torch.Tensor, teacher_k: torch.Tensor) -> D
 MEASURES = ("soft", "hard")
 
 
+def smallest_loss_shown(n: int, z: float) -> float:
+    """The smallest loss, in points, that ``n`` judged images can show within a budget: z standard
+    errors of a candidate that never disagreed."""
+    return 100.0 * z * standard_error(np.zeros(n))
+
+
+def check_judgeable(n: int, spec: SearchSpec) -> None:
+    """Refuse a search whose judged half is too small to show any level within ``spec.max_loss``
+    (every level would fail after minutes of fine-tuning), saying how many images it needs."""
+    if smallest_loss_shown(n, spec.confidence_z) <= spec.max_loss:
+        return
+    need = n
+    while smallest_loss_shown(need, spec.confidence_z) > spec.max_loss:
+        need += 1
+    raise OcapError(f"{n} held-back images judge the search (half of those held back), and so few can only "
+                    f"show a loss of at least {smallest_loss_shown(n, spec.confidence_z):.1f} points: a "
+                    f"{spec.max_loss:g}-point budget needs about {need} ({2 * need} held back); collect more "
+                    f"images of the observed classes or allow a larger loss budget (--max-loss, [personalize] max_loss)")
+
+
 def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequence[int], levels_of: LevelMasks,
            x_tr: torch.Tensor, t_tr: torch.Tensor, x_val: torch.Tensor, t_val: torch.Tensor, spec: SearchSpec,
            ft: FinetuneSpec, teacher: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
@@ -257,6 +277,8 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
         x_judge, t_judge = x_stop, t_stop
     if spec.measure not in MEASURES:
         raise OcapError(f"unknown agreement measure {spec.measure!r}; choose from {', '.join(MEASURES)}")
+    if measure is None:
+        check_judgeable(len(x_judge), spec)
 
     def judge(model: nn.Module) -> Tuple[float, float, float]:
         """Agreement on the judged half, its standard error (0 for a given ``measure``), and the

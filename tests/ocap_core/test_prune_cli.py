@@ -18,8 +18,10 @@ pytestmark = pytest.mark.torch
 @pytest.fixture(scope="module")
 def pruned(tmp_path_factory):
     out = tmp_path_factory.mktemp("prune") / "cnn-79"
+    # 2 points: 128 judged images cannot show much less (a level must keep loss + 1 SE within it), and
+    # this is about what the CLI writes, not the search's quality (docs/benchmarks.md)
     r = run_cli("prune", "--model", "fmnist-cnn", "--classes", "9,7", "--levels", "2,4,8", "--time-budget", "40",
-                "--samples-per-class", "128", "--out", str(out), "--json")
+                "--max-loss", "2", "--samples-per-class", "128", "--out", str(out), "--json")
     assert r.returncode == 0, r.stderr
     return out, json.loads(r.stdout)
 
@@ -46,7 +48,7 @@ def test_candidate_card_records_how_it_was_made(pruned):
     assert path[0]["level"] == 2 and all(p["level"] in (2, 4, 8) or not p["accepted"] or p is path[-1] for p in path)
     assert all(a["macs"] > b["macs"] for a, b in zip(path, path[1:]) if a["accepted"])
     chosen = [p for p in path if p["accepted"]][-1]
-    assert chosen["level"] == prov["search"]["level"] and chosen["loss_pp"] + chosen["loss_se_pp"] <= 1.0
+    assert chosen["level"] == prov["search"]["level"] and chosen["loss_pp"] + chosen["loss_se_pp"] <= 2.0
     assert card.metrics["mac_reduction"] >= chosen["level"] and 0.9 <= card.metrics["val_agreement"] <= 1
     assert card.metrics["onnx_parity_max_abs_diff"] <= 1e-4
     assert card.metrics["macs"] * card.metrics["mac_reduction"] == pytest.approx(card.metrics["base_macs"])

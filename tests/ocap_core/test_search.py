@@ -17,7 +17,7 @@ from ocap_core.personalize import check_enough, level_masks
 from ocap_core.preprocess import preprocess
 from ocap_core.prune_spec import PruneSpec
 from ocap_core.scorers import SCORERS, ScoreSpec, marks_per_image, score
-from ocap_core.search import prune_copy, prune_further, search
+from ocap_core.search import check_judgeable, prune_copy, prune_further, search
 from ocap_core.search_spec import SearchSpec
 from ocap_core.structural import PrunableModel, replay_history
 from ocap_core.train import predict_logits
@@ -180,3 +180,10 @@ def test_too_few_images_names_every_short_class():
 def test_bad_search_specs_are_refused(bad):
     with pytest.raises(OcapError):
         SearchSpec(**bad)
+
+
+def test_too_few_judged_images_for_the_budget_are_refused_before_any_training():
+    check_judgeable(99, SearchSpec(max_loss=1.0))
+    with pytest.raises(OcapError, match=r"42 held-back images .* at least 2\.3 points: a 1-point budget needs about 99"):
+        check_judgeable(42, SearchSpec(max_loss=1.0))
+    check_judgeable(42, SearchSpec(max_loss=2.5))

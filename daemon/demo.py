@@ -1,14 +1,17 @@
 """``ocap demo``: the whole loop on the embedded default, in a temporary directory.
 
-It starts ``ocapd`` as a subprocess on the shipped base model, then replays Fashion-MNIST **test**
-images to it over its control socket (the socket source) in a skewed class mix, as a camera in a
-shop might see them. The daemon never sees a label; the replay keeps them to score the models at
-the end. Windows are seconds instead of minutes. Once the personalized model has passed probation
-(or a deadline passes), a fourth class joins the mix to show drift and the revert. It prints a
-status line while it runs, then a before/after table, and writes a report (Markdown and plots).
+It starts ``ocapd`` as a subprocess on a base model (the shipped fmnist-cnn, or ``--model``), then
+replays labelled images (Fashion-MNIST's **test** images, or ``--data``: an image folder or an .npz
+that must fit the model) to it over its control socket in a skewed class mix, as a camera in a shop
+might see them. The daemon never sees a label; the replay keeps them to score the models at the end.
+Windows are seconds instead of minutes. Once the personalized model has passed probation, a class
+from outside the mix joins it to show drift and the revert; when nothing passes probation, the demo
+says why (the daemon's last outcome: a gate rejection, a search that found nothing) and stops. It
+prints a status line while it runs, then a before/after table, and writes a report (Markdown and
+plots) to ``--report`` or report/ in its work directory.
 
-Half of the test images of each class are replayed; accuracy is measured on the other half, which
-the daemon never saw, so the cached samples it fine-tuned on are not scored."""
+Half of the images of each class are replayed; accuracy is measured on the other half, which the
+daemon never saw, so the cached samples it fine-tuned on are not scored."""
 
 import argparse
 import logging
@@ -20,11 +23,12 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ocap_core import strict_json
+from ocap_core.errors import OcapError
 from service.sources import ThreadSource
 
 log = logging.getLogger(__name__)
@@ -163,6 +167,17 @@ def _wait_for(sock: Path, kinds: Sequence[str], deadline: float, show) -> Option
     return None
 
 
+def _why_not(sock: Path, verdict: Optional[Dict[str, Any]], waited: float) -> str:
+    """Why no personalized model was established: the probation's verdict, else what the daemon last
+    said about its personalization (a gate rejection, a search that found nothing), else the phase."""
+    if verdict is not None:
+        return f"probation failed: {verdict['detail'].get('reason', '')}"
+    d = _call(sock, "status")["daemon"]
+    if d.get("last_outcome"):
+        return d["last_outcome"]
+    return f"nothing deployed and passed probation within {waited:.0f} s (the daemon is {d['phase']})"
+
+
 def _accuracy(model_dir: str, x: np.ndarray, y: np.ndarray) -> float:
     from service.model_slot import load_model
 
@@ -191,32 +206,89 @@ def _latency_ms(model_dir: str, x: np.ndarray, runs: int = 300) -> float:
     return float(np.median(times))
 
 
+FASHION = ("fashion-mnist", "fmnist")
+DEFAULT_MIX = ([0, 3, 7], [0.5, 0.3, 0.2], 9)          # Fashion-MNIST: T-shirt, dress, sneaker; then boot
+MIN_IMAGES = 4                                       # per demo class: half replayed, half held out to score
+
+
+def demo_mix(y: np.ndarray, args: argparse.Namespace, class_names: Sequence[str]) -> Tuple[List[int], List[float], int]:
+    """The observed classes, their shares and the drift class: as given, else Fashion-MNIST's usual
+    three, else a seeded pick of three classes with images in the data (shares 0.5, 0.3, 0.2) and a
+    fourth to drift to. Every class must be one of the model's and have images in the data."""
+    counts = np.bincount(y, minlength=len(class_names))
+    present = [k for k in range(len(class_names)) if counts[k] >= MIN_IMAGES]
+    if args.classes:
+        classes = [int(k) for k in parse_ids(args.classes, "--classes")]
+    elif args.data in FASHION and len(class_names) == 10:
+        classes = list(DEFAULT_MIX[0])
+    else:
+        if len(present) < 4:
+            raise OcapError(f"the data has {len(present)} classes with {MIN_IMAGES}+ images; the demo needs 4 "
+                            f"(3 observed, 1 drifting in)")
+        classes = sorted(int(k) for k in np.random.default_rng(args.seed).choice(present, 3, replace=False))
+    shares = [float(v) for v in args.shares.split(",")] if args.shares else \
+        ([0.5, 0.3, 0.2] if len(classes) == 3 else [1.0 / len(classes)] * len(classes))
+    if args.drift_class is not None:
+        extra = int(parse_ids(args.drift_class, "--drift-class")[0])
+    elif args.data in FASHION and classes == DEFAULT_MIX[0]:
+        extra = DEFAULT_MIX[2]
+    else:
+        others = [k for k in present if k not in classes]
+        if not others:
+            raise OcapError(f"no class with images is left to drift to besides {classes}")
+        extra = others[0]
+    if len(shares) != len(classes) or any(v <= 0 for v in shares):
+        raise OcapError(f"--shares needs one positive share per class, got {shares} for classes {classes}")
+    for k in classes + [extra]:
+        if not 0 <= k < len(class_names):
+            raise OcapError(f"class {k} is not one of the model's {len(class_names)} classes 0..{len(class_names) - 1}")
+        if counts[k] < MIN_IMAGES:
+            raise OcapError(f"class {k} ({class_names[k]}) has {counts[k]} images in the data; the demo needs "
+                            f"{MIN_IMAGES} (half replayed, half held out to score)")
+    if extra in classes:
+        raise OcapError(f"--drift-class {extra} must be a class outside the observed ones {classes}")
+    return classes, shares, extra
+
+
+def parse_ids(text: str, flag: str) -> List[int]:
+    try:
+        return [int(v) for v in text.split(",") if v.strip()]
+    except ValueError:
+        raise OcapError(f"{flag} takes comma-separated class ids, got {text!r}") from None
+
+
 def run_demo(args: argparse.Namespace) -> int:
     from ocap_core.data import load_dataset
-    from ocap_core.package import open_package, resolve_model
+    from ocap_core.package import open_package, resolve_model, shipped_models
+    from service.sources import data_misfit
 
-    classes = [int(k) for k in args.classes.split(",")]
-    extra = int(args.drift_class)
-    shares = [float(s) for s in args.shares.split(",")]
-    if len(shares) != len(classes) or extra in classes:
-        print("ocap demo: --shares needs one share per class, and --drift-class must be another class", file=sys.stderr)
+    try:
+        base_card = open_package(str(resolve_model(args.model))).card
+        test = load_dataset(args.data, args.split or ("test" if args.data in FASHION else "all"),
+                            class_names=base_card.class_names)
+        misfit = data_misfit(test.x, test.y, base_card)
+        if misfit:
+            raise OcapError(f"{args.data}: {misfit}")
+        classes, shares, extra = demo_mix(test.y, args, base_card.class_names)
+    except OcapError as e:
+        print(f"ocap demo: {e}", file=sys.stderr)
         return 2
-    test = load_dataset("fashion-mnist", "test")
     rng = np.random.default_rng(args.seed)
     replay_x: Dict[int, np.ndarray] = {}
     held: List[int] = []
-    for k in range(test.num_classes):
+    for k in np.unique(test.y).tolist():
         idx = rng.permutation(np.flatnonzero(test.y == k))
         replay_x[k] = test.x[idx[: len(idx) // 2]]
         held.extend(idx[len(idx) // 2:].tolist())
     held_idx = np.asarray(sorted(held))
     work = Path(tempfile.mkdtemp(prefix="ocap-demo-"))
-    out = Path(args.out) if args.out else work / "report"
+    out = Path(args.report) if args.report else work / "report"
     out.mkdir(parents=True, exist_ok=True)
     sock = work / "ocap.sock"
     speed = args.speed
     ini = work / "ocap.ini"
-    ini.write_text(demo_config(work, args.model, args.rate, speed, args.epochs, args.budget, args.threads,
+    model = args.model if args.model in shipped_models() else str(resolve_model(args.model).resolve())
+    ini.write_text(demo_config(work, model, args.rate, speed, args.epochs, args.budget, args.threads,
                                max_loss=args.max_loss), encoding="utf-8")
     daemon_log = open(work / "ocapd.log", "w", encoding="utf-8")
     proc = start_ocapd(ini, daemon_log)
@@ -240,15 +312,20 @@ def run_demo(args: argparse.Namespace) -> int:
                 return 1
             time.sleep(0.2)
         mix1 = dict(zip(classes, shares))
-        print(f"ocapd is up ({args.model}); replaying test images of classes {classes} at {args.rate:g}/s, "
+        print(f"ocapd is up ({args.model}); replaying images of {args.data} of classes {classes} at {args.rate:g}/s, "
               f"shares {shares}; work dir {work}")
         replay.set_mix(mix1)
         replay.start()
         passed = _wait_for(sock, ["probation_passed", "probation_failed"], time.time() + args.max_seconds * 0.7, show)
-        t_drift = time.time()
-        replay.set_mix({**mix1, extra: args.drift_share})
-        print(("\n" if is_tty else "") + f"class {extra} joins the mix at {args.drift_share:g} of the weight")
-        reverted = _wait_for(sock, ["drift"], time.time() + max(30.0, args.max_seconds * 0.3), show)
+        t_drift, reverted, gave_up = time.time(), None, None
+        if passed is not None and passed["kind"] == "probation_passed":
+            # the drift class joins only once the personalized model is established, as it would in the field
+            replay.set_mix({**mix1, extra: args.drift_share})
+            print(("\n" if is_tty else "") + f"class {extra} joins the mix at {args.drift_share:g} of the weight")
+            reverted = _wait_for(sock, ["drift"], time.time() + max(30.0, args.max_seconds * 0.3), show)
+        else:
+            gave_up = _why_not(sock, passed, args.max_seconds * 0.7)
+            print(("\n" if is_tty else "") + f"no drift shown: {gave_up}")
         time.sleep(2.0)
         replay.stop()
         events = _events(sock)
@@ -286,7 +363,7 @@ def run_demo(args: argparse.Namespace) -> int:
                "stages": stages, "worker_s": round(done - first, 1) if first and done else None,
                "served_by_daemon": status["requests"], "deployed": bool(deployed),
                "probation": passed["kind"] if passed else None, "drift_reverted": reverted is not None,
-               "models": rows, "classes": classes, "drift_class": extra, "work_dir": str(work),
+               "models": rows, "classes": classes, "drift_class": extra, "work_dir": str(work), "gave_up": gave_up,
                "search": _search_of(rows[-1]["path"]) if deployed else None}
     _print_summary(summary)
     from .demo_report import write_report
@@ -339,15 +416,24 @@ def _print_summary(s: Dict[str, Any]) -> None:
                 for r in s["search"]["path"]))
     else:
         print("no personalized model was deployed (see the events in the report)")
+    if s.get("gave_up"):
+        print(f"the loop stopped short: {s['gave_up']}")
     print(f"requests {s['requests']} sent, {s['failed']} failed; probation: {s['probation']}; drift revert: "
           f"{'yes' if s['drift_reverted'] else 'no'}; {s['seconds']:.0f} s")
 
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--model", default="fmnist-cnn", help="shipped base model (name or package directory)")
-    p.add_argument("--classes", default="0,3,7", help="the observed classes of the skewed mix")
-    p.add_argument("--shares", default="0.5,0.3,0.2", help="their shares of the frames")
-    p.add_argument("--drift-class", default="9", help="the class that joins later to show drift")
+    p.add_argument("--model", default="fmnist-cnn", help="base model: a shipped name or a package directory")
+    p.add_argument("--data", default="fashion-mnist",
+                   help="images to replay and score on: fashion-mnist, an image folder or an .npz (labelled)")
+    p.add_argument("--split", choices=("train", "val", "test", "all"),
+                   help="which images of --data (default: test for fashion-mnist, else all: the demo holds "
+                        "half of each class back to score on)")
+    p.add_argument("--classes", help="the observed classes of the skewed mix (default: 0,3,7 on Fashion-MNIST, "
+                                     "else a seeded pick of 3 classes present in the data)")
+    p.add_argument("--shares", help="their shares of the frames (default 0.5,0.3,0.2)")
+    p.add_argument("--drift-class", help="the class that joins once probation has passed, to show drift "
+                                         "(default: 9 on Fashion-MNIST, else another class present)")
     p.add_argument("--drift-share", type=float, default=0.3, help="its weight relative to the mix's 1")
     p.add_argument("--rate", type=float, default=120.0, help="frames per second sent to the daemon")
     p.add_argument("--speed", type=float, default=1.0, help="shorter windows and probation when > 1")
@@ -359,7 +445,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--threads", type=int, default=0, help="worker threads at most (0: one per idle core)")
     p.add_argument("--max-seconds", type=float, default=270.0, help="give up on the loop after this long")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--out", help="report directory (default: in the work directory)")
+    p.add_argument("--report", "--out", dest="report",
+                   help="report directory (default: report/ in the work directory the demo prints)")
     p.add_argument("--keep", action="store_true", help="keep the daemon's state and cache directories")
     p.add_argument("--json", action="store_true", help="also print the summary as JSON")
 

@@ -6,5 +6,5 @@
 set -euo pipefail
 . "$(dirname "$0")/env.sh"
 ensure_fashion_mnist
-V311=$(make_venv "$PY311" cpu,torch,dev)
+V311=$(make_venv "$PY311" cpu,torch,dev,examples)   # the same venv as scripts/test.sh
 "$V311/bin/python" -m ocap_core demo "$@"

@@ -26,6 +26,9 @@ make_venv() {  # make_venv PYTHON EXTRAS -> prints the venv path
     local py=$1 extras=$2 key V
     key=$( (cat pyproject.toml .ci/constraints.txt; "$py" -VV; echo "$extras") | sha256sum | cut -c1-12)
     V="${OCAP_CI_CACHE:-$HOME/.cache/ocap-ci}/venv-$key"
+    mkdir -p "$(dirname "$V")"
+    # one builder at a time (the demo, the tests and bin/* may start together): the others wait
+    exec 9>"$V.lock" && flock 9
     if [ ! -e "$V/.complete" ]; then
         echo "building $V ($("$py" -V), extras: $extras)" >&2
         rm -rf "$V" && "$py" -m venv "$V"
@@ -40,6 +43,7 @@ PY
             -r "$V/requirements.txt" 2>&1 | { grep -v "is ignored: it is neither" || true; } >&2
         [ "${PIPESTATUS[0]}" = 0 ] && touch "$V/.complete"
     fi
+    flock -u 9
     [ -e "$V/.complete" ] || { echo "venv $V failed to build" >&2; return 1; }
     echo "$V"
 }

@@ -1,0 +1,55 @@
+"""``ocap demo`` on any package and data: the mix it picks, and every bad input refused with one clear
+line before ocapd starts (the whole loop itself runs in tests/examples/test_digits.py and the README)."""
+
+import argparse
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from daemon.demo import demo_mix
+from ocap_core.errors import OcapError
+from tests.helpers import ROOT
+
+NAMES = [f"c{k}" for k in range(10)]
+
+
+def _args(**kw):
+    base = dict(data="mine.npz", classes=None, shares=None, drift_class=None, seed=0)
+    return argparse.Namespace(**dict(base, **kw))
+
+
+def test_fashion_mnist_keeps_the_readme_mix_and_other_data_gets_a_seeded_pick_of_present_classes():
+    y = np.repeat(np.arange(10), 10)
+    assert demo_mix(y, _args(data="fashion-mnist"), NAMES) == ([0, 3, 7], [0.5, 0.3, 0.2], 9)
+    y = np.repeat([2, 4, 5, 8], 10)                        # only four classes have images
+    classes, shares, extra = demo_mix(y, _args(), NAMES)
+    assert set(classes) | {extra} == {2, 4, 5, 8} and len(classes) == 3 and shares == [0.5, 0.3, 0.2]
+    assert demo_mix(y, _args(), NAMES) == (classes, shares, extra)          # seeded
+
+
+@pytest.mark.parametrize("kw,message", [
+    (dict(classes="2,4", drift_class="4"), "--drift-class 4 must be a class outside the observed ones"),
+    (dict(classes="2,4,5", shares="0.5,0.5"), "--shares needs one positive share per class"),
+    (dict(classes="2,4,12"), "class 12 is not one of the model's 10 classes"),
+    (dict(classes="2,4,7"), "class 7 (c7) has 0 images in the data"),
+    (dict(classes="2,x"), "--classes takes comma-separated class ids"),
+])
+def test_bad_mixes_are_refused_naming_what_is_wrong(kw, message):
+    with pytest.raises(OcapError, match=message.replace("(", r"\(").replace(")", r"\)")):
+        demo_mix(np.repeat([2, 4, 5, 8], 10), _args(**kw), NAMES)
+
+
+def test_too_few_classes_present_for_a_demo():
+    with pytest.raises(OcapError, match="the data has 3 classes with 4\\+ images; the demo needs 4"):
+        demo_mix(np.repeat([2, 4, 5], 10), _args(), NAMES)
+
+
+def test_data_that_does_not_fit_the_model_is_refused_before_ocapd_starts(tmp_path):
+    np.savez(tmp_path / "small.npz", x=np.zeros((40, 16, 16), np.uint8), y=np.arange(40) % 10)
+    r = subprocess.run([sys.executable, "-m", "ocap_core", "demo", "--data", str(tmp_path / "small.npz")],
+                       cwd=str(ROOT), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 2 and "Traceback" not in r.stderr
+    assert "small.npz: images are 16x16 (1 channel), the model fmnist-cnn takes 28x28 (1 channel)" in r.stderr
+    assert "ocapd is up" not in r.stdout

@@ -318,7 +318,7 @@ SCHEMA: Tuple[Key, ...] = (
     _k("probation", "max_low_confidence_rise", FLOAT, "0.05", "Revert during probation if the low-confidence share rises by more than this.", "[0, 1]"),
     _k("probation", "max_disagreement", FLOAT, "0.1", "Revert during probation if more teacher checks than this share disagree.", "[0, 1]"),
 
-    _k("privacy", "cache_quota", SIZE, "256MB", "Sample cache disk cap; per kept class: samples_per_class, and as many held back (~150 KB each at 224x224 RGB).", ">= 1MB"),
+    _k("privacy", "cache_quota", SIZE, "256MB", "Sample cache disk cap; per kept class: samples_per_class, and twice as many held back (~150 KB each at 224x224 RGB).", ">= 1MB"),
     _k("privacy", "after_personalize", CHOICE, "keep", "What happens to cached samples after a successful run.", choices="keep|purge"),
 
     _k("store", "keep_versions", INT, "5", "Personalized model versions kept on disk (the base model is always kept).", ">= 1"),

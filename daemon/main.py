@@ -6,6 +6,7 @@ Exit codes: 0 clean stop, 1 start failed, 78 bad configuration (systemd does not
 import argparse
 import dataclasses
 import logging
+import math
 import os
 import signal
 import sys
@@ -33,11 +34,24 @@ DEFAULT_CONFIG = "/etc/ocap/ocap.ini"
 EXIT_OK, EXIT_FAILED = 0, 1
 RESTART_SECTIONS = ("daemon", "model", "sources", "privacy", "store")
 QUIET_LOGGERS = ("apscheduler.scheduler", "apscheduler.executors.default")   # a line per job run at info
+# seconds kept beyond the longest span a check reads: a probation still pending past its duration reads
+# back to its start, and a batch may arrive a few seconds late
+RECENT_MARGIN = 600
+
+
+def recent_seconds(cfg: Config) -> int:
+    """How many seconds of per-second counts (``RecentCounts``) the policy checks need: the longest
+    span any of them reads (stability window x windows, the drift window, the probation duration)
+    plus ``RECENT_MARGIN``. A fixed hour made ``window = 30min, windows = 3`` never stable. Memory
+    grows with it: about 13-16 MB for a 3-hour span at 10 classes (see ``service/recent_counts.py``)."""
+    longest = max(cfg.stability.window * cfg.stability.windows, cfg.drift.window, cfg.probation.duration)
+    return int(math.ceil(longest)) + RECENT_MARGIN
 
 
 def server_config(cfg: Config) -> ServerConfig:
     return ServerConfig(providers=tuple(cfg.model.providers), threads=cfg.model.threads,
                         flush_seconds=cfg.log.flush_interval, low_confidence=cfg.log.low_confidence,
+                        recent_seconds=recent_seconds(cfg),
                         cache_per_class=cfg.personalize.samples_per_class, cache_quota=cfg.privacy.cache_quota,
                         teacher_share=cfg.drift.teacher_share, max_connections=cfg.daemon.max_connections,
                         max_payload=cfg.daemon.max_payload,
@@ -157,7 +171,9 @@ class Daemon:
         restart = [s for s in RESTART_SECTIONS if getattr(new, s) != getattr(self.cfg, s)]
         self.cfg = new
         self.controller.cfg = new
-        self.server.config = dataclasses.replace(self.server.config, teacher_share=new.drift.teacher_share)
+        self.server.config = dataclasses.replace(self.server.config, teacher_share=new.drift.teacher_share,
+                                                 recent_seconds=recent_seconds(new))
+        self.server.class_log.recent.resize(self.server.config.recent_seconds)    # a longer span fills over time
         set_log_level(new.daemon.log_level)
         self.scheduler.reschedule_job("policy", trigger="interval", seconds=new.stability.check_interval)
         self.server.events.record("config_reloaded", restart_needed=restart)

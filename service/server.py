@@ -36,6 +36,7 @@ class ServerConfig:
     threads: int = 1
     flush_seconds: float = 5.0
     low_confidence: float = 0.5
+    recent_seconds: int = 3600          # per-second counts kept in memory for the policy checks (RecentCounts)
     cache_per_class: int = 256
     cache_val_share: float = 0.2
     cache_quota: int = 256 * 2 ** 20
@@ -68,7 +69,8 @@ class Server:
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.db_path = db = self.state_dir / "ocap.db"
-        self.class_log = ClassLog(db, low_confidence=cfg.low_confidence)      # creates / migrates the schema
+        self.class_log = ClassLog(db, low_confidence=cfg.low_confidence,      # creates / migrates the schema
+                                  recent_seconds=cfg.recent_seconds)
         self.events = EventLog(db)
         self.models = ModelTable(db)
         served = self._load(model)

@@ -1,6 +1,8 @@
 """A small sd_notify (systemd's notification protocol), so the daemon needs no libsystemd binding:
 one datagram of ``KEY=VALUE`` lines to the AF_UNIX socket named by ``$NOTIFY_SOCKET`` (a path, or
-``@name`` for the abstract namespace). Without ``$NOTIFY_SOCKET`` (not under systemd) it does nothing."""
+``@name`` for the abstract namespace). Without ``$NOTIFY_SOCKET`` (not under systemd) it does nothing.
+Like ``sd_notify(unset_environment=1)`` it removes the variables from the environment once read, so a
+child process (the personalization worker) neither inherits them nor notifies systemd as if it were ocapd."""
 
 import logging
 import os
@@ -8,13 +10,14 @@ import socket
 from typing import Optional
 
 log = logging.getLogger(__name__)
+ENV_KEYS = ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID")
 
 
 class Notifier:
     def __init__(self, address: Optional[str] = None) -> None:
-        self.address = address if address is not None else os.environ.get("NOTIFY_SOCKET", "")
-        usec = os.environ.get("WATCHDOG_USEC", "")
-        pid = os.environ.get("WATCHDOG_PID", "")
+        env = {k: os.environ.pop(k, "") for k in ENV_KEYS}         # read, then unset for children
+        self.address = address if address is not None else env["NOTIFY_SOCKET"]
+        usec, pid = env["WATCHDOG_USEC"], env["WATCHDOG_PID"]
         # the watchdog interval systemd expects pings within (seconds), when it is meant for this process
         self.watchdog_seconds = (int(usec) / 1e6 if usec.isdigit() and (not pid or pid == str(os.getpid()))
                                  else None)

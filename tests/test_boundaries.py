@@ -1,8 +1,11 @@
 """The serving and control planes never import torch (a Jetson Nano shares 4 GB between CPU and GPU)."""
 
+import importlib.util
 import json
 import subprocess
 import sys
+
+import pytest
 
 from tests.helpers import ROOT
 
@@ -33,10 +36,8 @@ def test_torch_free_core_modules_never_import_torch():
     assert _loaded_after_import(TORCH_FREE_CORE) == []
 
 
+@pytest.mark.torch
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
 def test_the_check_would_see_torch_if_it_were_imported():
-    # the detector itself works: a torch module of ocap_core does load torch (where torch is installed)
-    import importlib.util
-
-    if importlib.util.find_spec("torch") is None:
-        return
+    # the detector itself works: a torch module of ocap_core does load torch
     assert "torch" in _loaded_after_import(["ocap_core.zoo"])

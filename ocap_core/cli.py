@@ -133,6 +133,26 @@ def cmd_eval(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+JSON_TYPES = {dict: "an object", list: "an array", str: "a string", int: "a number", float: "a number",
+              bool: "a boolean", type(None): "null"}
+
+
+def _arch_kwargs(text: Optional[str]) -> Dict[str, Any]:
+    """``--arch-kwargs``: a JSON object of constructor arguments (empty or absent: none), or an OcapError
+    naming the flag and what is wrong with the text."""
+    if not text:
+        return {}
+    try:
+        value = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise OcapError(f"--arch-kwargs is not valid JSON ({e.msg} at line {e.lineno} column {e.colno}): {text!r}; "
+                        f"give an object such as '{{\"width\": 32}}'") from None
+    if not isinstance(value, dict):
+        raise OcapError(f"--arch-kwargs must be a JSON object of constructor arguments such as "
+                        f"'{{\"width\": 32}}', got {JSON_TYPES.get(type(value), 'a value')}: {text!r}")
+    return value
+
+
 def cmd_import(args: argparse.Namespace) -> int:
     from .importer import import_model
     from .preprocess import parse_floats, parse_scale
@@ -140,7 +160,7 @@ def cmd_import(args: argparse.Namespace) -> int:
     shape = tuple(int(v) for v in parse_floats(args.input_shape, "--input-shape"))
     if len(shape) != 3:
         raise OcapError(f"--input-shape: expected C,H,W, got {args.input_shape!r}")
-    kwargs = json.loads(args.arch_kwargs) if args.arch_kwargs else {}
+    kwargs = _arch_kwargs(args.arch_kwargs)
     pkg = import_model(args.arch, args.weights, shape, None if args.scale is None else parse_scale(args.scale),
                        None if args.mean is None else parse_floats(args.mean, "--mean"),
                        None if args.std is None else parse_floats(args.std, "--std"), args.classes, args.out,

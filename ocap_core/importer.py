@@ -78,6 +78,11 @@ def import_model(arch: str, weights: Path, input_shape: Tuple[int, int, int], sc
             raise OcapError(f"{classes_file} lists {len(class_names)} class names, but --arch-kwargs sets "
                             f"num_classes {kwargs['num_classes']}: one name per output, in output order")
         del kwargs["num_classes"]
+    if "in_chans" in kwargs:                # the same: it comes from the input shape
+        if kwargs["in_chans"] != spec.shape[0]:
+            raise OcapError(f"--input-shape {','.join(str(v) for v in spec.shape)} has {spec.shape[0]} channel(s), "
+                            f"but --arch-kwargs sets in_chans {kwargs['in_chans']}")
+        del kwargs["in_chans"]
     model = create_model(arch, in_chans=spec.shape[0], num_classes=len(class_names), **kwargs)
     model.eval()
     try:            # before the weights: the output count does not depend on them

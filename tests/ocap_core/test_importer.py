@@ -221,3 +221,31 @@ def test_imported_user_model_prunes_and_evaluates(user_model):
     # device never caches for them (the search measured 99-100 % agreement on its held-back frames; the
     # test images lost 4.3 points at 4.2x), so the bound here is looser than the benchmark's 1 point
     assert res["classes"] == [1, 8] and res["accuracy"] >= res["base"]["restricted_accuracy"] - 0.06, res
+
+
+@pytest.mark.parametrize("kwargs,message", [
+    ("{bad json", "--arch-kwargs is not valid JSON (Expecting property name enclosed in double quotes at line 1 "
+                  "column 2): '{bad json'"),
+    ("{'width': 6}", "--arch-kwargs is not valid JSON (Expecting property name enclosed in double quotes"),
+    ('{"width": 6', "--arch-kwargs is not valid JSON (Expecting ',' delimiter at line 1 column 12)"),
+    ("[6]", "--arch-kwargs must be a JSON object of constructor arguments such as '{\"width\": 32}', got an array: "
+            "'[6]'"),
+    ("6", "--arch-kwargs must be a JSON object of constructor arguments such as '{\"width\": 32}', got a number"),
+    ('"width=6"', "got a string: "),
+], ids=["bad-json", "single-quotes", "unclosed", "array", "number", "string"])
+def test_import_arch_kwargs_that_are_not_a_json_object_are_one_clear_line(user_model, kwargs, message):
+    """Issue 13: --arch-kwargs '{bad json' ended in a json.decoder.JSONDecodeError traceback."""
+    r = _import_with(user_model, kwargs=kwargs)
+    line = r.stderr.strip()
+    assert r.returncode == 1 and "Traceback" not in line and "\n" not in line and message in line, r.stderr
+    assert not (user_model / "pkg").exists()
+
+
+def test_import_arch_kwargs_may_repeat_in_chans_but_not_contradict_the_input_shape(user_model):
+    """--arch-kwargs '{"in_chans": 1}' ended in "create_model() got multiple values for keyword argument"."""
+    r = _import_with(user_model, kwargs='{"width": 6, "in_chans": 3}')
+    assert r.returncode == 1 and "Traceback" not in r.stderr, r.stderr
+    assert "--input-shape 1,28,28 has 1 channel(s), but --arch-kwargs sets in_chans 3" in r.stderr
+    r = _import_with(user_model, kwargs='{"width": 6, "in_chans": 1}')
+    assert r.returncode == 0, r.stderr
+    load_model(open_package(str(user_model / "pkg")))          # rebuilds: in_chans is not given twice

@@ -325,7 +325,7 @@ SCHEMA: Tuple[Key, ...] = (
 
     _k("source", "type", CHOICE, None, "What feeds images to the model.", choices="replay|directory|camera"),
     _k("source", "data", STR, "fashion-mnist", "Dataset to replay: fashion-mnist, an image folder or an .npz file.", types="replay"),
-    _k("source", "split", CHOICE, "test", "Split of the dataset to replay.", choices="train|test", types="replay"),
+    _k("source", "split", CHOICE, "test", "Split to replay: test (the data's own test set, else a seeded 1/7 per class), train, val or all (every image).", choices="train|val|test|all", types="replay"),
     _k("source", "rate", FLOAT, "20", "Frames per second.", "> 0", types="replay"),
     _k("source", "mix", MIX, "", "Class mix schedule, repeated in a cycle; empty: uniform over all classes.", types="replay"),
     _k("source", "spool", PATH, None, "Directory watched for image files (PNG, JPEG, PGM, .npy, ...).", types="directory",

@@ -2,9 +2,11 @@
 
 ``check_sources`` runs before anything starts, and under ``ocapd --check-config``: every file and
 directory a source reads exists, and what it will deliver fits the base model (the image size of the
-model card, gray or RGB; replay labels and mix classes among the model's classes). A problem is one
-``ConfigError`` naming the file, the section, the key and what does not fit. A camera's frames are
-converted to the model's size and channels, and the camera is opened only at start.
+model card, gray or RGB; replay labels and mix classes among the model's classes). Replay data is loaded
+in the model's class space: an image folder's sub-folders named as its classes (or by class id) take
+those ids, and labels outside it are the data loader's error. A problem is one ``ConfigError`` naming
+the file, the section, the key and what does not fit. A camera's frames are converted to the model's
+size and channels, and the camera is opened only at start.
 
 ``build_sources`` then makes one thread per section, each feeding ``server.infer``; a frame that does
 not fit at run time (a wrong-sized image in a spool directory) is moved aside and reported as one
@@ -47,10 +49,12 @@ def _replay_data(cfg: Config, src: SourceConfig, card: Card) -> Dataset:
     if spec not in FASHION_MNIST and not Path(spec).exists():
         where = "" if Path(spec).is_absolute() else f" (a relative path, from {os.getcwd()})"
         raise _error(cfg, src, "data", spec, f"no such file or directory{where}")
-    try:
-        data = load_dataset(spec, split)
-    except OcapError as e:
-        raise _error(cfg, src, "data", spec, f"cannot load its {split} split: {e}") from None
+    try:                                    # in the model's class space: folder names map to its class ids
+        data = load_dataset(spec, split, class_names=card.class_names)
+    except OcapError as e:                  # the loader's hint names ocap's flag; here it is a key
+        why = str(e).replace("use --split all", "use split = all")
+        raise _error(cfg, src, "data", spec, f"cannot load its {split} split for the base model "
+                                             f"([model] base = {cfg.model.base}): {why}") from None
     if not len(data):
         raise _error(cfg, src, "data", spec, f"its {split} split holds no images")
     why = data_misfit(data.x, data.y, card)

@@ -31,6 +31,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     ap.add_argument("--cache-quota-mb", type=float, default=256.0, help="byte quota of the sample cache, in MiB")
     ap.add_argument("--source", choices=["none", "replay", "directory", "camera"], default="none")
     ap.add_argument("--data", default="fashion-mnist", help="replay: fashion-mnist, an image folder or an .npz")
+    ap.add_argument("--split", choices=("train", "val", "test", "all"), default="test",
+                    help="replay: the split of --data to replay (all: every image, for a small data set)")
     ap.add_argument("--rate", type=float, default=20.0, help="replay: frames per second")
     ap.add_argument("--mix", default="", help="replay: class mix schedule, e.g. '0:0.5,3:0.5@10m; 7:1@5m'")
     ap.add_argument("--spool", help="directory: the folder to watch")
@@ -54,7 +56,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         source = None
         rejects = RejectedFrames(args.source, server.events)
         if args.source == "replay":
-            data = load_dataset(args.data, "test")
+            # in the model's class space: folder names map to its class ids, other labels are an error
+            data = load_dataset(args.data, args.split, class_names=server.base.card.class_names)
             why = data_misfit(data.x, data.y, server.base.card)
             if why:
                 raise ServiceError(f"--data {args.data}: {why}")

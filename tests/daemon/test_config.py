@@ -322,7 +322,7 @@ BAD = [
     ("mix-syntax", SRC + "mix = 0:0.5,3:0.5\n", ["[source:a] mix", "'0:0.5,3:0.5'", "CLASS:SHARE"]),
     ("mix-class-range", SRC + "mix = 12:1@1m\n", ["[source:a] mix", "'12:1@1m'", "0..9"]),
     ("replay-rate-zero", SRC + "rate = 0\n", ["[source:a] rate", "'0'", "> 0"]),
-    ("replay-split", SRC + "split = val\n", ["[source:a] split", "'val'", "train, test"]),
+    ("replay-split", SRC + "split = every\n", ["[source:a] split", "'every'", "train, val, test, all"]),
     ("camera-rate-negative", "[source:c]\ntype = camera\nrate = -1\n", ["[source:c] rate", "'-1'", "> 0"]),
 ]
 

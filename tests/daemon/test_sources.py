@@ -41,7 +41,8 @@ def _bad_setups(tmp: Path) -> dict:
                             "images are 32x32 (3 channels), the model fmnist-cnn takes 28x28 (1 channel)"]),
         "labels-outside-the-model": (
             {"source:r": {"type": "replay", "data": str(_npz(tmp / "l.npz", (28, 28), np.arange(84) % 12))}},
-            ["[source:r] data", "l.npz", "labels [10, 11] are not among the model fmnist-cnn's 10 classes 0..9"]),
+            ["[source:r] data", "l.npz", "[model] base = fmnist-cnn", "labels 10, 11 are out of range 0..9 (the "
+             "model's classes)"]),                        # the loader's message: it is given the model's classes
         "mix-class-not-in-data": (
             {"source:r": {"type": "replay", "data": str(_npz(tmp / "five.npz", (28, 28), np.arange(70) % 5)),
                           "mix": "0:1,7:1@1m"}},
@@ -82,6 +83,46 @@ def test_sources_that_fit_are_valid(tmp_path):
                                  "source:f": {"type": "replay", "mix": "3:1@1m"},
                                  "source:d": {"type": "directory", "spool": str(tmp_path / "spool")}})
     r = ocapd(ini, "--check-config")
+    assert r.returncode == 0 and "valid" in r.stdout, r.stderr
+
+
+def _folder(root: Path, classes, n: int = 2) -> Path:
+    """An image folder: ``n`` 28x28 gray PNGs in a sub-folder per class name."""
+    from PIL import Image
+
+    for name in classes:
+        (root / name).mkdir(parents=True)
+        for i in range(n):
+            Image.fromarray(np.full((28, 28), 40 * i, np.uint8)).save(str(root / name / f"{i}.png"))
+    return root
+
+
+def test_an_image_folder_replays_in_the_models_class_space(tmp_path):
+    """Issue 13: the replay source loaded data without the model's class names, so folders Sneaker and
+    Trouser became classes 0 and 1 (a mix of Fashion-MNIST's 1 and 7 found no class 7)."""
+    data = tmp_path / "shoes"
+    for part in ("train", "test"):
+        _folder(data / part, ["Sneaker", "Trouser"])
+    ini = write_ini(tmp_path, **{"source:r": {"type": "replay", "data": str(data), "mix": "1:1,7:1@1m"}})
+    r = ocapd(ini, "--check-config")
+    assert r.returncode == 0 and "valid" in r.stdout, r.stderr
+    _folder(tmp_path / "odd", ["Boots", "Trouser"])           # a folder that is neither a class name nor an id
+    ini = write_ini(tmp_path, **{"source:r": {"type": "replay", "data": str(tmp_path / "odd"), "split": "all"}})
+    r = ocapd(ini, "--check-config")
+    line = r.stderr.strip()
+    assert r.returncode == 78 and "\n" not in line and "[source:r] data" in line, r.stderr
+    assert "class folders ['Boots'] are neither class names nor class ids of the model (10 classes" in line
+
+
+def test_split_all_replays_a_data_set_too_small_for_a_test_split(tmp_path):
+    """split = all was refused (train|test only): six images, one per class, have no test split."""
+    six = str(_npz(tmp_path / "six.npz", (28, 28), np.arange(6)))
+    r = ocapd(write_ini(tmp_path, **{"source:r": {"type": "replay", "data": six}}), "--check-config")
+    line = r.stderr.strip()
+    assert r.returncode == 78 and "\n" not in line and "[source:r] data" in line, r.stderr
+    assert "too few images (6) for a test split" in line and "use split = all" in line, line
+    r = ocapd(write_ini(tmp_path, **{"source:r": {"type": "replay", "data": six, "split": "all",
+                                                   "mix": "0:1,5:1@1m"}}), "--check-config")
     assert r.returncode == 0 and "valid" in r.stdout, r.stderr
 
 

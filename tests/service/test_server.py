@@ -169,3 +169,33 @@ def test_a_source_that_cannot_start_is_a_clear_error(tmp_path):
                         str(tmp_path / "s.sock"), "--source", "directory"], capture_output=True, text=True,
                        cwd=str(ROOT), env=_env(), timeout=120)
     assert r.returncode == 1 and "--spool" in r.stderr
+
+
+def test_replay_of_an_image_folder_is_in_the_models_class_space(tmp_path):
+    """Issue 13: ``--source replay`` loaded the data without the model's class names (folders Sneaker and
+    Trouser became classes 0 and 1) and always took its test split; ``--split all`` replays every image."""
+    from PIL import Image
+
+    fm = load_dataset("fashion-mnist", "test")
+    for folder, names in (("shoes", {1: "Trouser", 7: "Sneaker"}), ("odd", {1: "Trouser", 9: "Boots"})):
+        for k, name in names.items():
+            (tmp_path / folder / name).mkdir(parents=True)
+            for i, img in enumerate(fm.of_classes([k]).x[:6]):
+                Image.fromarray(img[:, :, 0]).save(str(tmp_path / folder / name / f"{i}.png"))
+    proc, sock = _serve(tmp_path, "--source", "replay", "--data", str(tmp_path / "shoes"), "--split", "all",
+                        "--rate", "200", "--mix", "1:1,7:1@1m", "--flush-seconds", "0.3")
+    try:
+        time.sleep(2.0)
+        r = _ctl(sock, "--json", "classes", "--minutes", "5")
+        assert r.returncode == 0, r.stderr
+        counts = {c["class_id"]: c["n"] for c in json.loads(r.stdout)["classes"]}
+        assert counts[1] > 0 and counts[7] > 0 and counts[1] + counts[7] >= 0.9 * sum(counts.values()), counts
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(timeout=30) == 0
+    r = subprocess.run([sys.executable, "-m", "service", "--state-dir", str(tmp_path / "state2"), "--socket",
+                        str(tmp_path / "s2.sock"), "--source", "replay", "--data", str(tmp_path / "odd"),
+                        "--split", "all"], capture_output=True, text=True, cwd=str(ROOT), env=_env(), timeout=120)
+    line = r.stderr.strip()
+    assert r.returncode == 1 and "Traceback" not in line, r.stderr
+    assert "class folders ['Boots'] are neither class names nor class ids of the model (10 classes" in line, line

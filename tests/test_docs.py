@@ -1,0 +1,61 @@
+"""The repository's documentation stands alone (issue 13): README.md and docs/*.md link and refer only
+to files inside the repository, never to design notes a reader of a clone does not have."""
+
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import ROOT
+
+DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
+TOP = ("ocap_core", "service", "daemon", "tests", "bench", "examples", "scripts", "systemd", "docs", "bin")
+LINK = re.compile(r"\]\(([^)\s]+)\)")
+# a Markdown file named anywhere, or a path that starts at the repository root or above a file's folder
+PATH = re.compile(r"(?<![\w/.$-])((?:\.\./)+[\w./-]+|(?:" + "|".join(TOP) + r")/[\w./-]*\w|[\w./-]*\w\.md)\b")
+
+
+def _inside(doc: Path, ref: str) -> bool:
+    """``ref`` names a file or folder of the repository, from ``doc``'s folder or from the root."""
+    for base in (doc.parent, ROOT):
+        target = (base / ref).resolve()
+        if target.exists() and (target == ROOT or ROOT in target.parents):
+            return True
+    return False
+
+
+@pytest.mark.parametrize("doc", DOCS, ids=lambda p: str(p.relative_to(ROOT)))
+def test_docs_refer_only_to_files_in_the_repository(doc):
+    text = doc.read_text(encoding="utf-8")
+    missing = []
+    for m in LINK.finditer(text):
+        ref = m.group(1).split("#")[0]
+        if ref and not re.match(r"[a-z]+:", ref) and not _inside(doc, ref):
+            missing.append(("link", ref))
+    for m in PATH.finditer(text):
+        if not _inside(doc, m.group(1)):
+            missing.append(("path", m.group(1)))
+    assert not missing, f"{doc.relative_to(ROOT)} sends the reader to what a clone does not have: {missing}"
+
+
+def _readme_commands(prog: str) -> list:
+    """Every ``PROG ...`` command of README.md's shell blocks: continuation lines joined, comments cut."""
+    blocks = re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(encoding="utf-8"), re.S)
+    lines = "\n".join(blocks).replace("\\\n", " ").splitlines()
+    return [shlex.split(line, comments=True) for line in lines if line.startswith(prog + " ")]
+
+
+def test_the_readmes_ocap_import_examples_use_the_current_flags():
+    """Each ``ocap import`` of the README parses with today's ``ocap`` (issue 13: --preset, --scale 1/255)."""
+    from ocap_core.cli import build_parser
+    from ocap_core.preprocess import parse_scale
+
+    commands = _readme_commands("ocap import")
+    assert len(commands) >= 2, commands
+    for argv in commands:
+        args = build_parser().parse_args(argv[1:])          # exits 2 on a flag that is gone
+        if args.scale is not None:
+            parse_scale(args.scale)
+    assert any("--scale" in a and "1/255" in a for a in commands), commands
+    assert any("--preset" in a for a in commands), commands

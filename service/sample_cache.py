@@ -10,6 +10,7 @@ again, in the order they came, to fresh selectors, so the cache resumes the stat
 leaves the device and ``forget`` deletes everything.
 """
 
+import hashlib
 import logging
 import os
 import threading
@@ -88,10 +89,15 @@ class SampleCache:
 
     def offer(self, image: np.ndarray, features: np.ndarray, class_id: int, confidence: float) -> bool:
         """Offer one frame the base model classified; True when the cache kept it."""
+        image = np.ascontiguousarray(image, np.uint8)
+        # the split follows the image's content: a frame seen again (a replay, a still scene) lands where
+        # it did before, so held-back images are never copies of training ones (the README demo's replay
+        # put copies of its training images among the held-back ones: the search judged 7.3x at -0.25 pp,
+        # the test images showed -1.27 pp)
+        split = split_for(hashlib.blake2b(image.tobytes(), digest_size=8).hexdigest(), self.val_share)
         with self._lock:
-            sid = uuid.uuid4().hex
-            return self._place(sid, np.asarray(image, np.uint8), np.asarray(features, np.float32), int(class_id),
-                               split_for(sid, self.val_share), float(confidence))
+            return self._place(uuid.uuid4().hex, image, np.asarray(features, np.float32), int(class_id), split,
+                               float(confidence))
 
     def _place(self, item: str, image: np.ndarray, features: np.ndarray, class_id: int, split: str,
                confidence: Optional[float], stored_size: Optional[int] = None) -> bool:

@@ -42,6 +42,20 @@ def test_buffers_are_bounded_private_and_indexed(tmp_path, frames):
     assert sorted(np.unique(ids).tolist()) == sorted(counts["train"])
 
 
+def test_a_frame_seen_again_lands_in_the_split_it_did_before(tmp_path, frames):
+    x, pred = frames
+    cache = SampleCache(tmp_path / "cache", tmp_path / "ocap.db", per_class=64)
+    for _ in range(6):                               # every frame six times, as a replay sends them
+        for i in range(60):
+            cache.offer(x[i], pred.features[i], int(pred.class_ids[i]), float(pred.confidence[i]))
+    digests = {}
+    for split in ("train", "val"):
+        for img in cache.load(split)[0]:
+            digests.setdefault(img.tobytes(), set()).add(split)
+    assert digests and all(len(s) == 1 for s in digests.values())       # no image in both
+    assert {"train", "val"} == set().union(*digests.values())
+
+
 def test_a_restart_resumes_the_same_samples(tmp_path, frames):
     cache = SampleCache(tmp_path / "cache", tmp_path / "ocap.db", per_class=12)
     _fill(cache, frames)

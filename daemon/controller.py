@@ -12,6 +12,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 
 import numpy as np
 
+from ocap_core.agreement import judged_images_needed
 from ocap_core.search_spec import MIN_PER_CLASS
 from service import faults
 from service.control_socket import RequestError
@@ -130,6 +131,10 @@ class Controller:
         short = [k for k in classes if fill.get(k, 0) < need]
         if short:
             return False, f"cache holds {fill.get(short[0], 0)}/{need} samples of class {short[0]}", plan
+        held = self.server.cache.counts()["val"]
+        held_n, held_need = sum(held.get(k, 0) for k in classes), self.held_back_needed()
+        if held_n < held_need:        # the search could not show the loss budget on fewer: wait for them
+            return False, f"cache holds {held_n}/{held_need} held-back samples of {stability.format_set(classes)}", plan
         now = self._clock()
         if now < self.cooldown_until and not force:
             return False, f"cooling down for {self.cooldown_until - now:.0f} s more", plan
@@ -140,6 +145,11 @@ class Controller:
         if busy:
             return False, busy, plan
         return True, st.describe(), plan
+
+    def held_back_needed(self) -> int:
+        """Held-back images of the kept classes the search needs to show ``max_loss`` (it judges on half)."""
+        p = self.cfg.personalize
+        return 2 * judged_images_needed(p.max_loss) if p.rule == "search" and p.max_loss > 0 else 0
 
     # -- the worker ------------------------------------------------------------------------------
     def start_worker(self, plan: Dict[str, Any], why: str) -> Dict[str, Any]:

@@ -22,6 +22,27 @@ def standard_error(costs: np.ndarray) -> float:
     return float(c.std(ddof=1) / np.sqrt(len(c)))
 
 
+def smallest_loss_shown(n: int, z: float = 1.0) -> float:
+    """The smallest loss, in points, that ``n`` judged images can show within a budget: ``z`` standard
+    errors of a candidate that never disagreed."""
+    return 100.0 * z * standard_error(np.zeros(max(0, int(n))))
+
+
+def judged_images_needed(max_loss: float, z: float = 1.0) -> int:
+    """The fewest judged images on which a candidate can show a loss within ``max_loss`` points (the
+    search judges on half of the held-back images; the daemon waits for twice this many)."""
+    if max_loss <= 0:
+        raise ValueError(f"a loss budget of {max_loss} points cannot be shown on any number of images")
+    n = 1
+    while smallest_loss_shown(n, z) > max_loss:
+        n *= 2
+    lo, hi = n // 2, n                    # smallest_loss_shown(lo) > max_loss >= smallest_loss_shown(hi)
+    while hi - lo > 1:
+        mid = (lo + hi) // 2
+        lo, hi = (mid, hi) if smallest_loss_shown(mid, z) > max_loss else (lo, mid)
+    return hi
+
+
 def expected_agreement(teacher_probs: np.ndarray, student_idx: np.ndarray) -> float:
     """1 − mean over images of p_t(teacher's class) − p_t(student's class), where ``teacher_probs``
     (N x K) is the teacher's softmax over the K kept classes and ``student_idx`` the student's answers as

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .agreement import agreement_costs, standard_error
+from .agreement import agreement_costs, judged_images_needed, smallest_loss_shown, standard_error
 from .blocks import remove_blocks, residual_blocks
 from .errors import OcapError
 from .finetune import FinetuneSpec, finetune
@@ -237,20 +237,12 @@ def judge_costs(model: nn.Module, x: torch.Tensor, teacher_k: torch.Tensor) -> D
 MEASURES = ("soft", "hard")
 
 
-def smallest_loss_shown(n: int, z: float) -> float:
-    """The smallest loss, in points, that ``n`` judged images can show within a budget: z standard
-    errors of a candidate that never disagreed."""
-    return 100.0 * z * standard_error(np.zeros(n))
-
-
 def check_judgeable(n: int, spec: SearchSpec) -> None:
     """Refuse a search whose judged half is too small to show any level within ``spec.max_loss``
     (every level would fail after minutes of fine-tuning), saying how many images it needs."""
     if smallest_loss_shown(n, spec.confidence_z) <= spec.max_loss:
         return
-    need = n
-    while smallest_loss_shown(need, spec.confidence_z) > spec.max_loss:
-        need += 1
+    need = judged_images_needed(spec.max_loss, spec.confidence_z) if spec.max_loss > 0 else float("inf")
     raise OcapError(f"{n} held-back images judge the search (half of those held back), and so few can only "
                     f"show a loss of at least {smallest_loss_shown(n, spec.confidence_z):.1f} points: a "
                     f"{spec.max_loss:g}-point budget needs about {need} ({2 * need} held back); collect more "

@@ -29,7 +29,7 @@ def candidate(tmp_path_factory):
     samples = Samples(x=train.x[idx], is_val=np.arange(len(idx)) % 5 == 0)
     out = tmp_path_factory.mktemp("gate") / "cand"
     personalize(open_package(resolve_model("fmnist-cnn")), samples, [1, 8],
-                PruneSpec(finetune=FinetuneSpec(epochs=3), threads=1), out)
+                PruneSpec(rule="personalize", finetune=FinetuneSpec(epochs=3), threads=1), out)   # 24 held back: too few to search
     return out
 
 

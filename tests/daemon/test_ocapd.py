@@ -315,6 +315,23 @@ def test_a_corrupt_current_model_starts_on_last_good(tmp_path):
     assert good.exists()
 
 
+def test_personalization_waits_for_enough_held_back_images_to_show_the_budget(tmp_path, images):
+    """A 0.2-point budget needs 499 judged images, 998 held back: more than this cache holds back (192 per
+    class), so the trigger waits and says so, instead of starting a search that must fail."""
+    proc = start(tmp_path, write_ini(tmp_path, personalize={"max_loss": "0.2"}))
+    replay = feed(tmp_path, images)
+    try:
+        deadline, reason = time.time() + 240, ""
+        while time.time() < deadline and "held-back samples" not in reason:
+            reason = ctl(tmp_path, "personalize", "--dry-run")["reason"]
+            time.sleep(1.0)
+        assert reason.startswith("cache holds ") and reason.endswith("/998 held-back samples of {0,3,7}"), reason
+        assert "personalize_started" not in [k for k, _ in events(tmp_path)]
+    finally:
+        replay.stop()
+        assert stop(proc) == 0
+
+
 def test_personalize_dry_run_pause_and_resume_through_ocapctl(tmp_path):
     proc = start(tmp_path, write_ini(tmp_path))
     try:

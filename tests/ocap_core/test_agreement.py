@@ -3,7 +3,14 @@
 import numpy as np
 import pytest
 
-from ocap_core.agreement import agreement_costs, expected_agreement, restricted_softmax, standard_error
+from ocap_core.agreement import (
+    agreement_costs,
+    expected_agreement,
+    judged_images_needed,
+    restricted_softmax,
+    smallest_loss_shown,
+    standard_error,
+)
 
 
 def test_a_sure_teacher_gives_plain_agreement():
@@ -38,3 +45,10 @@ def test_costs_and_their_standard_error():
     # no disagreement seen is no proof of none: about 1/n, smaller with more images
     assert 0.9 / 51 < standard_error(np.zeros(50)) < 1.1 / 51
     assert standard_error(np.zeros(500)) < standard_error(np.zeros(50))
+
+
+@pytest.mark.parametrize("max_loss", [0.5, 1.0, 2.0, 5.0])
+def test_judged_images_needed_is_the_fewest_that_can_show_the_budget(max_loss):
+    n = judged_images_needed(max_loss)
+    assert smallest_loss_shown(n) <= max_loss < smallest_loss_shown(n - 1)
+    assert judged_images_needed(1.0) == 99          # what the search's refusal and ocapd's trigger wait for

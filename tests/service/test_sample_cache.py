@@ -42,18 +42,19 @@ def test_buffers_are_bounded_private_and_indexed(tmp_path, frames):
     assert sorted(np.unique(ids).tolist()) == sorted(counts["train"])
 
 
-def test_a_frame_seen_again_lands_in_the_split_it_did_before(tmp_path, frames):
+def test_a_frame_seen_again_is_not_a_new_sample(tmp_path, frames):
     x, pred = frames
     cache = SampleCache(tmp_path / "cache", tmp_path / "ocap.db", per_class=64)
     for _ in range(6):                               # every frame six times, as a replay sends them
         for i in range(60):
             cache.offer(x[i], pred.features[i], int(pred.class_ids[i]), float(pred.confidence[i]))
-    digests = {}
-    for split in ("train", "val"):
-        for img in cache.load(split)[0]:
-            digests.setdefault(img.tobytes(), set()).add(split)
-    assert digests and all(len(s) == 1 for s in digests.values())       # no image in both
-    assert {"train", "val"} == set().union(*digests.values())
+    held = [img.tobytes() for split in ("train", "val") for img in cache.load(split)[0]]
+    assert len(held) == len(set(held)) == 60                    # each image once, in one split only
+    assert cache.declined_duplicates == 5 * 60 and all(cache.counts()[s] for s in ("train", "val"))
+    cache.close()
+    again = SampleCache(tmp_path / "cache", tmp_path / "ocap.db", per_class=64)     # resumed: still known
+    assert not again.offer(x[0], pred.features[0], int(pred.class_ids[0]), float(pred.confidence[0]))
+    assert again.forget() == 60 and again.offer(x[0], pred.features[0], int(pred.class_ids[0]), 0.9)
 
 
 def test_a_restart_resumes_the_same_samples(tmp_path, frames):

@@ -300,6 +300,8 @@ def run_demo(args: argparse.Namespace) -> int:
     ini.write_text(demo_config(work, model, args.rate, speed, args.epochs, args.budget, args.threads,
                                max_loss=args.max_loss), encoding="utf-8")
     daemon_log = open(work / "ocapd.log", "w", encoding="utf-8")
+    # SIGTERM (a kill, a CI timeout) must reach the finally below, or the daemon outlives the demo
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     proc = start_ocapd(ini, daemon_log)
     t_start = time.time()
     replay = Replay(sock, replay_x, args.rate, seed=args.seed)

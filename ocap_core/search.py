@@ -348,7 +348,9 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
         if step(level, masks):
             continue
         # fine-tuning, not the masks, is what usually fails first: train the same candidate longer once
-        if spec.retry_factor > 1 and left() > 0 and last_failed is not None and step(level, masks, last_failed, retry=True):
+        # (only with the time the first try took left: a retry cut short by the budget trains less, not more)
+        if (spec.retry_factor > 1 and left() > path[-1]["seconds"] and last_failed is not None
+                and step(level, masks, last_failed, retry=True)):
             continue
         failed_at, failed_masks = level, masks
         break

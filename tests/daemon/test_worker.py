@@ -15,14 +15,15 @@ from ocap_core.package import open_package, resolve_model
 pytestmark = pytest.mark.torch
 
 
-def _job(tmp_path, classes=(1, 8), per_class=48, epochs=2, time_budget=15):
+def _job(tmp_path, classes=(1, 8), per_class=96, epochs=2, time_budget=15):
     train = load_dataset("fashion-mnist", "train")
     idx = np.concatenate([np.flatnonzero(train.y == k)[:per_class] for k in classes])
-    is_val = np.arange(len(idx)) % 5 == 0
+    is_val = np.arange(len(idx)) % 3 == 0          # 64 held back: 32 judged can show 5 points, not 1
     samples = tmp_path / "samples.npz"
     np.savez(samples, x=train.x[idx], is_val=is_val)
     return {"base": str(resolve_model("fmnist-cnn")), "samples": str(samples), "classes": list(classes),
-            "out": str(tmp_path / "job" / "candidate"), "epochs": epochs, "threads": 1, "time_budget": time_budget}
+            "out": str(tmp_path / "job" / "candidate"), "epochs": epochs, "threads": 1, "time_budget": time_budget,
+            "max_loss": 5}
 
 
 def _wait(run, timeout=300):

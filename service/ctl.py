@@ -132,11 +132,11 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
         return sub.add_parser(name, parents=[common], **kwargs)
 
-    command("status")
-    c = command("classes")
+    command("status", help="the served model, requests and latency, the cache, the daemon's phase")
+    c = command("classes", help="predictions per class over the last minutes")
     c.add_argument("--minutes", type=int, default=60)
     c.add_argument("--origin", default="served", choices=["served", "teacher"])
-    command("models")
+    command("models", help="the stored model versions: current, last good, base")
     command("forget-samples", help="delete every cached sample (needs rights)")
     pz = command("personalize", help="start a personalization when the trigger allows (needs rights)")
     how = pz.add_mutually_exclusive_group()
@@ -148,9 +148,9 @@ def _main(argv: Optional[Sequence[str]]) -> int:
                        ("pause", "pause personalization (a running worker is stopped with SIGSTOP)"),
                        ("resume", "resume personalization"), ("reload", "re-read the config file")):
         command(name, help=text + " (needs rights)")
-    h = command("history")
+    h = command("history", help="the latest events: personalizations, gates, deploys, rollbacks, drift")
     h.add_argument("--limit", type=int, default=50)
-    p = command("predict")
+    p = command("predict", help="classify one image file through the daemon")
     p.add_argument("file", help="an image file (PNG, JPEG, PGM, ...) or a uint8 .npy array")
     try:
         args = ap.parse_args(argv)
@@ -176,7 +176,8 @@ def _main(argv: Optional[Sequence[str]]) -> int:
             else:
                 res = client.call(args.cmd)
     except Unreachable as e:
-        print(f"ocapctl: daemon unreachable: {e}", file=sys.stderr)
+        hint = " (is ocapd running? its [daemon] socket is what --socket takes)" if args.socket == DEFAULT_SOCKET else ""
+        print(f"ocapctl: daemon unreachable: {e}{hint}", file=sys.stderr)
         return EXIT_UNREACHABLE
     except CommandFailed as e:
         print(f"ocapctl: {args.cmd} failed: {e}", file=sys.stderr)

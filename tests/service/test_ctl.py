@@ -85,3 +85,16 @@ def test_a_closed_stdout_pipe_ends_ocapctl_quietly(sock, args):
     _, err = proc.communicate(timeout=60)
     err = err.decode("utf-8", "replace")
     assert proc.returncode == EXIT_CLOSED_PIPE and "Traceback" not in err and "Exception ignored" not in err, err
+
+
+def test_an_unreachable_daemon_on_the_default_socket_points_at_socket(tmp_path):
+    from service.ctl import DEFAULT_SOCKET
+
+    if os.path.exists(DEFAULT_SOCKET):
+        pytest.skip(f"a daemon may be listening on {DEFAULT_SOCKET} here")
+    r = subprocess.run([sys.executable, "-m", "service.ctl", "status"], cwd=str(ROOT), capture_output=True,
+                       text=True, timeout=60)
+    assert r.returncode == 3 and "is ocapd running?" in r.stderr and "--socket" in r.stderr, r.stderr
+    r = subprocess.run([sys.executable, "-m", "service.ctl", "--socket", str(tmp_path / "none.sock"), "status"],
+                       cwd=str(ROOT), capture_output=True, text=True, timeout=60)
+    assert r.returncode == 3 and "none.sock" in r.stderr and "is ocapd running?" not in r.stderr

@@ -3,6 +3,7 @@ through the base model (onnxruntime, as the serving plane does), and keep per pr
 selector chooses for training, and a random reservoir of a fixed hash-chosen share held back for
 validation. numpy + onnxruntime only."""
 
+import hashlib
 from typing import Optional, Sequence
 
 import numpy as np
@@ -33,8 +34,10 @@ def stream_samples(base: ModelPackage, data: Dataset, classes: Sequence[int], se
     sess = open_session(base.onnx_path, threads=threads)
     out = run_batches(sess, preprocess(x, base.card.input), outputs=("logits", "features"))
     pred = out["logits"].argmax(1)
-    ids = [f"{data.name}:{i}" for i in order]
-    is_val = np.asarray([split_for(s, val_share) == "val" for s in ids])
+    # the split follows the pixels, as in the daemon's cache: the same image always lands in the same split,
+    # wherever the data set lives (ids with the file's path made a 4-image class split differently per run)
+    is_val = np.asarray([split_for(hashlib.blake2b(np.ascontiguousarray(img).tobytes(), digest_size=8).hexdigest(),
+                                   val_share) == "val" for img in x])
     chosen = []
     for val, cap in ((False, per_class), (True, val_capacity(per_class))):
         sel = make_selector(VAL_SELECTOR if val else selector, capacity=cap, seed=seed + int(val))

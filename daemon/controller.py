@@ -126,13 +126,13 @@ class Controller:
                                                 len(served.card.class_names), scfg)
         if not ok:
             return False, why, plan
-        fill = self.server.cache.counts()["train"]
+        cached = self.server.cache.counts()
+        fill = cached["train"]
         need = self.cfg.personalize.min_samples_per_class
         short = [k for k in classes if fill.get(k, 0) < need]
         if short:
             return False, f"cache holds {fill.get(short[0], 0)}/{need} samples of class {short[0]}", plan
-        held = self.server.cache.counts()["val"]
-        held_n, held_need = sum(held.get(k, 0) for k in classes), self.held_back_needed()
+        held_n, held_need = sum(cached["val"].get(k, 0) for k in classes), self.held_back_needed()
         if held_n < held_need:        # the search could not show the loss budget on fewer: wait for them
             return False, f"cache holds {held_n}/{held_need} held-back samples of {stability.format_set(classes)}", plan
         now = self._clock()

@@ -3,7 +3,6 @@ through the base model (onnxruntime, as the serving plane does), and keep per pr
 selector chooses for training, and a random reservoir of a fixed hash-chosen share held back for
 validation. numpy + onnxruntime only."""
 
-import hashlib
 from typing import Optional, Sequence
 
 import numpy as np
@@ -13,7 +12,7 @@ from .package import ModelPackage
 from .personalize_samples import Samples
 from .preprocess import preprocess
 from .runtime import open_session, run_batches
-from .selection import VAL_SELECTOR, make_selector, select_stream, split_for, val_capacity
+from .selection import VAL_SELECTOR, image_digest, make_selector, select_stream, split_for, val_capacity
 
 VAL_SHARE = 0.2
 
@@ -36,8 +35,7 @@ def stream_samples(base: ModelPackage, data: Dataset, classes: Sequence[int], se
     pred = out["logits"].argmax(1)
     # the split follows the pixels, as in the daemon's cache: the same image always lands in the same split,
     # wherever the data set lives (ids with the file's path made a 4-image class split differently per run)
-    is_val = np.asarray([split_for(hashlib.blake2b(np.ascontiguousarray(img).tobytes(), digest_size=8).hexdigest(),
-                                   val_share) == "val" for img in x])
+    is_val = np.asarray([split_for(image_digest(img), val_share) == "val" for img in x])
     chosen = []
     for val, cap in ((False, per_class), (True, val_capacity(per_class))):
         sel = make_selector(VAL_SELECTOR if val else selector, capacity=cap, seed=seed + int(val))

@@ -55,7 +55,6 @@ class LevelMasks:
         self.protected = set(protected) | {g.root for g in self.groups if g.grouped}
         self.round_to = round_to
         self.base_macs = count_macs(base, self.shape)
-        self.floors = {g.root: min(max(int(floors.get(g.root, 1)), 1), g.width) for g in self.groups}
         self._blocks: Optional[List[str]] = None
         self._macs_cache: Dict[Tuple[int, ...], int] = {}
         gid, primary, secondary = [], [], []
@@ -66,7 +65,8 @@ class LevelMasks:
             ranked = np.sort(s)[::-1]                                  # best first
             rel = ranked / max(float(ranked.mean()), 1e-12)            # not the max: one outlier channel
             #                                                            made a whole layer look unused
-            pos = np.arange(self.floors[g.root], g.width)              # the floor's channels never leave
+            floor = min(max(int(floors.get(g.root, 1)), 1), g.width)
+            pos = np.arange(floor, g.width)                            # the floor's channels never leave
             gid.append(np.full(len(pos), i))
             primary.append(np.zeros(len(pos)) if agnostic else rel[pos])
             secondary.append(1.0 - pos / g.width)

@@ -235,6 +235,11 @@ def val_capacity(per_class: int) -> int:
     return max(64, 2 * per_class)
 
 
+def image_digest(image: np.ndarray) -> str:
+    """A short digest of an image's pixels: copies of one image share it, so they share a split."""
+    return hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=8).hexdigest()
+
+
 def split_for(sample_id: str, val_share: float = 0.2) -> str:
     """'val' for a fixed share of sample ids (by hash, stable across restarts), else 'train'."""
     h = int.from_bytes(hashlib.sha256(sample_id.encode("utf-8")).digest()[:8], "big")

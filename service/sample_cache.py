@@ -10,7 +10,6 @@ again, in the order they came, to fresh selectors, so the cache resumes the stat
 leaves the device and ``forget`` deletes everything.
 """
 
-import hashlib
 import logging
 import os
 import threading
@@ -22,7 +21,7 @@ from typing import Dict, List, Optional, Set, Tuple
 import numpy as np
 
 from ocap_core.errors import OcapError
-from ocap_core.selection import VAL_SELECTOR, Offer, make_selector, split_for, val_capacity
+from ocap_core.selection import VAL_SELECTOR, Offer, image_digest, make_selector, split_for, val_capacity
 
 from . import faults
 from .db import open_db
@@ -43,10 +42,6 @@ def _write_private(path: Path, image: np.ndarray, features: np.ndarray) -> int:
     faults.point("cache.file_written")
     os.replace(tmp, path)
     return path.stat().st_size
-
-
-def _digest(image: np.ndarray) -> str:
-    return hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=8).hexdigest()
 
 
 class SampleCache:
@@ -92,7 +87,7 @@ class SampleCache:
                 Path(path).unlink(missing_ok=True)
                 continue
             self._place(str(path), image, features, int(class_id), split, None, stored_size=int(size),
-                        digest=_digest(image))
+                        digest=image_digest(image))
         log.info("sample cache resumed: %s", self.counts())
 
     def offer(self, image: np.ndarray, features: np.ndarray, class_id: int, confidence: float) -> bool:
@@ -103,7 +98,7 @@ class SampleCache:
         # 0.00 pp, and the gate then measured 89.7 %), and a copy in both splits judged candidates on their
         # own training images (the README demo: -0.25 pp judged, -1.27 pp on test images). So the split
         # follows the pixels, and a copy of a sample held is declined.
-        digest = _digest(image)
+        digest = image_digest(image)
         split = split_for(digest, self.val_share)
         with self._lock:
             if digest in self._held:

@@ -1,7 +1,8 @@
 """The control plane's policy around a running ``Server``: when the observed classes are stable it
-personalizes in a worker process, gates the candidate, deploys it through the model store, watches it
-on probation, reverts on drift, and answers the mutating commands (personalize, rollback, pause,
-resume, reload). ``tick`` does one round of all checks; the scheduler calls it."""
+personalizes in a worker process, gates the candidate, has the ``Deployer`` serve it and watch it on
+probation, reverts on drift, and answers the mutating commands (personalize, rollback, pause, resume).
+``tick`` does one round of all checks; the scheduler calls it. What serves and the ways back belong to
+the deployer; this module decides when."""
 
 import logging
 import shutil
@@ -17,13 +18,17 @@ from ocap_core.search_spec import MIN_PER_CLASS
 from service import faults
 from service.control_socket import RequestError
 from service.errors import ServiceError
+from service.model_slot import LoadedModel
 from service.server import Server
 
 from . import gate, stability, telemetry, watch
 from .config import Config
+from .deployer import Deployer, Phase, Probation, ProbationSettings
 from .errors import DaemonError
 from .store import ModelStore
 from .supervisor import WorkerRun
+
+StartWorker = Callable[..., WorkerRun]       # WorkerRun's signature: (job, job_dir, nice=, threads=, budget_s=, on_event=)
 
 log = logging.getLogger(__name__)
 DAY = 86400.0
@@ -33,19 +38,21 @@ SEARCH_LEVEL_FIELDS = ("level", "mac_reduction", "agreement", "loss_pp", "accept
 
 class Controller:
     def __init__(self, cfg: Config, server: Server, store: ModelStore, base_path: Path,
-                 on_state: Optional[Callable[[str], None]] = None, clock: Callable[[], float] = time.time) -> None:
-        self.cfg, self.server, self.store, self.base_path = cfg, server, store, Path(base_path).resolve()
+                 on_state: Optional[Callable[[str], None]] = None, clock: Callable[[], float] = time.time,
+                 start_worker: StartWorker = WorkerRun) -> None:
+        self.cfg, self.server, self.base_path = cfg, server, Path(base_path).resolve()
         # (resolved: the worker runs in its job directory, where a relative path means nothing)
+        self.deployer = Deployer(server, store, clock)
         self._clock = clock
         self._on_state = on_state
+        self._start_run = start_worker
         self._lock = threading.RLock()
         self.jobs_dir = Path(cfg.daemon.state_dir) / "jobs"
         self.paused = False
-        self.phase = "observing" if server.teacher is None else "personalized"
+        self.phase = Phase.OBSERVING if server.teacher is None else Phase.PERSONALIZED
         self.worker: Optional[WorkerRun] = None
         self.observe_since = clock()
         self.cooldown_until = 0.0
-        self.probation: Optional[Dict[str, Any]] = None
         self.drift_baseline = 0.0               # outside-the-kept-set share expected without drift
         self._pending_baseline = 0.0
         self.last_stability: Optional[stability.Stability] = None
@@ -57,6 +64,11 @@ class Controller:
             server.control.register(name, fn, mutating=True)
         server.add_status("daemon", self.describe)
         shutil.rmtree(self.jobs_dir, ignore_errors=True)         # scratch of a worker from before a crash
+
+    @property
+    def probation(self) -> Optional[Probation]:
+        """The deployed model on trial, if any (the deployer's record)."""
+        return self.deployer.probation
 
     # -- one round of checks -----------------------------------------------------------------------
     def tick(self) -> None:
@@ -81,7 +93,7 @@ class Controller:
             if ok:
                 self.start_worker(plan, why="stable")
 
-    def _set_phase(self, phase: str) -> None:
+    def _set_phase(self, phase: Phase) -> None:
         if phase != self.phase:
             log.info("phase %s -> %s", self.phase, phase)
             self.phase = phase
@@ -163,7 +175,7 @@ class Controller:
             self.cooldown_until = self._clock() + self.cfg.personalize.cooldown
             self.server.events.record("personalize_failed", state="not started", reason=f"{type(e).__name__}: {e}")
             self.last_outcome = f"personalization not started: {e}"
-            self._set_phase("observing")
+            self._set_phase(Phase.OBSERVING)
             return {"started": False, "reason": str(e)}
 
     def _start_worker(self, plan: Dict[str, Any], why: str) -> Dict[str, Any]:
@@ -188,14 +200,14 @@ class Controller:
                "time_budget": max(1.0, SEARCH_SHARE * p.time_budget),
                "min_per_class": min(MIN_PER_CLASS, p.min_samples_per_class), "threads": p.threads, "seed": 0, "name": f"{self.server.base.card.name}-k{len(plan['classes'])}"}
         self._pending_baseline = float(plan.get("outside_share", 0.0))
-        self.worker = WorkerRun(job, job_dir, nice=p.nice, threads=p.threads, budget_s=p.time_budget,
-                                on_event=self._worker_event)
+        self.worker = self._start_run(job, job_dir, nice=p.nice, threads=p.threads, budget_s=p.time_budget,
+                                      on_event=self._worker_event)
         faults.point("policy.worker_started")
         self.server.events.record("personalize_started", classes=plan["classes"], why=why,
                                   samples={"train": int(keep_tr.sum()), "val": int(keep_va.sum())},
                                   stability=plan.get("stability"), pid=self.worker.proc.pid)
         self.last_outcome = ""
-        self._set_phase("personalizing")
+        self._set_phase(Phase.PERSONALIZING)
         return {"started": True, "classes": plan["classes"], "pid": self.worker.proc.pid}
 
     def _worker_event(self, ev: Dict[str, Any]) -> None:
@@ -219,7 +231,7 @@ class Controller:
                 self.server.events.record("personalize_failed", state=state, reason=w.reason,
                                           elapsed_s=round(w.elapsed, 1))
                 self.last_outcome = f"personalization {state}: {w.reason}"
-                self._set_phase("observing")
+                self._set_phase(Phase.OBSERVING)
                 return
             res = w.result or {}
             faults.point("policy.worker_done")
@@ -242,55 +254,42 @@ class Controller:
             self.server.events.record("worker_resumed")
 
     def _gate_and_deploy(self, candidate: Path) -> None:
-        self._set_phase("gating")
+        self._set_phase(Phase.GATING)
         x_val, _ = self.server.cache.load("val")
         g = self.cfg.gate
         verdict = gate.check(str(candidate), self.server.slot.current(), self.server.base, x_val,
                              gate.GateConfig(g.min_agreement, g.min_speedup, g.latency_runs),
                              providers=self.cfg.model.providers, threads=self.cfg.model.threads)
         self.server.events.record("gate", passed=verdict.passed, reason=verdict.reason, **verdict.figures)
-        if not verdict.passed:
+        if not verdict.passed or verdict.model is None:
             self.last_outcome = f"gate rejected the candidate: {verdict.reason}"
-            self._set_phase("observing")
+            self._set_phase(Phase.OBSERVING)
             return
         try:
-            self.deploy(candidate, why=f"gate passed: {verdict.reason}")
+            ok, reason = self.deploy(verdict.model, why=f"gate passed: {verdict.reason}")
         except (OSError, DaemonError, ServiceError) as e:
             self.server.events.record("deploy_failed", reason=f"{type(e).__name__}: {e}",
                                       serving=self.server.slot.current().version)
             self.last_outcome = f"deploy failed: {e}"
-            self._set_phase("observing" if self.server.teacher is None else "personalized")
-
-    def deploy(self, candidate: Path, why: str) -> Tuple[bool, str]:
-        """Store the candidate, swap it in, start probation against the model it replaces."""
-        previous = self.server.slot.current()
-        faults.point("deploy.before_store")
-        stored = self.store.add(candidate)
-        faults.point("deploy.stored")
-        ok, reason = self.server.swap(str(stored))
+            self._set_phase(self._resting_phase())
+            return
         if not ok:
-            self._set_phase("observing")
+            self.last_outcome = f"deploy refused: {reason}"
+
+    def deploy(self, model: LoadedModel, why: str) -> Tuple[bool, str]:
+        """Serve ``model`` (the gate's loaded candidate) and put it on probation."""
+        ok, reason = self.deployer.deploy(model, why, span=self.cfg.probation.duration,
+                                          drift_baseline=self._pending_baseline)
+        if not ok:
+            self._set_phase(self._resting_phase())
             return ok, reason
-        new = self.server.slot.current()
-        faults.point("deploy.swapped")
-        try:
-            self.store.set_current(new.version)
-        except (OSError, DaemonError):
-            # serving a model the store cannot point at would not survive a restart: go back
-            self.server.revert_to_base("the current pointer could not be written")
-            raise
-        faults.point("deploy.current_set")
-        self.store.prune()
-        totals = self.server.class_log.totals_by_version().get(previous.version, {})
-        self.probation = {"version": new.version, "since": self._clock(), "previous": previous.version,
-                          "before": watch.Rates(n=int(totals.get("n", 0)),
-                                                low_confidence_share=float(totals.get("low_confidence_share", 0.0)),
-                                                disagreement=None)}
         self.drift_baseline = self._pending_baseline
-        self.server.events.record("deploy", version=new.version, was=previous.version, why=why,
-                                  drift_baseline=round(self.drift_baseline, 4))
-        self._set_phase("probation")
+        self._set_phase(Phase.PROBATION)
         return ok, reason
+
+    def _resting_phase(self) -> Phase:
+        """The phase when nothing is under way: observing on the base model, personalized otherwise."""
+        return Phase.OBSERVING if self.server.teacher is None else Phase.PERSONALIZED
 
     # -- drift and probation ---------------------------------------------------------------------
     def _check_drift(self) -> bool:
@@ -308,59 +307,29 @@ class Controller:
         return True
 
     def _check_probation(self) -> None:
-        pb = self.probation
-        assert pb is not None
-        s = self.server
-        n, lows = s.class_log.recent.window(self._clock() - pb["since"] + 1, origin="served", since=pb["since"])
-        frames = sum(n.values())
-        tc = s.teacher_counts()           # one consistent reading (a check may land between two reads)
-        enough = tc["inside"] >= self.cfg.drift.min_checks      # judge disagreement on enough checks
-        during = watch.Rates(n=frames if enough else 0, low_confidence_share=lows / frames if frames else 0.0,
-                             disagreement=tc["disagreed"] / tc["inside"] if enough else None)
         p = self.cfg.probation
-        verdict, why = watch.probation_verdict(pb["before"], during,
-                                               watch.ProbationConfig(p.max_low_confidence_rise, p.max_disagreement),
-                                               min_frames=self.cfg.drift.min_checks)
-        if verdict == "failed":
-            self.server.events.record("probation_failed", version=pb["version"], reason=why)
+        verdict, why = self.deployer.check_probation(ProbationSettings(
+            p.duration, watch.ProbationConfig(p.max_low_confidence_rise, p.max_disagreement),
+            min_frames=self.cfg.drift.min_checks))
+        if verdict == "failed":                   # the deployer rolled back
             self.last_outcome = f"probation failed: {why}"
-            self.rollback(f"probation failed: {why}")
-        elif verdict == "passed" and self._clock() - pb["since"] >= p.duration:
-            faults.point("probation.passing")
-            self.store.set_last_good(pb["version"])
-            faults.point("probation.last_good_set")
-            self.server.models.set_status(pb["version"], "last_good")
-            self.server.events.record("probation_passed", version=pb["version"], summary=why)
-            self.probation = None
-            self._set_phase("personalized")
+            self.observe_since = self._clock()
+            self._set_phase(self._resting_phase())
+        elif verdict == "passed":
+            self._set_phase(Phase.PERSONALIZED)
 
     def revert(self, why: str, kind: str = "revert") -> None:
         """Serve the base model at once; stability starts over."""
-        was = self.server.slot.current().version
-        faults.point("revert.begin")
-        self.server.revert_to_base(why)
-        faults.point("revert.swapped")
-        self.store.clear_current()
-        self.probation = None
+        self.deployer.revert(why, kind)
         self.observe_since = self._clock()
-        self.server.events.record(kind, was=was, to=self.server.base.version, reason=why)
-        self._set_phase("observing")
+        self._set_phase(Phase.OBSERVING)
 
     def rollback(self, why: str) -> Dict[str, Any]:
         """Back to ``last_good`` when that is not what serves, else to the base model."""
-        current = self.server.slot.current().version
-        good = self.store.last_good()
-        if good and good != current:
-            ok, reason = self.server.swap(str(self.store.get(good)))
-            if ok:
-                self.store.set_current(good)
-                self.probation = None
-                self.observe_since = self._clock()
-                self.server.events.record("rollback", was=current, to=good, reason=why)
-                self._set_phase("personalized")
-                return {"serving": good}
-        self.revert(why, kind="rollback")
-        return {"serving": self.server.base.version}
+        serving = self.deployer.rollback(why)
+        self.observe_since = self._clock()
+        self._set_phase(self._resting_phase())
+        return {"serving": serving}
 
     # -- commands ----------------------------------------------------------------------------------
     def _cmd_personalize(self, req: Dict[str, Any], _: Any) -> Dict[str, Any]:
@@ -407,19 +376,19 @@ class Controller:
     def describe(self) -> Dict[str, Any]:
         # the policy thread may clear worker or probation at any time: read each reference once
         st, worker, pb = self.last_stability, self.worker, self.probation
-        return {"phase": self.phase, "paused": self.paused, "status_line": self.status_line(),
+        return {"phase": self.phase.value, "paused": self.paused, "status_line": self.status_line(),
                 "stability": None if st is None else {"stable": st.stable, "streak": st.streak, "needed": st.needed,
                                                       "js": st.js, "classes": sorted(st.classes), "text": st.describe()},
                 "worker": None if worker is None else worker.describe(),
                 "probation": None if pb is None else {
-                    "version": pb["version"], "since": pb["since"],
-                    "seconds_left": max(0.0, self.cfg.probation.duration - (self._clock() - pb["since"]))},
+                    "version": pb.version, "since": pb.since, "previous": pb.previous,
+                    "seconds_left": max(0.0, self.cfg.probation.duration - (self._clock() - pb.since))},
                 "cooldown_s": max(0.0, self.cooldown_until - self._clock()), "last_error": self.last_error,
                 "last_outcome": self.last_outcome}
 
     def status_line(self) -> str:
         """One line for systemd's STATUS= and the demo."""
-        parts = [self.phase + (" (paused)" if self.paused else "")]
+        parts = [self.phase.value + (" (paused)" if self.paused else "")]
         served = self.server.slot.current()
         if served is not self.server.base:
             red = (served.card.metrics or {}).get("mac_reduction")
@@ -427,7 +396,7 @@ class Controller:
                          + (f" ({red:.1f}x fewer MACs)" if red else ""))
             pb = self.probation
             if pb is not None:
-                left = self.cfg.probation.duration - (self._clock() - pb["since"])
+                left = self.cfg.probation.duration - (self._clock() - pb.since)
                 parts.append(f"probation {max(0.0, left):.0f} s left")
             teacher, _ = self.server.class_log.recent.window(self.cfg.drift.window, origin="teacher")
             n = sum(teacher.values())
@@ -443,7 +412,7 @@ class Controller:
                 parts.append("cache " + ",".join(f"{k}:{fill.get(k, 0)}" for k in sorted(st.classes))
                              + f"/{self.cfg.personalize.min_samples_per_class}")
         worker, outcome = self.worker, self.last_outcome
-        if worker is None and outcome and self.phase == "observing":
+        if worker is None and outcome and self.phase is Phase.OBSERVING:
             wait = self.cooldown_until - self._clock()
             parts.append(f"last: {outcome[:160]}" + (f" (next try in {wait:.0f} s at the earliest)" if wait > 0 else ""))
         if worker is not None:

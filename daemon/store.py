@@ -24,7 +24,7 @@ from pathlib import Path
 from typing import List, Optional, Tuple, Union
 
 from ocap_core.errors import OcapError
-from ocap_core.package import CARD, Card, open_package, read_card
+from ocap_core.package import CARD, Card, open_package, read_card, verify_files
 from service import faults
 
 from .errors import DaemonError
@@ -107,7 +107,8 @@ class ModelStore:
         src = Path(package_dir).absolute()
         self._refuse_symlinks(src)
         try:
-            card = open_package(str(src)).card
+            card = open_package(str(src), verify=False).card
+            verify_files(src, card, digests=False)      # the copy below hashes every byte against the card
         except (OcapError, OSError) as e:
             raise DaemonError(f"model package {src} refused: {e}") from e
         version = card.version
@@ -129,8 +130,8 @@ class ModelStore:
                 copied = {name: _copy_file(src / name, tmp / name) for name in [CARD] + sorted(card.files)}
                 for name, digest in card.files.items():
                     if copied[name] != digest:
-                        raise OcapError(f"{name} changed while it was copied (sha256 {copied[name][:16]}..., "
-                                        f"the card says {str(digest)[:16]}...)")
+                        raise OcapError(f"sha256 of {name} is {copied[name][:16]}..., the card says "
+                                        f"{str(digest)[:16]}... (file corrupt, replaced or changed while copied)")
                 again = read_card(tmp)
                 if again.version != version or again.files != card.files:
                     raise OcapError(f"{CARD} changed while it was copied")
@@ -212,9 +213,10 @@ class ModelStore:
         """The version the ``last_good`` pointer names, or None."""
         return self._read_pointer(LAST_GOOD)[0]
 
-    def set_current(self, version: str) -> None:
-        """Point ``current`` at a stored version that verifies."""
-        self._set_pointer(CURRENT, version)
+    def set_current(self, version: str, rehash: bool = True) -> None:
+        """Point ``current`` at a stored version that verifies (``rehash=False``: right after ``add``
+        checked every byte it copied, only that the version is in the store)."""
+        self._set_pointer(CURRENT, version, rehash)
 
     def set_last_good(self, version: str) -> None:
         """Point ``last_good`` at a stored version that verifies."""
@@ -358,10 +360,13 @@ class ModelStore:
             return None, f"{name} pointer holds {text[:40]!r}, not a version name"
         return text, ""
 
-    def _set_pointer(self, name: str, version: str) -> None:
+    def _set_pointer(self, name: str, version: str, rehash: bool = True) -> None:
         if not valid_version(version):
             raise DaemonError(f"model store: cannot set {name} to {version!r}: not a plain version name")
-        self.get(version)
+        if rehash:
+            self.get(version)
+        elif not (self.models / version / CARD).is_file():
+            raise DaemonError(f"model store {self.models}: version {version!r} is not in the store")
         with self._lock:
             tmp = self.root / f".{name}.tmp-{secrets.token_hex(4)}"
             try:

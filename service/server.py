@@ -1,7 +1,8 @@
 """The serving plane put together: one inference path (ModelSlot) feeding the ClassLog and the
 SampleCache, teacher sampling while a pruned model serves, a flusher thread, and the control
 commands (status, classes, models, history, predict, forget-samples). The control plane registers its
-own commands on ``control`` and deploys through ``swap`` / ``revert_to_base``."""
+own commands on ``control`` and changes the served model through ``swap`` (a package path), ``install`` (a
+model loaded already) and ``revert_to_base``."""
 
 import logging
 import queue
@@ -64,13 +65,14 @@ class Server:
     logged with origin ``teacher``, and only the frames it saw are offered to the sample cache."""
 
     def __init__(self, model: str, state_dir: Path, socket_path: Path, config: ServerConfig = ServerConfig(),
-                 base: Optional[str] = None, cache_dir: Optional[Path] = None) -> None:
+                 base: Optional[str] = None, cache_dir: Optional[Path] = None,
+                 clock: Callable[[], float] = time.time) -> None:
         self.config = cfg = config
         self.state_dir = Path(state_dir)
         self.state_dir.mkdir(parents=True, exist_ok=True)
         self.db_path = db = self.state_dir / "ocap.db"
         self.class_log = ClassLog(db, low_confidence=cfg.low_confidence,      # creates / migrates the schema
-                                  recent_seconds=cfg.recent_seconds)
+                                  recent_seconds=cfg.recent_seconds, clock=clock)
         self.events = EventLog(db)
         self.models = ModelTable(db)
         served = self._load(model)
@@ -250,29 +252,36 @@ class Server:
             self._status_parts = parts
 
     # -- model changes --------------------------------------------------------------------------
-    def swap(self, path: str) -> Tuple[bool, str]:
+    def swap(self, path: str, why: str = "") -> Tuple[bool, str]:
         """Serve the package at ``path`` (verified, loaded and warmed up first); the reason on refusal."""
         old = self.slot.current()
         t0 = time.perf_counter()
         ok, reason = self.slot.swap(path, providers=self.config.providers, threads=self.config.threads)
+        return self._swapped(old, ok, reason, path, time.perf_counter() - t0, why)
+
+    def install(self, model: LoadedModel, why: str = "") -> Tuple[bool, str]:
+        """Serve a model that is loaded already (the gate's session of a candidate): no second load."""
+        old = self.slot.current()
+        t0 = time.perf_counter()
+        ok, reason = self.slot.install(model)
+        return self._swapped(old, ok, reason, model.path, time.perf_counter() - t0, why)
+
+    def _swapped(self, old: LoadedModel, ok: bool, reason: str, path: Any, seconds: float,
+                 why: str) -> Tuple[bool, str]:
         if not ok:
             self.events.record("swap_refused", path=str(path), reason=reason, serving=old.version)
             return ok, reason
         new = self.slot.current()
         if new.version == self.base.version:
             self.base = new                     # the fresh session is the base from now on
-        self._after_swap(old, new, time.perf_counter() - t0)
+        self._after_swap(old, new, seconds, why=why)
         return ok, reason
 
     def revert_to_base(self, why: str) -> Tuple[bool, str]:
         """Serve the base model again at once (it is loaded already: it was the teacher)."""
-        old = self.slot.current()
-        if old is self.base:
-            return True, f"already serving the base model {old.version}"
-        ok, reason = self.slot.install(self.base)
-        if ok:
-            self._after_swap(old, self.base, 0.0, why=why)
-        return ok, reason
+        if self.slot.current() is self.base:
+            return True, f"already serving the base model {self.base.version}"
+        return self.install(self.base, why=why)
 
     def _after_swap(self, old: LoadedModel, new: LoadedModel, seconds: float, why: str = "") -> None:
         _, swap = self.slot.serving()

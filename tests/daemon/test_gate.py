@@ -9,7 +9,7 @@ import pytest
 
 from daemon.gate import GateConfig, check
 from ocap_core.data import load_dataset
-from ocap_core.package import read_card, resolve_model, write_card
+from ocap_core.package import read_card, write_card
 from service.model_slot import load_model
 from tests.daemon.test_store import corrupt
 
@@ -17,20 +17,8 @@ pytestmark = pytest.mark.torch
 
 
 @pytest.fixture(scope="module")
-def candidate(tmp_path_factory):
-    from ocap_core.finetune import FinetuneSpec
-    from ocap_core.package import open_package
-    from ocap_core.personalize import personalize
-    from ocap_core.personalize_samples import Samples
-    from ocap_core.prune_spec import PruneSpec
-
-    train = load_dataset("fashion-mnist", "train")
-    idx = np.concatenate([np.flatnonzero(train.y == k)[:60] for k in (1, 8)])
-    samples = Samples(x=train.x[idx], is_val=np.arange(len(idx)) % 5 == 0)
-    out = tmp_path_factory.mktemp("gate") / "cand"
-    personalize(open_package(resolve_model("fmnist-cnn")), samples, [1, 8],
-                PruneSpec(rule="personalize", finetune=FinetuneSpec(epochs=3), threads=1), out)   # 24 held back: too few to search
-    return out
+def candidate(pruned_1_8):
+    return pruned_1_8
 
 
 @pytest.fixture(scope="module")

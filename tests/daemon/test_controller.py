@@ -1,0 +1,294 @@
+"""The controller's policy and the deployer's deployments on a real ``Server`` (real onnxruntime
+sessions, SQLite, sample cache, Unix socket) driven by an injected clock: no sleeps, no timing.
+
+The personalization worker is a stand-in: the real one (a torch subprocess of minutes) is tested in
+test_worker.py; here it only hands back a real candidate the engine made (``pruned_1_8``), or fails."""
+
+import dataclasses
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from daemon import controller as controller_module
+from daemon.config import Config
+from daemon.controller import Controller
+from daemon.deployer import Phase
+from daemon.main import server_config
+from daemon.store import ModelStore
+from ocap_core.data import load_dataset
+from ocap_core.package import read_card, resolve_model
+from service.client import Client, CommandFailed
+from service.server import Server
+
+pytestmark = pytest.mark.torch
+T0 = 1_000_000.0
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.t = T0
+
+    def __call__(self) -> float:
+        return self.t
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+
+
+class StandInWorker:
+    """WorkerRun's interface without the subprocess; the test says when and how it ends."""
+
+    started = []
+
+    def __init__(self, job, job_dir, nice=19, threads=None, budget_s=0.0, on_event=None) -> None:
+        self.job, self.job_dir = job, Path(job_dir)
+        self.state, self.reason, self.result, self.elapsed, self.last = "running", "", None, 0.0, {}
+        self.proc = type("P", (), {"pid": 4242})()
+        self._end = None
+        StandInWorker.started.append(self)
+
+    def finish(self, candidate: Path) -> None:
+        out = Path(self.job["out"])
+        shutil.copytree(str(candidate), str(out))
+        self._end = ("done", {"candidate": str(out), "version": read_card(out).version})
+
+    def fail(self, reason: str) -> None:
+        self._end = ("failed", None)
+        self.reason = reason
+
+    def poll(self):
+        if self._end is not None:
+            self.state, self.result = self._end
+            return self.state
+        return None
+
+    def pause(self, why: str) -> bool:
+        self.state = "paused"
+        return True
+
+    def resume(self) -> bool:
+        self.state = "running"
+        return True
+
+    def kill(self, why: str) -> None:
+        self.state = "killed"
+
+    def describe(self):
+        return {"state": self.state}
+
+
+@dataclasses.dataclass
+class Rig:
+    cfg: Config
+    server: Server
+    store: ModelStore
+    ctl: Controller
+    clock: Clock
+    test: object
+
+    def feed(self, classes, n: int, offset: int = 0) -> None:
+        """``n`` test images of ``classes`` through the one inference path, then wait for the
+        background thread (cache offers, teacher checks)."""
+        x = self.test.x[np.isin(self.test.y, classes)][offset:offset + n]
+        for i in range(0, len(x), 25):
+            self.server.infer(x[i:i + 25])
+        assert self.server.wait_idle(60)
+
+    def observe_stable(self, classes=(1, 8)) -> None:
+        for _ in range(self.cfg.stability.windows):
+            self.feed(list(classes), 150)
+            self.clock.advance(self.cfg.stability.window)
+
+    def worker(self) -> StandInWorker:
+        assert isinstance(self.ctl.worker, StandInWorker), (self.ctl.status_line(), self.ctl.evaluate_trigger()[1])
+        return self.ctl.worker
+
+    def events(self, kind: str):
+        """The details of the events of ``kind``, newest first."""
+        return [e["detail"] for e in self.server.events.recent(100, kinds=[kind])]
+
+    def call(self, cmd: str, **args):
+        with Client(self.cfg.daemon.socket) as c:
+            return c.call(cmd, **args)
+
+
+def _config(state: Path) -> Config:
+    c = Config.defaults()
+    r = dataclasses.replace
+    return r(c, daemon=r(c.daemon, state_dir=state, cache_dir=state / "cache", socket=state / "ctl.sock"),
+             stability=r(c.stability, window=10.0, windows=2, min_predictions=50),
+             # the resource guard has its own tests (test_telemetry.py): this machine's load must not decide here
+             personalize=r(c.personalize, rule="personalize", min_samples_per_class=8, cooldown=60.0,
+                           max_serving_p99=1e9, min_free_memory=0, max_temperature=1e9),
+             gate=r(c.gate, min_agreement=0.9, min_speedup=1.0, latency_runs=20),
+             drift=r(c.drift, teacher_share=1.0, window=10.0, min_checks=20, cooldown=60.0),
+             probation=r(c.probation, duration=30.0))
+
+
+@pytest.fixture(scope="module")
+def test_images():
+    return load_dataset("fashion-mnist", "test")
+
+
+@pytest.fixture
+def rig(test_images):
+    state = Path(tempfile.mkdtemp(prefix="ocap-ctl-"))       # short: a Unix socket path has ~100 bytes
+    cfg = _config(state)
+    clock = Clock()
+    base = str(resolve_model("fmnist-cnn"))
+    server = Server(base, state, cfg.daemon.socket, server_config(cfg), clock=clock)
+    store = ModelStore(state, keep_versions=cfg.store.keep_versions)
+    StandInWorker.started = []
+    ctl = Controller(cfg, server, store, Path(base), clock=clock, start_worker=StandInWorker)
+    server.start()
+    yield Rig(cfg, server, store, ctl, clock, test_images)
+    ctl.stop()
+    server.stop()
+    shutil.rmtree(str(state), ignore_errors=True)
+
+
+@pytest.fixture
+def deployed(rig, pruned_1_8, monkeypatch):
+    """The rig after the whole loop: stable {1, 8}, worker done, gate passed, candidate on probation.
+    Returns the gate's verdict, to check that what serves is the model the gate loaded."""
+    verdicts = []
+    real_check = controller_module.gate.check
+
+    def check(*args, **kwargs):
+        verdicts.append(real_check(*args, **kwargs))
+        return verdicts[-1]
+
+    monkeypatch.setattr(controller_module.gate, "check", check)     # a spy: the real gate runs
+    rig.observe_stable()
+    rig.ctl.tick()
+    rig.worker().finish(pruned_1_8)
+    rig.ctl.tick()
+    assert rig.ctl.phase is Phase.PROBATION, rig.ctl.status_line()
+    return verdicts[0]
+
+
+def test_the_trigger_waits_for_stability_then_starts_a_worker_on_the_classes(rig):
+    rig.feed([1, 8], 150)
+    ok, why, _ = rig.ctl.evaluate_trigger()
+    assert not ok and "window" in why                        # one window so far, two needed
+    rig.ctl.tick()
+    assert rig.ctl.worker is None and rig.ctl.phase is Phase.OBSERVING
+    rig.observe_stable()
+    rig.ctl.tick()
+    w = rig.worker()
+    assert w.job["classes"] == [1, 8] and set(w.job["class_freqs"]) == {1, 8}
+    with np.load(w.job["samples"]) as z:
+        assert len(z["x"]) == len(z["is_val"]) > 0
+    assert rig.ctl.phase is Phase.PERSONALIZING and "worker running" in rig.ctl.status_line()
+    assert [e["classes"] for e in rig.events("personalize_started")] == [[1, 8]]
+
+
+def test_the_search_waits_for_enough_held_back_images(rig):
+    rig.ctl.cfg = dataclasses.replace(rig.cfg, personalize=dataclasses.replace(rig.cfg.personalize, rule="search"))
+    rig.observe_stable()
+    ok, why, _ = rig.ctl.evaluate_trigger()
+    assert not ok and f"/{rig.ctl.held_back_needed()} held-back samples of {{1,8}}" in why, why
+
+
+def test_a_gated_candidate_serves_the_session_the_gate_loaded_and_passes_probation(rig, deployed):
+    version = deployed.model.version
+    served = rig.server.slot.current()
+    assert served.version == version and served.session is deployed.model.session      # one load
+    assert rig.store.current() == version and served.path == rig.store.get(version)
+    assert rig.ctl.probation is not None and rig.ctl.probation.previous == rig.server.base.version
+    rig.feed([1, 8], 100, offset=300)
+    rig.clock.advance(1)
+    rig.ctl.tick()
+    assert rig.ctl.phase is Phase.PROBATION                    # the figures pass, the duration has not
+    rig.clock.advance(rig.cfg.probation.duration)
+    rig.ctl.tick()
+    assert rig.ctl.phase is Phase.PERSONALIZED and rig.ctl.probation is None
+    assert rig.store.last_good() == version and len(rig.events("probation_passed")) == 1
+
+
+def test_probation_fails_on_disagreement_and_rolls_back_to_the_base(rig, deployed):
+    rig.ctl.cfg = dataclasses.replace(rig.cfg, probation=dataclasses.replace(rig.cfg.probation, max_disagreement=0.0))
+    teacher = rig.server.base.predict(rig.test.x).class_ids
+    student = deployed.model.predict(rig.test.x).class_ids
+    odd = np.flatnonzero(np.isin(teacher, [1, 8]) & (student != teacher))
+    assert len(odd), "the candidate agrees with the base model on every test image"
+    for i in odd[:5]:
+        rig.server.infer(rig.test.x[i:i + 1])
+    rig.feed([1, 8], 50, offset=300)
+    rig.clock.advance(1)
+    rig.ctl.tick()
+    assert rig.ctl.phase is Phase.OBSERVING and rig.server.slot.current() is rig.server.base
+    assert rig.store.current() is None and "probation failed: disagreement" in rig.ctl.last_outcome
+    assert len(rig.events("probation_failed")) == 1 and rig.events("rollback")[0]["to"] == rig.server.base.version
+
+
+def test_drift_reverts_to_the_base_and_stability_starts_over(rig, deployed):
+    rig.feed([0, 2], 60)
+    rig.clock.advance(1)
+    rig.ctl.tick()
+    assert rig.ctl.phase is Phase.OBSERVING and rig.server.slot.current() is rig.server.base
+    assert rig.store.current() is None and rig.ctl.observe_since == rig.clock()
+    assert "classes outside the kept set" in rig.events("drift")[0]["reason"]
+    ok, why, _ = rig.ctl.evaluate_trigger(force=False)
+    assert not ok
+
+
+def test_a_failed_worker_is_an_event_and_a_cooldown(rig):
+    rig.observe_stable()
+    rig.ctl.tick()
+    rig.worker().fail("engine exploded")
+    rig.ctl.tick()
+    assert rig.ctl.worker is None and rig.ctl.phase is Phase.OBSERVING
+    assert rig.events("personalize_failed")[0]["reason"] == "engine exploded"
+    assert "engine exploded" in rig.ctl.status_line() and "next try in 60 s" in rig.ctl.status_line()
+    assert not StandInWorker.started[0].job_dir.exists()          # the scratch is gone
+    ok, why, _ = rig.ctl.evaluate_trigger()
+    assert not ok and why.startswith("cooling down")
+
+
+def test_the_gate_refusing_leaves_the_base_serving(rig, pruned_1_8):
+    rig.ctl.cfg = dataclasses.replace(rig.cfg, gate=dataclasses.replace(rig.cfg.gate, min_speedup=50.0))
+    rig.observe_stable()
+    rig.ctl.tick()
+    rig.worker().finish(pruned_1_8)
+    rig.ctl.tick()
+    assert rig.ctl.phase is Phase.OBSERVING and rig.server.slot.current() is rig.server.base
+    assert rig.store.current() is None and "as fast as the served model" in rig.ctl.last_outcome
+    assert rig.events("gate")[0]["passed"] is False
+
+
+def test_commands_personalize_pause_resume_and_rollback(rig, pruned_1_8):
+    with pytest.raises(CommandFailed) as e:
+        rig.call("personalize")
+    assert e.value.code == "not_ready"
+    assert rig.call("personalize", dry_run=True)["would_start"] is False
+    rig.observe_stable()
+    assert rig.call("personalize", dry_run=True)["would_start"] is True
+    assert rig.call("personalize")["started"] is True
+    with pytest.raises(CommandFailed) as e:
+        rig.call("personalize")
+    assert e.value.code == "busy"
+    assert rig.call("pause") == {"paused": True} and rig.worker().state == "paused"
+    rig.ctl.tick()
+    assert rig.ctl.worker is not None                         # paused: the tick starts nothing new
+    assert rig.call("resume") == {"paused": False} and rig.worker().state == "running"
+    rig.worker().finish(pruned_1_8)
+    rig.ctl.tick()
+    assert rig.ctl.phase is Phase.PROBATION
+    assert rig.call("rollback") == {"serving": rig.server.base.version}      # no last_good yet: the base
+    assert rig.ctl.phase is Phase.OBSERVING and rig.store.current() is None
+
+
+def test_rollback_goes_to_last_good_when_another_model_serves(rig, deployed):
+    version = deployed.model.version
+    rig.feed([1, 8], 100, offset=300)
+    rig.clock.advance(rig.cfg.probation.duration + 1)
+    rig.ctl.tick()
+    assert rig.store.last_good() == version
+    rig.ctl.revert("test")                                    # base serves; last_good is the candidate
+    assert rig.call("rollback") == {"serving": version}
+    assert rig.server.slot.current().version == version and rig.store.current() == version
+    assert rig.ctl.phase is Phase.PERSONALIZED

@@ -25,6 +25,7 @@ from . import gate, stability, telemetry, watch
 from .config import Config
 from .deployer import Deployer, Phase, Probation, ProbationSettings
 from .errors import DaemonError
+from .job import Job
 from .store import ModelStore
 from .supervisor import WorkerRun
 
@@ -104,7 +105,7 @@ class Controller:
     def _windows(self) -> List[Dict[int, int]]:
         c = self.cfg.stability
         origin = "served" if self.server.teacher is None else "teacher"
-        return self.server.class_log.recent.series(c.window, c.windows, origin=origin, since=self.observe_since)
+        return self.server.recent.series(c.window, c.windows, origin=origin, since=self.observe_since)
 
     def _stability_config(self) -> stability.StabilityConfig:
         c = self.cfg.stability
@@ -133,7 +134,7 @@ class Controller:
             return False, "personalization is disabled in the config", plan
         if not st.stable and not force:
             return False, st.describe(), plan
-        served = self.server.slot.current()
+        served = self.server.served
         ok, why = stability.worth_personalizing(st.classes, None if served is self.server.base else served.class_ids,
                                                 len(served.card.class_names), scfg)
         if not ok:
@@ -150,7 +151,7 @@ class Controller:
         now = self._clock()
         if now < self.cooldown_until and not force:
             return False, f"cooling down for {self.cooldown_until - now:.0f} s more", plan
-        started = self.server.events.recent(1000, kinds=["personalize_started"], since=now - DAY)
+        started = self.server.recent_events(1000, kinds=["personalize_started"], since=now - DAY)
         if len(started) >= self.cfg.personalize.daily_cap and not force:
             return False, f"daily cap of {self.cfg.personalize.daily_cap} personalizations reached", plan
         busy = telemetry.resource_problem(self.cfg.personalize, self.server.stats.snapshot())
@@ -173,7 +174,7 @@ class Controller:
             shutil.rmtree(self.jobs_dir, ignore_errors=True)
             self.worker = None
             self.cooldown_until = self._clock() + self.cfg.personalize.cooldown
-            self.server.events.record("personalize_failed", state="not started", reason=f"{type(e).__name__}: {e}")
+            self.server.record("personalize_failed", state="not started", reason=f"{type(e).__name__}: {e}")
             self.last_outcome = f"personalization not started: {e}"
             self._set_phase(Phase.OBSERVING)
             return {"started": False, "reason": str(e)}
@@ -194,16 +195,16 @@ class Controller:
             np.savez(f, x=x, is_val=is_val)
         samples.chmod(0o600)
         faults.point("policy.samples_written")
-        job = {"base": str(self.base_path), "samples": str(samples), "classes": plan["classes"],
-               "class_freqs": plan["class_freqs"], "out": str(job_dir / "candidate"), "scorer": p.scorer,
-               "rule": p.rule, "max_loss": p.max_loss, "epochs": p.epochs,
-               "time_budget": max(1.0, SEARCH_SHARE * p.time_budget),
-               "min_per_class": min(MIN_PER_CLASS, p.min_samples_per_class), "threads": p.threads, "seed": 0, "name": f"{self.server.base.card.name}-k{len(plan['classes'])}"}
+        job = Job(base=str(self.base_path), samples=str(samples), classes=tuple(plan["classes"]),
+                  class_freqs=dict(plan["class_freqs"]), out=str(job_dir / "candidate"), scorer=p.scorer,
+                  rule=p.rule, max_loss=p.max_loss, epochs=p.epochs, time_budget=max(1.0, SEARCH_SHARE * p.time_budget),
+                  min_per_class=min(MIN_PER_CLASS, p.min_samples_per_class), threads=p.threads,
+                  name=f"{self.server.base.card.name}-k{len(plan['classes'])}")
         self._pending_baseline = float(plan.get("outside_share", 0.0))
         self.worker = self._start_run(job, job_dir, nice=p.nice, threads=p.threads, budget_s=p.time_budget,
                                       on_event=self._worker_event)
         faults.point("policy.worker_started")
-        self.server.events.record("personalize_started", classes=plan["classes"], why=why,
+        self.server.record("personalize_started", classes=plan["classes"], why=why,
                                   samples={"train": int(keep_tr.sum()), "val": int(keep_va.sum())},
                                   stability=plan.get("stability"), pid=self.worker.proc.pid)
         self.last_outcome = ""
@@ -212,10 +213,10 @@ class Controller:
 
     def _worker_event(self, ev: Dict[str, Any]) -> None:
         if ev.get("event") == "stage":
-            self.server.events.record("personalize_progress", stage=ev.get("stage"), seconds=ev.get("seconds"),
+            self.server.record("personalize_progress", stage=ev.get("stage"), seconds=ev.get("seconds"),
                                       peak_rss_mb=ev.get("peak_rss_mb"))
         elif ev.get("event") == "search_level":
-            self.server.events.record("search_level", **{k: ev.get(k) for k in SEARCH_LEVEL_FIELDS})
+            self.server.record("search_level", **{k: ev.get(k) for k in SEARCH_LEVEL_FIELDS})
 
     def _watch_worker(self) -> None:
         w = self.worker
@@ -228,39 +229,39 @@ class Controller:
         self.cooldown_until = self._clock() + self.cfg.personalize.cooldown
         try:
             if state != "done":
-                self.server.events.record("personalize_failed", state=state, reason=w.reason,
+                self.server.record("personalize_failed", state=state, reason=w.reason,
                                           elapsed_s=round(w.elapsed, 1))
                 self.last_outcome = f"personalization {state}: {w.reason}"
                 self._set_phase(Phase.OBSERVING)
                 return
             res = w.result or {}
             faults.point("policy.worker_done")
-            self.server.events.record("personalize_finished", version=res.get("version"),
+            self.server.record("personalize_finished", version=res.get("version"),
                                       metrics=res.get("metrics"), timings=res.get("timings"))
             self._gate_and_deploy(Path(res["candidate"]))
         finally:
             shutil.rmtree(w.job_dir, ignore_errors=True)
             if self.cfg.privacy.after_personalize == "purge":
                 n = self.server.cache.forget()
-                self.server.events.record("samples_forgotten", samples=n, why="privacy.after_personalize = purge")
+                self.server.record("samples_forgotten", samples=n, why="privacy.after_personalize = purge")
 
     def _guard_resources(self, w: WorkerRun) -> None:
         problem = telemetry.resource_problem(self.cfg.personalize, self.server.stats.snapshot())
         if problem and w.state == "running":
             w.pause(problem)
-            self.server.events.record("worker_paused", reason=problem)
+            self.server.record("worker_paused", reason=problem)
         elif not problem and w.state == "paused" and not self.paused:
             w.resume()
-            self.server.events.record("worker_resumed")
+            self.server.record("worker_resumed")
 
     def _gate_and_deploy(self, candidate: Path) -> None:
         self._set_phase(Phase.GATING)
         x_val, _ = self.server.cache.load("val")
         g = self.cfg.gate
-        verdict = gate.check(str(candidate), self.server.slot.current(), self.server.base, x_val,
+        verdict = gate.check(str(candidate), self.server.served, self.server.base, x_val,
                              gate.GateConfig(g.min_agreement, g.min_speedup, g.latency_runs),
                              providers=self.cfg.model.providers, threads=self.cfg.model.threads)
-        self.server.events.record("gate", passed=verdict.passed, reason=verdict.reason, **verdict.figures)
+        self.server.record("gate", passed=verdict.passed, reason=verdict.reason, **verdict.figures)
         if not verdict.passed or verdict.model is None:
             self.last_outcome = f"gate rejected the candidate: {verdict.reason}"
             self._set_phase(Phase.OBSERVING)
@@ -268,8 +269,8 @@ class Controller:
         try:
             ok, reason = self.deploy(verdict.model, why=f"gate passed: {verdict.reason}")
         except (OSError, DaemonError, ServiceError) as e:
-            self.server.events.record("deploy_failed", reason=f"{type(e).__name__}: {e}",
-                                      serving=self.server.slot.current().version)
+            self.server.record("deploy_failed", reason=f"{type(e).__name__}: {e}",
+                                      serving=self.server.served.version)
             self.last_outcome = f"deploy failed: {e}"
             self._set_phase(self._resting_phase())
             return
@@ -294,9 +295,9 @@ class Controller:
     # -- drift and probation ---------------------------------------------------------------------
     def _check_drift(self) -> bool:
         d = self.cfg.drift
-        teacher_hist, _ = self.server.class_log.recent.window(d.window, origin="teacher")
-        served_hist, served_low = self.server.class_log.recent.window(d.window, origin="served")
-        kept = set(self.server.slot.current().class_ids)
+        teacher_hist, _ = self.server.recent.window(d.window, origin="teacher")
+        served_hist, served_low = self.server.recent.window(d.window, origin="served")
+        kept = set(self.server.served.class_ids)
         limit = min(1.0, self.drift_baseline + d.max_outside_share)
         why = watch.drift_reason(teacher_hist, kept, served_low, sum(served_hist.values()),
                                  watch.DriftConfig(d.min_checks, limit, d.max_low_confidence))
@@ -352,7 +353,7 @@ class Controller:
             self.paused = True
             if self.worker is not None:
                 self.worker.pause("paused by ocapctl")
-            self.server.events.record("paused")
+            self.server.record("paused")
             return {"paused": True}
 
     def _cmd_resume(self, req: Dict[str, Any], _: Any) -> Dict[str, Any]:
@@ -360,7 +361,7 @@ class Controller:
             self.paused = False
             if self.worker is not None:
                 self.worker.resume()
-            self.server.events.record("resumed")
+            self.server.record("resumed")
             return {"paused": False}
 
     def stop(self) -> None:
@@ -369,7 +370,7 @@ class Controller:
             if self.worker is not None:
                 self.worker.kill("daemon stopping")
                 shutil.rmtree(self.worker.job_dir, ignore_errors=True)
-                self.server.events.record("personalize_failed", state="killed", reason="daemon stopping")
+                self.server.record("personalize_failed", state="killed", reason="daemon stopping")
                 self.worker = None
 
     # -- status ------------------------------------------------------------------------------------
@@ -389,7 +390,7 @@ class Controller:
     def status_line(self) -> str:
         """One line for systemd's STATUS= and the demo."""
         parts = [self.phase.value + (" (paused)" if self.paused else "")]
-        served = self.server.slot.current()
+        served = self.server.served
         if served is not self.server.base:
             red = (served.card.metrics or {}).get("mac_reduction")
             parts.append(f"serving {served.version} for {stability.format_set(served.class_ids)}"
@@ -398,7 +399,7 @@ class Controller:
             if pb is not None:
                 left = self.cfg.probation.duration - (self._clock() - pb.since)
                 parts.append(f"probation {max(0.0, left):.0f} s left")
-            teacher, _ = self.server.class_log.recent.window(self.cfg.drift.window, origin="teacher")
+            teacher, _ = self.server.recent.window(self.cfg.drift.window, origin="teacher")
             n = sum(teacher.values())
             if n:
                 out = sum(v for k, v in teacher.items() if k not in set(served.class_ids)) / n

@@ -66,8 +66,8 @@ class Deployer:
         """Store the gated ``model`` (loaded from its candidate directory), serve that very session, point
         ``current`` at it and start probation against the model it replaces, whose record over the last
         ``span`` seconds is the yardstick. On a refused swap the old model keeps serving: (False, why)."""
-        previous = self.server.slot.current()
-        hist, low = self.server.class_log.recent.window(span, origin="served")   # the old model's record
+        previous = self.server.served
+        hist, low = self.server.recent.window(span, origin="served")   # the old model's record
         n = sum(hist.values())
         before = watch.Rates(n=n, low_confidence_share=low / n if n else 0.0)
         faults.point("deploy.before_store")
@@ -86,7 +86,7 @@ class Deployer:
         faults.point("deploy.current_set")
         self.store.prune()
         self.probation = Probation(model.version, previous.version, self._clock(), before)
-        self.server.events.record("deploy", version=model.version, was=previous.version, why=why,
+        self.server.record("deploy", version=model.version, was=previous.version, why=why,
                                   drift_baseline=round(drift_baseline, 4))
         return ok, reason
 
@@ -98,7 +98,7 @@ class Deployer:
         if pb is None:
             return "none", ""
         now = self._clock()
-        hist, lows = self.server.class_log.recent.window(now - pb.since + 1, origin="served", since=pb.since)
+        hist, lows = self.server.recent.window(now - pb.since + 1, origin="served", since=pb.since)
         frames = sum(hist.values())
         tc = self.server.teacher_counts()           # one consistent reading of the three counters
         enough = tc["inside"] >= settings.min_frames  # judge disagreement on enough checks only
@@ -106,15 +106,15 @@ class Deployer:
                              disagreement=tc["disagreed"] / tc["inside"] if enough else None)
         verdict, why = watch.probation_verdict(pb.before, during, settings.rules, min_frames=settings.min_frames)
         if verdict == "failed":
-            self.server.events.record("probation_failed", version=pb.version, reason=why)
+            self.server.record("probation_failed", version=pb.version, reason=why)
             self.rollback(f"probation failed: {why}")
             return verdict, why
         if verdict == "passed" and now - pb.since >= settings.duration:
             faults.point("probation.passing")
             self.store.set_last_good(pb.version)
             faults.point("probation.last_good_set")
-            self.server.models.set_status(pb.version, "last_good")
-            self.server.events.record("probation_passed", version=pb.version, summary=why)
+            self.server.set_model_status(pb.version, "last_good")
+            self.server.record("probation_passed", version=pb.version, summary=why)
             self.probation = None
             return verdict, why
         return "pending", why
@@ -126,26 +126,26 @@ class Deployer:
 
     def revert(self, why: str, kind: str = "revert") -> str:
         """Serve the base model at once and clear ``current``; returns the version that served."""
-        was = self.server.slot.current().version
+        was = self.server.served.version
         faults.point("revert.begin")
         self.server.revert_to_base(why)
         faults.point("revert.swapped")
         self.store.clear_current()
         self.probation = None
-        self.server.events.record(kind, was=was, to=self.server.base.version, reason=why)
+        self.server.record(kind, was=was, to=self.server.base.version, reason=why)
         return was
 
     def rollback(self, why: str) -> str:
         """Back to ``last_good`` when that is not what serves (and it loads), else to the base model;
         returns the version now serving."""
-        current = self.server.slot.current().version
+        current = self.server.served.version
         good = self.store.last_good()
         if good and good != current:
             ok, _ = self.server.swap(str(self.store.get(good)), why=why)
             if ok:
                 self.store.set_current(good)
                 self.probation = None
-                self.server.events.record("rollback", was=current, to=good, reason=why)
+                self.server.record("rollback", was=current, to=good, reason=why)
                 return good
         self.revert(why, kind="rollback")
         return self.server.base.version

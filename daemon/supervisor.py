@@ -2,6 +2,7 @@
 its JSON lines, pause (SIGSTOP) and resume (SIGCONT), a wall-time budget, kill on shutdown. The job
 directory (job file, samples, candidate) is the worker's scratch space; the caller removes it."""
 
+import dataclasses
 import json
 import logging
 import os
@@ -13,10 +14,9 @@ import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
 
-from ocap_core import strict_json
-
 from .cores import PASSIVE_OPENMP, THREAD_VARS
 from .errors import DaemonError
+from .job import Job
 
 log = logging.getLogger(__name__)
 Listener = Callable[[Dict[str, Any]], None]
@@ -50,10 +50,10 @@ class WorkerRun:
     is the job's thread cap (0: auto, one per idle core); the worker chooses within it and reports the
     count in its ``started`` line."""
 
-    def __init__(self, job: Dict[str, Any], job_dir: Path, nice: int = 19, threads: Optional[int] = None,
+    def __init__(self, job: Job, job_dir: Path, nice: int = 19, threads: Optional[int] = None,
                  budget_s: float = 0.0, on_event: Optional[Listener] = None) -> None:
         if threads is not None:
-            job = dict(job, threads=threads)
+            job = dataclasses.replace(job, threads=threads)
         self.job, self.job_dir, self.budget_s = job, Path(job_dir), budget_s
         self.events: List[Dict[str, Any]] = []
         self.last: Dict[str, Any] = {}
@@ -66,9 +66,7 @@ class WorkerRun:
         self._paused_total = 0.0
         self.job_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         job_file = self.job_dir / "job.json"
-        fd = os.open(str(job_file), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            strict_json.dump(job, f)
+        job.write(job_file)
         env = worker_env(self.job_dir)
         self.started = time.monotonic()
         try:
@@ -79,7 +77,7 @@ class WorkerRun:
             raise DaemonError(f"cannot start the personalization worker: {e}") from e
         self._reader = threading.Thread(target=self._read, name="worker-progress", daemon=True)
         self._reader.start()
-        log.info("worker %d started for classes %s", self.proc.pid, job.get("classes"))
+        log.info("worker %d started for classes %s", self.proc.pid, list(job.classes))
 
     def _read(self) -> None:
         assert self.proc.stdout is not None
@@ -157,4 +155,4 @@ class WorkerRun:
         last = {k: v for k, v in self.last.items() if k in ("event", "stage", "epoch", "epochs", "val", "seconds",
                                                             "level", "mac_reduction", "loss_pp", "accepted")}
         return {"pid": self.proc.pid, "state": self.state, "reason": self.reason, "elapsed_s": round(self.elapsed, 1),
-                "classes": self.job.get("classes"), "threads": self.threads, "last": last}
+                "classes": list(self.job.classes), "threads": self.threads, "last": last}

@@ -14,45 +14,11 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from .errors import OcapError
+from .finetune_spec import FinetuneSpec
 from .train import augment, predict_logits
 
 log = logging.getLogger(__name__)
 Progress = Callable[[Dict[str, Any]], None]
-
-
-@dataclass(frozen=True)
-class FinetuneSpec:
-    """SGD with momentum, step decay at 40% / 80% of the epochs (of the epochs that fit in the wall
-    budget, when one is set), distillation temperature t, weight β of the label loss, patience in
-    epochs, wall-clock budget (0: none), teacher-confidence filter, augmentation."""
-
-    epochs: int = 30
-    batch_size: int = 64
-    optimizer: str = "sgd"
-    lr: float = 0.01
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    temperature: float = 2.0
-    beta: float = 0.5
-    patience: int = 10
-    time_budget: float = 0.0
-    min_confidence: float = 0.0
-    recal_samples: int = 500
-    recalibrate: bool = True    # re-estimate BN statistics first (off when training a candidate further)
-    shift: int = 0              # augmentation (needs the teacher model): random shifts up to this many pixels
-    hflip: bool = False         # ... and random horizontal flips; the teacher labels each augmented batch
-    mixup: float = 0.0          # mixup distillation: blend image pairs (Beta(a, a) weights), teacher labels the blend
-    seed: int = 0
-
-    def __post_init__(self) -> None:
-        if self.epochs < 0 or self.batch_size < 1 or self.lr <= 0 or self.temperature <= 0:
-            raise OcapError(f"bad fine-tuning spec {self}")
-        if self.optimizer not in ("sgd", "adam"):
-            raise OcapError(f"optimizer must be 'sgd' or 'adam', got {self.optimizer!r}")
-        if not 0 <= self.beta <= 1:
-            raise OcapError(f"beta must be in [0, 1], got {self.beta}")
-        if self.mixup < 0:
-            raise OcapError(f"mixup must be >= 0 (0: off), got {self.mixup}")
 
 
 @dataclass

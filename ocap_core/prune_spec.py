@@ -5,7 +5,7 @@ from dataclasses import dataclass, field, replace
 from typing import Dict, Optional, Tuple
 
 from .errors import OcapError
-from .finetune import FinetuneSpec
+from .finetune_spec import FinetuneSpec
 from .search_spec import MIN_PER_CLASS, SearchSpec
 
 

@@ -10,7 +10,7 @@ import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Dict, FrozenSet, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, FrozenSet, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -23,6 +23,7 @@ from .errors import ServiceError
 from .events import EventLog
 from .model_slot import LoadedModel, ModelSlot, Predictions, load_model
 from .model_table import ModelTable
+from .recent_counts import RecentCounts
 from .request_stats import RequestStats
 from .sample_cache import SampleCache
 
@@ -117,6 +118,30 @@ class Server:
 
     def _load(self, path: str) -> LoadedModel:
         return load_model(path, providers=self.config.providers, threads=self.config.threads)
+
+    # -- what the control plane uses -----------------------------------------------------------
+    @property
+    def served(self) -> LoadedModel:
+        """The model answering requests now."""
+        return self.slot.current()
+
+    @property
+    def recent(self) -> RecentCounts:
+        """Per-second class counts of the recent past (served and teacher), for the policy checks."""
+        return self.class_log.recent
+
+    def record(self, kind: str, **detail: Any) -> None:
+        """Add an event to the events table (``ocapctl history``)."""
+        self.events.record(kind, **detail)
+
+    def recent_events(self, limit: int, kinds: Optional[Sequence[str]] = None,
+                      since: Optional[float] = None) -> List[Dict[str, Any]]:
+        """The latest events, newest first."""
+        return self.events.recent(limit, kinds=kinds, since=since)
+
+    def set_model_status(self, version: str, status: str) -> None:
+        """Mark a model version in the models table (``last_good``, ``retired``...)."""
+        self.models.set_status(version, status)
 
     @property
     def teacher(self) -> Optional[LoadedModel]:

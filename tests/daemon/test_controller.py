@@ -51,7 +51,7 @@ class StandInWorker:
         StandInWorker.started.append(self)
 
     def finish(self, candidate: Path) -> None:
-        out = Path(self.job["out"])
+        out = Path(self.job.out)
         shutil.copytree(str(candidate), str(out))
         self._end = ("done", {"candidate": str(out), "version": read_card(out).version})
 
@@ -179,8 +179,8 @@ def test_the_trigger_waits_for_stability_then_starts_a_worker_on_the_classes(rig
     rig.observe_stable()
     rig.ctl.tick()
     w = rig.worker()
-    assert w.job["classes"] == [1, 8] and set(w.job["class_freqs"]) == {1, 8}
-    with np.load(w.job["samples"]) as z:
+    assert w.job.classes == (1, 8) and set(w.job.class_freqs) == {1, 8} and w.job.rule == "personalize"
+    with np.load(w.job.samples) as z:
         assert len(z["x"]) == len(z["is_val"]) > 0
     assert rig.ctl.phase is Phase.PERSONALIZING and "worker running" in rig.ctl.status_line()
     assert [e["classes"] for e in rig.events("personalize_started")] == [[1, 8]]

@@ -1,0 +1,67 @@
+"""The controller-worker job contract: a typed, torch-free dataclass that round-trips through
+``job.json`` and refuses a bad field by name."""
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from daemon.errors import DaemonError
+from daemon.job import Job
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+def _job(**kw) -> Job:
+    return Job(**dict(dict(base="/m/base", samples="/j/samples.npz", classes=(1, 8), out="/j/candidate"), **kw))
+
+
+def test_a_job_round_trips_through_its_file(tmp_path):
+    job = _job(class_freqs={1: 0.25, 8: 0.75}, rule="personalize", threads=2, name="cnn-k2")
+    job.write(tmp_path / "job.json")
+    assert oct((tmp_path / "job.json").stat().st_mode & 0o777) == "0o600"
+    assert Job.read(tmp_path / "job.json") == job
+    assert json.loads((tmp_path / "job.json").read_text())["class_freqs"] == {"1": 0.25, "8": 0.75}
+
+
+def test_the_engine_specs_follow_the_rule():
+    search = _job(max_loss=2.0, time_budget=90.0, epochs=7).prune_spec()
+    assert search.rule == "search" and search.search.max_loss == 2.0 and search.search.time_budget == 90.0
+    assert search.finetune.time_budget == 0.0 and search.finetune.epochs == 7
+    fixed = _job(rule="personalize", time_budget=40.0).prune_spec()
+    assert fixed.finetune.time_budget == 40.0
+
+
+def test_threads_auto_is_zero():
+    assert Job.from_dict(dict(_job().to_dict(), threads="auto")).threads == 0
+
+
+@pytest.mark.parametrize("key,value,message", [
+    ("threads", "many", "threads = 'many'"), ("threads", -1, "threads = -1"), ("classes", [], "classes = []"),
+    ("classes", "1,8", "classes = '1,8'"), ("rule", "guess", "rule = 'guess'"), ("max_loss", "1", "max_loss = '1'"),
+    ("epochs", True, "epochs = True"), ("class_freqs", {"x": 1}, "keys must be class ids"),
+    ("colour", "red", "unknown key(s) colour"), ("base", "", "base = ''")])
+def test_a_bad_field_is_named(key, value, message):
+    with pytest.raises(DaemonError) as e:
+        Job.from_dict(dict(_job().to_dict(), **{key: value}))
+    assert message in str(e.value)
+
+
+def test_a_missing_key_and_a_broken_file_are_named(tmp_path):
+    d = _job().to_dict()
+    del d["out"]
+    with pytest.raises(DaemonError, match="missing out"):
+        Job.from_dict(d)
+    (tmp_path / "job.json").write_text("{")
+    with pytest.raises(DaemonError, match="job.json"):
+        Job.read(tmp_path / "job.json")
+
+
+def test_the_contract_and_the_engine_specs_load_without_torch():
+    code = ("import sys; import daemon.job, ocap_core.prune_spec, ocap_core.finetune_spec; "
+            "print(sorted(m for m in ('torch', 'torchvision', 'torch_pruning') if m in sys.modules))")
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(ROOT), timeout=120)
+    assert r.returncode == 0, r.stderr
+    assert r.stdout.strip() == "[]"

@@ -18,8 +18,11 @@ from typing import Any, Callable, Dict, List, Optional, Tuple, Union
 
 from ocap_core.errors import OcapError
 from ocap_core.package import Card, open_package
+from service.durations import EXAMPLES as DURATION_EXAMPLES
+from service.durations import SYNTAX as DURATION_SYNTAX
+from service.durations import DurationError, parse_duration
 from service.errors import ServiceError
-from service.sources import parse_mix
+from service.sources import MIX_SYNTAX, SOURCES, OptionError, parse_mix, summary
 
 from .errors import DaemonError
 
@@ -28,11 +31,6 @@ log = logging.getLogger(__name__)
 EXIT_CONFIG = 78                    # sysexits.h EX_CONFIG; listed in the unit's RestartPreventExitStatus=
 DEFAULT_PATH = Path("/etc/ocap/ocap.ini")
 SOURCE_PREFIX = "source:"
-SOURCE_TYPES = {
-    "replay": "replays a dataset at a set rate under a class-mix schedule (demos, benchmarks)",
-    "directory": "watches a spool directory; each new image file is classified, then deleted or moved",
-    "camera": "reads frames from an OpenCV camera (needs OpenCV)",
-}
 _SOURCE_NAME = re.compile(r"[A-Za-z0-9_-]+")
 _NO_DEFAULT_SECTION = "\n"          # a name no header can have: a [DEFAULT] section is then just unknown
 
@@ -44,29 +42,23 @@ class ConfigError(DaemonError):
 # ---- units -------------------------------------------------------------------------------------------
 
 _NUMBER = r"(\d+(?:\.\d*)?|\.\d+)"
-_DURATION_RE = re.compile(_NUMBER + r"\s*([A-Za-z]*)")
-_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "min": 60.0, "h": 3600.0, "d": 86400.0}
 _SIZE_RE = re.compile(_NUMBER + r"\s*([A-Za-z]*)")
 _SIZE_UNITS = {"b": 1, "kb": 1000, "mb": 1000 ** 2, "gb": 1000 ** 3, "tb": 1000 ** 4,
                "kib": 1024, "mib": 1024 ** 2, "gib": 1024 ** 3, "tib": 1024 ** 4}
-_DURATION_HELP = "a number with unit ms, s, min, h or d (e.g. 250ms, 10s, 30min, 1.5h, 1d); a bare number is seconds"
 _SIZE_HELP = "a number with unit B, KB, MB, GB (powers of 1000) or KiB, MiB, GiB (powers of 1024); a bare integer is bytes"
 
 
 def _duration(text: str) -> float:
-    """Seconds, or ValueError whose message is a short reason ("" when the general rule says it all)."""
-    m = _DURATION_RE.fullmatch(text.strip())
-    if not m:
-        raise ValueError("")
-    unit = m.group(2).lower() or "s"
-    if unit not in _DURATION_UNITS:
-        hint = "; write 'min' for minutes" if unit == "m" else ""
-        raise ValueError(f"unknown unit {m.group(2)!r}{hint}")
-    return float(m.group(1)) * _DURATION_UNITS[unit]
+    """Seconds (``service.durations``: the syntax the replay mixes use too), or ValueError whose
+    message is a short reason ("" when the general rule says it all)."""
+    try:
+        return parse_duration(text)
+    except DurationError as e:
+        raise ValueError(e.reason) from None
 
 
 def _size(text: str) -> int:
-    """Bytes, or ValueError with a short reason (see ``_duration``)."""
+    """Bytes, or ValueError whose message is a short reason ("" when the general rule says it all)."""
     m = _SIZE_RE.fullmatch(text.strip())
     if not m:
         raise ValueError("")
@@ -82,15 +74,6 @@ def _size(text: str) -> int:
     if value != value.to_integral_value():
         raise ValueError("not a whole number of bytes")
     return int(value)
-
-
-def parse_duration(text: str) -> float:
-    """``250ms``, ``10s``, ``30min``, ``2h``, ``1d``, ``1.5h`` or a bare number of seconds -> seconds.
-    ``m`` is refused: minutes or metres (or a typo for ms) cannot be told apart."""
-    try:
-        return _duration(text)
-    except ValueError as e:
-        raise ValueError(f"bad duration {text!r}: {e.args[0] or 'expected ' + _DURATION_HELP}") from None
 
 
 def parse_size(text: str) -> int:
@@ -175,13 +158,12 @@ _KINDS: Dict[str, Tuple[str, str, Callable[[str], Any]]] = {
     AUTO_FLOAT: ("auto or a number", "", _to_float),
     FLOAT: ("a number", "", _to_float),
     BOOL: ("yes or no", "(also true/false, on/off, 1/0)", _to_bool),
-    DURATION: ("a duration", "(e.g. 250ms, 10s, 30min, 2h, 1d; a bare number is seconds)", _duration),
+    DURATION: ("a duration", f"(e.g. {DURATION_EXAMPLES}; a bare number is seconds)", _duration),
     SIZE: ("a size", "(e.g. 100B, 64KiB, 512MB, 1GB; a bare integer is bytes)", _size),
     CHOICE: ("one of", "", str),
     LIST: ("a comma-separated list of", "", str),
     GROUP: ("an existing group name or empty", "", _to_group),
-    MIX: ("a class mix or empty", "(CLASS:SHARE,...@DURATION segments joined by ';', e.g. "
-          "0:0.5,3:0.5@10m; 0:0.4,9:0.6@5m; units s, m, h)", _to_mix),
+    MIX: ("a class mix or empty", f"({MIX_SYNTAX}; DURATION as for any duration)", _to_mix),
 }
 
 
@@ -261,6 +243,17 @@ def _k(section: str, name: str, kind: str, default: Optional[str], help: str, ra
                tuple(types.split("|")) if types else (), example)
 
 
+def _source_schema() -> Tuple[Key, ...]:
+    """The ``[source:NAME]`` keys, from the source registry (``service.sources.SOURCES``): ``type``, then
+    each type's options, so ``python -m service``'s flags and these keys cannot drift apart."""
+    keys = [_k("source", "type", CHOICE, None, "What feeds images to the model.", choices="|".join(SOURCES))]
+    for stype, cls in SOURCES.items():
+        for o in cls.options:
+            assert o.kind in _KINDS, f"source {stype}: option {o.name} has kind {o.kind!r}, unknown to the schema"
+            keys.append(Key("source", o.name, o.kind, o.default, o.help, o.range, o.choices, (stype,), o.example))
+    return tuple(keys)
+
+
 SCHEMA: Tuple[Key, ...] = (
     _k("daemon", "state_dir", PATH, "/var/lib/ocap", "Model store, database and rejected input files (systemd StateDirectory=)."),
     _k("daemon", "cache_dir", PATH, "/var/cache/ocap", "Sample cache used for personalization (systemd CacheDirectory=)."),
@@ -322,20 +315,7 @@ SCHEMA: Tuple[Key, ...] = (
     _k("privacy", "after_personalize", CHOICE, "keep", "What happens to cached samples after a successful run.", choices="keep|purge"),
 
     _k("store", "keep_versions", INT, "5", "Personalized model versions kept on disk (the base model is always kept).", ">= 1"),
-
-    _k("source", "type", CHOICE, None, "What feeds images to the model.", choices="replay|directory|camera"),
-    _k("source", "data", STR, "fashion-mnist", "Dataset to replay: fashion-mnist, an image folder or an .npz file.", types="replay"),
-    _k("source", "split", CHOICE, "test", "Split to replay: test (the data's own test set, else a seeded 1/7 per class), train, val or all (every image).", choices="train|val|test|all", types="replay"),
-    _k("source", "rate", FLOAT, "20", "Frames per second.", "> 0", types="replay"),
-    _k("source", "mix", MIX, "", "Class mix schedule, repeated in a cycle; empty: uniform over all classes.", types="replay"),
-    _k("source", "spool", PATH, None, "Directory watched for image files (PNG, JPEG, PGM, .npy, ...).", types="directory",
-       example="/var/spool/ocap"),
-    _k("source", "done_dir", OPTPATH, "", "Where handled files are moved; empty: they are deleted.", types="directory"),
-    _k("source", "reject_dir", OPTPATH, "", "Where unreadable files are moved; empty: STATE_DIR/rejected.", types="directory"),
-    _k("source", "interval", DURATION, "1s", "How often the spool directory is scanned.", "> 0", types="directory"),
-    _k("source", "device", STR, "0", "OpenCV camera: a device index or a GStreamer pipeline.", types="camera"),
-    _k("source", "rate", FLOAT, "10", "Most frames per second.", "> 0", types="camera"),
-)
+) + _source_schema()
 
 
 def section_keys(section: str) -> Dict[str, Key]:
@@ -588,13 +568,10 @@ def _source(section: str, raw: Dict[str, str], name: str, state_dir: Path) -> So
         if k.name not in raw and k.default is None:
             raise ConfigError(f"{name}: [{section}] {k.name}: missing; a {stype} source needs {k.expected()}")
         options[k.name] = _convert(k, raw.get(k.name, k.default or ""), f"{name}: [{section}] {k.name}")
-    if stype == "directory":
-        if options["reject_dir"] is None:
-            options["reject_dir"] = state_dir / "rejected"
-        for other in ("done_dir", "reject_dir"):
-            if options[other] == options["spool"]:
-                raise ConfigError(f"{name}: [{section}] {other} = {raw.get(other, '')!r}: must differ from "
-                                  f"spool ({options['spool']})")
+    try:
+        options = SOURCES[stype].settle(options, state_dir)
+    except OptionError as e:
+        raise ConfigError(_one_line(f"{name}: [{section}] {e.key} = {raw.get(e.key, str(e.value))!r}: {e.why}")) from None
     return SourceConfig(src, stype, options)
 
 
@@ -632,18 +609,6 @@ def _check_base(cfg: Config, name: str) -> Card:
                                     f"package: {e}")) from None
 
 
-def _check_mixes(cfg: Config, name: str, card: Card) -> None:
-    """A replay mix names classes of the base model: ids outside its class space are named."""
-    for src in cfg.sources.values():
-        mix = src.options.get("mix") if src.type == "replay" else ""
-        if mix:
-            try:
-                parse_mix(mix, len(card.class_names))
-            except ServiceError as e:
-                raise ConfigError(_one_line(f"{name}: [{SOURCE_PREFIX}{src.name}] mix = {mix!r}: {e} "
-                                            f"([model] base = {cfg.model.base})")) from None
-
-
 def load_config(path: Union[str, Path]) -> Config:
     """Read, validate and convert an INI file; any problem is a one-line ``ConfigError``."""
     path = Path(path)
@@ -659,7 +624,7 @@ def load_config(path: Union[str, Path]) -> Config:
     except OSError as e:
         raise ConfigError(_one_line(f"{name}: cannot read: {e.strerror or e}")) from None
     cfg = _build(_read_ini(text, name), name, path)
-    _check_mixes(cfg, name, _check_base(cfg, name))
+    _check_base(cfg, name)          # what the sources read, and their fit to the model: daemon.sources
     log.debug("configuration %s: %d source(s)", name, len(cfg.sources))
     return cfg
 
@@ -678,8 +643,8 @@ _HEADER = """\
 # a value starts a comment too (";" inside a value is part of it, as in a replay mix). A value fits on
 # one line. Unknown sections and keys are errors, not warnings, and so is a key or section given twice.
 # Key names are case-insensitive; section names and values are not.
-#   Durations: a number and a unit: 250ms, 10s, 30min, 1.5h, 2h, 1d; a bare number is seconds.
-#              "m" is not accepted (minutes? metres?): write "min".
+#   Durations: {durations}.
+#              Replay mixes read theirs the same way. Units are case-insensitive; "M" alone is refused.
 #   Sizes:     100B, 64KiB, 512MB, 1GB: KB/MB/GB are powers of 1000, KiB/MiB/GiB powers of 1024;
 #              a bare integer is bytes; units are case-insensitive.
 #   Booleans:  yes/no, true/false, on/off, 1/0.
@@ -704,15 +669,15 @@ def _key_lines(key: Key, prefix: str = "") -> List[str]:
 def render_example() -> str:
     """The annotated example INI (``systemd/ocap.ini``): every section and key with its help, type, range
     and default, set to the default so it parses to ``Config.defaults()``; sources as commented examples."""
-    out = [_HEADER.rstrip("\n")]
+    out = [_HEADER.format(durations=DURATION_SYNTAX).rstrip("\n")]
     for section in SECTIONS:
         out += ["", f"[{section}]"]
         for i, key in enumerate(section_keys(section).values()):
             out += ([""] if i else []) + _key_lines(key)
     out += ["", "", f"# [{SOURCE_PREFIX}NAME] sections: any number of input sources; NAME is letters, digits, "
             "'-' and '_'.", "# Each needs a type; the other keys depend on the type. Uncomment one to use it:"]
-    for stype, what in SOURCE_TYPES.items():
-        out += ["#", f"# [{SOURCE_PREFIX}{stype}-example]", f"# # A {stype} source {what}.", f"# type = {stype}"]
+    for stype, cls in SOURCES.items():
+        out += ["#", f"# [{SOURCE_PREFIX}{stype}-example]", f"# # {summary(cls)}", f"# type = {stype}"]
         for key in source_keys(stype).values():
             if key.name != "type":
                 out += _key_lines(key, "# ")

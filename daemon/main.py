@@ -13,20 +13,20 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, List, Optional, Sequence
 
 import numpy as np
 
-from ocap_core.data import Dataset
 from ocap_core.errors import OcapError
 from service.errors import ServiceError
 from service.server import Server, ServerConfig
+from service.sources import ThreadSource
 
 from .config import EXIT_CONFIG, Config, ConfigError, load_config
 from .controller import Controller
 from .errors import DaemonError
 from .notify import Notifier
-from .sources import build_sources, check_sources
+from .sources import Checked, build_sources, check_sources
 from .store import ModelStore
 
 log = logging.getLogger("ocapd")
@@ -81,15 +81,15 @@ def limit_malloc_arenas(n: int = 2) -> bool:
 
 
 class Daemon:
-    def __init__(self, cfg: Config, replay_data: Optional[Dict[str, Dataset]] = None) -> None:
+    def __init__(self, cfg: Config, replay_data: Optional[Checked] = None) -> None:
         self.cfg = cfg
-        self.replay_data = replay_data          # check_sources' result; None: checked at start
+        self.replay_data = replay_data          # check_sources' result (replay data and all); None: checked at start
         self.notifier = Notifier()
         self.stop_requested = threading.Event()
         self.reload_requested = threading.Event()
         self.server: Optional[Server] = None
         self.controller: Optional[Controller] = None
-        self.sources: List[Any] = []
+        self.sources: List[ThreadSource] = []
         self.scheduler: Any = None
 
     def start(self) -> None:

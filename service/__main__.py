@@ -1,5 +1,7 @@
 """``python -m service``: run the serving plane on its own (no control plane yet): serve a model,
-log class counts, fill the sample cache, answer the control socket, optionally replay a dataset."""
+log class counts, fill the sample cache, answer the control socket, optionally feed it from one input
+source. The source flags are made from the source registry (``service.sources.SOURCES``): each option
+of a type is a flag, as each is a key of an ocapd ``[source:NAME]`` section."""
 
 import argparse
 import logging
@@ -7,16 +9,50 @@ import signal
 import sys
 import threading
 from pathlib import Path
-from typing import Optional, Sequence
-
-import numpy as np
+from typing import Dict, List, Optional, Sequence, Tuple
 
 from ocap_core.errors import OcapError
+from ocap_core.package import Card
 
+from .durations import SYNTAX
 from .errors import ServiceError
+from .sources import (
+    DURATION,
+    MIX,
+    MIX_SYNTAX,
+    SOURCES,
+    Option,
+    OptionError,
+    RejectedFrames,
+    Sink,
+    SourceContext,
+    ThreadSource,
+    summary,
+)
+
+_KIND_NOTES = {MIX: MIX_SYNTAX, DURATION: SYNTAX}
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
+def _dest(flag: str) -> str:
+    return "source_" + flag[2:].replace("-", "_")
+
+
+def _flag_uses() -> Dict[str, List[Tuple[str, Option]]]:
+    """Each source flag and the (type, option) pairs that take it (``--rate``: replay and camera)."""
+    uses: Dict[str, List[Tuple[str, Option]]] = {}
+    for stype, cls in SOURCES.items():
+        for o in cls.options:
+            uses.setdefault(o.cli_flag, []).append((stype, o))
+    return uses
+
+
+def _option_help(o: Option) -> str:
+    allowed = f"one of {', '.join(o.choices)}" if o.choices else _KIND_NOTES.get(o.kind, "")
+    default = "required" if o.default is None else f"default {o.default or 'empty'}"
+    return f"{o.help.rstrip('.')}{'; ' + allowed if allowed else ''}; {default}"
+
+
+def build_parser() -> argparse.ArgumentParser:
     ap = argparse.ArgumentParser(prog="python -m service", description=__doc__)
     ap.add_argument("--model", default="fmnist-cnn", help="package name or directory")
     ap.add_argument("--base", help="the base (teacher) model when --model is a pruned one (default: --model)")
@@ -29,51 +65,55 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
                     "while a pruned model serves")
     ap.add_argument("--cache-per-class", type=int, default=256, help="cached samples per class")
     ap.add_argument("--cache-quota-mb", type=float, default=256.0, help="byte quota of the sample cache, in MiB")
-    ap.add_argument("--source", choices=["none", "replay", "directory", "camera"], default="none")
-    ap.add_argument("--data", default="fashion-mnist", help="replay: fashion-mnist, an image folder or an .npz")
-    ap.add_argument("--split", choices=("train", "val", "test", "all"), default="test",
-                    help="replay: the split of --data to replay (all: every image, for a small data set)")
-    ap.add_argument("--rate", type=float, default=20.0, help="replay: frames per second")
-    ap.add_argument("--mix", default="", help="replay: class mix schedule, e.g. '0:0.5,3:0.5@10m; 7:1@5m'")
-    ap.add_argument("--spool", help="directory: the folder to watch")
-    ap.add_argument("--done-dir", help="directory: move handled files here (default: delete them)")
-    ap.add_argument("--reject-dir", help="directory: unreadable files go here (default: STATE_DIR/rejected)")
-    ap.add_argument("--camera", default="0", help="camera: device index or GStreamer pipeline")
     ap.add_argument("--log-level", default="INFO")
-    args = ap.parse_args(argv)
+    group = ap.add_argument_group("input source", "one source feeds the model; its options as for ocapd's "
+                                                  "[source:NAME] keys")
+    group.add_argument("--source", choices=["none", *SOURCES], default="none",
+                       help="; ".join(f"{t}: {summary(cls).rstrip('.')}" for t, cls in SOURCES.items()))
+    for flag, uses in _flag_uses().items():
+        group.add_argument(flag, dest=_dest(flag), metavar=uses[0][1].name.upper(),
+                           help="; ".join(f"{t}: {_option_help(o)}" for t, o in uses))
+    return ap
+
+
+def build_source(args: argparse.Namespace, card: Card, sink: Sink, rejects: RejectedFrames) -> Optional[ThreadSource]:
+    """The source ``--source`` names, from its flags (``ServiceError`` naming the flag), or None."""
+    given = {flag: getattr(args, _dest(flag)) for flag in _flag_uses() if getattr(args, _dest(flag)) is not None}
+    cls = SOURCES.get(args.source)
+    flags = {o.name: o.cli_flag for o in (cls.options if cls else ())}
+    stray = sorted(set(given) - set(flags.values()))
+    if stray:
+        users = [t for t, _ in _flag_uses()[stray[0]]]
+        raise ServiceError(f"{stray[0]} is not used by --source {args.source} (only by {', '.join(users)})")
+    if cls is None:
+        return None
+    ctx = SourceContext(card, f"--base {args.base}" if args.base else f"--model {args.model}",
+                        lambda key, value: f"{flags[key]} {value}")
+    try:
+        options = {}
+        for o in cls.options:
+            text = given.get(o.cli_flag, o.default)
+            if text is None:
+                raise ServiceError(f"--source {args.source} needs {o.cli_flag} {o.name.upper()}: {o.help}")
+            options[o.name] = o.parse(text)
+        checked = cls.check(cls.settle(options, Path(args.state_dir)), ctx)
+    except OptionError as e:
+        raise ServiceError(f"{flags[e.key]} {e.value}: {e.why}") from None
+    return cls.create(checked, ctx, sink, rejects)
+
+
+def main(argv: Optional[Sequence[str]] = None) -> int:
+    args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
-    from ocap_core.data import load_dataset
-
     from .server import Server, ServerConfig
-    from .sources import CameraSource, DirectorySource, RejectedFrames, ReplaySource, data_misfit, parse_mix
 
     try:
         config = ServerConfig(providers=tuple(args.providers.split(",")), threads=args.threads,
                               flush_seconds=args.flush_seconds, teacher_share=args.teacher_share,
                               cache_per_class=args.cache_per_class, cache_quota=int(args.cache_quota_mb * 2 ** 20))
         server = Server(args.model, Path(args.state_dir), Path(args.socket), config, base=args.base)
-        source = None
-        rejects = RejectedFrames(args.source, server.events)
-        if args.source == "replay":
-            # in the model's class space: folder names map to its class ids, other labels are an error
-            data = load_dataset(args.data, args.split, class_names=server.base.card.class_names)
-            why = data_misfit(data.x, data.y, server.base.card)
-            if why:
-                raise ServiceError(f"--data {args.data}: {why}")
-            mix = parse_mix(args.mix or ",".join(f"{k}:1" for k in np.unique(data.y)) + "@1h",
-                            len(server.base.card.class_names))
-            source = ReplaySource(data.x, data.y, lambda img: server.infer(img[None]), args.rate, mix,
-                                  rejects=rejects)
-        elif args.source == "directory":
-            if not args.spool:
-                raise ServiceError("--source directory needs --spool DIR")
-            source = DirectorySource(Path(args.spool), server.infer,
-                                     Path(args.reject_dir or Path(args.state_dir) / "rejected"),
-                                     Path(args.done_dir) if args.done_dir else None, rejects=rejects)
-        elif args.source == "camera":
-            source = CameraSource(args.camera, server.infer, tuple(server.slot.current().card.input.shape),
-                                  rate=args.rate, rejects=rejects)
+        source = build_source(args, server.base.card, server.infer, RejectedFrames(args.source, server.events))
         done = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):
             signal.signal(sig, lambda *_: done.set())

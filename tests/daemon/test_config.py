@@ -15,14 +15,15 @@ from daemon.config import (
     Config,
     ConfigError,
     load_config,
-    parse_duration,
     parse_size,
     render_example,
     section_keys,
     source_keys,
 )
 from daemon.errors import DaemonError
+from service.sources import SOURCES, parse_mix
 from tests.helpers import ROOT
+from tests.service.test_durations import ACCEPTED
 
 EXAMPLE = ROOT / "systemd" / "ocap.ini"
 REGENERATE = ("python -c 'import sys, daemon.config as c; sys.stdout.write(c.render_example())' "
@@ -41,24 +42,15 @@ def _no_path(cfg: Config) -> Config:
 
 # ---- units ---------------------------------------------------------------------------------------------
 
-@pytest.mark.parametrize("text, seconds", [
-    ("250ms", 0.25), ("10s", 10), ("30min", 1800), ("2h", 7200), ("1d", 86400), ("1.5h", 5400),
-    ("5", 5), ("0.5", 0.5), (".5s", 0.5), ("10 s", 10), ("2H", 7200), (" 3min ", 180), ("0", 0),
-])
-def test_parse_duration(text, seconds):
-    assert parse_duration(text) == pytest.approx(seconds)
-
-
-@pytest.mark.parametrize("text", ["", "m", "10m", "10 sec", "-5s", "1e3s", "abc", "5min 3s", "nan", "inf",
-                                  "10ms5", "1,5h", "h"])
-def test_parse_duration_rejects(text):
-    with pytest.raises(ValueError, match="bad duration"):
-        parse_duration(text)
-
-
-def test_minutes_are_min_not_m():
-    with pytest.raises(ValueError, match="write 'min' for minutes"):
-        parse_duration("10m")
+@pytest.mark.parametrize("text, seconds", [(t, s) for t, s in ACCEPTED if s > 0])
+def test_an_ini_duration_and_a_mix_duration_read_alike(tmp_path, text, seconds):
+    """Issue 14: a mix took ``10m`` where an INI duration refused it; both use ``service.durations``
+    (its own tests: tests/service/test_durations.py)."""
+    path = _write(tmp_path, f"[stability]\nwindow = {text}\n[source:r]\ntype = replay\nmix = 0:1@{text}\n"
+                            f"[source:d]\ntype = directory\nspool = /srv/spool\ninterval = {text}\n")
+    cfg = load_config(path)
+    mix = parse_mix(cfg.sources["r"].options["mix"], 10)
+    assert cfg.stability.window == mix[0][2] == cfg.sources["d"].options["interval"] == pytest.approx(seconds)
 
 
 @pytest.mark.parametrize("text, size", [
@@ -99,13 +91,13 @@ def test_every_schema_key_is_documented_in_the_example():
         for key in section_keys(section).values():
             assert re.search(rf"^# {re.escape(key.help)}\n# .*\n{key.name} = ?{re.escape(key.default)}$", body, re.M), \
                 (section, key.name)
-    for stype in ("replay", "directory", "camera"):
+    for stype in SOURCES:
         block = text.split(f"# [source:{stype}-example]\n", 1)[1].split("\n#\n", 1)[0]
         for key in source_keys(stype).values():
             assert re.search(rf"^# {key.name} =", block, re.M), (stype, key.name)
 
 
-@pytest.mark.parametrize("stype", ["replay", "directory", "camera"])
+@pytest.mark.parametrize("stype", list(SOURCES))
 def test_each_commented_source_example_works_when_uncommented(tmp_path, stype):
     text = EXAMPLE.read_text(encoding="utf-8")
     block = text.split(f"# [source:{stype}-example]\n", 1)[1].split("\n#\n", 1)[0]
@@ -303,7 +295,8 @@ BAD = [
     ("unknown-rule", "[personalize]\nrule = smallest\n", ["[personalize] rule", "'smallest'", "search, personalize"]),
     ("float-below-min", "[gate]\nmin_speedup = 0.9\n", ["[gate] min_speedup", "'0.9'", ">= 1.0"]),
     ("zero-duration", "[log]\nflush_interval = 0s\n", ["[log] flush_interval", "'0s'", "duration > 0"]),
-    ("duration-unit-m", "[stability]\nwindow = 10m\n", ["[stability] window", "'10m'", "write 'min'"]),
+    ("duration-unit-M", "[stability]\nwindow = 10M\n", ["[stability] window", "'10M'", "write 'min'"]),
+    ("duration-unit-sec", "[stability]\nwindow = 10 sec\n", ["[stability] window", "unknown unit 'sec'"]),
     ("negative-duration", "[drift]\ncooldown = -5min\n", ["[drift] cooldown", "'-5min'", "duration >= 0"]),
     ("bad-duration", "[log]\nretention = forever\n", ["[log] retention", "'forever'", "30min"]),
     ("bad-size", "[privacy]\ncache_quota = lots\n", ["[privacy] cache_quota", "'lots'", "a size >= 1MB"]),
@@ -320,7 +313,8 @@ BAD = [
     ("corrupt-card", "[model]\nbase = {corrupt}\n", ["[model] base", "card.json", "not valid JSON"]),
     ("tampered-weights", "[model]\nbase = {tampered}\n", ["[model] base", "sha256"]),
     ("mix-syntax", SRC + "mix = 0:0.5,3:0.5\n", ["[source:a] mix", "'0:0.5,3:0.5'", "CLASS:SHARE"]),
-    ("mix-class-range", SRC + "mix = 12:1@1m\n", ["[source:a] mix", "'12:1@1m'", "0..9"]),
+    ("mix-zero-duration", SRC + "mix = 0:1@0s\n", ["[source:a] mix", "'0:1@0s'", "duration must be > 0"]),
+    ("mix-duration-unit-M", SRC + "mix = 0:1@10M\n", ["[source:a] mix", "'0:1@10M'", "write 'min'"]),
     ("replay-rate-zero", SRC + "rate = 0\n", ["[source:a] rate", "'0'", "> 0"]),
     ("replay-split", SRC + "split = every\n", ["[source:a] split", "'every'", "train, val, test, all"]),
     ("camera-rate-negative", "[source:c]\ntype = camera\nrate = -1\n", ["[source:c] rate", "'-1'", "> 0"]),

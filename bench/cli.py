@@ -1,4 +1,5 @@
-"""``ocap bench``: parse the benchmark's options, run it, write docs/benchmarks.md (and a plot)."""
+"""``ocap bench``: the benchmark's options (``add_commands`` adds the command to the ``ocap`` parser that
+``ocap_cli`` composes), run it, write docs/benchmarks.md (and a plot)."""
 
 import argparse
 import os
@@ -9,6 +10,7 @@ from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
+from ocap_core.cli import add_command
 from ocap_core.errors import OcapError
 
 from . import quality, report
@@ -76,7 +78,7 @@ def time_resnet20_prune(threads: int, seed: int) -> Dict[str, Any]:
                            "threads": threads, "loadavg": round(os.getloadavg()[0], 2)}
     with tempfile.TemporaryDirectory() as tmp, tempfile.TemporaryFile() as err:
         t0 = time.perf_counter()
-        proc = subprocess.Popen([sys.executable, "-m", "ocap_core", "prune", "--model", "fmnist-resnet20", "--classes",
+        proc = subprocess.Popen([sys.executable, "-m", "ocap_cli", "prune", "--model", "fmnist-resnet20", "--classes",
                                  ",".join(map(str, quality.PRUNE_CLI_CLASSES)), "--threads", str(threads), "--seed",
                                  str(seed), "--out", f"{tmp}/c", "--quiet"],
                                 cwd=str(ROOT), env=env, stdout=subprocess.DEVNULL, stderr=err)
@@ -88,6 +90,35 @@ def time_resnet20_prune(threads: int, seed: int) -> Dict[str, Any]:
             tail = err.read().decode(errors="replace").strip().splitlines()
             row["error"] = f"exit {proc.returncode}: {tail[-1] if tail else ''}"
     return row
+
+
+def add_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("which", choices=["quality", "serving", "loop", "load", "soak", "reliability", "security", "threads",
+                                     "all", "summary"],
+                   help="which benchmark (all: every one, then a summary; summary: only the summary)")
+    p.add_argument("--quick", action="store_true", help="small, CI-friendly run (one model, fewer subsets)")
+    p.add_argument("--models", help="comma-separated shipped models (default: all four)")
+    p.add_argument("--ks", default="2,3,5", help="numbers of observed classes")
+    p.add_argument("--subsets", type=int, default=4, help="class subsets per K")
+    p.add_argument("--methods", help="comma-separated methods (default: all)")
+    p.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs per run")
+    p.add_argument("--samples-per-class", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--time-budget", type=float, default=0.0,
+                   help="search wall seconds per run (0: the daemon's default; quick runs: 30)")
+    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument("--workers", type=int, default=2, help="runs in parallel (one process each)")
+    p.add_argument("--out", default="docs/benchmarks.md", help="markdown file whose section is replaced")
+    p.add_argument("--rows", help="resumable rows file: rows in it are skipped, tables built from all "
+                                  "(default for full runs: docs/quality-rows.jsonl)")
+
+
+HELP = "run a benchmark and write its figures to docs/benchmarks.md"
+
+
+def add_commands(sub: Any) -> None:
+    """``ocap bench``, added to the ``ocap`` parser's subcommands."""
+    add_command(sub, "bench", add_arguments, run_bench, HELP)
 
 
 def run_bench(args: argparse.Namespace) -> int:

@@ -25,7 +25,7 @@ def run_one(classes: str, shares: str, drift: str, model: str, seed: int, busy: 
     try:
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
-            r = subprocess.run([sys.executable, "-m", "ocap_core", "demo", "--model", model, "--classes", classes,
+            r = subprocess.run([sys.executable, "-m", "ocap_cli", "demo", "--model", model, "--classes", classes,
                                 "--shares", shares, "--drift-class", drift, "--seed", str(seed), "--out", tmp,
                                 "--json"], capture_output=True, text=True, cwd=str(ROOT), timeout=900)
             wall = time.perf_counter() - t0

@@ -28,6 +28,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from ocap_core import strict_json
+from ocap_core.cli import add_command
 from ocap_core.errors import OcapError
 from service.sources import ThreadSource
 
@@ -465,9 +466,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="also print the summary as JSON")
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    ap = argparse.ArgumentParser(prog="ocap demo", description=__doc__.split("\n\n")[0])
-    add_arguments(ap)
-    args = ap.parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, stream=sys.stderr)
-    return run_demo(args)
+HELP = "run the whole loop: ocapd on the shipped model, a replayed skewed class mix"
+
+
+def add_commands(sub: Any) -> None:
+    """``ocap demo``, added to the ``ocap`` parser's subcommands (``ocap_cli`` composes the parser)."""
+    add_command(sub, "demo", add_arguments, run_demo, HELP)

@@ -1,4 +1,7 @@
-"""``ocap``: offline tools (models, train, eval, import). Parses arguments, calls the library, prints.
+"""The algorithms package's ``ocap`` commands (models, train, eval, import, prune): each parses its
+arguments, calls the library, prints. ``add_commands`` adds them to a parser; ``ocap_cli`` composes the
+whole ``ocap`` command from them and the control plane's and benchmarks' commands, so this package
+imports neither ``daemon`` nor ``bench``. ``python -m ocap_core`` runs these commands alone.
 
 torch is imported only by the commands that need it, so ``ocap eval`` and ``ocap models`` run on a
 torch-free install.
@@ -245,26 +248,6 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def cmd_bench(args: argparse.Namespace) -> int:
-    try:
-        from bench.cli import run_bench
-    except ImportError as e:
-        raise OcapError(f"`ocap bench` runs from a source checkout (the bench/ folder is not installed): {e}") from e
-    return run_bench(args)
-
-
-def cmd_demo(args: argparse.Namespace) -> int:
-    from daemon.demo import run_demo  # the control plane's demo (torch-free)
-
-    return run_demo(args)
-
-
-def _add_demo(p: argparse.ArgumentParser) -> None:
-    from daemon.demo import add_arguments
-
-    add_arguments(p)
-
-
 def _stage_printer(ev: Dict[str, Any]) -> None:
     if ev["event"] == "stage":
         print(f"  {ev['stage']:<9} {ev['seconds']:7.2f} s", file=sys.stderr)
@@ -383,60 +366,62 @@ def _add_prune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
-def _add_bench(p: argparse.ArgumentParser) -> None:
-    p.add_argument("which", choices=["quality", "serving", "loop", "load", "soak", "reliability", "security", "threads",
-                                     "all", "summary"],
-                   help="which benchmark (all: every one, then a summary; summary: only the summary)")
-    p.add_argument("--quick", action="store_true", help="small, CI-friendly run (one model, fewer subsets)")
-    p.add_argument("--models", help="comma-separated shipped models (default: all four)")
-    p.add_argument("--ks", default="2,3,5", help="numbers of observed classes")
-    p.add_argument("--subsets", type=int, default=4, help="class subsets per K")
-    p.add_argument("--methods", help="comma-separated methods (default: all)")
-    p.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs per run")
-    p.add_argument("--samples-per-class", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--time-budget", type=float, default=0.0,
-                   help="search wall seconds per run (0: the daemon's default; quick runs: 30)")
-    p.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    p.add_argument("--workers", type=int, default=2, help="runs in parallel (one process each)")
-    p.add_argument("--out", default="docs/benchmarks.md", help="markdown file whose section is replaced")
-    p.add_argument("--rows", help="resumable rows file: rows in it are skipped, tables built from all "
-                                  "(default for full runs: docs/quality-rows.jsonl)")
+AddArguments = Callable[[argparse.ArgumentParser], None]
+Handler = Callable[[argparse.Namespace], int]
 
-
-COMMANDS: Dict[str, Tuple[Callable[[argparse.ArgumentParser], None], Callable[[argparse.Namespace], int], str]] = {
+COMMANDS: Dict[str, Tuple[AddArguments, Handler, str]] = {
     "models": (_add_models, cmd_models, "list the shipped model packages and architectures"),
     "train": (_add_train, cmd_train, "train a base model and write a model package"),
     "eval": (_add_eval, cmd_eval, "evaluate a model package on labelled images (default: the test split)"),
     "import": (_add_import, cmd_import, "turn a user's trained torch model into a model package"),
     "prune": (_add_prune, cmd_prune, "personalize a base model for observed classes (prune + fine-tune)"),
-    "bench": (_add_bench, cmd_bench, "run a benchmark and write its figures to docs/benchmarks.md"),
-    "demo": (_add_demo, cmd_demo, "run the whole loop: ocapd on the shipped model, a replayed skewed class mix"),
 }
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="ocap", description="ocap offline tools")
+def new_parser(description: str) -> Tuple[argparse.ArgumentParser, Any]:
+    """The ``ocap`` parser without commands, and the subparsers action each package adds its commands to
+    (``add_command``): the algorithms' here, the demo's and the benchmarks' in ``ocap_cli``."""
+    parser = argparse.ArgumentParser(prog="ocap", description=description)
     parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     sub.required = True
+    return parser, sub
+
+
+def add_command(sub: Any, name: str, add: AddArguments, handler: Handler, help_text: str) -> None:
+    """One ``ocap NAME`` command: its arguments (``add``) and the function that runs it."""
+    p = sub.add_parser(name, help=help_text, description=help_text)
+    add(p)
+    p.set_defaults(handler=handler)
+
+
+def add_commands(sub: Any) -> None:
+    """The algorithms package's commands: models, train, eval, import, prune."""
     for name, (add, handler, help_text) in COMMANDS.items():
-        p = sub.add_parser(name, help=help_text, description=help_text)
-        add(p)
-        p.set_defaults(handler=handler)
+        add_command(sub, name, add, handler, help_text)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    """The algorithms package's commands only (``python -m ocap_core``); the ``ocap`` command, with
+    ``demo`` and ``bench`` too, is ``ocap_cli``'s."""
+    parser, sub = new_parser("ocap offline tools: the algorithms package's commands (`ocap`, or python -m "
+                             "ocap_cli, also has demo and bench)")
+    add_commands(sub)
     return parser
 
 
-def main(argv: Optional[Sequence[str]] = None) -> int:
-    """``ocap``; quiet (exit 141) when stdout is a pipe closed early (``ocap eval ... | head -1``)."""
+def main(argv: Optional[Sequence[str]] = None,
+         build: Callable[[], argparse.ArgumentParser] = build_parser) -> int:
+    """Parse ``argv`` with the parser ``build`` makes, run the chosen command's handler, exit 1 with one
+    line on an OcapError; quiet (exit 141) when stdout is a pipe closed early (``ocap eval ... | head -1``)."""
     from .closed_pipe import quiet_on_closed_pipe
 
-    return quiet_on_closed_pipe(lambda: _main(argv))
+    return quiet_on_closed_pipe(lambda: _main(argv, build))
 
 
-def _main(argv: Optional[Sequence[str]]) -> int:
+def _main(argv: Optional[Sequence[str]], build: Callable[[], argparse.ArgumentParser]) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
-    args = build_parser().parse_args(argv)
+    args = build().parse_args(argv)
     args.argv = argv
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.WARNING, stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")

@@ -7,4 +7,4 @@ set -euo pipefail
 . "$(dirname "$0")/env.sh"
 ensure_fashion_mnist
 V311=$(make_venv "$PY311" cpu,torch,dev,examples)   # the same venv as scripts/test.sh
-"$V311/bin/python" -m ocap_core demo "$@"
+"$V311/bin/python" -m ocap_cli demo "$@"

@@ -10,8 +10,8 @@ V311=$(make_venv "$PY311" cpu,torch,dev,examples) || exit 1
 stamp() { echo "== $(date +%H:%M:%S) $*" >&2; }
 results=()
 stamp "lint: ruff and vermin (Python 3.8 syntax)"
-"$V311/bin/ruff" check ocap_core service daemon tests bench examples \
-    && "$V311/bin/vermin" --target=3.8- --violations --no-tips --eval-annotations -q ocap_core service daemon tests bench examples
+"$V311/bin/ruff" check ocap_core ocap_cli service daemon tests bench examples \
+    && "$V311/bin/vermin" --target=3.8- --violations --no-tips --eval-annotations -q ocap_core ocap_cli service daemon tests bench examples
 lint=$?
 results+=("lint: $([ $lint = 0 ] && echo passed || echo FAILED)")
 # -v: each test's name is printed as it starts, so a long one shows what is running

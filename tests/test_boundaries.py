@@ -1,4 +1,6 @@
-"""The serving and control planes never import torch (a Jetson Nano shares 4 GB between CPU and GPU)."""
+"""The serving and control planes never import torch (a Jetson Nano shares 4 GB between CPU and GPU), and
+the algorithms package never imports the control plane or the benchmarks (``ocap_cli`` composes the
+``ocap`` command above all three)."""
 
 import importlib.util
 import json
@@ -18,11 +20,15 @@ def _modules(package: str) -> list:
                               if p.stem not in ("__init__", "__main__", "worker"))
 
 
-def _loaded_after_import(modules: list) -> dict:
+def _loaded_after_import(modules: list, tops: tuple = ("torch",), then: str = "") -> list:
+    """The modules of the top-level packages ``tops`` loaded in a fresh interpreter once ``modules`` are
+    imported (and the statement ``then`` has run)."""
     code = ("import importlib, json, sys\n"
             f"for m in {modules!r}: importlib.import_module(m)\n"
-            "print(json.dumps(sorted(k for k in sys.modules if k == 'torch' or k.startswith('torch.'))))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=str(ROOT), capture_output=True, text=True, check=True)
+            f"{then}\n"
+            f"print(json.dumps(sorted(k for k in sys.modules if k.split('.')[0] in {tops!r})))")
+    out = subprocess.run([sys.executable, "-c", code], cwd=str(ROOT), capture_output=True, text=True)
+    assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 
 
@@ -34,6 +40,25 @@ def test_service_and_daemon_never_import_torch():
 
 def test_torch_free_core_modules_never_import_torch():
     assert _loaded_after_import(TORCH_FREE_CORE) == []
+
+
+def test_the_algorithms_package_and_its_cli_load_neither_the_control_plane_nor_the_benchmarks():
+    """Building ``python -m ocap_core``'s parser included; ``ocap demo`` and ``ocap bench`` are added by
+    ``ocap_cli``, above the packages."""
+    build = "import ocap_core.cli; ocap_core.cli.build_parser()"
+    assert _loaded_after_import(TORCH_FREE_CORE, ("daemon", "bench", "ocap_cli"), then=build) == []
+
+
+@pytest.mark.torch
+@pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
+def test_no_module_of_the_algorithms_package_loads_the_control_plane_or_the_benchmarks():
+    assert _loaded_after_import(_modules("ocap_core"), ("daemon", "bench", "ocap_cli")) == []
+
+
+def test_the_ocap_command_has_every_packages_commands_and_the_check_sees_them():
+    """The detector works, and ``ocap_cli`` adds demo (the control plane) and bench (the benchmarks)."""
+    loaded = _loaded_after_import(["ocap_cli"], ("daemon", "bench"), then="import ocap_cli; ocap_cli.build_parser()")
+    assert "daemon.demo" in loaded and "bench.cli" in loaded
 
 
 @pytest.mark.torch

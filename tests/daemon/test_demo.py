@@ -48,7 +48,7 @@ def test_too_few_classes_present_for_a_demo():
 
 def test_data_that_does_not_fit_the_model_is_refused_before_ocapd_starts(tmp_path):
     np.savez(tmp_path / "small.npz", x=np.zeros((40, 16, 16), np.uint8), y=np.arange(40) % 10)
-    r = subprocess.run([sys.executable, "-m", "ocap_core", "demo", "--data", str(tmp_path / "small.npz")],
+    r = subprocess.run([sys.executable, "-m", "ocap_cli", "demo", "--data", str(tmp_path / "small.npz")],
                        cwd=str(ROOT), capture_output=True, text=True, timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "small.npz: images are 16x16 (1 channel), the model fmnist-cnn takes 28x28 (1 channel)" in r.stderr

@@ -26,22 +26,22 @@ def test_a_users_model_and_data_end_to_end(tmp_path):
     pytest.importorskip("sklearn")
     run(EXAMPLE / "make_data.py", tmp_path, cwd=tmp_path)
     run(EXAMPLE / "train.py", tmp_path, 8, cwd=tmp_path)
-    run("-m", "ocap_core", "import", "--arch", f"{EXAMPLE / 'net.py'}:DigitNet", "--weights", "digitnet.pt",
+    run("-m", "ocap_cli", "import", "--arch", f"{EXAMPLE / 'net.py'}:DigitNet", "--weights", "digitnet.pt",
         "--input-shape", "1,16,16", "--preset", "unit", "--classes", "classes.txt", "--out", "digitnet", cwd=tmp_path)
     card = json.loads((tmp_path / "digitnet" / "card.json").read_text())
     assert card["class_names"][7] == "seven" and card["input"]["shape"] == [1, 16, 16]
 
-    ev = json.loads(run("-m", "ocap_core", "eval", "--model", "digitnet", "--data", "digits.npz", "--split", "all",
+    ev = json.loads(run("-m", "ocap_cli", "eval", "--model", "digitnet", "--data", "digits.npz", "--split", "all",
                         "--json", cwd=tmp_path).stdout)
     assert ev["images"] == 1797 and ev["accuracy"] > 0.85, ev
 
     # a small data set holds back few images: a 1-point budget cannot be shown on them, 5 points can
-    r = run("-m", "ocap_core", "prune", "--model", "digitnet", "--data", "digits.npz", "--classes", "1,4,7",
+    r = run("-m", "ocap_cli", "prune", "--model", "digitnet", "--data", "digits.npz", "--classes", "1,4,7",
             "--max-loss", "5", "--time-budget", "60", "--out", "digit-147", "--json", cwd=tmp_path)
     pruned = json.loads(r.stdout)
     assert pruned["mac_reduction"] > 1.4 and pruned["class_ids"] == [1, 4, 7]
 
-    r = run("-m", "ocap_core", "demo", "--model", "digitnet", "--data", "digits.npz", "--max-loss", "5",
+    r = run("-m", "ocap_cli", "demo", "--model", "digitnet", "--data", "digits.npz", "--max-loss", "5",
             "--report", "report", "--json", cwd=tmp_path, timeout=900)
     summary = json.loads(r.stdout[r.stdout.index("{\n"):])
     assert summary["deployed"] and summary["probation"] == "probation_passed" and summary["drift_reverted"]

@@ -1,11 +1,13 @@
 import json
+import subprocess
+import sys
 
 import numpy as np
 import pytest
 
 from ocap_core.data import load_dataset
 from ocap_core.package import open_package
-from tests.helpers import SHIPPED, run_cli
+from tests.helpers import ROOT, SHIPPED, run_cli
 
 
 def test_eval_json_reports_the_card_accuracy():
@@ -96,3 +98,26 @@ def test_models_lists_the_shipped_packages():
     r = run_cli("models", "--json")
     assert r.returncode == 0, r.stderr
     assert [m["name"] for m in json.loads(r.stdout)["models"]] == SHIPPED
+
+
+def _commands(module: str) -> list:
+    """The COMMAND choices ``python -m MODULE --help`` lists."""
+    r = subprocess.run([sys.executable, "-m", module, "--help"], cwd=str(ROOT), capture_output=True, text=True,
+                       timeout=120)
+    assert r.returncode == 0, r.stderr
+    block = r.stdout.split("  COMMAND\n", 1)[1].split("\n\n")[0]
+    return [line.split()[0] for line in block.splitlines() if line.startswith("    ") and not line.startswith("     ")]
+
+
+def test_ocap_has_every_packages_commands_and_python_m_ocap_core_the_algorithms_alone():
+    everything = _commands("ocap_cli")
+    assert everything == ["models", "train", "eval", "import", "prune", "bench", "demo"]
+    assert _commands("ocap_core") == everything[:5]
+
+
+def test_ocap_bench_without_the_bench_folder_says_where_it_runs():
+    """An installed ocap has no bench/: the command stays and says so, in one line."""
+    code = "import sys; sys.modules['bench'] = None; from ocap_cli import main; sys.exit(main(['bench', 'quality']))"
+    r = subprocess.run([sys.executable, "-c", code], cwd=str(ROOT), capture_output=True, text=True, timeout=120)
+    assert r.returncode == 1 and "Traceback" not in r.stderr
+    assert "ocap bench: error: `ocap bench` runs from a source checkout" in r.stderr, r.stderr

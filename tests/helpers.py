@@ -11,9 +11,9 @@ TARGETS = {"fmnist-cnn": 0.91, "fmnist-resnet20": 0.925, "fmnist-mobilenetv2": 0
 
 
 def run_cli(*args: str, env=None, timeout: float = 600) -> subprocess.CompletedProcess:
-    """Run ``python -m ocap_core ARGS`` as a real subprocess from the repository root."""
+    """Run ``ocap ARGS`` (``python -m ocap_cli``) as a real subprocess from the repository root."""
     full_env = dict(os.environ)
     full_env["PYTHONPATH"] = str(ROOT) + os.pathsep + full_env.get("PYTHONPATH", "")
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "ocap_core", *args], capture_output=True, text=True,
+    return subprocess.run([sys.executable, "-m", "ocap_cli", *args], capture_output=True, text=True,
                           cwd=str(ROOT), env=full_env, timeout=timeout)

@@ -11,7 +11,7 @@ import configparser
 import logging
 import math
 import re
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple, Union
@@ -24,7 +24,11 @@ from service.durations import DurationError, parse_duration
 from service.errors import ServiceError
 from service.sources import MIX_SYNTAX, SOURCES, OptionError, parse_mix, summary
 
+from . import settings
 from .errors import DaemonError
+from .gate import GateConfig
+from .stability import StabilityConfig
+from .watch import DriftConfig, ProbationConfig
 
 log = logging.getLogger(__name__)
 
@@ -223,24 +227,23 @@ class Key:
 
     def _bounds(self) -> Tuple[Any, bool, Any, bool]:
         """``range`` -> (low, low exclusive, high, high exclusive), bounds converted like values."""
-        r = self.range.replace(" ", "")
-        if not r:
-            return None, False, None, False
-        conv = _KINDS[self.kind][2]
-        m = re.fullmatch(r"(>=|>|<=|<)(.+)", r)
-        if m:
-            op, bound = m.group(1), conv(m.group(2))
-            return (bound, op == ">", None, False) if op[0] == ">" else (None, False, bound, op == "<")
-        m = re.fullmatch(r"([\[(])(.+),(.+)([\])])", r) or re.fullmatch(r"()(.+)\.\.(.+)()", r)
-        if not m:
-            raise AssertionError(f"schema: bad range {self.range!r} for {self.section} {self.name}")
-        return conv(m.group(2)), m.group(1) == "(", conv(m.group(3)), m.group(4) == ")"
+        try:
+            return settings.bounds(self.range, _KINDS[self.kind][2])
+        except ValueError:
+            raise AssertionError(f"schema: bad range {self.range!r} for {self.section} {self.name}") from None
 
 
 def _k(section: str, name: str, kind: str, default: Optional[str], help: str, range: str = "",
        choices: str = "", types: str = "", example: str = "") -> Key:
     return Key(section, name, kind, default, help, range, tuple(choices.split("|")) if choices else (),
                tuple(types.split("|")) if types else (), example)
+
+
+def _declared_keys(section: str, cls: type) -> Tuple[Key, ...]:
+    """A policy section's keys from its dataclass's declarations (``daemon/settings.py``): the policy
+    module says once what each key is, its default and its range."""
+    return tuple(Key(section, name, d["kind"], settings.default_text(d["kind"], d["default"]), d["help"], d["range"])
+                 for name, d in settings.declared(cls).items())
 
 
 def _source_schema() -> Tuple[Key, ...]:
@@ -271,14 +274,7 @@ SCHEMA: Tuple[Key, ...] = (
     _k("log", "retention", DURATION, "30d", "How long class-log rows are kept.", "> 0"),
     _k("log", "low_confidence", FLOAT, "0.5", "A prediction whose top probability is below this counts as low-confidence.", "[0, 1]"),
 
-    _k("stability", "window", DURATION, "10min", "Length of one window of the class histogram.", "> 0"),
-    _k("stability", "windows", INT, "3", "Consecutive windows that must agree before the class set counts as stable.", ">= 2"),
-    _k("stability", "min_predictions", INT, "200", "Fewest predictions a window needs to count.", ">= 1"),
-    _k("stability", "coverage", FLOAT, "0.95", "Share of a window's predictions the chosen classes must cover.", "(0, 1]"),
-    _k("stability", "min_share", FLOAT, "0.02", "A class with a smaller share of a window is left out.", "[0, 1)"),
-    _k("stability", "js_threshold", FLOAT, "0.1", "Largest Jensen-Shannon divergence between consecutive windows that still counts as stable.", "(0, 1]"),
-    _k("stability", "max_classes", INT, "5", "Most classes a personalized model may keep.", ">= 1"),
-    _k("stability", "check_interval", DURATION, "30s", "How often stability is evaluated.", "> 0"),
+    *_declared_keys("stability", StabilityConfig),
 
     _k("personalize", "enabled", BOOL, "yes", "Personalize automatically once the class set is stable (no: only when asked with ocapctl)."),
     _k("personalize", "scorer", CHOICE, "ocap", "Channel-importance scorer used for pruning.", choices="ocap|ocap-freq|cap|l1|random"),
@@ -296,20 +292,11 @@ SCHEMA: Tuple[Key, ...] = (
     _k("personalize", "min_free_memory", SIZE, "512MB", "No run starts with less free memory than this.", ">= 0"),
     _k("personalize", "max_serving_p99", DURATION, "50ms", "No run starts while the 99th percentile serving latency is above this.", "> 0"),
 
-    _k("gate", "min_agreement", AUTO_FLOAT, "auto", "Least agreement with the base model on held-back samples to swap in (auto: 1 - 2 x max_loss/100).", "[0, 1]"),
-    _k("gate", "min_speedup", FLOAT, "1.1", "Least measured speedup over the base model for a candidate to be swapped in.", ">= 1.0"),
-    _k("gate", "latency_runs", INT, "200", "Timed inferences per model when measuring the speedup.", ">= 10"),
+    *_declared_keys("gate", GateConfig),
 
-    _k("drift", "teacher_share", FLOAT, "0.1", "Share of frames the base model also classifies while a personalized model serves.", "[0, 1]"),
-    _k("drift", "window", DURATION, "2min", "Length of the window drift is judged over.", "> 0"),
-    _k("drift", "min_checks", INT, "50", "Fewest teacher checks in a window before drift can be declared.", ">= 1"),
-    _k("drift", "max_outside_share", FLOAT, "0.1", "Revert when teacher predictions outside the kept classes exceed their share while stable by this.", "[0, 1]"),
-    _k("drift", "max_low_confidence", FLOAT, "0.3", "Revert to the base model when more served predictions than this share are low-confidence.", "[0, 1]"),
-    _k("drift", "cooldown", DURATION, "30min", "After a revert, wait this long before personalizing again.", ">= 0"),
+    *_declared_keys("drift", DriftConfig),
 
-    _k("probation", "duration", DURATION, "15min", "How long a newly swapped-in model is on probation.", "> 0"),
-    _k("probation", "max_low_confidence_rise", FLOAT, "0.05", "Revert during probation if the low-confidence share rises by more than this.", "[0, 1]"),
-    _k("probation", "max_disagreement", FLOAT, "0.1", "Revert during probation if more teacher checks than this share disagree.", "[0, 1]"),
+    *_declared_keys("probation", ProbationConfig),
 
     _k("privacy", "cache_quota", SIZE, "256MB", "Sample cache disk cap; per kept class: samples_per_class, and twice as many held back (~150 KB each at 224x224 RGB).", ">= 1MB"),
     _k("privacy", "after_personalize", CHOICE, "keep", "What happens to cached samples after a successful run.", choices="keep|purge"),
@@ -365,20 +352,6 @@ class LogConfig:
 
 
 @dataclass(frozen=True)
-class StabilityConfig:
-    """``[stability]``: when the class set counts as stable (durations in seconds)."""
-
-    window: float
-    windows: int
-    min_predictions: int
-    coverage: float
-    min_share: float
-    js_threshold: float
-    max_classes: int
-    check_interval: float
-
-
-@dataclass(frozen=True)
 class PersonalizeConfig:
     """``[personalize]``: the personalization run and when it may start (seconds, bytes)."""
 
@@ -397,36 +370,6 @@ class PersonalizeConfig:
     max_temperature: float
     min_free_memory: int
     max_serving_p99: float
-
-
-@dataclass(frozen=True)
-class GateConfig:
-    """``[gate]``: what a candidate must show before it is swapped in."""
-
-    min_agreement: float
-    min_speedup: float
-    latency_runs: int
-
-
-@dataclass(frozen=True)
-class DriftConfig:
-    """``[drift]``: teacher checks and when a personalized model is reverted (seconds)."""
-
-    teacher_share: float
-    window: float
-    min_checks: int
-    max_outside_share: float
-    max_low_confidence: float
-    cooldown: float
-
-
-@dataclass(frozen=True)
-class ProbationConfig:
-    """``[probation]``: the stricter checks right after a swap (seconds)."""
-
-    duration: float
-    max_low_confidence_rise: float
-    max_disagreement: float
 
 
 @dataclass(frozen=True)
@@ -586,12 +529,7 @@ def _build(raw: Dict[str, Dict[str, str]], name: str, path: Optional[Path]) -> C
     if p.min_samples_per_class > p.samples_per_class:
         raise ConfigError(f"{name}: [personalize] min_samples_per_class = {str(p.min_samples_per_class)!r}: "
                           f"expected at most samples_per_class ({p.samples_per_class})")
-    if parts["gate"].min_agreement is None:
-        # the search holds max_loss on the samples it chose by; the gate, on the cache's held-back samples
-        # as they are by then (the reservoir moves on), allows twice that for the noise of a few hundred
-        # images before it calls a candidate broken (demo: 98.98 % against a 99 % gate after the search
-        # measured 100 %)
-        parts["gate"] = replace(parts["gate"], min_agreement=round(max(0.0, 1.0 - 2 * p.max_loss / 100.0), 6))
+    parts["gate"] = parts["gate"].resolved(p.max_loss)          # auto: from the loss budget
     sources = {}
     for section, items in raw.items():
         if section.startswith(SOURCE_PREFIX):

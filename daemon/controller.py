@@ -4,14 +4,14 @@ probation, reverts on drift, and answers the mutating commands (personalize, rol
 ``tick`` does one round of all checks; the scheduler calls it. What serves and the ways back belong to
 the deployer; this module decides when."""
 
+import dataclasses
 import logging
 import shutil
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
-
-import numpy as np
 
 from ocap_core.agreement import judged_images_needed
 from ocap_core.search_spec import MIN_PER_CLASS
@@ -23,9 +23,9 @@ from service.server import Server
 
 from . import gate, stability, telemetry, watch
 from .config import Config
-from .deployer import Deployer, Phase, Probation, ProbationSettings
+from .deployer import Deployer, Phase, Probation
 from .errors import DaemonError
-from .job import Job
+from .job import Job, write_samples
 from .store import ModelStore
 from .supervisor import WorkerRun
 
@@ -37,12 +37,23 @@ SEARCH_SHARE = 0.5            # of [personalize] time_budget, for the search (th
 SEARCH_LEVEL_FIELDS = ("level", "mac_reduction", "agreement", "loss_pp", "accepted", "seconds")
 
 
+@dataclass(frozen=True)
+class Plan:
+    """What a personalization would be about: the observed classes, their shares in the newest window,
+    the stability verdict, and the share of frames outside the classes while the set was stable (the
+    base model's own confusions on this mix: the level drift is measured from)."""
+
+    classes: Tuple[int, ...]
+    class_freqs: Dict[int, float]
+    stability: str
+    outside_share: float
+
+
 class Controller:
-    def __init__(self, cfg: Config, server: Server, store: ModelStore, base_path: Path,
+    def __init__(self, cfg: Config, server: Server, store: ModelStore,
                  on_state: Optional[Callable[[str], None]] = None, clock: Callable[[], float] = time.time,
                  start_worker: StartWorker = WorkerRun) -> None:
-        self.cfg, self.server, self.base_path = cfg, server, Path(base_path).resolve()
-        # (resolved: the worker runs in its job directory, where a relative path means nothing)
+        self.cfg, self.server = cfg, server             # the server owns the base model (server.base)
         self.deployer = Deployer(server, store, clock)
         self._clock = clock
         self._on_state = on_state
@@ -111,11 +122,9 @@ class Controller:
         c = self.cfg.stability
         # while a pruned model serves, the windows hold teacher checks: a share of the frames
         share = 1.0 if self.server.teacher is None else max(self.cfg.drift.teacher_share, 1e-3)
-        return stability.StabilityConfig(windows=c.windows, min_predictions=max(1, int(c.min_predictions * share)),
-                                         coverage=c.coverage,
-                                         min_share=c.min_share, js_threshold=c.js_threshold, max_classes=c.max_classes)
+        return dataclasses.replace(c, min_predictions=max(1, int(c.min_predictions * share)))
 
-    def evaluate_trigger(self, force: bool = False) -> Tuple[bool, str, Dict[str, Any]]:
+    def evaluate_trigger(self, force: bool = False) -> Tuple[bool, str, Plan]:
         """Would a personalization start now? (ok, reason, plan with the classes and their shares)."""
         scfg = self._stability_config()
         windows = self._windows()
@@ -126,10 +135,8 @@ class Controller:
         total = sum(newest.get(k, 0) for k in classes) or 1
         seen = sum(sum(w.values()) for w in windows)
         inside = sum(w.get(k, 0) for w in windows for k in classes)
-        # frames of other classes while the set was stable: the base model's own confusions on this
-        # mix, the level drift is measured from
-        plan = {"classes": classes, "class_freqs": {k: newest.get(k, 0) / total for k in classes},
-                "stability": st.describe(), "outside_share": 1 - inside / seen if seen else 0.0}
+        plan = Plan(tuple(classes), {k: newest.get(k, 0) / total for k in classes}, st.describe(),
+                    1 - inside / seen if seen else 0.0)
         if not self.cfg.personalize.enabled and not force:
             return False, "personalization is disabled in the config", plan
         if not st.stable and not force:
@@ -165,7 +172,7 @@ class Controller:
         return 2 * judged_images_needed(p.max_loss) if p.rule == "search" and p.max_loss > 0 else 0
 
     # -- the worker ------------------------------------------------------------------------------
-    def start_worker(self, plan: Dict[str, Any], why: str) -> Dict[str, Any]:
+    def start_worker(self, plan: Plan, why: str) -> Dict[str, Any]:
         """Export the cached samples of the planned classes and start the worker on them; a failure
         (a full disk, a worker that cannot start) is an event, and the daemon goes on observing."""
         try:
@@ -179,37 +186,31 @@ class Controller:
             self._set_phase(Phase.OBSERVING)
             return {"started": False, "reason": str(e)}
 
-    def _start_worker(self, plan: Dict[str, Any], why: str) -> Dict[str, Any]:
+    def _start_worker(self, plan: Plan, why: str) -> Dict[str, Any]:
         faults.point("policy.trigger")
         p = self.cfg.personalize
         job_id = time.strftime("%Y%m%d-%H%M%S", time.gmtime(self._clock()))
         job_dir = self.jobs_dir / job_id
         job_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        x_tr, y_tr = self.server.cache.load("train")
-        x_va, y_va = self.server.cache.load("val")
-        keep_tr, keep_va = np.isin(y_tr, plan["classes"]), np.isin(y_va, plan["classes"])
-        x = np.concatenate([x_tr[keep_tr], x_va[keep_va]]) if len(x_va) else x_tr[keep_tr]
-        is_val = np.r_[np.zeros(int(keep_tr.sum()), bool), np.ones(int(keep_va.sum()), bool)]
         samples = job_dir / "samples.npz"
-        with open(samples, "wb") as f:
-            np.savez(f, x=x, is_val=is_val)
-        samples.chmod(0o600)
+        n_train, n_val = write_samples(samples, self.server.cache.load("train"), self.server.cache.load("val"),
+                                       plan.classes)
         faults.point("policy.samples_written")
-        job = Job(base=str(self.base_path), samples=str(samples), classes=tuple(plan["classes"]),
-                  class_freqs=dict(plan["class_freqs"]), out=str(job_dir / "candidate"), scorer=p.scorer,
+        # resolved: the worker runs in its job directory, where a relative path means nothing
+        job = Job(base=str(Path(self.server.base.path).resolve()), samples=str(samples), classes=plan.classes,
+                  class_freqs=dict(plan.class_freqs), out=str(job_dir / "candidate"), scorer=p.scorer,
                   rule=p.rule, max_loss=p.max_loss, epochs=p.epochs, time_budget=max(1.0, SEARCH_SHARE * p.time_budget),
                   min_per_class=min(MIN_PER_CLASS, p.min_samples_per_class), threads=p.threads,
-                  name=f"{self.server.base.card.name}-k{len(plan['classes'])}")
-        self._pending_baseline = float(plan.get("outside_share", 0.0))
+                  name=f"{self.server.base.card.name}-k{len(plan.classes)}")
+        self._pending_baseline = plan.outside_share
         self.worker = self._start_run(job, job_dir, nice=p.nice, threads=p.threads, budget_s=p.time_budget,
                                       on_event=self._worker_event)
         faults.point("policy.worker_started")
-        self.server.record("personalize_started", classes=plan["classes"], why=why,
-                                  samples={"train": int(keep_tr.sum()), "val": int(keep_va.sum())},
-                                  stability=plan.get("stability"), pid=self.worker.proc.pid)
+        self.server.record("personalize_started", classes=list(plan.classes), why=why,
+                           samples={"train": n_train, "val": n_val}, stability=plan.stability, pid=self.worker.proc.pid)
         self.last_outcome = ""
         self._set_phase(Phase.PERSONALIZING)
-        return {"started": True, "classes": plan["classes"], "pid": self.worker.proc.pid}
+        return {"started": True, "classes": list(plan.classes), "pid": self.worker.proc.pid}
 
     def _worker_event(self, ev: Dict[str, Any]) -> None:
         if ev.get("event") == "stage":
@@ -257,9 +258,8 @@ class Controller:
     def _gate_and_deploy(self, candidate: Path) -> None:
         self._set_phase(Phase.GATING)
         x_val, _ = self.server.cache.load("val")
-        g = self.cfg.gate
         verdict = gate.check(str(candidate), self.server.served, self.server.base, x_val,
-                             gate.GateConfig(g.min_agreement, g.min_speedup, g.latency_runs),
+                             self.cfg.gate.resolved(self.cfg.personalize.max_loss),
                              providers=self.cfg.model.providers, threads=self.cfg.model.threads)
         self.server.record("gate", passed=verdict.passed, reason=verdict.reason, **verdict.figures)
         if not verdict.passed or verdict.model is None:
@@ -298,9 +298,8 @@ class Controller:
         teacher_hist, _ = self.server.recent.window(d.window, origin="teacher")
         served_hist, served_low = self.server.recent.window(d.window, origin="served")
         kept = set(self.server.served.class_ids)
-        limit = min(1.0, self.drift_baseline + d.max_outside_share)
-        why = watch.drift_reason(teacher_hist, kept, served_low, sum(served_hist.values()),
-                                 watch.DriftConfig(d.min_checks, limit, d.max_low_confidence))
+        why = watch.drift_reason(teacher_hist, kept, served_low, sum(served_hist.values()), d,
+                                 baseline=self.drift_baseline)
         if why is None:
             return False
         self.revert(f"drift: {why}", kind="drift")
@@ -308,10 +307,7 @@ class Controller:
         return True
 
     def _check_probation(self) -> None:
-        p = self.cfg.probation
-        verdict, why = self.deployer.check_probation(ProbationSettings(
-            p.duration, watch.ProbationConfig(p.max_low_confidence_rise, p.max_disagreement),
-            min_frames=self.cfg.drift.min_checks))
+        verdict, why = self.deployer.check_probation(self.cfg.probation, min_frames=self.cfg.drift.min_checks)
         if verdict == "failed":                   # the deployer rolled back
             self.last_outcome = f"probation failed: {why}"
             self.observe_since = self._clock()
@@ -341,7 +337,7 @@ class Controller:
             if req.get("dry_run") or not ok:
                 if not ok and not req.get("dry_run"):
                     raise RequestError("not_ready", why)
-                return {"would_start": ok, "reason": why, **plan}
+                return {"would_start": ok, "reason": why, **dataclasses.asdict(plan)}
             return self.start_worker(plan, why="ocapctl personalize --now" if req.get("now") else "ocapctl personalize")
 
     def _cmd_rollback(self, req: Dict[str, Any], _: Any) -> Dict[str, Any]:
@@ -404,7 +400,7 @@ class Controller:
             if n:
                 out = sum(v for k, v in teacher.items() if k not in set(served.class_ids)) / n
                 parts.append(f"teacher: {100 * out:.1f}% outside (limit "
-                             f"{100 * (self.drift_baseline + self.cfg.drift.max_outside_share):.1f}%)")
+                             f"{100 * self.cfg.drift.outside_limit(self.drift_baseline):.1f}%)")
         elif self.last_stability is not None:
             st = self.last_stability
             parts.append(st.describe())

@@ -46,15 +46,6 @@ class Probation:
     before: watch.Rates
 
 
-@dataclass(frozen=True)
-class ProbationSettings:
-    """What probation needs from the config (``[probation]`` and the drift checks' minimum)."""
-
-    duration: float
-    rules: watch.ProbationConfig
-    min_frames: int
-
-
 class Deployer:
     """Installs, watches and undoes deployments on ``server``, keeping ``store``'s pointers in step."""
 
@@ -90,10 +81,11 @@ class Deployer:
                                   drift_baseline=round(drift_baseline, 4))
         return ok, reason
 
-    def check_probation(self, settings: ProbationSettings) -> Tuple[str, str]:
-        """Judge the model on probation: ("pending" | "passed" | "failed", why). A pass before the
-        duration is over stays pending; at its end ``last_good`` points at the model; a failure rolls
-        back (``rollback``). Without a model on probation: ("none", "")."""
+    def check_probation(self, cfg: watch.ProbationConfig, min_frames: int) -> Tuple[str, str]:
+        """Judge the model on probation once it served ``min_frames`` (and as many teacher checks of its
+        classes): ("pending" | "passed" | "failed", why). A pass before ``cfg.duration`` is over stays
+        pending; at its end ``last_good`` points at the model; a failure rolls back (``rollback``).
+        Without a model on probation: ("none", "")."""
         pb = self.probation
         if pb is None:
             return "none", ""
@@ -101,15 +93,15 @@ class Deployer:
         hist, lows = self.server.recent.window(now - pb.since + 1, origin="served", since=pb.since)
         frames = sum(hist.values())
         tc = self.server.teacher_counts()           # one consistent reading of the three counters
-        enough = tc["inside"] >= settings.min_frames  # judge disagreement on enough checks only
+        enough = tc["inside"] >= min_frames  # judge disagreement on enough checks only
         during = watch.Rates(n=frames if enough else 0, low_confidence_share=lows / frames if frames else 0.0,
                              disagreement=tc["disagreed"] / tc["inside"] if enough else None)
-        verdict, why = watch.probation_verdict(pb.before, during, settings.rules, min_frames=settings.min_frames)
+        verdict, why = watch.probation_verdict(pb.before, during, cfg, min_frames=min_frames)
         if verdict == "failed":
             self.server.record("probation_failed", version=pb.version, reason=why)
             self.rollback(f"probation failed: {why}")
             return verdict, why
-        if verdict == "passed" and now - pb.since >= settings.duration:
+        if verdict == "passed" and now - pb.since >= cfg.duration:
             faults.point("probation.passing")
             self.store.set_last_good(pb.version)
             faults.point("probation.last_good_set")

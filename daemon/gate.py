@@ -6,22 +6,43 @@ served model by a margin.
 Each verdict carries its figures, for the events table."""
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
 from ocap_core.agreement import expected_agreement, restricted_softmax
 from ocap_core.errors import OcapError
+from ocap_core.search_spec import DEFAULT_MAX_LOSS
 from service import faults
 from service.model_slot import LoadedModel, load_model
+
+from . import settings
+from .settings import AUTO_FLOAT, FLOAT, INT, setting
 
 
 @dataclass(frozen=True)
 class GateConfig:
-    min_agreement: float = 0.95
-    min_speedup: float = 1.1
-    latency_runs: int = 200
+    """``[gate]`` of ocapd's INI (declared here, see ``daemon/settings.py``). ``min_agreement`` None is
+    ``auto``: derived from the search's loss budget (``auto_agreement``)."""
+
+    min_agreement: Optional[float] = setting(AUTO_FLOAT, None, "Least agreement with the base model on held-back "
+                                             "samples to swap in (auto: 1 - 2 x max_loss/100).", "[0, 1]")
+    min_speedup: float = setting(FLOAT, 1.1, "Least measured speedup over the base model for a candidate to be "
+                                             "swapped in.", ">= 1.0")
+    latency_runs: int = setting(INT, 200, "Timed inferences per model when measuring the speedup.", ">= 10")
+
+    def __post_init__(self) -> None:
+        settings.check(self, "gate")
+
+    def resolved(self, max_loss: float) -> "GateConfig":
+        """``auto`` agreement made a number. The search holds ``max_loss`` on the samples it chose by; the
+        gate, on the cache's held-back samples as they are by then (the reservoir moves on), allows twice
+        that for the noise of a few hundred images before it calls a candidate broken (demo: 98.98 %
+        against a 99 % gate after the search measured 100 %)."""
+        if self.min_agreement is not None:
+            return self
+        return replace(self, min_agreement=round(max(0.0, 1.0 - 2 * max_loss / 100.0), 6))
 
 
 @dataclass
@@ -43,7 +64,9 @@ def _p50_ms(model: LoadedModel, frames: np.ndarray) -> float:
 
 def check(candidate_dir: str, served: LoadedModel, teacher: LoadedModel, images: np.ndarray,
           cfg: GateConfig, providers: Sequence[str] = ("cpu",), threads: int = 1) -> Verdict:
-    """Judge the candidate at ``candidate_dir`` on ``images`` (held-back cached frames)."""
+    """Judge the candidate at ``candidate_dir`` on ``images`` (held-back cached frames); ``auto``
+    agreement is that of the default loss budget."""
+    cfg = cfg.resolved(DEFAULT_MAX_LOSS)
     try:
         cand = load_model(candidate_dir, providers=providers, threads=threads)
     except OcapError as e:

@@ -6,7 +6,9 @@ import json
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Dict, Mapping, Optional, Tuple, Union
+from typing import Any, Dict, Mapping, Optional, Sequence, Tuple, Union
+
+import numpy as np
 
 from ocap_core import strict_json
 from ocap_core.errors import OcapError
@@ -17,6 +19,27 @@ from ocap_core.search_spec import DEFAULT_MAX_LOSS, DEFAULT_TIME_BUDGET, MIN_PER
 from .errors import DaemonError
 
 REQUIRED = ("base", "samples", "classes", "out")
+
+
+def write_samples(path: Union[str, Path], train: Tuple[np.ndarray, np.ndarray], val: Tuple[np.ndarray, np.ndarray],
+                  classes: Sequence[int]) -> Tuple[int, int]:
+    """The job's samples file (``.npz``): the cached images (``x``, labels ``y``) of ``classes`` from the
+    training and the held-back split, training ones first, ``is_val`` marking the held-back ones;
+    readable by the daemon's user only. Returns (training, held-back) counts."""
+    (x_tr, y_tr), (x_va, y_va) = train, val
+    keep_tr, keep_va = np.isin(y_tr, list(classes)), np.isin(y_va, list(classes))
+    n_tr, n_va = int(keep_tr.sum()), int(keep_va.sum())
+    x = np.concatenate([x_tr[keep_tr], x_va[keep_va]]) if len(x_va) else x_tr[keep_tr]
+    fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    with os.fdopen(fd, "wb") as f:
+        np.savez(f, x=x, is_val=np.r_[np.zeros(n_tr, bool), np.ones(n_va, bool)])
+    return n_tr, n_va
+
+
+def read_samples(path: Union[str, Path]) -> Tuple[np.ndarray, np.ndarray]:
+    """(images, is_val) from a samples file."""
+    with np.load(str(path)) as z:
+        return z["x"], z["is_val"].astype(bool)
 
 
 def _int(value: Any) -> bool:

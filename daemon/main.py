@@ -108,7 +108,7 @@ class Daemon:
                                       base=str(base), cache_dir=Path(c.daemon.cache_dir))
         server.events.record("daemon_started", serving=server.slot.current().version, recovered=why,
                              config=str(c.path))
-        self.controller = Controller(c, server, store, base, on_state=self.notifier.status)
+        self.controller = Controller(c, server, store, on_state=self.notifier.status)
         server.control.register("reload", self._cmd_reload, mutating=True)
         self.sources = build_sources(c, server, replay_data)
         self.replay_data = None                 # the sources hold what they need

@@ -12,7 +12,8 @@ from typing import AbstractSet, Dict, FrozenSet, Iterable, List, Mapping, Option
 
 import numpy as np
 
-from .errors import DaemonError
+from . import settings
+from .settings import DURATION, FLOAT, INT, setting
 
 __all__ = ["StabilityConfig", "Stability", "js_distance", "observed_set", "format_set", "pool", "OTHER", "assess",
            "worth_personalizing"]
@@ -88,34 +89,21 @@ def pool(hist: Mapping[int, int], classes: AbstractSet[int]) -> Dict[int, int]:
 
 @dataclass(frozen=True)
 class StabilityConfig:
-    """How steady the class mix must be before personalizing.
+    """``[stability]``: how steady the class mix must be before personalizing. The INI keys are built
+    from these declarations (``daemon/settings.py``)."""
 
-    windows: consecutive windows that must agree (>= 2); min_predictions: predictions a window needs to
-    count at all; coverage and min_share: see :func:`observed_set`; js_threshold: neighbouring windows
-    must be closer than this JS distance; max_classes: a larger observed set is not worth pruning for.
-    No defaults here: the daemon's annotated INI is where defaults live.
-    """
-
-    windows: int
-    min_predictions: int
-    coverage: float
-    min_share: float
-    js_threshold: float
-    max_classes: int
+    window: float = setting(DURATION, 600.0, "Length of one window of the class histogram.", "> 0")
+    windows: int = setting(INT, 3, "Consecutive windows that must agree before the class set counts as stable.", ">= 2")
+    min_predictions: int = setting(INT, 200, "Fewest predictions a window needs to count.", ">= 1")
+    coverage: float = setting(FLOAT, 0.95, "Share of a window's predictions the chosen classes must cover.", "(0, 1]")
+    min_share: float = setting(FLOAT, 0.02, "A class with a smaller share of a window is left out.", "[0, 1)")
+    js_threshold: float = setting(FLOAT, 0.1, "Largest Jensen-Shannon divergence between consecutive windows that "
+                                              "still counts as stable.", "(0, 1]")
+    max_classes: int = setting(INT, 5, "Most classes a personalized model may keep.", ">= 1")
+    check_interval: float = setting(DURATION, 30.0, "How often stability is evaluated.", "> 0")
 
     def __post_init__(self) -> None:
-        if self.windows < 2:
-            raise DaemonError(f"stability windows must be >= 2, got {self.windows}")
-        if self.min_predictions < 1:
-            raise DaemonError(f"stability min_predictions must be >= 1, got {self.min_predictions}")
-        if not 0 < self.coverage <= 1:
-            raise DaemonError(f"stability coverage must be in (0, 1], got {self.coverage}")
-        if not 0 <= self.min_share <= 1:
-            raise DaemonError(f"stability min_share must be in [0, 1], got {self.min_share}")
-        if not 0 < self.js_threshold <= 1:
-            raise DaemonError(f"stability js_threshold must be in (0, 1], got {self.js_threshold}")
-        if self.max_classes < 1:
-            raise DaemonError(f"stability max_classes must be >= 1, got {self.max_classes}")
+        settings.check(self, "stability")
 
 
 @dataclass(frozen=True)

@@ -1,13 +1,15 @@
 """When to go back to the base model: drift while a pruned model serves, and probation after a deploy.
 
 Pure decisions over counts the daemon has already read (teacher-checked class histograms, low-confidence
-counts, per-version rates). No I/O, no clock. Limits are inclusive: a share exactly at its limit passes.
+counts, per-model rates). No I/O, no clock. ``DriftConfig`` and ``ProbationConfig`` are the ``[drift]``
+and ``[probation]`` sections of ocapd's INI (declared here, see ``daemon/settings.py``). Limits are inclusive: a share exactly at its limit passes.
 """
 
 from dataclasses import dataclass
 from typing import AbstractSet, List, Mapping, Optional, Tuple
 
-from .errors import DaemonError
+from . import settings
+from .settings import DURATION, FLOAT, INT, setting
 from .stability import format_set
 
 __all__ = ["DriftConfig", "drift_reason", "ProbationConfig", "Rates", "probation_verdict"]
@@ -20,37 +22,37 @@ def _pct(x: float) -> str:
     return f"{100 * x:.1f}%"
 
 
-def _check_share(name: str, x: float) -> None:
-    if not 0 <= x <= 1:
-        raise DaemonError(f"{name} must be in [0, 1], got {x}")
-
-
 @dataclass(frozen=True)
 class DriftConfig:
-    """When a serving pruned model no longer fits what the camera sees.
+    """``[drift]``: teacher checks while a pruned model serves, and when it no longer fits what the
+    camera sees. ``max_outside_share`` is a margin: the limit is the share of frames outside the kept
+    classes seen while the set was stable (the base model's own confusions) plus this."""
 
-    min_checks: teacher-checked frames a window needs before judging; max_outside_share: largest share of
-    teacher predictions outside the kept classes; max_low_confidence: largest low-confidence share of the
-    served frames.
-    """
-
-    min_checks: int
-    max_outside_share: float
-    max_low_confidence: float
+    teacher_share: float = setting(FLOAT, 0.1, "Share of frames the base model also classifies while a personalized "
+                                               "model serves.", "[0, 1]")
+    window: float = setting(DURATION, 120.0, "Length of the window drift is judged over.", "> 0")
+    min_checks: int = setting(INT, 50, "Fewest teacher checks in a window before drift can be declared.", ">= 1")
+    max_outside_share: float = setting(FLOAT, 0.1, "Revert when teacher predictions outside the kept classes exceed "
+                                                   "their share while stable by this.", "[0, 1]")
+    max_low_confidence: float = setting(FLOAT, 0.3, "Revert to the base model when more served predictions than this "
+                                                    "share are low-confidence.", "[0, 1]")
+    cooldown: float = setting(DURATION, 1800.0, "After a revert, wait this long before personalizing again.", ">= 0")
 
     def __post_init__(self) -> None:
-        if self.min_checks < 1:
-            raise DaemonError(f"drift min_checks must be >= 1, got {self.min_checks}")
-        _check_share("drift max_outside_share", self.max_outside_share)
-        _check_share("drift max_low_confidence", self.max_low_confidence)
+        settings.check(self, "drift")
+
+    def outside_limit(self, baseline: float) -> float:
+        """The largest share of teacher checks outside the kept classes: ``baseline`` plus the margin."""
+        return min(1.0, baseline + self.max_outside_share)
 
 
 def drift_reason(teacher_hist: Mapping[int, int], kept: AbstractSet[int], served_low_conf: int, served_n: int,
-                 cfg: DriftConfig) -> Optional[str]:
+                 cfg: DriftConfig, baseline: float = 0.0) -> Optional[str]:
     """Why the pruned model should give way to the base model, or None when it still fits.
 
     ``teacher_hist``: the base model's predictions on the frames it checked in the window; the share of
-    them outside ``kept`` is scene drift the pruned model cannot even name. ``served_low_conf`` of
+    them outside ``kept`` is scene drift the pruned model cannot even name, past ``baseline`` (the share
+    outside while the set was stable) plus the config's margin. ``served_low_conf`` of
     ``served_n`` served frames were low-confidence. With fewer than ``cfg.min_checks`` teacher checks
     nothing is judged (None): a handful of checks is noise. Both failures are reported, joined by "; ".
     """
@@ -60,10 +62,11 @@ def drift_reason(teacher_hist: Mapping[int, int], kept: AbstractSet[int], served
     reasons: List[str] = []
     outside = {k: n for k, n in teacher_hist.items() if k not in kept and n > 0}
     share = sum(outside.values()) / checks
-    if share > cfg.max_outside_share + _EPS:
+    limit = cfg.outside_limit(baseline)
+    if share > limit + _EPS:
         top = min(outside, key=lambda k: (-outside[k], k))
         reasons.append(f"classes outside the kept set {format_set(kept)}: {_pct(share)} of {checks} "
-                       f"teacher-checked frames (limit {_pct(cfg.max_outside_share)}), mostly class {top}")
+                       f"teacher-checked frames (limit {_pct(limit)}), mostly class {top}")
     if served_n > 0:
         low = served_low_conf / served_n
         if low > cfg.max_low_confidence + _EPS:
@@ -74,18 +77,17 @@ def drift_reason(teacher_hist: Mapping[int, int], kept: AbstractSet[int], served
 
 @dataclass(frozen=True)
 class ProbationConfig:
-    """How much worse a newly deployed model may do than the one before it.
+    """``[probation]``: how long, and how much worse than the model it replaced, a newly deployed model
+    may do (shares as fractions: 0.1 = 10 points)."""
 
-    max_low_confidence_rise: largest rise of the low-confidence share (a fraction, 0.1 = 10 points);
-    max_disagreement: largest share of teacher-checked frames where the new model disagreed.
-    """
-
-    max_low_confidence_rise: float
-    max_disagreement: float
+    duration: float = setting(DURATION, 900.0, "How long a newly swapped-in model is on probation.", "> 0")
+    max_low_confidence_rise: float = setting(FLOAT, 0.05, "Revert during probation if the low-confidence share rises "
+                                                          "by more than this.", "[0, 1]")
+    max_disagreement: float = setting(FLOAT, 0.1, "Revert during probation if more teacher checks than this share "
+                                                  "disagree.", "[0, 1]")
 
     def __post_init__(self) -> None:
-        _check_share("probation max_low_confidence_rise", self.max_low_confidence_rise)
-        _check_share("probation max_disagreement", self.max_disagreement)
+        settings.check(self, "probation")
 
 
 @dataclass(frozen=True)

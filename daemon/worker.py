@@ -24,7 +24,7 @@ from service import faults
 
 from .cores import PASSIVE_OPENMP, THREAD_VARS, measure_idle_cores, worker_threads
 from .errors import DaemonError
-from .job import Job
+from .job import Job, read_samples
 
 EXIT_OK, EXIT_FAILED, EXIT_BAD_JOB = 0, 1, 2
 
@@ -52,14 +52,12 @@ def _progress(ev: Dict[str, Any]) -> None:
 
 def run(job: Job) -> Dict[str, Any]:
     """Personalize as the job says; returns the candidate's summary."""
-    import numpy as np
-
     from ocap_core.package import open_package
     from ocap_core.personalize import personalize
     from ocap_core.personalize_samples import Samples
 
-    with np.load(job.samples) as z:
-        samples = Samples(x=z["x"], is_val=z["is_val"].astype(bool))
+    x, is_val = read_samples(job.samples)
+    samples = Samples(x=x, is_val=is_val)
     emit("samples", train=int((~samples.is_val).sum()), val=int(samples.is_val.sum()))
     res = personalize(open_package(job.base), samples, list(job.classes), job.prune_spec(), Path(job.out),
                       class_freqs=dict(job.class_freqs) or None, name=job.name, progress=_progress)

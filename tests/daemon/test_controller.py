@@ -142,7 +142,7 @@ def rig(test_images):
     server = Server(base, state, cfg.daemon.socket, server_config(cfg), clock=clock)
     store = ModelStore(state, keep_versions=cfg.store.keep_versions)
     StandInWorker.started = []
-    ctl = Controller(cfg, server, store, Path(base), clock=clock, start_worker=StandInWorker)
+    ctl = Controller(cfg, server, store, clock=clock, start_worker=StandInWorker)
     server.start()
     yield Rig(cfg, server, store, ctl, clock, test_images)
     ctl.stop()
@@ -179,6 +179,7 @@ def test_the_trigger_waits_for_stability_then_starts_a_worker_on_the_classes(rig
     rig.observe_stable()
     rig.ctl.tick()
     w = rig.worker()
+    assert Path(w.job.base).is_absolute() and Path(w.job.base) == Path(rig.server.base.path).resolve()
     assert w.job.classes == (1, 8) and set(w.job.class_freqs) == {1, 8} and w.job.rule == "personalize"
     with np.load(w.job.samples) as z:
         assert len(z["x"]) == len(z["is_val"]) > 0

@@ -39,7 +39,7 @@ def test_a_good_candidate_passes_with_its_figures(candidate, base, held):
     assert v.model is not None and v.model.class_ids == [1, 8]
 
 
-@pytest.mark.parametrize("cfg,reason", [(GateConfig(1.01, 1.0, 20), "agrees with the teacher on"),
+@pytest.mark.parametrize("cfg,reason", [(GateConfig(1.0, 1.0, 20), "agrees with the teacher on"),
                                         (GateConfig(0.5, 50.0, 20), "as fast as the served model")])
 def test_thresholds_refuse(candidate, base, held, cfg, reason):
     v = check(str(candidate), base, base, held[0], cfg)

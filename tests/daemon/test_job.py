@@ -65,3 +65,16 @@ def test_the_contract_and_the_engine_specs_load_without_torch():
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(ROOT), timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
+
+
+def test_the_samples_file_keeps_the_classes_training_first(tmp_path):
+    import numpy as np
+
+    from daemon.job import read_samples, write_samples
+
+    x = np.arange(6 * 4, dtype=np.uint8).reshape(6, 2, 2)
+    train, val = (x[:4], np.array([1, 2, 8, 1])), (x[4:], np.array([8, 3]))
+    assert write_samples(tmp_path / "s.npz", train, val, [1, 8]) == (3, 1)
+    got, is_val = read_samples(tmp_path / "s.npz")
+    assert [int(g[0, 0]) for g in got] == [0, 8, 12, 16] and is_val.tolist() == [False, False, False, True]
+    assert oct((tmp_path / "s.npz").stat().st_mode & 0o777) == "0o600"

@@ -37,9 +37,7 @@ def _assess_after_steady_traffic(tmp_path: Path, cfg: Config, keep: int) -> stab
         windows = log.recent.series(s.window, s.windows)
     finally:
         log.close()
-    return stability.assess(windows, stability.StabilityConfig(
-        windows=s.windows, min_predictions=s.min_predictions, coverage=s.coverage, min_share=s.min_share,
-        js_threshold=s.js_threshold, max_classes=s.max_classes))
+    return stability.assess(windows, s)
 
 
 def test_half_hour_windows_three_of_them_become_stable(tmp_path):

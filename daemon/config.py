@@ -290,7 +290,7 @@ SCHEMA: Tuple[Key, ...] = (
     _k("personalize", "nice", INT, "19", "Nice value of the personalization worker.", "0..19"),
     _k("personalize", "max_temperature", FLOAT, "80", "No run starts (a running one pauses) while the hottest thermal zone is above this, in degrees C.", "> 0"),
     _k("personalize", "min_free_memory", SIZE, "512MB", "No run starts with less free memory than this.", ">= 0"),
-    _k("personalize", "max_serving_p99", DURATION, "50ms", "No run starts while the 99th percentile serving latency is above this.", "> 0"),
+    _k("personalize", "max_serving_p99", DURATION, "50ms", "No run starts while the 99th percentile serving latency is above this (at most 10s: 50m would be minutes).", "(0, 10s]"),
 
     *_declared_keys("gate", GateConfig),
 

@@ -251,6 +251,8 @@ BAD = [
     ("duplicate-section", "[log]\n[store]\n[log]\n", ["[log]", "twice"]),
     ("duplicate-source", "[source:a]\ntype = camera\n[source:a]\n", ["[source:a]", "twice"]),
     ("unknown-section", "[sttability]\nwindows = 3\n", ["[sttability]", "unknown section"]),
+    ("p99-in-minutes", "[personalize]\nmax_serving_p99 = 50m\n",
+     ["[personalize] max_serving_p99", "'50m'", "in (0, 10s]"]),
     ("default-section", "[DEFAULT]\nthreads = 2\n", ["[DEFAULT]", "unknown section"]),
     ("unknown-key", "[stability]\nwindow_size = 5min\n", ["[stability] window_size", "'5min'", "unknown key"]),
     ("continuation-line", "[stability]\nwindows = 3\n  4\n", ["[stability] windows", "'3\\n4'", "one line"]),

@@ -17,6 +17,7 @@ from service.client import Client, CommandFailed, Unreachable
 from service.control_socket import MAX_LINE, ControlServer, RequestError
 from service.errors import ServiceError
 from service.model_slot import ModelSlot, load_model
+from tests.helpers import WAIT_S, wait_until
 
 
 @pytest.fixture(scope="module")
@@ -37,7 +38,7 @@ def _predict(slot):
 
 @pytest.fixture
 def server(tmp_path, slot):
-    srv = ControlServer(tmp_path / "ocap.sock", max_payload=4096, max_connections=3, idle_timeout=2.0)
+    srv = ControlServer(tmp_path / "ocap.sock", max_payload=4096, max_connections=3, idle_timeout=WAIT_S)
     srv.register("status", lambda req, _: {"version": slot.current().version})
     srv.register("predict", _predict(slot), payload=True)
     srv.register("pause", lambda req, _: {"paused": True}, mutating=True)
@@ -46,17 +47,30 @@ def server(tmp_path, slot):
     srv.stop()
 
 
+def _connect(path):
+    """A connected socket, or None while the listen backlog is full (a burst the server is accepting)."""
+    s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    s.settimeout(WAIT_S)
+    try:
+        s.connect(str(path))
+        return s
+    except BlockingIOError:
+        s.close()
+        return None
+
+
 def _raw(path):
-    for _ in range(250):
-        s = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-        s.settimeout(5)
-        try:
-            s.connect(str(path))
-            return s, s.makefile("rb")
-        except BlockingIOError:                 # the listen backlog is full for a moment
-            s.close()
-            time.sleep(0.02)
-    raise AssertionError(f"{path} never accepted")
+    s = wait_until(lambda: _connect(path), interval=0.02, what=f"{path} to accept a connection")
+    return s, s.makefile("rb")
+
+
+def _served(path):
+    """Whether a new client is served a status reply (not refused as busy)."""
+    try:
+        with Client(path) as c:
+            return c.call("status") is not None
+    except (CommandFailed, Unreachable):
+        return False
 
 
 def test_commands_and_predict_round_trip(server, slot):
@@ -128,25 +142,37 @@ def test_two_hundred_connections_get_busy_replies_and_others_still_served(server
     for s, f in held:
         f.close()
         s.close()
-    time.sleep(0.2)
-    with Client(server.path) as c:
-        assert c.call("status")
+    wait_until(lambda: _served(server.path), what="the closed connections' slots to be free again")
 
 
-def test_connection_cap_and_idle_timeout(tmp_path):
-    srv = ControlServer(tmp_path / "s.sock", max_connections=1, idle_timeout=0.3)
+def test_connection_cap(tmp_path):
+    srv = ControlServer(tmp_path / "s.sock", max_connections=1, idle_timeout=WAIT_S)
     srv.register("status", lambda req, _: {})
     srv.start()
     try:
         s1, f1 = _raw(srv.path)
-        time.sleep(0.1)
+        s1.sendall(b'{"v":1,"id":1,"cmd":"status"}\n')
+        assert json.loads(f1.readline())["id"] == 1                 # admitted: it holds the one slot
         s2, f2 = _raw(srv.path)
         assert json.loads(f2.readline())["error"]["code"] == "busy"
-        time.sleep(0.6)
-        assert f1.readline() == b""                                 # idle: closed by the server
-        time.sleep(0.1)
-        with Client(srv.path) as c:                                 # the slot is free again
-            assert c.call("status") == {}
+        assert f2.readline() == b""
+        f1.close()
+        s1.close()                                                  # the holder leaves: its slot is free
+        wait_until(lambda: _served(srv.path), what="the slot to be free again")
+    finally:
+        srv.stop()
+
+
+def test_an_idle_connection_is_closed_and_frees_its_slot(tmp_path):
+    srv = ControlServer(tmp_path / "s.sock", max_connections=1, idle_timeout=0.3)
+    srv.register("status", lambda req, _: {})
+    srv.start()
+    try:
+        t0 = time.monotonic()                                       # before the server can start its timer
+        s1, f1 = _raw(srv.path)
+        assert f1.readline() == b""                                 # idle: closed by the server ...
+        assert time.monotonic() - t0 >= 0.25                        # ... after its idle timeout, not at once
+        wait_until(lambda: _served(srv.path), what="the slot to be free again")
     finally:
         srv.stop()
 
@@ -208,29 +234,37 @@ def test_mutating_commands_check_peer_credentials():
         shutil.rmtree(d)
 
 
-def test_stop_finishes_the_request_in_flight_and_closes_idle_connections(tmp_path):
+def test_stop_finishes_the_request_in_flight_and_closes_idle_connections(tmp_path, monkeypatch):
     """stop() used to return while connection threads still ran: a request being handled finished
     after it (in the server: counted after the class log's last flush, so lost), and an idle client
     kept its connection until its idle timeout."""
-    srv = ControlServer(tmp_path / "s.sock", idle_timeout=30.0)
-    started, done, replies = threading.Event(), [], []
+    import service.control_socket as control_socket
+
+    monkeypatch.setattr(control_socket, "STOP_GRACE", 10 * WAIT_S)    # stop() waits for the handler, however slow
+    srv = ControlServer(tmp_path / "s.sock", idle_timeout=10 * WAIT_S)
+    started, done, replies, at_return = threading.Event(), [], [], []
 
     def slow(req, _):
         started.set()
-        time.sleep(0.5)
+        time.sleep(1.0)                     # the behaviour under test: a request still being handled at stop()
         done.append(req["id"])
         return {"done": True}
+
+    def stop():
+        srv.stop()
+        at_return.append(list(done))        # what the handler had finished when stop() returned
 
     srv.register("slow", slow)
     srv.start()
     idle, idle_f = _raw(srv.path)
-    busy = threading.Thread(target=lambda: replies.append(Client(srv.path).call("slow")))
+    busy = threading.Thread(target=lambda: replies.append(Client(srv.path, timeout=10 * WAIT_S).call("slow")))
     busy.start()
-    assert started.wait(10)
-    t0 = time.monotonic()
-    srv.stop()
-    assert done and time.monotonic() - t0 < 5             # waited for the handler, not for the idle client
-    busy.join(10)
-    assert replies == [{"done": True}]                    # the request in flight was answered
-    assert idle_f.readline() == b""                       # the idle connection was closed
+    assert started.wait(WAIT_S)
+    stopper = threading.Thread(target=stop)
+    stopper.start()
+    assert idle_f.readline() == b""                       # stop() closed the idle connection, not its timeout
+    stopper.join(10 * WAIT_S)
+    assert at_return == [[1]]                             # stop() returned after the handler had finished ...
+    busy.join(WAIT_S)
+    assert replies == [{"done": True}]                    # ... and the request in flight was answered
     idle.close()

@@ -6,42 +6,25 @@ import os
 import signal
 import subprocess
 import sys
-import time
 
 import pytest
 
 from ocap_core.closed_pipe import EXIT_CLOSED_PIPE
-from service.client import Client, Unreachable
-from tests.helpers import ROOT
+from tests.helpers import ROOT, serve, subprocess_env
 
 READ_ONLY = ["status", "classes", "models", "history"]
 
 
-def _env():
-    return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-
-
 def _ctl(*args):
     return subprocess.run([sys.executable, "-m", "service.ctl", *args], capture_output=True, text=True, cwd=str(ROOT),
-                          env=_env(), timeout=60)
+                          env=subprocess_env(), timeout=60)
 
 
 @pytest.fixture(scope="module")
 def sock(tmp_path_factory):
     tmp = tmp_path_factory.mktemp("ctl")
-    path = tmp / "ocap.sock"
-    proc = subprocess.Popen([sys.executable, "-m", "service", "--state-dir", str(tmp / "state"), "--socket", str(path)],
-                            cwd=str(ROOT), env=_env(), stderr=subprocess.PIPE, text=True)
+    proc, path = serve(tmp / "state", tmp / "ocap.sock")
     try:
-        deadline = time.time() + 60
-        while True:
-            try:
-                Client(path).close()
-                break
-            except Unreachable:
-                if proc.poll() is not None or time.time() > deadline:
-                    raise AssertionError(proc.stderr.read() if proc.poll() is not None else "no socket") from None
-                time.sleep(0.1)
         yield str(path)
     finally:
         proc.send_signal(signal.SIGTERM)
@@ -80,7 +63,7 @@ def test_every_subcommand_takes_the_global_flags():
 @pytest.mark.parametrize("args", [["history"], ["--json", "status"], ["classes", "--json"]])
 def test_a_closed_stdout_pipe_ends_ocapctl_quietly(sock, args):
     proc = subprocess.Popen([sys.executable, "-m", "service.ctl", "--socket", sock, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, cwd=str(ROOT), env=_env())
+                            stderr=subprocess.PIPE, cwd=str(ROOT), env=subprocess_env())
     proc.stdout.close()                             # the reader is gone before ocapctl prints
     _, err = proc.communicate(timeout=60)
     err = err.decode("utf-8", "replace")

@@ -10,6 +10,7 @@ from ocap_core.data import load_dataset
 from ocap_core.errors import OcapError
 from ocap_core.package import open_package
 from service.model_slot import ModelSlot, load_model
+from tests.helpers import wait_until
 
 
 @pytest.fixture(scope="module")
@@ -53,6 +54,8 @@ def test_swap_under_load_never_drops_a_request(test_images):
         for name in ("fmnist-vgg", "fmnist-cnn", "fmnist-vgg"):
             ok, reason = slot.swap(name)
             assert ok, reason
+            # the clients reach the new model before the next swap, however busy the machine
+            wait_until(lambda: slot.current().version in seen, what="an answer from the model just swapped in")
     finally:
         stop.set()
         for t in threads:

@@ -2,54 +2,55 @@
 socket, stopped by SIGTERM; the class mix it replayed shows up in the SQLite log."""
 
 import json
-import os
 import signal
 import sqlite3
 import subprocess
 import sys
 import threading
-import time
 
 import numpy as np
 import pytest
 
 from ocap_core.data import load_dataset
-from service.client import Client, Unreachable
+from service.client import Client
 from service.errors import ServiceError
 from service.sources import ReplaySource, parse_mix
-from tests.helpers import ROOT
-
-
-def _env():
-    return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+from tests.helpers import ROOT, serve, subprocess_env, wait_until
 
 
 def _ctl(sock, *args):
     return subprocess.run([sys.executable, "-m", "service.ctl", "--socket", str(sock), *args], capture_output=True,
-                          text=True, cwd=str(ROOT), env=_env(), timeout=60)
+                          text=True, cwd=str(ROOT), env=subprocess_env(), timeout=60)
 
 
 def _serve(tmp_path, *args):
-    """``python -m service`` on TMP/state and TMP/ocap.sock, once it answers there (a stale socket file
-    from a killed one may be there before)."""
-    sock = tmp_path / "ocap.sock"
-    proc = subprocess.Popen([sys.executable, "-m", "service", "--state-dir", str(tmp_path / "state"), "--socket",
-                             str(sock), *args], cwd=str(ROOT), env=_env(), stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 60
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            Client(sock).close()
-            return proc, sock
-        except Unreachable:
-            time.sleep(0.1)
-    raise AssertionError(proc.stderr.read() if proc.poll() is not None else "no socket")
+    """``python -m service`` on TMP/state and TMP/ocap.sock, once it answers there."""
+    return serve(tmp_path / "state", tmp_path / "ocap.sock", *args)
+
+
+def _replayed(sock, classes, flushed, cached=False):
+    """Whether the replay's frames of every class in ``classes`` are in the class log (and with
+    ``cached`` in the sample cache), with at least ``flushed`` counts in all: what the assertions read."""
+    with Client(sock) as c:
+        counts = {r["class_id"]: r["n"] for r in c.call("classes", minutes=5)["classes"]}
+        held = {int(k) for k in c.call("status")["cache"]["train"]} if cached else set(classes)
+    return set(classes) <= held and set(classes) <= set(counts) and sum(counts.values()) >= flushed
+
+
+def _counted(db):
+    """Predictions in the class log file, read as a new process would."""
+    con = sqlite3.connect(str(db))
+    try:
+        return con.execute("SELECT COALESCE(SUM(n), 0) FROM counts").fetchone()[0]
+    finally:
+        con.close()
 
 
 def test_serve_replay_and_control(tmp_path):
     proc, sock = _serve(tmp_path, "--source", "replay", "--rate", "200", "--mix", "1:0.7,8:0.3@1m",
                         "--flush-seconds", "0.3")
     try:
-        time.sleep(2.0)
+        wait_until(lambda: _replayed(sock, (1, 8), 100, cached=True), what="100 replayed frames of classes 1 and 8 in the log")
         r = _ctl(sock, "--json", "status")
         assert r.returncode == 0, r.stderr
         status = json.loads(r.stdout)
@@ -81,37 +82,49 @@ def test_serve_replay_and_control(tmp_path):
     assert con.execute("SELECT SUM(n) FROM counts").fetchone()[0] >= status["requests"]
 
 
-def test_kill_9_loses_at_most_one_flush_interval(tmp_path):
-    flush = 0.5
-    proc, sock = _serve(tmp_path, "--flush-seconds", str(flush))
+def test_kill_9_keeps_every_flushed_count(tmp_path):
+    """The flush thread writes the counts while the server runs (no stop needed), what it wrote survives
+    a kill -9 in the middle of traffic intact, and nothing is counted twice. How much a kill loses (at
+    most one flush interval) is a matter of timing, measured by the benchmarks, not asserted here."""
+    proc, sock = _serve(tmp_path, "--flush-seconds", "0.5")
+    db = tmp_path / "state" / "ocap.db"
     x = load_dataset("fashion-mnist", "test").x[:500]
-    answered, stop = [], threading.Event()
+    answered = []
 
-    def client():
+    def client(stop):
         with Client(sock) as c:
-            i = 0
             while not stop.is_set():
                 try:
-                    c.predict(x[i % len(x)])
-                except (OSError, Unreachable):
+                    c.predict(x[len(answered) % len(x)])
+                except (OSError, ValueError, ServiceError):
                     return                                              # the server was killed
-                answered.append(time.monotonic())
-                i += 1
+                answered.append(1)
 
-    t = threading.Thread(target=client, daemon=True)
-    t.start()
-    time.sleep(3.0)
-    killed_at = time.monotonic()
-    proc.kill()
-    proc.wait(timeout=30)
+    def traffic(frames):
+        """Run one client until ``frames`` more answers came back; returns it, still running, and its stop."""
+        stop, want = threading.Event(), len(answered) + frames
+        t = threading.Thread(target=client, args=(stop,), daemon=True)
+        t.start()
+        wait_until(lambda: len(answered) >= want, what=f"{frames} answers")
+        return t, stop
+
+    t, stop = traffic(100)
     stop.set()
-    t.join(timeout=10)
-    con = sqlite3.connect(str(tmp_path / "state" / "ocap.db"))
-    counted = con.execute("SELECT COALESCE(SUM(n), 0) FROM counts").fetchone()[0]
+    t.join(timeout=60)
+    paused = len(answered)
+    wait_until(lambda: _counted(db) == paused, what=f"the flush thread to write all {paused} counts")
+    t, stop = traffic(50)
+    proc.kill()                                                         # mid-traffic, maybe mid-flush
+    proc.wait(timeout=60)
+    stop.set()
+    t.join(timeout=60)
+    con = sqlite3.connect(str(db))
     assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     con.close()
-    recent = sum(1 for a in answered if a > killed_at - flush - 0.3)   # answered since the last flush began
-    assert len(answered) > 100 and len(answered) - recent <= counted <= len(answered), (len(answered), recent, counted)
+    counted = _counted(db)
+    # every count flushed before the kill is there; at most the one request in flight was counted
+    # without its answer arriving
+    assert paused <= counted <= len(answered) + 1, (paused, counted, len(answered))
     proc, sock = _serve(tmp_path)                                     # restarts over the stale socket
     try:
         with Client(sock) as c:
@@ -163,11 +176,11 @@ def test_a_source_that_cannot_start_is_a_clear_error(tmp_path):
     """Without OpenCV (not a dependency) or without a camera, the server says so and exits 1."""
     r = subprocess.run([sys.executable, "-m", "service", "--state-dir", str(tmp_path), "--socket",
                         str(tmp_path / "s.sock"), "--source", "camera", "--camera", "7"], capture_output=True,
-                       text=True, cwd=str(ROOT), env=_env(), timeout=120)
+                       text=True, cwd=str(ROOT), env=subprocess_env(), timeout=120)
     assert r.returncode == 1 and ("needs OpenCV" in r.stderr or "camera '7' cannot be opened" in r.stderr), r.stderr
     r = subprocess.run([sys.executable, "-m", "service", "--state-dir", str(tmp_path), "--socket",
                         str(tmp_path / "s.sock"), "--source", "directory"], capture_output=True, text=True,
-                       cwd=str(ROOT), env=_env(), timeout=120)
+                       cwd=str(ROOT), env=subprocess_env(), timeout=120)
     assert r.returncode == 1 and "--spool" in r.stderr
 
 
@@ -185,7 +198,7 @@ def test_replay_of_an_image_folder_is_in_the_models_class_space(tmp_path):
     proc, sock = _serve(tmp_path, "--source", "replay", "--data", str(tmp_path / "shoes"), "--split", "all",
                         "--rate", "200", "--mix", "1:1,7:1@1m", "--flush-seconds", "0.3")
     try:
-        time.sleep(2.0)
+        wait_until(lambda: _replayed(sock, (1, 7), 50), what="50 replayed frames of classes 1 and 7 in the log")
         r = _ctl(sock, "--json", "classes", "--minutes", "5")
         assert r.returncode == 0, r.stderr
         counts = {c["class_id"]: c["n"] for c in json.loads(r.stdout)["classes"]}
@@ -195,7 +208,7 @@ def test_replay_of_an_image_folder_is_in_the_models_class_space(tmp_path):
         assert proc.wait(timeout=30) == 0
     r = subprocess.run([sys.executable, "-m", "service", "--state-dir", str(tmp_path / "state2"), "--socket",
                         str(tmp_path / "s2.sock"), "--source", "replay", "--data", str(tmp_path / "odd"),
-                        "--split", "all"], capture_output=True, text=True, cwd=str(ROOT), env=_env(), timeout=120)
+                        "--split", "all"], capture_output=True, text=True, cwd=str(ROOT), env=subprocess_env(), timeout=120)
     line = r.stderr.strip()
     assert r.returncode == 1 and "Traceback" not in line, r.stderr
     assert "class folders ['Boots'] are neither class names nor class ids of the model (10 classes" in line, line

@@ -15,6 +15,7 @@ from service.client import Client
 from service.errors import ServiceError
 from service.model_slot import load_model
 from service.server import Server, ServerConfig
+from tests.helpers import wait_until
 from tests.service.threads import run_threads
 
 
@@ -84,14 +85,30 @@ def test_a_refused_swap_is_an_event_and_changes_nothing(tmp_path, package_copy):
         srv.stop()
 
 
-def test_eight_socket_clients_through_twenty_swaps(tmp_path, frames):
+def test_eight_socket_clients_through_twenty_swaps(tmp_path, frames, monkeypatch):
+    """Every swap's load overlaps requests by construction (it waits for new answers before it
+    installs the model, so a swap that held requests up would fail here), and no request fails."""
+    import service.model_slot as model_slot
+
     srv = Server("fmnist-cnn", tmp_path / "state", tmp_path / "s.sock", ServerConfig(flush_seconds=0.2))
     versions = {}
     for name in ("fmnist-cnn", "fmnist-vgg"):
         m = load_model(name)
         versions[m.version] = m.predict(frames).class_ids
-    srv.start()
     answers, errors, stop = [], [], threading.Event()
+    overlapped = []
+
+    def load_while_serving(*args, **kw):
+        # 9 answers: at most 8 (one per client) come from requests sent before the last swap, so
+        # the model serving during this load answered at least one of them
+        want = len(answers) + 9
+        model = load_model(*args, **kw)
+        wait_until(lambda: len(answers) >= want, what="9 answers during a swap")
+        overlapped.append(model.version)
+        return model
+
+    monkeypatch.setattr(model_slot, "load_model", load_while_serving)
+    srv.start()
 
     def client(seed):
         rng = np.random.default_rng(seed)
@@ -116,8 +133,8 @@ def test_eight_socket_clients_through_twenty_swaps(tmp_path, frames):
         for t in threads:
             t.join()
         srv.stop()
-    assert errors == [] and len(answers) > 200
-    assert {v for _, v, _ in answers} == set(versions)                 # both models answered ...
+    assert errors == [] and len(overlapped) == 20                      # requests overlapped every swap ...
+    assert {v for _, v, _ in answers} == set(versions)                 # ... both models answered ...
     wrong = [(i, v, k) for i, v, k in answers if versions[v][i] != k]
     assert wrong == []                                                 # ... each answer wholly from one
     assert sum(_served_total(srv.db_path).values()) == len(answers)    # every prediction counted once
@@ -236,8 +253,8 @@ def test_every_prediction_answered_during_stop_is_counted(tmp_path, frames):
     def client(seed):
         rng = np.random.default_rng(seed)
         try:
-            with Client(srv.control.path, timeout=10) as c:
-                while True:
+            with Client(srv.control.path, timeout=60) as c:
+                while True:                     # paced, so that some requests arrive during the stop
                     time.sleep(float(rng.uniform(0, 0.3)))
                     answers.append(c.predict(frames[int(rng.integers(len(frames)))]))
         except ServiceError:
@@ -246,9 +263,9 @@ def test_every_prediction_answered_during_stop_is_counted(tmp_path, frames):
     threads = [threading.Thread(target=client, args=(s,)) for s in range(8)]
     for t in threads:
         t.start()
-    time.sleep(1.0)
+    wait_until(lambda: len(answers) > 8, what="the clients to be answered")
     srv.stop()
     for t in threads:
-        t.join(30)
-    assert len(answers) > 8
+        t.join(60)
+    assert not any(t.is_alive() for t in threads)
     assert sum(_served_total(srv.db_path).values()) == len(answers)

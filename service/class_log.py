@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import faults
-from .db import open_db, read_rows
+from .db import open_db, read_rows, transaction
 from .errors import ServiceError
 from .recent_counts import RecentCounts
 
@@ -76,15 +76,11 @@ class ClassLog:
                 self.last_flush = self._clock()
                 return 0
             rows = [(*key, int(v[0]), v[1], int(v[2])) for key, v in pending.items()]
-            conn = self._db.conn
             try:
-                conn.execute("BEGIN")
-                conn.executemany(_UPSERT, rows)
-                faults.point("classlog.flush")
-                conn.execute("COMMIT")
+                with transaction(self._db) as conn:
+                    conn.executemany(_UPSERT, rows)
+                    faults.point("classlog.flush")
             except (sqlite3.Error, OSError) as e:
-                if conn.in_transaction:
-                    conn.execute("ROLLBACK")
                 with self._lock:
                     for key, v in pending.items():
                         row = self._pending.setdefault(key, [0, 0.0, 0])
@@ -128,7 +124,7 @@ class ClassLog:
         """Delete rows older than ``keep_minutes``; returns how many went."""
         cutoff = int((self._clock() if now is None else now) // 60) - keep_minutes
         with self._write_lock:
-            cur = self._db.conn.execute("DELETE FROM counts WHERE minute <= ?", (cutoff,))
+            cur = self._db.execute("DELETE FROM counts WHERE minute <= ?", (cutoff,))
             return int(cur.rowcount)
 
     def close(self) -> None:
@@ -139,4 +135,4 @@ class ClassLog:
         except ServiceError as e:
             log.error("closing the class log lost %d count rows: %s", len(self._pending), e)
         finally:
-            self._db.conn.close()
+            self._db.close()

@@ -1,13 +1,20 @@
-"""The serving plane's SQLite file (DESIGN.md §SQLite schema): open it in WAL mode and bring its schema
-up to date by ``PRAGMA user_version`` migrations. Works with sqlite-utils 3.38 (Python 3.8) and 4.x."""
+"""The serving plane's SQLite file (DESIGN.md §SQLite schema): open it in WAL mode, bring its schema up
+to date by ``PRAGMA user_version`` migrations, and the few ways the tables' code touches it.
+
+Plain ``sqlite3``, no wrapper: the schema is append-only SQL keyed by ``user_version``, the hot path (the
+class log's flush) is an increment upsert no table API expresses, and the reads are a handful of fixed
+queries. Who writes which table through which connection: docs/architecture.md, "SQLite"."""
 
 import sqlite3
+from contextlib import contextmanager
 from pathlib import Path
-from typing import List, Sequence
-
-import sqlite_utils
+from typing import Iterator, List, Sequence
 
 from .errors import ServiceError
+
+# How long a write waits for another connection's write to the same file (SQLite's busy timeout):
+# every writing connection sets it, so writers take turns instead of failing with "database is locked".
+BUSY_TIMEOUT_S = 5.0
 
 # Migration i (1-based) takes a file from user_version i-1 to i. Append, never edit.
 MIGRATIONS: List[List[str]] = [
@@ -26,14 +33,15 @@ MIGRATIONS: List[List[str]] = [
 SCHEMA_VERSION = len(MIGRATIONS)
 
 
-def open_db(path: Path) -> sqlite_utils.Database:
-    """The database at ``path`` (created if missing), WAL, synchronous=NORMAL, schema migrated."""
+def open_db(path: Path) -> sqlite3.Connection:
+    """A long-lived connection to the database at ``path`` (created if missing): WAL, synchronous=NORMAL,
+    the busy timeout, autocommit (``transaction`` groups statements), usable from any thread (its owner
+    serialises use with a lock of its own), schema migrated."""
     path = Path(path)
     try:
-        conn = sqlite3.connect(str(path), check_same_thread=False, isolation_level=None)
+        conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S, check_same_thread=False, isolation_level=None)
         conn.execute("PRAGMA journal_mode=WAL")
         conn.execute("PRAGMA synchronous=NORMAL")
-        conn.execute("PRAGMA busy_timeout=5000")
         version = conn.execute("PRAGMA user_version").fetchone()[0]
     except sqlite3.DatabaseError as e:
         raise ServiceError(f"cannot open the database {path}: {e}") from e
@@ -43,16 +51,31 @@ def open_db(path: Path) -> sqlite_utils.Database:
                            f"{SCHEMA_VERSION}; upgrade ocap or move the file aside")
     for v in range(version, SCHEMA_VERSION):
         try:
-            conn.execute("BEGIN IMMEDIATE")
-            for sql in MIGRATIONS[v]:
-                conn.execute(sql)
-            conn.execute(f"PRAGMA user_version={v + 1}")
-            conn.execute("COMMIT")
+            with transaction(conn):
+                if conn.execute("PRAGMA user_version").fetchone()[0] > v:
+                    continue                # another connection migrated it while this one waited
+                for sql in MIGRATIONS[v]:
+                    conn.execute(sql)
+                conn.execute(f"PRAGMA user_version={v + 1}")
         except sqlite3.DatabaseError as e:
-            conn.execute("ROLLBACK")
             conn.close()
             raise ServiceError(f"migrating database {path} to schema version {v + 1} failed: {e}") from e
-    return sqlite_utils.Database(conn)
+    return conn
+
+
+@contextmanager
+def transaction(conn: sqlite3.Connection) -> Iterator[sqlite3.Connection]:
+    """``BEGIN IMMEDIATE`` ... ``COMMIT`` on an ``open_db`` connection, ``ROLLBACK`` when the body raises.
+    IMMEDIATE takes the write lock first, where the busy timeout applies, so a transaction waits for
+    another connection's write rather than failing half-way."""
+    conn.execute("BEGIN IMMEDIATE")
+    try:
+        yield conn
+        conn.execute("COMMIT")
+    except BaseException:
+        if conn.in_transaction:             # a failed COMMIT (a full disk) may leave it open
+            conn.execute("ROLLBACK")
+        raise
 
 
 def read_rows(path: Path, sql: str, args: Sequence = ()) -> List[tuple]:
@@ -67,7 +90,7 @@ def read_rows(path: Path, sql: str, args: Sequence = ()) -> List[tuple]:
 def write(path: Path, sql: str, args: Sequence = ()) -> None:
     """One statement committed on a short connection of its own (for rare writes: events, models)."""
     try:
-        conn = sqlite3.connect(str(path), timeout=5.0)
+        conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S)
         try:
             with conn:
                 conn.execute(sql, tuple(args))

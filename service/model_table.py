@@ -1,15 +1,21 @@
 """The ``models`` table: every model version this device has loaded or made, what it is (classes,
 MACs, parameters, metrics from its card) and its status (``serving``, ``teacher``, ``retired``,
-``refused``; the control plane adds ``candidate``, ``rejected``, ``last_good``)."""
+``refused``; the control plane adds ``candidate``, ``rejected``, ``last_good``). A record for people
+(``ocapctl models``, reports), not state anything acts on: a write that fails is logged, not raised, so
+a full disk cannot make a swap that happened look failed."""
 
 import json
+import logging
 from pathlib import Path
-from typing import Any, Dict, List
+from typing import Any, Dict, List, Sequence
 
 from ocap_core import strict_json
 from ocap_core.package import Card
 
 from .db import read_rows, write
+from .errors import ServiceError
+
+log = logging.getLogger(__name__)
 
 _UPSERT = ("INSERT INTO models (version, parent, created, class_ids_json, macs, params, metrics_json, status) "
            "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (version) DO UPDATE SET status = excluded.status")
@@ -24,10 +30,17 @@ class ModelTable:
         m = card.metrics
         row = (card.version, card.parent, card.created, strict_json.dumps(list(card.class_ids)), m.get("macs"),
                m.get("params"), strict_json.dumps(m, default=str), status)
-        write(self.path, _UPSERT, row)
+        self._write(_UPSERT, row, f"model {card.version} not recorded as {status}")
 
     def set_status(self, version: str, status: str) -> None:
-        write(self.path, "UPDATE models SET status = ? WHERE version = ?", (status, version))
+        self._write("UPDATE models SET status = ? WHERE version = ?", (status, version),
+                    f"model {version} not marked {status}")
+
+    def _write(self, sql: str, args: Sequence, what: str) -> None:
+        try:
+            write(self.path, sql, args)
+        except ServiceError as e:
+            log.error("%s: %s", what, e)
 
     def all(self) -> List[Dict[str, Any]]:
         """Every recorded model, newest first."""

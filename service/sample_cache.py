@@ -24,7 +24,7 @@ from ocap_core.errors import OcapError
 from ocap_core.selection import VAL_SELECTOR, Offer, image_digest, make_selector, split_for, val_capacity
 
 from . import faults
-from .db import open_db
+from .db import open_db, transaction
 from .errors import ServiceError
 
 log = logging.getLogger(__name__)
@@ -76,6 +76,19 @@ class SampleCache:
             raise ServiceError(f"sample cache: {e}") from e
 
     def _resume(self) -> None:
+        """Re-offer the indexed samples, oldest first, in one transaction: a crash half-way leaves the
+        old index whole (row by row it left files on disk that no row named, so ``forget`` missed them).
+        Then remove sample files no row names (a crash or a failed insert between a file's write and
+        its row): nothing else would ever offer, count or forget them."""
+        with transaction(self._db):
+            self._resume_rows()
+        held = {Path(p).name for p in self._digest_of}
+        stray = [f for f in list(self.dir.glob("*.npz")) + list(self.dir.glob(".*.npz.tmp")) if f.name not in held]
+        for f in stray:
+            f.unlink(missing_ok=True)
+        log.info("sample cache resumed: %s%s", self.counts(), f"; {len(stray)} unindexed file(s) removed" if stray else "")
+
+    def _resume_rows(self) -> None:
         rows = self._db.execute("SELECT class_id, split, path, bytes FROM samples ORDER BY created, id").fetchall()
         self._db.execute("DELETE FROM samples")
         for class_id, split, path, size in rows:
@@ -88,7 +101,6 @@ class SampleCache:
                 continue
             self._place(str(path), image, features, int(class_id), split, None, stored_size=int(size),
                         digest=image_digest(image))
-        log.info("sample cache resumed: %s", self.counts())
 
     def offer(self, image: np.ndarray, features: np.ndarray, class_id: int, confidence: float) -> bool:
         """Offer one frame the base model classified; True when the cache kept it."""
@@ -190,4 +202,4 @@ class SampleCache:
             return len(paths)
 
     def close(self) -> None:
-        self._db.conn.close()
+        self._db.close()

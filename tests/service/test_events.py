@@ -33,6 +33,18 @@ def test_models_are_recorded_once_and_change_status(tmp_path):
     assert table.all()[0]["status"] == "retired"
 
 
+def test_a_failed_write_is_logged_not_raised(tmp_path, caplog):
+    """A full or failing disk must not stop what the record is about (a swap that has happened)."""
+    card = open_package(resolve_model("fmnist-cnn")).card
+    nowhere = tmp_path / "missing" / "ocap.db"
+    ModelTable(nowhere).put(card, "serving")
+    ModelTable(nowhere).set_status(card.version, "retired")
+    assert EventLog(nowhere).record("swap", to="x")["kind"] == "swap"
+    errors = [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    assert len(errors) == 3 and f"model {card.version} not recorded as serving" in errors[0], errors
+    assert "missing" in errors[0] and f"model {card.version} not marked retired" in errors[1]
+
+
 def test_concurrent_writers_lose_no_event(tmp_path, tiny_switch_interval):
     """Eight threads record events while the class log flushes in a loop on the same file: every
     event is there once (each write waits for the writer lock instead of failing)."""

@@ -66,6 +66,43 @@ def test_a_restart_resumes_the_same_samples(tmp_path, frames):
     assert again.counts() == before and sorted((tmp_path / "cache").glob("*.npz")) == files
 
 
+def test_a_resume_that_fails_half_way_keeps_the_whole_index(tmp_path, frames, monkeypatch):
+    """Resuming deleted the index and wrote it back row by row: a crash half-way left files that no row
+    named, so they were never offered again, counted against the quota or removed by ``forget``."""
+    cache = SampleCache(tmp_path / "cache", tmp_path / "ocap.db", per_class=12)
+    _fill(cache, frames)
+    before, files = cache.counts(), sorted((tmp_path / "cache").glob("*.npz"))
+    cache.close()
+    place, calls = SampleCache._place, []
+
+    def dies_on_the_fifth(self, *args, **kw):
+        calls.append(1)
+        if len(calls) == 5:
+            raise OSError("the power went")
+        return place(self, *args, **kw)
+
+    monkeypatch.setattr(SampleCache, "_place", dies_on_the_fifth)
+    with pytest.raises(OSError, match="power"):
+        SampleCache(tmp_path / "cache", tmp_path / "ocap.db", per_class=12)
+    monkeypatch.setattr(SampleCache, "_place", place)
+    again = SampleCache(tmp_path / "cache", tmp_path / "ocap.db", per_class=12)
+    assert again.counts() == before and sorted((tmp_path / "cache").glob("*.npz")) == files
+    assert again.forget() == len(files) and not list((tmp_path / "cache").glob("*.npz"))
+
+
+def test_files_no_row_names_are_removed_at_start(tmp_path, frames):
+    """A kill between a sample's file and its row (or a failed insert) left a file nothing would offer,
+    count against the quota or forget; the next start removes it and keeps every indexed one."""
+    cache = SampleCache(tmp_path / "cache", tmp_path / "ocap.db", per_class=12)
+    _fill(cache, frames)
+    before, files = cache.counts(), sorted((tmp_path / "cache").glob("*.npz"))
+    cache.close()
+    (tmp_path / "cache" / "3-0123abcd.npz").write_bytes(files[0].read_bytes())
+    (tmp_path / "cache" / ".3-4567cdef.npz.tmp").write_bytes(b"half written")
+    again = SampleCache(tmp_path / "cache", tmp_path / "ocap.db", per_class=12)
+    assert again.counts() == before and sorted((tmp_path / "cache").iterdir()) == files
+
+
 def test_the_byte_quota_is_never_exceeded_and_late_classes_get_room(tmp_path, frames):
     x, pred = frames
     quota = 60_000                                  # ~14 samples of 28x28 + 128 features

@@ -191,7 +191,20 @@ def test_the_search_waits_for_enough_held_back_images(rig):
     rig.ctl.cfg = dataclasses.replace(rig.cfg, personalize=dataclasses.replace(rig.cfg.personalize, rule="search"))
     rig.observe_stable()
     ok, why, _ = rig.ctl.evaluate_trigger()
-    assert not ok and f"/{rig.ctl.held_back_needed()} held-back samples of {{1,8}}" in why, why
+    assert not ok and f"/{rig.ctl.held_back_needed(2)} held-back samples of {{1,8}}" in why, why
+
+
+@pytest.mark.parametrize("max_loss,per_class,classes", [(1.0, 256, 3), (1.0, 32, 2), (2.0, 256, 2), (0.5, 128, 3)])
+def test_held_back_needed_shows_half_the_budget_as_far_as_the_reservoir_holds(rig, max_loss, per_class, classes):
+    from ocap_core.agreement import judged_images_needed
+    from ocap_core.selection import val_capacity
+
+    p = dataclasses.replace(rig.cfg.personalize, rule="search", max_loss=max_loss, samples_per_class=per_class)
+    rig.ctl.cfg = dataclasses.replace(rig.cfg, personalize=p)
+    need = rig.ctl.held_back_needed(classes)
+    assert 2 * judged_images_needed(max_loss) <= need <= 2 * judged_images_needed(max_loss / 2)
+    assert need == 2 * judged_images_needed(max_loss / 2) or need == max(2 * judged_images_needed(max_loss),
+                                                                          classes * val_capacity(per_class))
 
 
 def test_a_gated_candidate_serves_the_session_the_gate_loaded_and_passes_probation(rig, deployed):

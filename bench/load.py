@@ -12,7 +12,8 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
-from daemon.demo import _events, demo_config, start_ocapd
+from daemon.demo import demo_config
+from daemon.launch import start_ocapd, wait_until
 from ocap_core.data import load_dataset
 from service.client import Client, Unreachable
 
@@ -73,29 +74,21 @@ def run(quick: bool = False, clients: int = 16, rate: float = 20.0) -> Dict[str,
         work = Path(tmp)
         ini = work / "ocap.ini"
         ini.write_text(demo_config(work, "fmnist-cnn", rate * clients, threads=1), encoding="utf-8")
-        log = open(work / "ocapd.log", "w", encoding="utf-8")
-        proc = start_ocapd(ini, log)
-        sock, flag = work / "ocap.sock", work / "drift"
-        deadline = time.time() + 60
-        while not sock.exists():
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"ocapd did not start: {(work / 'ocapd.log').read_text()[-2000:]}")
-            time.sleep(0.2)
-        try:
+        flag = work / "drift"
+        with start_ocapd(ini, work / "ocap.sock", work / "ocapd.log") as daemon:
             with ProcessPoolExecutor(clients, mp_context=multiprocessing.get_context("spawn")) as pool:
                 start = time.time() + 3.0 + 0.2 * clients
-                futs = [pool.submit(paced_client, str(sock), images, rate, start, start + seconds, str(flag), s)
+                futs = [pool.submit(paced_client, str(daemon.socket), images, rate, start, start + seconds, str(flag), s)
                         for s in range(clients)]
-                while not all(f.done() for f in futs):
-                    if not flag.exists() and any(e["kind"] == "probation_passed" for e in _events(sock)):
+
+                def clients_done() -> bool:
+                    if not flag.exists() and any(e["kind"] == "probation_passed" for e in daemon.events()):
                         flag.write_text("drift")
-                    time.sleep(1.0)
+                    return all(f.done() for f in futs)
+
+                wait_until(clients_done, seconds + 600.0, f"{clients} load clients to finish", interval=1.0)
                 reqs = [r for f in futs for r in f.result()]
-            events = _events(sock)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
-            log.close()
+            events = daemon.events()
     return summarize(reqs, events, clients, rate, seconds)
 
 

@@ -12,8 +12,6 @@
 
 import multiprocessing
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from concurrent.futures import ProcessPoolExecutor
@@ -22,15 +20,15 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
+from daemon.launch import start_daemon
 from ocap_core.data import load_dataset
 from ocap_core.preprocess import preprocess
 from service.class_log import ClassLog
-from service.client import Client, Unreachable
+from service.client import Client
 from service.server import Server
 
 from .report import figure
 
-ROOT = Path(__file__).resolve().parent.parent
 MODELS = ["fmnist-cnn", "fmnist-resnet20", "fmnist-mobilenetv2", "fmnist-vgg"]
 SOCKET_MODELS = ["fmnist-cnn", "fmnist-resnet20"]
 CLIENTS = [1, 4, 16]
@@ -201,26 +199,13 @@ def serving_rss(model: str = "fmnist-cnn") -> Dict[str, Any]:
     frames = load_dataset("fashion-mnist", "test").x[:200]
     with tempfile.TemporaryDirectory() as tmp:
         sock = Path(tmp) / "s.sock"
-        proc = subprocess.Popen([sys.executable, "-m", "service", "--model", model, "--state-dir", tmp, "--socket",
-                                 str(sock), "--log-level", "WARNING"], cwd=str(ROOT))
-        try:
-            deadline = time.time() + 60
-            while True:
-                try:
-                    with Client(sock) as c:
-                        for f in frames:
-                            c.predict(f)
-                    break
-                except Unreachable:
-                    if time.time() > deadline or proc.poll() is not None:
-                        raise
-                    time.sleep(0.1)
-            p = psutil.Process(proc.pid)
+        args = ["service", "--model", model, "--state-dir", tmp, "--socket", str(sock), "--log-level", "WARNING"]
+        with start_daemon(args, sock, Path(tmp) / "service.log") as daemon, Client(sock) as c:
+            for f in frames:
+                c.predict(f)
+            p = psutil.Process(daemon.pid)
             rss = p.memory_info().rss
             torch_maps = sorted({m.path for m in p.memory_maps() if "torch" in m.path.lower()})
-        finally:
-            proc.terminate()
-            proc.wait(timeout=30)
     return {"model": model, "rss_mb": rss / 2 ** 20, "torch_mapped": torch_maps}
 
 

@@ -12,7 +12,8 @@ from typing import Any, Dict, List
 
 import psutil
 
-from daemon.demo import _events, demo_config, start_ocapd
+from daemon.demo import demo_config
+from daemon.launch import start_ocapd
 from service.client import Client, ServiceError
 
 # 3 classes, then a fourth joins (drift), then 3 again (a new stable set inside the served one)
@@ -27,54 +28,43 @@ def run(quick: bool = False, rate: float = 300.0) -> Dict[str, Any]:
         text = demo_config(work, "fmnist-cnn", rate, threads=1).replace("cooldown = 60s", "cooldown = 20s")
         text = text.replace("cooldown = 20s\n", "cooldown = 20s\ndaily_cap = 1000\n", 1)   # cycles all along
         ini.write_text(text + f"\n[source:replay]\ntype = replay\nrate = {rate:g}\nmix = {MIX}\n", encoding="utf-8")
-        log = open(work / "ocapd.log", "w", encoding="utf-8")
-        proc = start_ocapd(ini, log)
-        sock = work / "ocap.sock"
-        deadline = time.time() + 60
-        while not sock.exists():
-            if proc.poll() is not None or time.time() > deadline:
-                raise RuntimeError(f"ocapd did not start: {(work / 'ocapd.log').read_text()[-2000:]}")
-            time.sleep(0.2)
-        stop = threading.Event()
-        answered = [0, 0]                      # ok, failed
+        with start_ocapd(ini, work / "ocap.sock", work / "ocapd.log") as daemon:
+            sock = daemon.socket
+            stop = threading.Event()
+            answered = [0, 0]                      # ok, failed
 
-        def client() -> None:
-            import numpy as np
+            def client() -> None:
+                import numpy as np
 
-            from ocap_core.data import load_dataset
+                from ocap_core.data import load_dataset
 
-            x = load_dataset("fashion-mnist", "test").x[:500]
-            c = Client(sock)
-            i = 0
-            while not stop.wait(0.1):
-                try:
-                    c.predict(np.asarray(x[i % len(x)]))
-                    answered[0] += 1
-                except (ServiceError, OSError):
-                    answered[1] += 1
-                    c.close()
-                    c = Client(sock)
-                i += 1
-            c.close()
+                x = load_dataset("fashion-mnist", "test").x[:500]
+                c = Client(sock)
+                i = 0
+                while not stop.wait(0.1):
+                    try:
+                        c.predict(np.asarray(x[i % len(x)]))
+                        answered[0] += 1
+                    except (ServiceError, OSError):
+                        answered[1] += 1
+                        c.close()
+                        c = Client(sock)
+                    i += 1
+                c.close()
 
-        t = threading.Thread(target=client, daemon=True)
-        t.start()
-        p = psutil.Process(proc.pid)
-        samples: List[Dict[str, float]] = []
-        t0 = time.time()
-        try:
+            t = threading.Thread(target=client, daemon=True)
+            t.start()
+            p = psutil.Process(daemon.pid)
+            samples: List[Dict[str, float]] = []
+            t0 = time.time()
             while time.time() - t0 < seconds:
-                time.sleep(5.0)
+                time.sleep(5.0)                 # the sampling period, not a wait for something to happen
                 samples.append({"t": time.time() - t0, "rss": p.memory_info().rss, "fds": p.num_fds(),
                                 "threads": p.num_threads(), "db": sum(f.stat().st_size for f in
                                                                        (work / "state").glob("ocap.db*"))})
             stop.set()
             t.join(timeout=30)
-            events = _events(sock)
-        finally:
-            proc.terminate()
-            proc.wait(timeout=60)
-            log.close()
+            events = daemon.events()
     kinds = [e["kind"] for e in events]
     warm = next((s for s in samples if s["t"] >= 30), samples[0])
     return {"seconds": seconds, "rate": rate, "samples": samples, "warm": warm, "end": samples[-1],

@@ -15,22 +15,25 @@ daemon never saw, so the cached samples it fine-tuned on are not scored."""
 
 import argparse
 import logging
-import os
 import shutil
 import signal
-import subprocess
 import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from ocap_core import strict_json
 from ocap_core.cli import add_command
 from ocap_core.errors import OcapError
-from service.sources import ThreadSource
+
+from .errors import DaemonError
+from .launch import DaemonProcess, start_ocapd, wait_until
+
+if TYPE_CHECKING:
+    from .demo_replay import Replay
 
 log = logging.getLogger(__name__)
 
@@ -95,94 +98,47 @@ def demo_config(work: Path, model: str, rate: float, speed: float = 1.0, epochs:
                            threads=threads or "auto", max_loss=max_loss, drift_window=max(3, round(6 / speed)), probation=max(5, round(15 / speed)))
 
 
-def start_ocapd(ini: Path, stderr: Any) -> subprocess.Popen:
-    """``python -m daemon.main --config INI`` from this checkout or installation."""
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
-        p for p in (str(Path(__file__).resolve().parent.parent), os.environ.get("PYTHONPATH", "")) if p))
-    return subprocess.Popen([sys.executable, "-m", "daemon.main", "--config", str(ini)], stderr=stderr, env=env)
-
-
-class Replay(ThreadSource):
-    """Sends frames of the current mix to the daemon at ``rate`` per second from its own thread; keeps
-    (time, true class, predicted class, model version, ok) per request."""
-
-    name = "demo-replay"
-
-    def __init__(self, sock: Path, images: Dict[int, np.ndarray], rate: float, seed: int = 0) -> None:
-        self.sock, self.images, self.rate = sock, images, rate
-        self.rng = np.random.default_rng(seed)
-        self.mix: Dict[int, float] = {}
-        self.log: List[tuple] = []
-        super().__init__()
-
-    def set_mix(self, mix: Dict[int, float]) -> None:
-        total = sum(mix.values())
-        self.mix = {k: v / total for k, v in mix.items()}
-
-    def _run(self) -> None:
-        from service.client import Client, ServiceError
-
-        period = 1.0 / self.rate
-        nxt = time.monotonic()
-        client: Optional[Client] = None
-        while not self._stop.is_set():
-            classes = list(self.mix)
-            k = int(self.rng.choice(classes, p=[self.mix[c] for c in classes]))
-            pool = self.images[k]
-            img = pool[int(self.rng.integers(len(pool)))]
-            t = time.time()
-            try:
-                client = client or Client(self.sock)
-                r = client.predict(img)
-                self.log.append((t, k, r["class_id"], r["model_version"], True))
-            except (ServiceError, OSError) as e:          # counted as failed; reconnect on the next frame
-                self.log.append((t, k, -1, "", False))
-                log.warning("request failed: %s", e)
-                if client is not None:
-                    client.close()
-                client = None
-            nxt += period
-            time.sleep(max(0.0, nxt - time.monotonic()))
-        if client is not None:
-            client.close()
-
-
-def _call(sock: Path, cmd: str, **args: Any) -> Any:
-    from service.client import Client
-
-    with Client(sock, timeout=10) as c:
-        return c.call(cmd, **args)
-
-
-def _events(sock: Path) -> List[Dict[str, Any]]:
-    return list(reversed(_call(sock, "history", limit=500)["events"]))
-
-
 BUSY_PHASES = ("personalizing", "gating", "probation")
+GAVE_UP = {"kind": "gave up"}             # _wait_for's "past the deadline, nothing moving"
 
 
-def _wait_for(sock: Path, kinds: Sequence[str], deadline: float, show, busy_until: float = 0.0
-              ) -> Optional[Dict[str, Any]]:
-    """The first event of ``kinds``, waiting until ``deadline``, or past it (up to ``busy_until``)
+def _wait_for(daemon: DaemonProcess, kinds: Sequence[str], deadline: float, show: Callable[[], None],
+              busy_until: float = 0.0) -> Optional[Dict[str, Any]]:
+    """The latest event of ``kinds``, waiting until ``deadline``, or past it (up to ``busy_until``)
     while the daemon is still personalizing, gating or on probation: on a loaded machine the worker
-    takes longer, and giving up on a loop that is still moving shows nothing."""
-    while True:
+    takes longer, and giving up on a loop that is still moving shows nothing. None if it never came."""
+    def seen() -> Optional[Dict[str, Any]]:
         show()
-        for e in reversed(_events(sock)):
-            if e["kind"] in kinds:
-                return e
-        now = time.time()
-        if now >= deadline and (now >= busy_until or _call(sock, "status")["daemon"]["phase"] not in BUSY_PHASES):
-            return None
-        time.sleep(1.0)
+        found = [e for e in daemon.events() if e["kind"] in kinds]
+        if found:
+            return found[-1]
+        if time.time() >= deadline and daemon.request("status")["daemon"]["phase"] not in BUSY_PHASES:
+            return GAVE_UP
+        return None
+
+    try:
+        hit = wait_until(seen, max(deadline, busy_until) - time.time(), f"an event of {', '.join(kinds)}",
+                         interval=1.0)
+    except TimeoutError:
+        return None
+    return None if hit is GAVE_UP else hit
 
 
-def _why_not(sock: Path, verdict: Optional[Dict[str, Any]], waited: float) -> str:
+def _serve_after(replay: "Replay", t: float, seconds: float) -> None:
+    """Let the replay go on until about ``seconds`` of its requests after ``t`` were answered, so the
+    report shows the model serving after the verdict (up to 30 s on a loaded machine, then on anyway)."""
+    try:
+        wait_until(lambda: replay.answered_since(t) >= replay.rate * seconds, 30.0, "answers after the verdict")
+    except TimeoutError:
+        log.warning("the replay got fewer than %g answers in 30 s after the verdict", replay.rate * seconds)
+
+
+def _why_not(daemon: DaemonProcess, verdict: Optional[Dict[str, Any]], waited: float) -> str:
     """Why no personalized model was established: the probation's verdict, else what the daemon last
     said about its personalization (a gate rejection, a search that found nothing), else the phase."""
     if verdict is not None:
         return f"probation failed: {verdict['detail'].get('reason', '')}"
-    d = _call(sock, "status")["daemon"]
+    d = daemon.request("status")["daemon"]
     if d.get("last_outcome"):
         return d["last_outcome"]
     return f"nothing deployed and passed probation within {waited:.0f} s (the daemon is {d['phase']})"
@@ -272,6 +228,8 @@ def run_demo(args: argparse.Namespace) -> int:
     from ocap_core.package import open_package, resolve_model, shipped_models
     from service.sources import data_misfit
 
+    from .demo_replay import Replay
+
     try:
         base_card = open_package(str(resolve_model(args.model))).card
         test = load_dataset(args.data, args.split or ("test" if args.data in FASHION else "all"),
@@ -294,64 +252,53 @@ def run_demo(args: argparse.Namespace) -> int:
     work = Path(tempfile.mkdtemp(prefix="ocap-demo-"))
     out = Path(args.report) if args.report else work / "report"
     out.mkdir(parents=True, exist_ok=True)
-    sock = work / "ocap.sock"
     speed = args.speed
     ini = work / "ocap.ini"
     model = args.model if args.model in shipped_models() else str(resolve_model(args.model).resolve())
     ini.write_text(demo_config(work, model, args.rate, speed, args.epochs, args.budget, args.threads,
                                max_loss=args.max_loss), encoding="utf-8")
-    daemon_log = open(work / "ocapd.log", "w", encoding="utf-8")
-    # SIGTERM (a kill, a CI timeout) must reach the finally below, or the daemon outlives the demo
+    # SIGTERM (a kill, a CI timeout) must reach the `with daemon` below, or the daemon outlives the demo
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
-    proc = start_ocapd(ini, daemon_log)
     t_start = time.time()
-    replay = Replay(sock, replay_x, args.rate, seed=args.seed)
+    try:
+        daemon = start_ocapd(ini, work / "ocap.sock", work / "ocapd.log")
+    except DaemonError as e:
+        print(f"ocap demo: ocapd did not start: {e}", file=sys.stderr)
+        return 1
     is_tty = sys.stdout.isatty()
 
     def show() -> None:
         try:
-            d = _call(sock, "status")["daemon"]
+            d = daemon.request("status")["daemon"]
         except Exception:                  # the daemon is starting or stopping
             return
         line = f"[{time.time() - t_start:5.0f} s] {d['status_line']}"
         print(("\r" + line[:150].ljust(150)) if is_tty else line, end="" if is_tty else "\n", flush=True)
 
-    try:
-        deadline = time.time() + 60
-        while not sock.exists() or proc.poll() is not None:
-            if proc.poll() is not None or time.time() > deadline:
-                print(f"ocap demo: ocapd did not start; its log is {work / 'ocapd.log'}", file=sys.stderr)
-                return 1
-            time.sleep(0.2)
+    with daemon:
         mix1 = dict(zip(classes, shares))
         print(f"ocapd is up ({args.model}); replaying images of {args.data} of classes {classes} at {args.rate:g}/s, "
               f"shares {shares}; work dir {work}")
+        replay = Replay(daemon.socket, replay_x, args.rate, seed=args.seed)
         replay.set_mix(mix1)
         replay.start()
-        passed = _wait_for(sock, ["probation_passed", "probation_failed"], time.time() + args.max_seconds * 0.7, show,
-                           busy_until=time.time() + args.max_seconds * 1.5)
-        t_drift, reverted, gave_up = time.time(), None, None
-        if passed is not None and passed["kind"] == "probation_passed":
-            # the drift class joins only once the personalized model is established, as it would in the field
-            replay.set_mix({**mix1, extra: args.drift_share})
-            print(("\n" if is_tty else "") + f"class {extra} joins the mix at {args.drift_share:g} of the weight")
-            reverted = _wait_for(sock, ["drift"], time.time() + max(30.0, args.max_seconds * 0.3), show)
-        else:
-            gave_up = _why_not(sock, passed, args.max_seconds * 0.7)
-            print(("\n" if is_tty else "") + f"no drift shown: {gave_up}")
-        time.sleep(2.0)
-        replay.stop()
-        events = _events(sock)
-        status = _call(sock, "status")
-    finally:
-        if replay._thread.is_alive():
-            replay.stop()
-        proc.send_signal(signal.SIGTERM)
         try:
-            proc.wait(timeout=60)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-        daemon_log.close()
+            passed = _wait_for(daemon, ["probation_passed", "probation_failed"], time.time() + args.max_seconds * 0.7,
+                               show, busy_until=time.time() + args.max_seconds * 1.5)
+            t_drift, reverted, gave_up = time.time(), None, None
+            if passed is not None and passed["kind"] == "probation_passed":
+                # the drift class joins only once the personalized model is established, as in the field
+                replay.set_mix({**mix1, extra: args.drift_share})
+                print(("\n" if is_tty else "") + f"class {extra} joins the mix at {args.drift_share:g} of the weight")
+                reverted = _wait_for(daemon, ["drift"], time.time() + max(30.0, args.max_seconds * 0.3), show)
+            else:
+                gave_up = _why_not(daemon, passed, args.max_seconds * 0.7)
+                print(("\n" if is_tty else "") + f"no drift shown: {gave_up}")
+            _serve_after(replay, time.time(), seconds=2.0)
+        finally:
+            replay.stop()
+        events = daemon.events()
+        status = daemon.request("status")
     print("" if not is_tty else "\n", end="")
     deployed = [e for e in events if e["kind"] == "deploy"]
     base_dir = str(resolve_model(args.model))
@@ -472,3 +419,4 @@ HELP = "run the whole loop: ocapd on the shipped model, a replayed skewed class 
 def add_commands(sub: Any) -> None:
     """``ocap demo``, added to the ``ocap`` parser's subcommands (``ocap_cli`` composes the parser)."""
     add_command(sub, "demo", add_arguments, run_demo, HELP)
+

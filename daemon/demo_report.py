@@ -18,7 +18,7 @@ def _plots(out: Path, summary: Dict[str, Any], requests: List[tuple], events: Li
     seconds = int(max((r[0] for r in requests), default=t0) - t0) + 1
     classes = sorted({r[2] for r in requests if r[4]})
     counts = {k: [0] * seconds for k in classes}
-    for t, _, pred, _, ok in requests:
+    for t, _, pred, _, ok, _ in requests:
         if ok:
             counts[pred][int(t - t0)] += 1
     fig, ax = plt.subplots(figsize=(10, 4))

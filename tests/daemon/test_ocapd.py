@@ -14,11 +14,11 @@ from pathlib import Path
 
 import pytest
 
-from daemon.demo import Replay
+from daemon.demo_replay import Replay
+from daemon.launch import DaemonProcess, start_ocapd, wait_until
 from daemon.store import ModelStore
 from ocap_core.data import load_dataset
 from ocap_core.package import open_package, resolve_model
-from service.client import Client, Unreachable
 from tests.daemon.test_store import corrupt, make_version
 from tests.helpers import ROOT
 
@@ -50,22 +50,9 @@ def _env(**extra):
     return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""), **extra)
 
 
-def start(tmp: Path, ini: Path, **env) -> subprocess.Popen:
-    proc = subprocess.Popen([sys.executable, "-m", "daemon.main", "--config", str(ini)], cwd=str(ROOT),
-                            env=_env(**env), stderr=open(tmp / "ocapd.log", "a"))
-    deadline = time.time() + 60
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            Client(tmp / "s.sock").close()
-            return proc
-        except Unreachable:
-            time.sleep(0.1)
-    raise AssertionError((tmp / "ocapd.log").read_text())
-
-
-def stop(proc: subprocess.Popen) -> int:
-    proc.send_signal(signal.SIGTERM)
-    return proc.wait(timeout=60)
+def start(tmp: Path, ini: Path, **env) -> DaemonProcess:
+    """ocapd on ``ini`` (whose socket is ``tmp``/s.sock), once it answers; its log is ``tmp``/ocapd.log."""
+    return start_ocapd(ini, tmp / "s.sock", tmp / "ocapd.log", env=env)
 
 
 def ctl(tmp: Path, *args: str) -> dict:
@@ -76,6 +63,7 @@ def ctl(tmp: Path, *args: str) -> dict:
 
 
 def events(tmp: Path) -> list:
+    """(kind, detail) of every event in the database, oldest first (readable after a kill too)."""
     con = sqlite3.connect(str(tmp / "state" / "ocap.db"))
     try:
         return [(k, json.loads(d)) for k, d in con.execute("SELECT kind, detail_json FROM events ORDER BY ts, rowid")]
@@ -84,13 +72,14 @@ def events(tmp: Path) -> list:
 
 
 def wait_event(tmp: Path, kind: str, timeout: float, after: int = 0):
-    deadline = time.time() + timeout
-    while time.time() < deadline:
-        found = [d for k, d in events(tmp)[after:] if k == kind]
-        if found:
-            return found[0]
-        time.sleep(0.5)
-    raise AssertionError(f"no {kind} event in {timeout} s: {[k for k, _ in events(tmp)]}")
+    """The detail of the first ``kind`` event after the first ``after`` events, within ``timeout`` s."""
+    def found():
+        return next(((d,) for k, d in events(tmp)[after:] if k == kind), None)
+
+    try:
+        return wait_until(found, timeout, f"a {kind} event", interval=0.5)[0]
+    except TimeoutError as e:
+        raise AssertionError(f"{e}: {[k for k, _ in events(tmp)]}") from None
 
 
 MIX3 = {0: 0.5, 3: 0.3, 7: 0.2}
@@ -113,10 +102,8 @@ def images():
 @pytest.mark.torch
 @pytest.mark.slow
 def test_the_whole_loop_with_a_concurrent_client(tmp_path, images):
-    proc = start(tmp_path, write_ini(tmp_path))
-    replay = Replay(tmp_path / "s.sock", images, rate=150)
-    replay.set_mix({0: 0.5, 3: 0.3, 7: 0.2})
-    replay.start()
+    daemon = start(tmp_path, write_ini(tmp_path))
+    replay = feed(tmp_path, images)
     try:
         deploy = wait_event(tmp_path, "deploy", 300)
         status = ctl(tmp_path, "status")
@@ -132,7 +119,7 @@ def test_the_whole_loop_with_a_concurrent_client(tmp_path, images):
         assert status["model"]["class_ids"] == list(range(10)) and status["daemon"]["phase"] == "observing"
     finally:
         replay.stop()
-        assert stop(proc) == 0
+        assert daemon.stop() == 0
     kinds = [k for k, _ in events(tmp_path)]
     order = ["personalize_started", "personalize_finished", "gate", "deploy", "probation_passed", "drift"]
     assert [k for k in kinds if k in order] == order
@@ -147,10 +134,8 @@ def test_the_whole_loop_with_a_concurrent_client(tmp_path, images):
 @pytest.mark.slow
 def test_a_candidate_made_worse_on_purpose_is_rolled_back_in_probation(tmp_path, images):
     """No disagreement with the teacher at all is allowed: the first probation check fails it."""
-    proc = start(tmp_path, write_ini(tmp_path, probation={"max_disagreement": "0.0", "duration": "60s"}))
-    replay = Replay(tmp_path / "s.sock", images, rate=150)
-    replay.set_mix({0: 0.5, 3: 0.3, 7: 0.2})
-    replay.start()
+    daemon = start(tmp_path, write_ini(tmp_path, probation={"max_disagreement": "0.0", "duration": "60s"}))
+    replay = feed(tmp_path, images)
     try:
         failed = wait_event(tmp_path, "probation_failed", 300)
         assert "disagreement" in failed["reason"]
@@ -162,7 +147,7 @@ def test_a_candidate_made_worse_on_purpose_is_rolled_back_in_probation(tmp_path,
         assert "last: probation failed" in status["daemon"]["status_line"]
     finally:
         replay.stop()
-        assert stop(proc) == 0
+        assert daemon.stop() == 0
     assert not [r for r in replay.log if not r[4]]
 
 
@@ -224,40 +209,38 @@ def test_check_config_and_a_missing_file(tmp_path):
 
 def test_sighup_applies_a_good_file_and_keeps_the_old_one_on_a_bad_one(tmp_path):
     ini = write_ini(tmp_path, personalize={"enabled": "no"})
-    proc = start(tmp_path, ini)
+    daemon = start(tmp_path, ini)
     try:
         ini.write_text(ini.read_text().replace("windows = 3", "windows = 4"))
-        proc.send_signal(signal.SIGHUP)
+        daemon.proc.send_signal(signal.SIGHUP)
         reloaded = wait_event(tmp_path, "config_reloaded", 20)
         assert reloaded["restart_needed"] == []
         good = ini.read_text()
         ini.write_text(good.replace("windows = 4", "windows = often"))
-        proc.send_signal(signal.SIGHUP)
+        daemon.proc.send_signal(signal.SIGHUP)
         rejected = wait_event(tmp_path, "config_rejected", 20)
         assert "[stability] windows" in rejected["reason"]
-        assert proc.poll() is None and ctl(tmp_path, "status")["daemon"]["phase"] == "observing"
+        assert daemon.running() and ctl(tmp_path, "status")["daemon"]["phase"] == "observing"
         ini.write_text(good.replace("threads = 1\n", "threads = 2\n", 1))
         ctl(tmp_path, "reload")                                   # the same through the socket
         assert wait_event(tmp_path, "config_reloaded", 20, after=len(events(tmp_path)) - 1)
     finally:
-        assert stop(proc) == 0
+        assert daemon.stop() == 0
 
 
 @pytest.mark.torch
 @pytest.mark.slow
 def test_sigterm_during_personalization_leaves_no_partial_model(tmp_path, images):
     ini = write_ini(tmp_path, personalize={"epochs": "300", "time_budget": "600s"})
-    proc = start(tmp_path, ini)
-    replay = Replay(tmp_path / "s.sock", images, rate=150)
-    replay.set_mix({1: 0.6, 8: 0.4})
-    replay.start()
+    daemon = start(tmp_path, ini)
+    replay = feed(tmp_path, images, mix={1: 0.6, 8: 0.4})
     try:
         wait_event(tmp_path, "personalize_started", 120)
-        time.sleep(2.0)
+        wait_event(tmp_path, "personalize_progress", 120)          # the worker is at work
     finally:
         replay.stop()
     t0 = time.time()
-    assert stop(proc) == 0 and time.time() - t0 < 30
+    assert daemon.stop() == 0 and time.time() - t0 < 30
     assert not (tmp_path / "state" / "jobs").exists() or not list((tmp_path / "state" / "jobs").iterdir())
     store = ModelStore(tmp_path / "state")
     assert store.versions() == [] and not list((tmp_path / "state" / "models").iterdir())
@@ -267,31 +250,41 @@ def test_sigterm_during_personalization_leaves_no_partial_model(tmp_path, images
     assert ("personalize_failed", "killed") in [(k, d.get("state")) for k, d in events(tmp_path)]
 
 
+STALL_AT = 30         # seconds after start-up begins: room for a slow start on a busy machine
+
+
 def test_sd_notify_ready_status_and_a_watchdog_that_stops_when_serving_hangs(tmp_path):
+    """Pings every 0.2 s while a probe inference answers; none once predict hangs (STALL_AT s in)."""
     addr = str(tmp_path / "notify.sock")
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
     listener.bind(addr)
     listener.settimeout(1.0)
-    proc = start(tmp_path, write_ini(tmp_path, personalize={"enabled": "no"}), NOTIFY_SOCKET=addr,
-                 WATCHDOG_USEC="400000", OCAP_FAULTS="predict=stall@6")
     got = []
-    try:
-        deadline = time.time() + 14
-        end = time.monotonic() + 14
-        while time.time() < deadline:
+
+    def pings():
+        return [t for t, m in got if m == "WATCHDOG=1"]
+
+    def hear_until(condition):
+        def heard():
             try:
                 got.append((time.monotonic(), listener.recv(4096).decode()))
             except socket.timeout:
                 pass
+            return condition()
+        return heard
+
+    daemon = start(tmp_path, write_ini(tmp_path, personalize={"enabled": "no"}), NOTIFY_SOCKET=addr,
+                   WATCHDOG_USEC="400000", OCAP_FAULTS=f"predict=stall@{STALL_AT}")
+    try:
+        wait_until(hear_until(lambda: len(pings()) >= 5), STALL_AT, "5 watchdog pings", interval=0)
+        wait_until(hear_until(lambda: time.monotonic() - pings()[-1] > 5), STALL_AT + 120,
+                   "5 s without a watchdog ping once predict hangs", interval=0)
+        assert daemon.running()                                # silent because serving hangs, not gone
     finally:
-        proc.kill()
-        proc.wait(timeout=30)
+        daemon.kill()
         listener.close()
     ready = [m for _, m in got if "READY=1" in m]
     assert ready and "STATUS=observing" in ready[0]
-    pings = [t for t, m in got if m == "WATCHDOG=1"]
-    assert len(pings) >= 5                                     # every 0.2 s while healthy ...
-    assert end - pings[-1] > 5                                 # ... and none once predict hangs
 
 
 def test_a_corrupt_current_model_starts_on_last_good(tmp_path):
@@ -301,7 +294,7 @@ def test_a_corrupt_current_model_starts_on_last_good(tmp_path):
     store.set_last_good("vgg-good")
     store.set_current("vgg-bad")
     corrupt(bad)
-    proc = start(tmp_path, write_ini(tmp_path, personalize={"enabled": "no"}))
+    daemon = start(tmp_path, write_ini(tmp_path, personalize={"enabled": "no"}))
     try:
         st = ctl(tmp_path, "status")
         assert st["model"]["version"] == "vgg-good" and st["base"] == open_package(resolve_model("fmnist-cnn")).card.version
@@ -311,29 +304,30 @@ def test_a_corrupt_current_model_starts_on_last_good(tmp_path):
         ctl(tmp_path, "rollback")                                  # last_good serves: back to the base
         assert ctl(tmp_path, "status")["model"]["version"] == st["base"]
     finally:
-        assert stop(proc) == 0
+        assert daemon.stop() == 0
     assert good.exists()
 
 
 def test_personalization_waits_for_enough_held_back_images_to_show_the_budget(tmp_path, images):
     """A 0.2-point budget needs 499 judged images, 998 held back: more than this cache holds back (192 per
     class), so the trigger waits and says so, instead of starting a search that must fail."""
-    proc = start(tmp_path, write_ini(tmp_path, personalize={"max_loss": "0.2"}))
+    daemon = start(tmp_path, write_ini(tmp_path, personalize={"max_loss": "0.2"}))
     replay = feed(tmp_path, images)
     try:
-        deadline, reason = time.time() + 240, ""
-        while time.time() < deadline and "held-back samples" not in reason:
-            reason = ctl(tmp_path, "personalize", "--dry-run")["reason"]
-            time.sleep(1.0)
+        def waiting_reason():
+            reason = daemon.request("personalize", dry_run=True)["reason"]
+            return reason if "held-back samples" in reason else None
+
+        reason = wait_until(waiting_reason, 240, "the trigger to wait for held-back samples", interval=1.0)
         assert reason.startswith("cache holds ") and reason.endswith("/998 held-back samples of {0,3,7}"), reason
         assert "personalize_started" not in [k for k, _ in events(tmp_path)]
     finally:
         replay.stop()
-        assert stop(proc) == 0
+        assert daemon.stop() == 0
 
 
 def test_personalize_dry_run_pause_and_resume_through_ocapctl(tmp_path):
-    proc = start(tmp_path, write_ini(tmp_path))
+    daemon = start(tmp_path, write_ini(tmp_path))
     try:
         dry = ctl(tmp_path, "personalize", "--dry-run")
         assert dry["would_start"] is False and "windows" in dry["reason"]
@@ -344,4 +338,4 @@ def test_personalize_dry_run_pause_and_resume_through_ocapctl(tmp_path):
         assert ctl(tmp_path, "resume") == {"paused": False} and not ctl(tmp_path, "status")["daemon"]["paused"]
         assert [k for k, _ in events(tmp_path)][-2:] == ["paused", "resumed"]
     finally:
-        assert stop(proc) == 0
+        assert daemon.stop() == 0

@@ -9,7 +9,7 @@ import pytest
 from ocap_core.data import load_dataset
 from service.client import Client
 from service.sources import DirectorySource
-from tests.daemon.test_ocapd import start, stop, write_ini
+from tests.daemon.test_ocapd import start, write_ini
 
 
 @pytest.fixture
@@ -54,7 +54,7 @@ def test_links_pipes_oversized_and_misshapen_files_are_rejected_unread(tmp_path,
 def test_what_the_daemon_writes_is_not_world_readable(tmp_path):
     old = os.umask(0o022)                                           # a permissive caller
     try:
-        proc = start(tmp_path, write_ini(tmp_path, personalize={"enabled": "no"}))
+        daemon = start(tmp_path, write_ini(tmp_path, personalize={"enabled": "no"}))
     finally:
         os.umask(old)
     try:
@@ -64,7 +64,7 @@ def test_what_the_daemon_writes_is_not_world_readable(tmp_path):
                 c.predict(img)
         assert stat.S_IMODE(os.stat(tmp_path / "s.sock").st_mode) == 0o660
     finally:
-        assert stop(proc) == 0
+        assert daemon.stop() == 0
     for path in [tmp_path / "state", tmp_path / "cache", *(tmp_path / "state").rglob("*"),
                  *(tmp_path / "cache").rglob("*")]:
         mode = stat.S_IMODE(path.lstat().st_mode)

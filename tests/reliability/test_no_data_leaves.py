@@ -4,13 +4,12 @@ has open for writing lies under the configured state, cache and runtime director
 temporary directories they were given stay empty. psutil samples the processes every 0.1 s."""
 
 import threading
-import time
 
 import psutil
 import pytest
 
 from ocap_core.data import load_dataset
-from tests.daemon.test_ocapd import events, feed, start, stop, wait_event, write_ini
+from tests.daemon.test_ocapd import events, feed, start, wait_event, write_ini
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
@@ -19,7 +18,7 @@ def test_a_whole_cycle_opens_no_network_socket_and_writes_only_its_directories(t
     home, tmpdir = tmp_path / "home", tmp_path / "tmp"
     home.mkdir()
     tmpdir.mkdir()
-    proc = start(tmp_path, write_ini(tmp_path), HOME=str(home), TMPDIR=str(tmpdir))
+    daemon = start(tmp_path, write_ini(tmp_path), HOME=str(home), TMPDIR=str(tmpdir))
     # the state, cache and runtime (socket) paths, and the log file standing in for journald's stderr
     allowed = [str(tmp_path / d) for d in ("state", "cache", "s.sock", "ocapd.log")]
     seen = {"pids": set(), "inet": [], "writes": [], "samples": 0}
@@ -28,7 +27,7 @@ def test_a_whole_cycle_opens_no_network_socket_and_writes_only_its_directories(t
     def sample():
         while not done.is_set():
             try:
-                parent = psutil.Process(proc.pid)
+                parent = psutil.Process(daemon.pid)
                 procs = [parent] + parent.children(recursive=True)
             except psutil.NoSuchProcess:
                 return
@@ -41,7 +40,7 @@ def test_a_whole_cycle_opens_no_network_socket_and_writes_only_its_directories(t
                 except psutil.NoSuchProcess:
                     continue
             seen["samples"] += 1
-            time.sleep(0.1)
+            done.wait(0.1)                 # the sampling period
 
     sampler = threading.Thread(target=sample, daemon=True)
     sampler.start()
@@ -55,7 +54,7 @@ def test_a_whole_cycle_opens_no_network_socket_and_writes_only_its_directories(t
         replay.stop()
         done.set()
         sampler.join()
-        assert stop(proc) == 0
+        assert daemon.stop() == 0
     assert "personalize_finished" in [k for k, _ in events(tmp_path)]
     assert len(seen["pids"]) >= 2 and seen["samples"] > 100          # the worker was sampled too
     assert seen["inet"] == [] and sorted(set(seen["writes"])) == []

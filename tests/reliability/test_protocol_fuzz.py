@@ -5,17 +5,13 @@ connection lives on, the server stays up, and its memory does not grow."""
 import json
 import os
 import socket
-import subprocess
-import sys
-import time
 
 import psutil
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from service.client import Client, Unreachable
-from tests.helpers import ROOT
+from daemon.launch import start_daemon
 
 EXAMPLES = int(os.environ.get("OCAP_FUZZ_EXAMPLES", "10000"))       # ocap bench reliability: 50,000
 
@@ -24,20 +20,10 @@ EXAMPLES = int(os.environ.get("OCAP_FUZZ_EXAMPLES", "10000"))       # ocap bench
 def live(tmp_path_factory):
     d = tmp_path_factory.mktemp("fuzz")
     sock = d / "s.sock"
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-m", "service", "--state-dir", str(d / "state"), "--socket", str(sock),
-                             "--log-level", "ERROR"], cwd=str(ROOT), env=env)
-    deadline = time.time() + 60
-    while True:
-        try:
-            Client(sock).close()
-            break
-        except Unreachable:
-            assert time.time() < deadline and proc.poll() is None
-            time.sleep(0.1)
-    yield {"sock": sock, "proc": proc, "rss": []}
-    proc.terminate()
-    assert proc.wait(timeout=30) == 0
+    args = ["service", "--state-dir", str(d / "state"), "--socket", str(sock), "--log-level", "ERROR"]
+    daemon = start_daemon(args, sock, d / "service.log")
+    yield {"sock": sock, "proc": daemon.proc, "rss": []}
+    assert daemon.stop(timeout=30) == 0
 
 
 _headers = st.fixed_dictionaries(

@@ -72,6 +72,8 @@ class Controller:
         self.last_tick: Optional[float] = None
         self.last_error = ""
         self.last_outcome = ""                  # why the last personalization came to nothing (status line)
+        self.last_wait = ""                     # why a stable set has not started one yet (status line)
+        self._held_since: Optional[float] = None  # when the held-back images first reached the floor
         for name, fn in (("personalize", self._cmd_personalize), ("rollback", self._cmd_rollback),
                          ("pause", self._cmd_pause), ("resume", self._cmd_resume)):
             server.control.register(name, fn, mutating=True)
@@ -103,6 +105,8 @@ class Controller:
                 self._check_probation()
         if self.worker is None and not self.paused:
             ok, why, plan = self.evaluate_trigger()
+            stable = self.last_stability is not None and self.last_stability.stable
+            self.last_wait = why if stable and not ok else ""
             if ok:
                 self.start_worker(plan, why="stable")
 
@@ -153,10 +157,17 @@ class Controller:
         short = [k for k in classes if fill.get(k, 0) < need]
         if short:
             return False, f"cache holds {fill.get(short[0], 0)}/{need} samples of class {short[0]}", plan
-        held_n, held_need = sum(cached["val"].get(k, 0) for k in classes), self.held_back_needed(len(classes))
-        if held_n < held_need:        # the search could not show the loss budget on fewer: wait for them
-            return False, f"cache holds {held_n}/{held_need} held-back samples of {stability.format_set(classes)}", plan
+        held_n, (floor, target) = sum(cached["val"].get(k, 0) for k in classes), self.held_back_needed(len(classes))
         now = self._clock()
+        if held_n < floor:            # the search could not show the loss budget on fewer: wait for them
+            self._held_since = None
+            return False, f"cache holds {held_n}/{floor} held-back samples of {stability.format_set(classes)}", plan
+        if held_n < target and not force:
+            self._held_since = now if self._held_since is None else self._held_since
+            left = self.cfg.stability.window * self.cfg.stability.windows - (now - self._held_since)
+            if left > 0:
+                return False, (f"cache holds {held_n}/{target} held-back samples of {stability.format_set(classes)}"
+                               f" (going ahead with fewer in {left:.0f} s)"), plan
         if now < self.cooldown_until and not force:
             return False, f"cooling down for {self.cooldown_until - now:.0f} s more", plan
         started = self.server.recent_events(1000, kinds=["personalize_started"], since=now - DAY)
@@ -167,17 +178,18 @@ class Controller:
             return False, busy, plan
         return True, st.describe(), plan
 
-    def held_back_needed(self, classes: int = 1) -> int:
-        """Held-back images of ``classes`` kept classes to wait for before a search (it judges on half):
-        enough to show a candidate that lost half of ``max_loss`` (one that lost nothing can be shown on
-        far fewer, but then only the levels that lost nothing pass: the demo stopped at 2.5x with 3x
-        at -0.51 pp judged on 99 images), as far as the reservoir holds that many; never fewer than
-        show ``max_loss`` at all."""
+    def held_back_needed(self, classes: int = 1) -> Tuple[int, int]:
+        """(floor, target): held-back images of ``classes`` kept classes a search needs (it judges on
+        half). The floor shows ``max_loss`` at all; the target shows a candidate that lost half of it (at
+        the floor only levels that lost nothing pass: the demo stopped at 2.5x with 3x at -0.51 pp judged
+        on 99 images), as far as the reservoir holds that many. Above the floor the trigger waits for the
+        target at most one stability span: a source with few distinct images never reaches it."""
         p = self.cfg.personalize
         if p.rule != "search" or p.max_loss <= 0:
-            return 0
+            return 0, 0
         floor = 2 * judged_images_needed(p.max_loss)
-        return max(floor, min(2 * judged_images_needed(p.max_loss / 2), classes * val_capacity(p.samples_per_class)))
+        return floor, max(floor, min(2 * judged_images_needed(p.max_loss / 2),
+                                     classes * val_capacity(p.samples_per_class)))
 
     # -- the worker ------------------------------------------------------------------------------
     def start_worker(self, plan: Plan, why: str) -> Dict[str, Any]:
@@ -416,6 +428,8 @@ class Controller:
             if st.classes:
                 parts.append("cache " + ",".join(f"{k}:{fill.get(k, 0)}" for k in sorted(st.classes))
                              + f"/{self.cfg.personalize.min_samples_per_class}")
+            if self.last_wait and self.worker is None:
+                parts.append(f"waiting: {self.last_wait}")
         worker, outcome = self.worker, self.last_outcome
         if worker is None and outcome and self.phase is Phase.OBSERVING:
             wait = self.cooldown_until - self._clock()

@@ -191,7 +191,10 @@ def test_the_search_waits_for_enough_held_back_images(rig):
     rig.ctl.cfg = dataclasses.replace(rig.cfg, personalize=dataclasses.replace(rig.cfg.personalize, rule="search"))
     rig.observe_stable()
     ok, why, _ = rig.ctl.evaluate_trigger()
-    assert not ok and f"/{rig.ctl.held_back_needed(2)} held-back samples of {{1,8}}" in why, why
+    floor, target = rig.ctl.held_back_needed(2)
+    assert not ok and f"/{floor} held-back samples of {{1,8}}" in why, why
+    rig.ctl.tick()
+    assert "waiting: cache holds" in rig.ctl.status_line()
 
 
 @pytest.mark.parametrize("max_loss,per_class,classes", [(1.0, 256, 3), (1.0, 32, 2), (2.0, 256, 2), (0.5, 128, 3)])
@@ -201,10 +204,24 @@ def test_held_back_needed_shows_half_the_budget_as_far_as_the_reservoir_holds(ri
 
     p = dataclasses.replace(rig.cfg.personalize, rule="search", max_loss=max_loss, samples_per_class=per_class)
     rig.ctl.cfg = dataclasses.replace(rig.cfg, personalize=p)
-    need = rig.ctl.held_back_needed(classes)
-    assert 2 * judged_images_needed(max_loss) <= need <= 2 * judged_images_needed(max_loss / 2)
-    assert need == 2 * judged_images_needed(max_loss / 2) or need == max(2 * judged_images_needed(max_loss),
-                                                                          classes * val_capacity(per_class))
+    floor, target = rig.ctl.held_back_needed(classes)
+    assert floor == 2 * judged_images_needed(max_loss) <= target <= 2 * judged_images_needed(max_loss / 2)
+    assert target == 2 * judged_images_needed(max_loss / 2) or target == max(floor, classes * val_capacity(per_class))
+
+
+def test_above_the_floor_the_trigger_waits_for_the_target_one_stability_span_at_most(rig):
+    p = dataclasses.replace(rig.cfg.personalize, rule="search", max_loss=8.0, samples_per_class=256)
+    rig.ctl.cfg = dataclasses.replace(rig.cfg, personalize=p)
+    floor, target = rig.ctl.held_back_needed(2)
+    rig.observe_stable()
+    held = sum(rig.server.cache.counts()["val"].get(k, 0) for k in (1, 8))
+    assert floor <= held < target, (floor, held, target)        # 8 points: a floor of a few dozen images
+    ok, why, _ = rig.ctl.evaluate_trigger()
+    assert not ok and f"{held}/{target} held-back samples" in why and "going ahead with fewer in 20 s" in why
+    rig.observe_stable()        # one stability span later, the same images again: no new held-back ones
+    assert sum(rig.server.cache.counts()["val"].get(k, 0) for k in (1, 8)) < target
+    ok, why, _ = rig.ctl.evaluate_trigger()
+    assert ok, why
 
 
 def test_a_gated_candidate_serves_the_session_the_gate_loaded_and_passes_probation(rig, deployed):

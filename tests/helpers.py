@@ -3,7 +3,6 @@
 import os
 import subprocess
 import sys
-import time
 from pathlib import Path
 from typing import Callable, Tuple, TypeVar
 
@@ -17,17 +16,15 @@ T = TypeVar("T")
 
 def wait_until(predicate: Callable[[], T], timeout: float = WAIT_S, interval: float = 0.05,
                what: str = "the condition") -> T:
-    """Call ``predicate`` until it returns something truthy, and return that. Tests wait on the state
-    they need instead of sleeping for a time a busy machine may outlast; the deadline is generous
-    because only a failure reaches it, and then the AssertionError names ``what`` was awaited."""
-    deadline = time.monotonic() + timeout
-    while True:
-        got = predicate()
-        if got:
-            return got
-        if time.monotonic() > deadline:
-            raise AssertionError(f"waited {timeout:.0f} s for {what} in vain")
-        time.sleep(interval)
+    """``daemon.launch.wait_until`` for tests: the first truthy value of ``predicate``, or an
+    AssertionError naming ``what`` was awaited. Tests wait on the state they need instead of sleeping
+    for a time a busy machine may outlast; the deadline is generous because only a failure reaches it."""
+    from daemon.launch import wait_until as launch_wait
+
+    try:
+        return launch_wait(predicate, timeout, what, interval)
+    except TimeoutError as e:
+        raise AssertionError(str(e)) from None
 
 
 def subprocess_env() -> dict:
@@ -35,35 +32,15 @@ def subprocess_env() -> dict:
     return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
 
 
-def answers(sock: Path) -> bool:
-    """Whether something accepts connections on the control socket ``sock``."""
-    from service.client import Client, Unreachable
-
-    try:
-        Client(sock).close()
-    except Unreachable:
-        return False
-    return True
-
-
 def serve(state_dir: Path, sock: Path, *args: str) -> Tuple[subprocess.Popen, Path]:
-    """``python -m service ARGS`` on ``state_dir`` and ``sock``, returned once it answers there (a stale
-    socket file from a killed one may be there before); its stderr is in the failure if it exits."""
-    proc = subprocess.Popen([sys.executable, "-m", "service", "--state-dir", str(state_dir), "--socket", str(sock),
-                             *args], cwd=str(ROOT), env=subprocess_env(), stderr=subprocess.PIPE, text=True)
+    """``python -m service ARGS`` on ``state_dir`` and ``sock`` (``daemon.launch.start_daemon``), returned
+    once it answers there; its log, in the failure if it exits first, is ``state_dir/service.log``."""
+    from daemon.launch import start_daemon
 
-    def up() -> bool:
-        if proc.poll() is not None:
-            raise AssertionError(f"python -m service exited with {proc.returncode}: {proc.stderr.read()}")
-        return answers(sock)
-
-    try:
-        wait_until(up, interval=0.1, what=f"python -m service to answer on {sock}")
-    except AssertionError:
-        proc.kill()
-        proc.wait()
-        raise
-    return proc, sock
+    Path(state_dir).mkdir(parents=True, exist_ok=True)
+    daemon = start_daemon(["service", "--state-dir", str(state_dir), "--socket", str(sock), *args], sock,
+                          Path(state_dir) / "service.log", timeout=WAIT_S)
+    return daemon.proc, sock
 
 
 def run_cli(*args: str, env=None, timeout: float = 600) -> subprocess.CompletedProcess:

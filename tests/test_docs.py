@@ -48,7 +48,7 @@ def _readme_commands(prog: str) -> list:
 
 def test_the_readmes_ocap_import_examples_use_the_current_flags():
     """Each ``ocap import`` of the README parses with today's ``ocap`` (issue 13: --preset, --scale 1/255)."""
-    from ocap_core.cli import build_parser
+    from ocap_cli import build_parser
     from ocap_core.preprocess import parse_scale
 
     commands = _readme_commands("ocap import")

@@ -15,7 +15,7 @@ from service.client import Client
 from service.errors import ServiceError
 from service.model_slot import load_model
 from service.server import Server, ServerConfig
-from tests.helpers import wait_until
+from tests.helpers import WAIT_S, wait_until
 from tests.service.threads import run_threads
 
 
@@ -42,7 +42,7 @@ def test_the_teacher_checks_a_share_and_feeds_the_cache_while_another_model_serv
         assert srv.teacher is srv.base and srv.base.card.name == "fmnist-cnn"
         for x in frames[:200]:
             srv.infer(x[None])
-        assert srv.wait_idle()
+        assert srv.wait_idle(WAIT_S)
         want = int(200 * share)
         assert srv.teacher_checked == want - srv.background_skipped
         assert srv.teacher_inside == srv.teacher_checked          # the served VGG has every class
@@ -61,7 +61,7 @@ def test_the_teacher_checks_a_share_and_feeds_the_cache_while_another_model_serv
         before = sum(sum(c.values()) for c in srv.cache.counts().values())
         for x in frames[200:]:
             srv.infer(x[None])
-        assert srv.wait_idle() and srv.teacher_checked == 0
+        assert srv.wait_idle(WAIT_S) and srv.teacher_checked == 0
         assert sum(sum(c.values()) for c in srv.cache.counts().values()) > before    # served frames offered
         with Client(srv.control.path) as c:
             events = c.call("history")["events"]
@@ -148,7 +148,7 @@ def test_forget_samples_is_a_mutating_command(tmp_path, frames):
     try:
         for x in frames[:60]:
             srv.infer(x[None])
-        assert srv.wait_idle() and list((tmp_path / "state" / "cache").glob("*.npz"))
+        assert srv.wait_idle(WAIT_S) and list((tmp_path / "state" / "cache").glob("*.npz"))
         assert srv.control.commands["forget-samples"].mutating      # checked against SO_PEERCRED
         with Client(srv.control.path) as c:
             n = c.call("forget-samples")["forgotten"]
@@ -185,7 +185,7 @@ def test_teacher_counters_lose_nothing_under_eight_threads(tmp_path, frames, tin
     p.start()
     try:
         run_threads(feeder)
-        assert srv.wait_idle()
+        assert srv.wait_idle(WAIT_S)
     finally:
         done.set()
         p.join()
@@ -228,13 +228,13 @@ def test_checks_of_frames_the_old_model_served_do_not_count_after_a_swap(tmp_pat
         ok, _ = srv.revert_to_base("drift")
         assert ok and srv.teacher is None
         srv.start()
-        assert srv.wait_idle()
+        assert srv.wait_idle(WAIT_S)
         assert (srv.teacher_checked, srv.teacher_inside, srv.teacher_disagreed) == (0, 0, 0)
         ok, reason = srv.swap("fmnist-vgg")
         assert ok, reason
         for x in frames[30:50]:
             srv.infer(x[None])
-        assert srv.wait_idle()
+        assert srv.wait_idle(WAIT_S)
         assert srv.teacher_checked == srv.teacher_inside == 20
         srv.class_log.flush()
         assert sum(_served_total(srv.db_path, "teacher").values()) == 50

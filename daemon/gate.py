@@ -13,6 +13,7 @@ import numpy as np
 
 from ocap_core.agreement import expected_agreement, restricted_softmax
 from ocap_core.errors import OcapError
+from ocap_core.runtime import trim_heap
 from ocap_core.search_spec import DEFAULT_MAX_LOSS
 from service import faults
 from service.model_slot import LoadedModel, load_model
@@ -65,7 +66,17 @@ def _p50_ms(model: LoadedModel, frames: np.ndarray) -> float:
 def check(candidate_dir: str, served: LoadedModel, teacher: LoadedModel, images: np.ndarray,
           cfg: GateConfig, providers: Sequence[str] = ("cpu",), threads: int = 1) -> Verdict:
     """Judge the candidate at ``candidate_dir`` on ``images`` (held-back cached frames); ``auto``
-    agreement is that of the default loss budget."""
+    agreement is that of the default loss budget. Then the C heap gives back what the candidate's load
+    and the two models' runs on every held-back frame freed (``trim_heap``): kept, it was ocapd's
+    growth from gate to gate."""
+    try:
+        return _check(candidate_dir, served, teacher, images, cfg, providers, threads)
+    finally:
+        trim_heap()
+
+
+def _check(candidate_dir: str, served: LoadedModel, teacher: LoadedModel, images: np.ndarray,
+           cfg: GateConfig, providers: Sequence[str], threads: int) -> Verdict:
     cfg = cfg.resolved(DEFAULT_MAX_LOSS)
     try:
         cand = load_model(candidate_dir, providers=providers, threads=threads)

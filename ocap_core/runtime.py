@@ -6,6 +6,8 @@ upload (found by tests/reliability/test_no_data_leaves.py). It is switched off h
 runtime initializes, with both environment variables its releases have read (``ORT_DISABLE_TELEMETRY``
 in 1.32; ``ORT_TELEMETRY_DISABLED`` later), and through the Python API where that exists."""
 
+import ctypes
+import functools
 import os
 import time
 from pathlib import Path
@@ -67,6 +69,26 @@ def open_session(path: Path, threads: int = 1, providers: Sequence[str] = ("cpu"
         return ort.InferenceSession(str(path), so, providers=provider_list(providers, trt_cache_dir))
     except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
         raise OcapError(f"onnxruntime cannot load {path}: {e}") from e
+
+
+@functools.lru_cache(maxsize=None)
+def _malloc_trim():
+    """glibc's ``malloc_trim``, or None where the C library has none (musl, macOS)."""
+    try:
+        return ctypes.CDLL(None).malloc_trim
+    except (OSError, AttributeError, TypeError):
+        return None
+
+
+def trim_heap() -> bool:
+    """Give the C heap's free pages back to the system (glibc ``malloc_trim(0)``): True when some went
+    back; False too where the C library has no such call. glibc keeps what threads free in its heap for
+    later allocations: after onnxruntime's transient tensors of a large batch (the gate's held-back
+    frames) that kept up to ~50 MB resident per gate, never used again (docs/benchmarks.md, "Memory").
+    It takes ~0.1 ms with nothing to give back, ~20 ms for 200 MB, and other threads' allocations wait
+    meanwhile: call it from the control plane after large work, not on the request path."""
+    trim = _malloc_trim()
+    return bool(trim(0)) if trim is not None else False
 
 
 def run_batches(session, x: np.ndarray, batch_size: int = 256,

@@ -24,6 +24,12 @@ from . import faults
 
 log = logging.getLogger(__name__)
 
+# Frames per onnxruntime run. A run's transient tensors grow with its batch (fmnist-cnn: 1024 frames in
+# one run peaked at +235 MB) and glibc keeps much of what a run frees in its heap: the gate's one run
+# over every held-back frame left ocapd larger each time the held-back set grew. In runs of 16 that peak
+# is +16-34 MB, and 1024 frames take 0.72-0.80x the time of one run (docs/benchmarks.md, "Memory").
+PREDICT_CHUNK = 16
+
 
 @dataclass(frozen=True)
 class Predictions:
@@ -56,21 +62,33 @@ class LoadedModel:
         return list(self.card.class_ids)
 
     def predict(self, images: np.ndarray) -> Predictions:
-        """uint8 images (one H×W[×C] or N×H×W[×C]) -> predictions in the base label space."""
+        """uint8 images (one H×W[×C] or N×H×W[×C]) -> predictions in the base label space. A batch
+        runs ``PREDICT_CHUNK`` frames at a time (see there)."""
         faults.point("predict")
         x = preprocess(images, self.card.input)
         inp = self.session.get_inputs()[0].name
         want = ["logits"] + (["features"] if "features" in self.card.outputs else [])
-        try:
-            out = self.session.run(want, {inp: x})
-        except Exception as e:  # onnxruntime's own error types
-            raise OcapError(f"model {self.version}: inference failed on input {tuple(x.shape)}: {e}") from e
+        out = self._run(want, {inp: x[:PREDICT_CHUNK]})
+        if len(x) > PREDICT_CHUNK:
+            # the whole batch's outputs, made once: pieces kept from run to run split the space runs free
+            whole = [np.empty((len(x),) + o.shape[1:], o.dtype) for o in out]
+            for i in range(0, len(x), PREDICT_CHUNK):
+                for w, o in zip(whole, out if i == 0 else self._run(want, {inp: x[i:i + PREDICT_CHUNK]})):
+                    w[i:i + len(o)] = o
+            out = whole
         logits = out[0].astype(np.float64)
         p = np.exp(logits - logits.max(1, keepdims=True))
         p /= p.sum(1, keepdims=True)
         top = p.argmax(1)
         return Predictions(np.asarray(self.card.class_ids)[top], p[np.arange(len(top)), top],
                            out[1] if len(out) > 1 else None, self.version, p)
+
+    def _run(self, want: List[str], feed: Dict[str, np.ndarray]) -> List[np.ndarray]:
+        try:
+            return self.session.run(want, feed)
+        except Exception as e:  # onnxruntime's own error types
+            x = next(iter(feed.values()))
+            raise OcapError(f"model {self.version}: inference failed on input {tuple(x.shape)}: {e}") from e
 
 
 def load_model(path: str, providers: Sequence[str] = ("cpu",), threads: int = 1,

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
 from ocap_core.agreement import judged_images_needed
+from ocap_core.runtime import trim_heap
 from ocap_core.search_spec import MIN_PER_CLASS
 from ocap_core.selection import val_capacity
 from service import faults
@@ -215,6 +216,7 @@ class Controller:
         samples = job_dir / "samples.npz"
         n_train, n_val = write_samples(samples, self.server.cache.load("train"), self.server.cache.load("val"),
                                        plan.classes)
+        trim_heap()            # the export's arrays (every cached image) are freed: give the pages back
         faults.point("policy.samples_written")
         # resolved: the worker runs in its job directory, where a relative path means nothing
         job = Job(base=str(Path(self.server.base.path).resolve()), samples=str(samples), classes=plan.classes,

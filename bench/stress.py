@@ -293,7 +293,8 @@ def markdown(res: Dict[str, Any], machine: str) -> str:
     lines = ["## Stress (`ocap bench stress`)", "",
              f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine}"
              + (" (quick mode)" if res["quick"] else "") + f", {res['minutes']:.1f} min. `ocapd` on fmnist-cnn "
-             ff"(the demo's windows of seconds, a {MAX_LOSS:g} pp loss budget), {res['clients']} closed-loop client processes (each sends its next "
+             f"(the demo's windows of seconds, a {MAX_LOSS:g} pp loss budget), {res['clients']} closed-loop client "
+             "processes (each sends its next "
              "request when the last is answered; skewed 3-class mix) over its socket. One daemon and one set of "
              "clients, two phases: *idle* (personalization paused, nothing added; load average "
              f"{figure(res['load'].get('idle'))}) then *stress*: {res['cores']} pure-Python busy loops (one per "

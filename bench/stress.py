@@ -56,16 +56,16 @@ def stress_client(sock: str, images: Dict[int, np.ndarray], stop_flag: str, drif
     out: List[Request] = []
     client: Optional[Client] = Client(Path(sock))
     ready.wait(START_TIMEOUT_S)
-    mix, n = MIX, 0
+    draws = {id(m): (list(m), np.asarray(list(m.values())) / sum(m.values())) for m in (MIX, DRIFT)}
+    classes, shares = draws[id(MIX)]
+    n = 0
     while True:
         if n % 25 == 0:            # a stat per 25 requests, not per request
             if Path(stop_flag).exists():
                 break
-            mix = DRIFT if Path(drift_flag).exists() else MIX
-        keys = list(mix)
-        p = np.asarray([mix[k] for k in keys])
-        k = int(rng.choice(keys, p=p / p.sum()))
-        img = images[k][int(rng.integers(len(images[k])))]
+            classes, shares = draws[id(DRIFT if Path(drift_flag).exists() else MIX)]
+        pool = images[classes[int(rng.choice(len(classes), p=shares))]]
+        img = pool[int(rng.integers(len(pool)))]
         t0, p0 = time.time(), time.perf_counter()
         try:
             client = client or Client(Path(sock))

@@ -124,7 +124,7 @@ def test_search_removes_blocks_at_their_floor_and_the_package_reloads(fmnist, tm
     levels = level_masks(model, PrunableModel(model, shape, clf), table, cls, PruneSpec().resolve("resnet"), clf,
                          shape, None)
     top = levels.ceiling() * (1 - 1e-9)            # the last level: every group at its floor
-    ss = SearchSpec(levels=(2.0, top), time_budget=120, step_epochs=1, polish=False)
+    ss = SearchSpec(levels=(2.0, top), time_budget=3600, step_epochs=1, polish=False)
     res = search(model, clf, shape, cls, levels, x_tr, t_tr, x_val, t_val, ss, FinetuneSpec(epochs=1),
                  measure=lambda m: 1.0)
     assert res.removed_blocks == residual_blocks(model, shape)      # all seven sit at their floor
@@ -133,7 +133,7 @@ def test_search_removes_blocks_at_their_floor_and_the_package_reloads(fmnist, tm
     assert all(isinstance(res.model.get_submodule(b), nn.Identity) for b in res.removed_blocks)
 
     with_blocks = search(model, clf, shape, cls, levels, x_tr, t_tr, x_val, t_val,
-                         SearchSpec(levels=(2.0, top), time_budget=120, step_epochs=1, polish=False),
+                         SearchSpec(levels=(2.0, top), time_budget=3600, step_epochs=1, polish=False),
                          FinetuneSpec(epochs=1), measure=lambda m: 1.0 if count_macs(m, shape) >= res.path[-2]["macs"]
                          else 0.0)
     assert with_blocks.removed_blocks == [] and not with_blocks.path[-1]["accepted"]   # validation said no

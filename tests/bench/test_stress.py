@@ -2,12 +2,9 @@
 whose swaps overlapped no request misses that check), and the quick run itself (what CI runs): 0 lost
 counts, 0 failed requests, at least one swap under the clients' requests."""
 
-import re
 
-import pytest
 
 from bench import stress
-from tests.helpers import run_cli
 
 
 def _result(**over):
@@ -48,16 +45,5 @@ def test_lost_counts_failures_and_no_overlap_are_missed():
     assert "none: no swap overlapped a client request" in md and "Not completed: no deploy within 300 s." in md
 
 
-@pytest.mark.torch
-@pytest.mark.slow
-def test_quick_stress_run(tmp_path):
-    out = tmp_path / "benchmarks.md"
-    r = run_cli("bench", "stress", "--quick", "--out", str(out), timeout=1200)
-    assert r.returncode == 0, r.stderr[-3000:]
-    text = out.read_text()
-    section = text[text.index("<!-- section:stress-quick -->"):text.index("<!-- /section:stress-quick -->")]
-    assert "nan" not in section, section
-    assert "(0 lost) | equal | MET |" in section, section
-    assert re.search(r"\| failed requests \| 0 of \d+ \| 0 \| MET \|", section), section
-    assert re.search(r"\| swaps overlapping client requests \| [1-9]\d* of \d+ swaps \| ≥ 1 \| MET \|", section), section
-    assert "MISSED" not in section, section
+# The quick run itself is part of `ocap bench all --quick` (tests/bench/test_all_quick.py), which checks
+# its verdicts: running it here too would cost CI another 3-4 minutes for the same figures.

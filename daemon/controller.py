@@ -237,7 +237,7 @@ class Controller:
     def _worker_event(self, ev: Dict[str, Any]) -> None:
         if ev.get("event") == "stage":
             self.server.record("personalize_progress", stage=ev.get("stage"), seconds=ev.get("seconds"),
-                                      peak_rss_mb=ev.get("peak_rss_mb"))
+                               peak_rss_mb=ev.get("peak_rss_mb"))
         elif ev.get("event") == "search_level":
             self.server.record("search_level", **{k: ev.get(k) for k in SEARCH_LEVEL_FIELDS})
 
@@ -253,14 +253,14 @@ class Controller:
         try:
             if state != "done":
                 self.server.record("personalize_failed", state=state, reason=w.reason,
-                                          elapsed_s=round(w.elapsed, 1))
+                                   elapsed_s=round(w.elapsed, 1))
                 self.last_outcome = f"personalization {state}: {w.reason}"
                 self._set_phase(Phase.OBSERVING)
                 return
             res = w.result or {}
             faults.point("policy.worker_done")
             self.server.record("personalize_finished", version=res.get("version"),
-                                      metrics=res.get("metrics"), timings=res.get("timings"))
+                               metrics=res.get("metrics"), timings=res.get("timings"))
             self._gate_and_deploy(Path(res["candidate"]))
         finally:
             shutil.rmtree(w.job_dir, ignore_errors=True)
@@ -292,7 +292,7 @@ class Controller:
             ok, reason = self.deploy(verdict.model, why=f"gate passed: {verdict.reason}")
         except (OSError, DaemonError, ServiceError) as e:
             self.server.record("deploy_failed", reason=f"{type(e).__name__}: {e}",
-                                      serving=self.server.served.version)
+                               serving=self.server.served.version)
             self.last_outcome = f"deploy failed: {e}"
             self._set_phase(self._resting_phase())
             return
@@ -401,7 +401,7 @@ class Controller:
                 "worker": None if worker is None else worker.describe(),
                 "probation": None if pb is None else {
                     "version": pb.version, "since": pb.since, "previous": pb.previous,
-                    "seconds_left": max(0.0, self.cfg.probation.duration - (self._clock() - pb.since))},
+                    "seconds_left": pb.seconds_left(self.cfg.probation.duration, self._clock())},
                 "cooldown_s": max(0.0, self.cooldown_until - self._clock()), "last_error": self.last_error,
                 "last_outcome": self.last_outcome}
 
@@ -415,8 +415,7 @@ class Controller:
                          + (f" ({red:.1f}x fewer MACs)" if red else ""))
             pb = self.probation
             if pb is not None:
-                left = self.cfg.probation.duration - (self._clock() - pb.since)
-                parts.append(f"probation {max(0.0, left):.0f} s left")
+                parts.append(f"probation {pb.seconds_left(self.cfg.probation.duration, self._clock()):.0f} s left")
             teacher, _ = self.server.recent.window(self.cfg.drift.window, origin="teacher")
             n = sum(teacher.values())
             if n:

@@ -17,6 +17,7 @@ from service.model_slot import LoadedModel
 from service.server import Server
 
 from . import watch
+from .errors import DaemonError
 from .store import ModelStore
 
 log = logging.getLogger(__name__)
@@ -45,6 +46,10 @@ class Probation:
     since: float
     before: watch.Rates
 
+    def seconds_left(self, duration: float, now: float) -> float:
+        """Seconds of a probation of ``duration`` left at ``now``."""
+        return max(0.0, duration - (now - self.since))
+
 
 class Deployer:
     """Installs, watches and undoes deployments on ``server``, keeping ``store``'s pointers in step."""
@@ -70,7 +75,7 @@ class Deployer:
         faults.point("deploy.swapped")
         try:
             self.store.set_current(model.version, rehash=False)     # add has just checked every byte it copied
-        except Exception:
+        except (OSError, DaemonError):
             # serving a model the store cannot point at would not survive a restart: go back
             self.server.revert_to_base("the current pointer could not be written")
             raise
@@ -110,11 +115,6 @@ class Deployer:
             self.probation = None
             return verdict, why
         return "pending", why
-
-    def seconds_left(self, duration: float) -> Optional[float]:
-        """Seconds of probation left, or None when no model is on probation."""
-        pb = self.probation
-        return None if pb is None else max(0.0, duration - (self._clock() - pb.since))
 
     def revert(self, why: str, kind: str = "revert") -> str:
         """Serve the base model at once and clear ``current``; returns the version that served."""

@@ -107,6 +107,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-budget", type=float, default=0.0,
                    help="search wall seconds per run (0: the daemon's default; quick runs: 30)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
+    p.add_argument("--minutes", type=float, help="soak: how long (default 120, quick 2)")
     p.add_argument("--workers", type=int, default=2, help="runs in parallel (one process each)")
     p.add_argument("--out", default="docs/benchmarks.md", help="markdown file whose section is replaced")
     p.add_argument("--rows", help="resumable rows file: rows in it are skipped, tables built from all "
@@ -218,7 +219,14 @@ def _load(args: argparse.Namespace) -> str:
 def _soak(args: argparse.Namespace) -> str:
     from . import soak
 
-    return soak.markdown(soak.run(quick=args.quick), quality.machine(), args.quick)
+    out = Path(args.out)
+    res = soak.run(quick=args.quick, minutes=args.minutes, samples_path=out.parent / "soak-samples.jsonl"
+                   if not args.quick else None)
+    plot = ""
+    if not args.quick:                      # the curve beside the report, linked from it
+        (out.parent / "soak-rss.svg").write_text(soak.svg(res), encoding="utf-8")
+        plot = "soak-rss.svg"
+    return soak.markdown(res, quality.machine(), args.quick, plot)
 
 
 def _reliability(args: argparse.Namespace) -> str:

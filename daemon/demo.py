@@ -68,8 +68,10 @@ samples_per_class = 128
 min_samples_per_class = 48
 epochs = {epochs}
 time_budget = {budget}s
-cooldown = 20s
+cooldown = {cooldown}
 threads = {threads}
+rule = {rule}
+nice = {nice}
 max_serving_p99 = 1s
 
 [gate]
@@ -89,13 +91,16 @@ duration = {probation}s
 
 
 def demo_config(work: Path, model: str, rate: float, speed: float = 1.0, epochs: int = 15, budget: float = 160.0,
-                threads: int = 0, log_level: str = "warning", max_loss: float = 1.0) -> str:
+                threads: int = 0, log_level: str = "warning", max_loss: float = 1.0, rule: str = "search",
+                nice: int = 19, cooldown: str = "20s") -> str:
     """The demo's INI for a daemon in ``work`` fed ``rate`` frames per second: windows of seconds.
-    ``threads`` 0 lets the worker take one per idle core."""
+    ``threads`` 0 lets the worker take one per idle core; ``rule``, ``nice`` and ``cooldown`` are the
+    ``[personalize]`` keys (the benchmarks' short cycles use the fixed rule)."""
     return DEMO_INI.format(state=work / "state", cache=work / "cache", socket=work / "ocap.sock", model=model,
                            log_level=log_level, window=max(2, round(4 / speed)),
                            min_predictions=max(40, int(rate * 4 / speed * 0.5)), epochs=epochs, budget=budget,
-                           threads=threads or "auto", max_loss=max_loss, drift_window=max(3, round(6 / speed)), probation=max(5, round(15 / speed)))
+                           threads=threads or "auto", max_loss=max_loss, rule=rule, nice=nice, cooldown=cooldown,
+                           drift_window=max(3, round(6 / speed)), probation=max(5, round(15 / speed)))
 
 
 BUSY_PHASES = ("personalizing", "gating", "probation")

@@ -35,7 +35,7 @@ def test_every_benchmark_writes_its_figures(tmp_path):
     assert re.search(r"\| 0,3,7 \| as is \| \d+ \| \d+ \| 0 \| yes \|", text)        # loop: 0 failed, deployed
     assert re.search(r"\| 0,3,7 \| one core busy \| \d+ \| \d+ \| \d+ \|", text)      # ... and with a core busy
     assert "Failed requests: 0 of" in text                                          # load
-    assert "| RSS of ocapd |" in text                                               # soak
+    assert "| RSS of ocapd (every 5 s) |" in text                                   # soak
     assert "Verdict: MET (8 of 8 passed)" in text                                   # reliability quick
     assert "| exposure score ≤ 2.0 |" in text                                       # security
     stress = text[text.index("<!-- section:stress-quick -->"):text.index("<!-- /section:stress-quick -->")]

@@ -11,7 +11,7 @@ import sqlite3
 import threading
 import time
 from pathlib import Path
-from typing import Callable, Dict, List, Optional, Sequence, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from . import faults
 from .db import open_db, read_rows, transaction
@@ -39,6 +39,9 @@ class ClassLog:
         self._clock = clock
         self._db = open_db(self.path)
         self._pending: Dict[Key, List[float]] = {}
+        # predictions and low-confidence ones per origin since start (the metrics' counters); under _lock
+        self._totals: Dict[str, Dict[int, int]] = {o: {} for o in ORIGINS}
+        self._low_totals: Dict[str, int] = dict.fromkeys(ORIGINS, 0)
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self.last_flush: Optional[float] = None
@@ -57,6 +60,7 @@ class ClassLog:
         low, n_low = self.low_confidence, 0
         with self._lock:
             pending = self._pending      # read under the lock: flush swaps in a new dict
+            totals = self._totals[origin]
             for k, c in zip(ids, confs):
                 row = pending.setdefault((minute, model_version, origin, k), [0, 0.0, 0])
                 is_low = c < low
@@ -64,7 +68,16 @@ class ClassLog:
                 row[1] += c
                 row[2] += is_low
                 n_low += is_low
+                totals[k] = totals.get(k, 0) + 1
+            self._low_totals[origin] += n_low
         self.recent.add(int(now), origin, ids, n_low)
+
+    def totals(self) -> Dict[str, Dict[str, Any]]:
+        """Per origin, the predictions per class and the low-confidence ones counted since this log was
+        made (in memory: they start at zero with the process, as a Prometheus counter may)."""
+        with self._lock:
+            return {o: {"classes": dict(sorted(self._totals[o].items())), "low_confidence": self._low_totals[o]}
+                    for o in ORIGINS}
 
     def flush(self) -> int:
         """Write the counts gathered since the last flush in one transaction; returns rows written.

@@ -42,6 +42,9 @@ def _status(res: Dict[str, Any]) -> str:
                  f"{res['cache_bytes'] / 2 ** 20:.1f} of {res['cache_quota'] / 2 ** 20:.0f} MiB")
     if res.get("daemon"):
         lines.append(f"daemon    {res['daemon']['status_line']}")
+    metrics = res.get("metrics") or {}
+    if metrics.get("error"):
+        lines.append(f"metrics   textfile {metrics['textfile']} not written: {metrics['error']}")
     if res.get("last_flush"):
         lines.append(f"flushed   {_when(res['last_flush'])}")
     return "\n".join(lines)
@@ -80,6 +83,8 @@ def _human(cmd: str, res: Dict[str, Any]) -> str:
         return f"{res['class_id']} {res['class_name']} ({res['confidence']:.3f}) by {res['model_version']}"
     if cmd == "report":
         return f"wrote {res['report']}"
+    if cmd == "metrics":
+        return res["text"].rstrip("\n")
     if cmd == "forget-samples":
         return f"forgot {res['forgotten']} cached samples"
     if cmd == "personalize":
@@ -137,6 +142,9 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     c.add_argument("--minutes", type=int, default=60)
     c.add_argument("--origin", default="served", choices=["served", "teacher"])
     command("models", help="the stored model versions: current, last good, base")
+    mt = command("metrics", help="the daemon's metrics as OpenMetrics text (for Prometheus; see README, Metrics)")
+    mt.add_argument("--format", default="openmetrics", choices=["openmetrics", "prometheus"],
+                    help="openmetrics (default) or the Prometheus text format that node_exporter's textfile reads")
     command("forget-samples", help="delete every cached sample (needs rights)")
     pz = command("personalize", help="start a personalization when the trigger allows (needs rights)")
     how = pz.add_mutually_exclusive_group()
@@ -169,6 +177,8 @@ def _main(argv: Optional[Sequence[str]]) -> int:
                 res = client.call("classes", minutes=args.minutes, origin=args.origin)
             elif args.cmd == "history":
                 res = client.call("history", limit=args.limit)
+            elif args.cmd == "metrics":
+                res = client.call("metrics", format=args.format)
             elif args.cmd == "report":
                 res = {"report": str(write_report(client, Path(args.out)))}
             elif args.cmd == "personalize":

@@ -6,7 +6,7 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 from ocap_core import strict_json
 
@@ -41,3 +41,15 @@ class EventLog:
             args += list(kinds)
         rows = read_rows(self.path, sql + " ORDER BY ts DESC, rowid DESC LIMIT ?", args + [int(limit)])
         return [{"ts": ts, "kind": kind, "detail": json.loads(d)} for ts, kind, d in rows]
+
+    def counts(self, kinds: Sequence[str], split: str = "") -> Dict[Tuple[str, Any], int]:
+        """How many events of each of ``kinds`` the table holds (all time: the metrics' counters that
+        survive restarts), by (kind, the detail's ``split`` value, or None). One grouped query; the
+        split reads the JSON with SQLite's ``json_extract`` (built in since SQLite 3.38, JSON1 before)."""
+        if not kinds:
+            return {}
+        value = "json_extract(detail_json, ?)" if split else "NULL"
+        args: list = ([f"$.{split}"] if split else []) + list(kinds)
+        rows = read_rows(self.path, f"SELECT kind, {value}, COUNT(*) FROM events "
+                                    f"WHERE kind IN ({','.join('?' * len(kinds))}) GROUP BY 1, 2", args)
+        return {(kind, v): int(n) for kind, v, n in rows}

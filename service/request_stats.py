@@ -1,14 +1,28 @@
-"""Request counters for ``status``: totals, recent rates and latency percentiles of the inference path,
-kept in memory (a ring of recent latencies, per-second counts for the last minute), thread-safe."""
+"""Request counters for ``status`` and ``metrics``: totals, recent rates and latency percentiles of the
+inference path, kept in memory (a ring of recent latencies, per-second counts for the last minute, and
+cumulative latency bucket counts since start for the metrics' histogram), thread-safe."""
 
+import bisect
 import collections
 import threading
 import time
-from typing import Any, Callable, Deque, Dict
+from typing import Any, Callable, Deque, Dict, List, NamedTuple, Tuple
 
 import numpy as np
 
 RATE_WINDOWS = (10, 60)     # seconds
+# upper bounds (seconds) of the latency histogram's buckets: a batch of the shipped models takes about a
+# millisecond on a desktop core, more on a Jetson's, up to the resource guard's 10 s cap on p99
+LATENCY_BUCKETS_S = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0)
+
+
+class LatencyHistogram(NamedTuple):
+    """Batch latencies since start: cumulative counts per upper bound (``+Inf`` last, equal to ``count``)
+    and the sum of the latencies, in seconds."""
+
+    buckets: Tuple[Tuple[float, int], ...]
+    sum_s: float
+    count: int
 
 
 class RequestStats:
@@ -21,6 +35,8 @@ class RequestStats:
         self.frames = 0
         self.batches = 0
         self.failed = 0
+        self._bucket_n: List[int] = [0] * (len(LATENCY_BUCKETS_S) + 1)      # per bucket, not cumulative; +Inf last
+        self._latency_sum_s = 0.0
 
     def record(self, frames: int, latency_ms: float) -> None:
         """Count one batch of ``frames`` that took ``latency_ms``."""
@@ -29,6 +45,8 @@ class RequestStats:
             self.frames += frames
             self.batches += 1
             self._latency_ms.append(latency_ms)
+            self._bucket_n[bisect.bisect_left(LATENCY_BUCKETS_S, latency_ms / 1e3)] += 1    # le: bound included
+            self._latency_sum_s += latency_ms / 1e3
             if self._per_second and self._per_second[-1][0] == now:
                 self._per_second[-1][1] += frames
             else:
@@ -54,3 +72,11 @@ class RequestStats:
         out["latency_ms"] = ({f"p{q}": float(np.percentile(lat, q)) for q in (50, 90, 99)} if len(lat)
                              else {"p50": None, "p90": None, "p99": None})
         return out
+
+    def histogram(self) -> LatencyHistogram:
+        """Every batch's latency since start, as a histogram (one consistent reading)."""
+        with self._lock:
+            per_bucket, total_s, n = list(self._bucket_n), self._latency_sum_s, self.batches
+        cumulative = np.cumsum(per_bucket).tolist()
+        bounds = LATENCY_BUCKETS_S + (float("inf"),)
+        return LatencyHistogram(tuple(zip(bounds, cumulative)), total_s, n)

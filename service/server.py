@@ -1,8 +1,8 @@
 """The serving plane put together: one inference path (ModelSlot) feeding the ClassLog and the
 SampleCache, teacher sampling while a pruned model serves, a flusher thread, and the control
-commands (status, classes, models, history, predict, forget-samples). The control plane registers its
-own commands on ``control`` and changes the served model through ``swap`` (a package path), ``install`` (a
-model loaded already) and ``revert_to_base``."""
+commands (status, classes, models, history, metrics, predict, forget-samples). The control plane
+registers its own commands on ``control`` and its collector on ``metrics``, and changes the served model
+through ``swap`` (a package path), ``install`` (a model loaded already) and ``revert_to_base``."""
 
 import logging
 import queue
@@ -21,6 +21,7 @@ from .class_log import ClassLog
 from .control_socket import ControlServer, RequestError
 from .errors import ServiceError
 from .events import EventLog
+from .metrics import FORMATS, Metrics, ServingCollector
 from .model_slot import LoadedModel, ModelSlot, Predictions, load_model
 from .model_table import ModelTable
 from .recent_counts import RecentCounts
@@ -87,6 +88,8 @@ class Server:
         self.control = ControlServer(socket_path, max_payload=cfg.max_payload, max_connections=cfg.max_connections,
                                      idle_timeout=cfg.idle_timeout, allowed_gids=cfg.allowed_gids)
         self.stats = RequestStats()
+        self.metrics = Metrics()
+        self.metrics.add(ServingCollector(self))
         self.started = time.time()
         # request threads, the background thread and swaps all change these (and add_status its
         # copy of the status parts): one lock for them all
@@ -108,6 +111,7 @@ class Server:
         for name, fn, payload, mutating in (
                 ("status", self._status, False, False), ("classes", self._classes, False, False),
                 ("models", self._models, False, False), ("history", self._history, False, False),
+                ("metrics", self._metrics, False, False),
                 ("predict", self._predict, True, False), ("forget-samples", self._forget, False, True)):
             self.control.register(name, fn, payload=payload, mutating=mutating)
         self.models.put(served.card, "serving")
@@ -382,6 +386,12 @@ class Server:
         if not isinstance(limit, int) or not 1 <= limit <= 10000:
             raise RequestError("bad_request", f"limit must be an integer in 1..10000, got {limit!r}")
         return {"events": self.events.recent(limit)}
+
+    def _metrics(self, req: Dict[str, Any], _: Optional[bytes]) -> Dict[str, Any]:
+        fmt = req.get("format", "openmetrics")
+        if fmt not in FORMATS:
+            raise RequestError("bad_request", f"format must be one of {', '.join(FORMATS)}, got {fmt!r}")
+        return {"format": fmt, "content_type": FORMATS[fmt][1], "text": self.metrics.render(fmt)}
 
     def _predict(self, req: Dict[str, Any], payload: Optional[bytes]) -> Dict[str, Any]:
         shape, dtype, data = req.get("shape"), req.get("dtype", "uint8"), payload or b""

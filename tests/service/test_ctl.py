@@ -12,7 +12,7 @@ import pytest
 from ocap_core.closed_pipe import EXIT_CLOSED_PIPE
 from tests.helpers import ROOT, serve, subprocess_env
 
-READ_ONLY = ["status", "classes", "models", "history"]
+READ_ONLY = ["status", "classes", "models", "history", "metrics"]
 
 
 def _ctl(*args):
@@ -52,7 +52,7 @@ def test_flags_after_the_subcommand_override_the_ones_before(sock):
 
 def test_every_subcommand_takes_the_global_flags():
     r = _ctl("--help")
-    names = ["status", "classes", "models", "history", "predict", "personalize", "rollback", "pause", "resume",
+    names = ["status", "classes", "models", "history", "metrics", "predict", "personalize", "rollback", "pause", "resume",
              "reload", "report", "forget-samples"]
     assert all(n in r.stdout for n in names)
     for n in names:

@@ -1,4 +1,4 @@
-"""The algorithms package's ``ocap`` commands (models, train, eval, import, prune): each parses its
+"""The algorithms package's ``ocap`` commands (models, train, eval, import, prune, quantize): each parses its
 arguments, calls the library, prints. ``add_commands`` adds them to a parser; ``ocap_cli`` composes the
 whole ``ocap`` command from them and the control plane's and benchmarks' commands, so this package
 imports neither ``daemon`` nor ``bench``. ``python -m ocap_core`` runs these commands alone.
@@ -248,6 +248,51 @@ def cmd_prune(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def cmd_quantize(args: argparse.Namespace) -> int:
+    import numpy as np
+
+    from .data import load_dataset
+    from .evaluate import parse_classes
+    from .package import open_package
+    from .quantize import MIN_CALIBRATION, QuantSpec, compare, quantize_package, record_metrics
+
+    parent = open_package(args.model)
+    card = parent.card
+    classes = parse_classes(args.classes, len(card.class_names)) if args.classes else list(card.class_ids)
+    missing = sorted(set(classes) - set(card.class_ids))
+    if missing:
+        raise OcapError(f"--classes: model {card.name} outputs classes {card.class_ids}, not {missing}")
+    if args.calibration < MIN_CALIBRATION:
+        raise OcapError(f"--calibration {args.calibration}: at least {MIN_CALIBRATION} images are needed")
+    spec = QuantSpec(calibration=args.calibration, activations=args.activations, seed=args.seed)
+    train = load_dataset(args.data, "train", class_names=card.class_names).of_classes(classes)
+    if len(train) < MIN_CALIBRATION:
+        raise OcapError(f"--data {args.data}: its train split has {len(train)} images of classes {classes}, "
+                        f"at least {MIN_CALIBRATION} are needed to calibrate")
+    test = load_dataset(args.data, "test", class_names=card.class_names)
+    frames = train.x[np.sort(np.random.default_rng(args.seed).permutation(len(train))[:args.calibration])]
+    child = quantize_package(parent, frames, args.out, spec, classes=classes, name=args.name,
+                             source=f"{args.data} train split")
+    res = compare(parent, child, test, classes, threads=args.threads, latency_runs=args.latency_runs)
+    keep = ("images", "fp32_accuracy", "int8_accuracy", "agreement", "fp32_ms", "int8_ms", "speedup", "threads")
+    child = record_metrics(child, {"test_" + k if k in ("images", "agreement") else k: res[k] for k in keep if k in res})
+    q = child.card.provenance["quantization"]
+    summary = dict(res, package=str(child.path), version=child.card.version, parent=card.version,
+                   calibration=q["calibration"], activations=q["activations"], reduce_range=q["reduce_range"])
+    if args.json:
+        _print_json(summary)
+        return EXIT_OK
+    print(f"wrote {child.path} ({child.card.version}): INT8 of {card.version}, calibrated on "
+          f"{q['calibration']['frames']} {args.data} training images of classes {classes}")
+    print(f"  on {res['images']} test images: FP32 accuracy {res['fp32_accuracy']:.4f}, INT8 {res['int8_accuracy']:.4f} "
+          f"({res['delta_pp']:+.2f} pp), top-1 agreement {res['agreement']:.4f}")
+    print(f"  size {res['fp32_bytes']:,} -> {res['int8_bytes']:,} bytes ({res['size_ratio']:.2f}x smaller)")
+    if "speedup" in res:
+        print(f"  batch-1 latency ({res['threads']} thread(s), side by side) {res['fp32_ms']:.3f} -> "
+              f"{res['int8_ms']:.3f} ms median ({res['speedup']:.2f}x)")
+    return EXIT_OK
+
+
 def _stage_printer(ev: Dict[str, Any]) -> None:
     if ev["event"] == "stage":
         print(f"  {ev['stage']:<9} {ev['seconds']:7.2f} s", file=sys.stderr)
@@ -366,6 +411,25 @@ def _add_prune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print the summary as JSON")
 
 
+def _add_quantize(p: argparse.ArgumentParser) -> None:
+    from .quantize import ACTIVATIONS, DEFAULT_CALIBRATION
+
+    p.add_argument("--model", required=True, help="FP32 model: shipped name or package directory (a pruned one too)")
+    p.add_argument("--data", default="fashion-mnist",
+                   help="calibration images from its train split; FP32 and INT8 compared on its test split")
+    p.add_argument("--out", required=True, help="new package directory")
+    p.add_argument("--classes", help="comma-separated class ids to calibrate and compare on (default: the model's)")
+    p.add_argument("--calibration", type=int, default=DEFAULT_CALIBRATION,
+                   help="calibration images (a seeded choice; at least 32)")
+    p.add_argument("--activations", default="auto", choices=list(ACTIVATIONS),
+                   help="uint8 (x86 CPUs), int8 (symmetric: ARM, TensorRT); auto: by this machine")
+    p.add_argument("--name", help="package name (default: the model's name + '-int8')")
+    p.add_argument("--threads", type=int, default=1, help="onnxruntime threads when timing")
+    p.add_argument("--latency-runs", type=int, default=200, help="timed batch-1 runs of each model (0: skip)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--json", action="store_true", help="print one JSON object")
+
+
 AddArguments = Callable[[argparse.ArgumentParser], None]
 Handler = Callable[[argparse.Namespace], int]
 
@@ -375,6 +439,7 @@ COMMANDS: Dict[str, Tuple[AddArguments, Handler, str]] = {
     "eval": (_add_eval, cmd_eval, "evaluate a model package on labelled images (default: the test split)"),
     "import": (_add_import, cmd_import, "turn a user's trained torch model into a model package"),
     "prune": (_add_prune, cmd_prune, "personalize a base model for observed classes (prune + fine-tune)"),
+    "quantize": (_add_quantize, cmd_quantize, "make an INT8 copy of a model package, calibrated on its data"),
 }
 
 
@@ -396,7 +461,7 @@ def add_command(sub: Any, name: str, add: AddArguments, handler: Handler, help_t
 
 
 def add_commands(sub: Any) -> None:
-    """The algorithms package's commands: models, train, eval, import, prune."""
+    """The algorithms package's commands: models, train, eval, import, prune, quantize."""
     for name, (add, handler, help_text) in COMMANDS.items():
         add_command(sub, name, add, handler, help_text)
 

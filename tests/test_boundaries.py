@@ -12,7 +12,8 @@ import pytest
 from tests.helpers import ROOT
 
 TORCH_FREE_CORE = ["ocap_core", "ocap_core.errors", "ocap_core.data", "ocap_core.preprocess",
-                   "ocap_core.package", "ocap_core.runtime", "ocap_core.evaluate", "ocap_core.cli"]
+                   "ocap_core.package", "ocap_core.runtime", "ocap_core.evaluate", "ocap_core.cli",
+                   "ocap_core.quantize"]
 
 
 def _modules(package: str) -> list:

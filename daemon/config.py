@@ -302,6 +302,9 @@ SCHEMA: Tuple[Key, ...] = (
     _k("privacy", "after_personalize", CHOICE, "keep", "What happens to cached samples after a successful run.", choices="keep|purge"),
 
     _k("store", "keep_versions", INT, "5", "Personalized model versions kept on disk (the base model is always kept).", ">= 1"),
+
+    _k("metrics", "textfile", OPTPATH, "", "Metrics file for node_exporter's textfile collector (a .prom file in a directory ocapd may write); empty: off."),
+    _k("metrics", "interval", DURATION, "15s", "How often the metrics textfile is written.", ">= 1s"),
 ) + _source_schema()
 
 
@@ -388,6 +391,14 @@ class StoreConfig:
 
 
 @dataclass(frozen=True)
+class MetricsConfig:
+    """``[metrics]``: the textfile for node_exporter (None: off) and how often it is written (seconds)."""
+
+    textfile: Optional[Path]
+    interval: float
+
+
+@dataclass(frozen=True)
 class SourceConfig:
     """A ``[source:NAME]`` section: its name, type and converted options (every key of the type, defaults
     filled in; directory: ``done_dir`` None means delete, ``reject_dir`` is always a path)."""
@@ -399,7 +410,8 @@ class SourceConfig:
 
 _SECTION_CLASSES = {"daemon": DaemonConfig, "model": ModelConfig, "log": LogConfig, "stability": StabilityConfig,
                     "personalize": PersonalizeConfig, "gate": GateConfig, "drift": DriftConfig,
-                    "probation": ProbationConfig, "privacy": PrivacyConfig, "store": StoreConfig}
+                    "probation": ProbationConfig, "privacy": PrivacyConfig, "store": StoreConfig,
+                    "metrics": MetricsConfig}
 
 
 @dataclass(frozen=True)
@@ -416,6 +428,7 @@ class Config:
     probation: ProbationConfig
     privacy: PrivacyConfig
     store: StoreConfig
+    metrics: MetricsConfig
     sources: Dict[str, SourceConfig]
     path: Optional[Path] = None
 
@@ -530,6 +543,10 @@ def _build(raw: Dict[str, Dict[str, str]], name: str, path: Optional[Path]) -> C
         raise ConfigError(f"{name}: [personalize] min_samples_per_class = {str(p.min_samples_per_class)!r}: "
                           f"expected at most samples_per_class ({p.samples_per_class})")
     parts["gate"] = parts["gate"].resolved(p.max_loss)          # auto: from the loss budget
+    textfile = parts["metrics"].textfile
+    if textfile is not None and not textfile.name.endswith(".prom"):
+        raise ConfigError(f"{name}: [metrics] textfile = {str(textfile)!r}: expected a file name ending in .prom "
+                          "(node_exporter's textfile collector reads only those)")
     sources = {}
     for section, items in raw.items():
         if section.startswith(SOURCE_PREFIX):
@@ -545,6 +562,15 @@ def _check_base(cfg: Config, name: str) -> Card:
     except (OcapError, OSError) as e:
         raise ConfigError(_one_line(f"{name}: [model] base = {cfg.model.base!r}: cannot open the model "
                                     f"package: {e}")) from None
+
+
+def _check_textfile(cfg: Config, name: str) -> None:
+    """The metrics textfile's directory must exist (whether ocapd may write there shows at its first write,
+    which logs an error naming the file: under systemd that depends on the unit's sandbox)."""
+    textfile = cfg.metrics.textfile
+    if textfile is not None and not textfile.parent.is_dir():
+        raise ConfigError(f"{name}: [metrics] textfile = {str(textfile)!r}: no directory {str(textfile.parent)!r}; "
+                          "expected a file in an existing directory (node_exporter's --collector.textfile.directory)")
 
 
 def load_config(path: Union[str, Path]) -> Config:
@@ -563,6 +589,7 @@ def load_config(path: Union[str, Path]) -> Config:
         raise ConfigError(_one_line(f"{name}: cannot read: {e.strerror or e}")) from None
     cfg = _build(_read_ini(text, name), name, path)
     _check_base(cfg, name)          # what the sources read, and their fit to the model: daemon.sources
+    _check_textfile(cfg, name)
     log.debug("configuration %s: %d source(s)", name, len(cfg.sources))
     return cfg
 

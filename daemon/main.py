@@ -25,6 +25,7 @@ from service.sources import ThreadSource
 from .config import EXIT_CONFIG, Config, ConfigError, load_config
 from .controller import Controller
 from .errors import DaemonError
+from .metrics import DaemonCollector, Textfile
 from .notify import Notifier
 from .sources import Checked, build_sources, check_sources
 from .store import ModelStore
@@ -91,6 +92,7 @@ class Daemon:
         self.controller: Optional[Controller] = None
         self.sources: List[ThreadSource] = []
         self.scheduler: Any = None
+        self.textfile: Optional[Textfile] = None        # [metrics] textfile's writer, None when off
 
     def start(self) -> None:
         from ocap_core.package import resolve_model
@@ -109,6 +111,8 @@ class Daemon:
         server.events.record("daemon_started", serving=server.slot.current().version, recovered=why,
                              config=str(c.path))
         self.controller = Controller(c, server, store, on_state=self.notifier.status)
+        server.metrics.add(DaemonCollector(self.controller))
+        server.add_status("metrics", self._metrics_status)
         server.control.register("reload", self._cmd_reload, mutating=True)
         self.sources = build_sources(c, server, replay_data)
         self.replay_data = None                 # the sources hold what they need
@@ -130,7 +134,26 @@ class Daemon:
                                     job_defaults={"coalesce": True, "max_instances": 1, "misfire_grace_time": 30})
         sched.add_job(self.controller.tick, "interval", seconds=self.cfg.stability.check_interval, id="policy")
         sched.add_job(self._retention, "interval", seconds=3600, id="retention")
+        self._schedule_metrics(sched)
         return sched
+
+    def _schedule_metrics(self, sched: Any) -> None:
+        """The ``[metrics] textfile`` job, first run at once (when the scheduler starts): placed at start
+        and again on a reload that changes ``[metrics]``; none when the textfile is off."""
+        import datetime
+
+        assert self.server is not None
+        if sched.get_job("metrics") is not None:
+            sched.remove_job("metrics")
+        m, server = self.cfg.metrics, self.server
+        self.textfile = None if m.textfile is None else Textfile(m.textfile, lambda: server.metrics.render("prometheus"))
+        if self.textfile is not None:
+            sched.add_job(self.textfile.write, "interval", seconds=m.interval, id="metrics",
+                          next_run_time=datetime.datetime.now(datetime.timezone.utc))
+
+    def _metrics_status(self) -> Any:
+        t = self.textfile
+        return {"textfile": None if t is None else str(t.path), "error": None if t is None else t.error}
 
     def _retention(self) -> None:
         assert self.server is not None
@@ -169,6 +192,7 @@ class Daemon:
             self.server.events.record("config_rejected", reason=str(e))
             return
         restart = [s for s in RESTART_SECTIONS if getattr(new, s) != getattr(self.cfg, s)]
+        metrics_changed = new.metrics != self.cfg.metrics
         self.cfg = new
         self.controller.cfg = new
         self.server.config = dataclasses.replace(self.server.config, teacher_share=new.drift.teacher_share,
@@ -176,6 +200,8 @@ class Daemon:
         self.server.class_log.recent.resize(self.server.config.recent_seconds)    # a longer span fills over time
         set_log_level(new.daemon.log_level)
         self.scheduler.reschedule_job("policy", trigger="interval", seconds=new.stability.check_interval)
+        if metrics_changed:
+            self._schedule_metrics(self.scheduler)
         self.server.events.record("config_reloaded", restart_needed=restart)
         log.info("config reloaded%s", f"; restart needed for [{'], ['.join(restart)}]" if restart else "")
 

@@ -55,3 +55,9 @@ def test_sandbox_exposure_score(tmp_path):
     r = subprocess.run(["systemd-analyze", "security", "--offline=true", "--threshold=20",
                         str(_unit_with_existing_binary(tmp_path))], capture_output=True, text=True)
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr
+
+
+def test_the_sandbox_lets_ocapd_write_node_exporters_default_textfile_directory():
+    """``[metrics] textfile`` for node_exporter: ProtectSystem=strict makes /var/lib read-only but for the
+    paths listed; "-" keeps the unit starting where node_exporter is not installed."""
+    assert "ReadWritePaths=-/var/lib/node_exporter/textfile_collector" in UNIT.read_text().splitlines()

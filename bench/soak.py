@@ -22,9 +22,10 @@ from daemon.demo import demo_config
 from daemon.launch import start_ocapd
 from service.client import Client, ServiceError
 
-# 3 classes, then a fourth joins (drift), in turn: each segment long enough for a stable set, a worker,
-# a gate and a probation on a busy 2-core machine
-MIX = "0:0.5,3:0.3,7:0.2@40s; 0:0.4,3:0.25,7:0.15,9:0.2@40s"
+# two disjoint 3-class sets in turn: each switch is drift (revert to base) and a new stable set, so every
+# segment is a personalization cycle; 50 s holds stability, the worker, the gate and a probation on a busy
+# 2-core machine (a 3-class set and a fourth joining it gave one cycle per period: 56 in 130 min)
+MIX = "0:0.5,3:0.3,7:0.2@50s; 1:0.5,4:0.3,8:0.2@50s"
 QUICK_MINUTES, FULL_MINUTES = 2.0, 130.0
 GROWTH_TARGET = 0.02            # per-cycle RSS over the second half
 

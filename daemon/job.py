@@ -19,6 +19,8 @@ from ocap_core.search_spec import DEFAULT_MAX_LOSS, DEFAULT_TIME_BUDGET, MIN_PER
 from .errors import DaemonError
 
 REQUIRED = ("base", "samples", "classes", "out")
+QUANTIZE = ("off", "int8")          # [personalize] quantize
+INT8_SUFFIX = "-int8"               # the INT8 child's directory: the candidate's + this
 
 
 def write_samples(path: Union[str, Path], train: Tuple[np.ndarray, np.ndarray], val: Tuple[np.ndarray, np.ndarray],
@@ -54,7 +56,9 @@ def _number(value: Any) -> bool:
 class Job:
     """One personalization: the base package, the samples file (``.npz`` with uint8 ``x`` and bool
     ``is_val``), the observed classes and their shares, where the candidate goes, and the engine's
-    settings. ``threads`` is a cap on the worker's torch threads (0: one per idle core)."""
+    settings. ``threads`` is a cap on the worker's torch threads (0: one per idle core). ``quantize``
+    ``int8``: the worker also writes an INT8 child of the candidate to ``int8_out``, calibrated on the
+    held-back samples (the gate decides which of the two goes on)."""
 
     base: str
     samples: str
@@ -70,6 +74,7 @@ class Job:
     threads: int = 0
     seed: int = 0
     name: Optional[str] = None
+    quantize: str = "off"               # "int8": also an INT8 child of the candidate (``int8_out``)
 
     def __post_init__(self) -> None:
         for key in ("base", "samples", "out", "scorer"):
@@ -91,6 +96,8 @@ class Job:
             raise DaemonError(f"job: class_freqs = {self.class_freqs!r}: expected class id -> share")
         if self.name is not None and not isinstance(self.name, str):
             raise DaemonError(f"job: name = {self.name!r}: expected a string")
+        if self.quantize not in QUANTIZE:
+            raise DaemonError(f"job: quantize = {self.quantize!r}: expected one of {', '.join(QUANTIZE)}")
 
     # -- the file ----------------------------------------------------------------------------------
     def to_dict(self) -> Dict[str, Any]:
@@ -142,6 +149,11 @@ class Job:
             return cls.from_dict(d)
         except (DaemonError, TypeError) as e:
             raise DaemonError(f"job file {path}: {e}") from e
+
+    @property
+    def int8_out(self) -> str:
+        """Where the INT8 child of the candidate goes (``quantize = int8``): beside ``out``."""
+        return self.out.rstrip("/") + INT8_SUFFIX
 
     # -- the engine's specs ------------------------------------------------------------------------
     def prune_spec(self) -> PruneSpec:

@@ -3,7 +3,8 @@ daemon that imports torch, so that its memory goes back to the system when it ex
 never touches serving).
 
 The job (``daemon/job.py``) names the base package, a samples file (``.npz`` with ``x`` uint8 images and
-``is_val``), the observed classes and the engine's settings; the candidate package goes to ``out``. Progress goes to
+``is_val``), the observed classes and the engine's settings; the candidate package goes to ``out`` (with
+``quantize = int8`` also its INT8 child, to ``out-int8``). Progress goes to
 stdout as JSON lines (``started``, ``stage``, ``search_level``, ``finetune_epoch``, then ``done`` or ``failed``), which
 the daemon reads into ``status`` and ``events``; ``started`` reports the torch threads the worker chose
 (one per idle core, within the job's ``threads`` cap; ``daemon/cores.py``). Exit 0 when a candidate
@@ -62,10 +63,36 @@ def run(job: Job) -> Dict[str, Any]:
     res = personalize(open_package(job.base), samples, list(job.classes), job.prune_spec(), Path(job.out),
                       class_freqs=dict(job.class_freqs) or None, name=job.name, progress=_progress)
     card = res.package.card
-    return {"candidate": str(res.package.path), "version": card.version, "class_ids": card.class_ids,
-            "metrics": {k: card.metrics.get(k) for k in ("macs", "params", "mac_reduction", "val_agreement",
-                                                         "val_expected_agreement")},
-            "search": card.provenance.get("search"), "timings": res.timings}
+    summary = {"candidate": str(res.package.path), "version": card.version, "class_ids": card.class_ids,
+               "metrics": {k: card.metrics.get(k) for k in ("macs", "params", "mac_reduction", "val_agreement",
+                                                            "val_expected_agreement")},
+               "search": card.provenance.get("search"), "timings": res.timings}
+    if job.quantize == "int8":
+        summary.update(quantize(res.package, x[samples.is_val], job))
+    return summary
+
+
+def quantize(candidate, frames, job: Job) -> Dict[str, Any]:
+    """The candidate's INT8 child, calibrated on the held-back frames of the observed classes (what
+    the cache keeps aside from training; they never leave the device), as ``{"int8": summary}``; a
+    failure is reported as ``{"int8_error": why}`` and the FP32 candidate goes on alone."""
+    from ocap_core.errors import OcapError
+    from ocap_core.quantize import quantize_package
+
+    t0 = time.perf_counter()
+    try:
+        child = quantize_package(candidate, frames, Path(job.int8_out), classes=job.classes,
+                                 source="held-back cached frames of the observed classes")
+    except Exception as e:  # optional: whatever goes wrong, the FP32 candidate is still a result
+        why = str(e) if isinstance(e, OcapError) else f"{type(e).__name__}: {e}"
+        emit("int8_failed", error=why)
+        return {"int8_error": why}
+    _progress({"event": "stage", "stage": "quantize", "seconds": round(time.perf_counter() - t0, 3)})
+    q = child.card.provenance["quantization"]
+    return {"int8": {"candidate": str(child.path), "version": child.card.version,
+                     "calibration": q["calibration"]["frames"],
+                     "metrics": {k: child.card.metrics.get(k) for k in ("onnx_bytes", "size_reduction",
+                                                                        "calibration_agreement")}}}
 
 
 def main(argv: Optional[Sequence[str]] = None) -> int:
@@ -91,6 +118,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except Exception as e:  # any failure of the engine is reported, and no partial candidate stays
         logging.getLogger("daemon.worker").debug("personalization failed", exc_info=True)
         shutil.rmtree(job.out, ignore_errors=True)
+        shutil.rmtree(job.int8_out, ignore_errors=True)
         emit("failed", error=f"{type(e).__name__}: {e}")
         return EXIT_FAILED
     faults.point("worker.before_done")

@@ -19,7 +19,7 @@ def _job(**kw) -> Job:
 
 
 def test_a_job_round_trips_through_its_file(tmp_path):
-    job = _job(class_freqs={1: 0.25, 8: 0.75}, rule="personalize", threads=2, name="cnn-k2")
+    job = _job(class_freqs={1: 0.25, 8: 0.75}, rule="personalize", threads=2, name="cnn-k2", quantize="int8")
     job.write(tmp_path / "job.json")
     assert oct((tmp_path / "job.json").stat().st_mode & 0o777) == "0o600"
     assert Job.read(tmp_path / "job.json") == job
@@ -34,6 +34,10 @@ def test_the_engine_specs_follow_the_rule():
     assert fixed.finetune.time_budget == 40.0
 
 
+def test_the_int8_child_goes_beside_the_candidate():
+    assert _job().quantize == "off" and _job(out="/j/candidate/").int8_out == "/j/candidate-int8"
+
+
 def test_threads_auto_is_zero():
     assert Job.from_dict(dict(_job().to_dict(), threads="auto")).threads == 0
 
@@ -42,7 +46,8 @@ def test_threads_auto_is_zero():
     ("threads", "many", "threads = 'many'"), ("threads", -1, "threads = -1"), ("classes", [], "classes = []"),
     ("classes", "1,8", "classes = '1,8'"), ("rule", "guess", "rule = 'guess'"), ("max_loss", "1", "max_loss = '1'"),
     ("epochs", True, "epochs = True"), ("class_freqs", {"x": 1}, "keys must be class ids"),
-    ("colour", "red", "unknown key(s) colour"), ("base", "", "base = ''")])
+    ("colour", "red", "unknown key(s) colour"), ("base", "", "base = ''"),
+    ("quantize", "int4", "quantize = 'int4': expected one of off, int8")])
 def test_a_bad_field_is_named(key, value, message):
     with pytest.raises(DaemonError) as e:
         Job.from_dict(dict(_job().to_dict(), **{key: value}))

@@ -21,7 +21,7 @@ from tests.helpers import wait_until
 pytestmark = pytest.mark.torch
 
 
-def _job(tmp_path, classes=(1, 8), per_class=96, epochs=2, time_budget=600):
+def _job(tmp_path, classes=(1, 8), per_class=96, epochs=2, time_budget=600, **kw):
     """A job on Fashion-MNIST images of ``classes``. The search's wall budget is far more than it needs
     (about 20 s on an idle core, to the ladder's floors), so the candidate it finds does not depend on
     how busy the machine is; how fast it finds one is the benchmarks' business."""
@@ -31,7 +31,8 @@ def _job(tmp_path, classes=(1, 8), per_class=96, epochs=2, time_budget=600):
     samples = tmp_path / "samples.npz"
     np.savez(samples, x=train.x[idx], is_val=is_val)
     return Job(base=str(resolve_model("fmnist-cnn")), samples=str(samples), classes=tuple(classes),
-               out=str(tmp_path / "job" / "candidate"), epochs=epochs, threads=1, time_budget=time_budget, max_loss=5)
+               out=str(tmp_path / "job" / "candidate"), epochs=epochs, threads=1, time_budget=time_budget, max_loss=5,
+               **kw)
 
 
 def _wait(run, timeout=900):
@@ -55,6 +56,32 @@ def test_a_job_makes_a_candidate_and_reports_progress(tmp_path):
     path = run.result["search"]["path"]
     assert path and run.result["metrics"]["mac_reduction"] >= max(p["level"] for p in path if p["accepted"])
     assert oct(os.stat(tmp_path / "job" / "job.json").st_mode & 0o777) == "0o600"
+
+
+def test_with_quantize_int8_the_worker_also_writes_an_int8_child_calibrated_on_the_held_back_frames(tmp_path):
+    seen = []
+    run = WorkerRun(_job(tmp_path, rule="personalize", quantize="int8"), tmp_path / "job", threads=1,
+                    on_event=seen.append)
+    assert _wait(run) == "done", run.reason
+    fp32 = open_package(run.result["candidate"]).card
+    child = open_package(run.result["int8"]["candidate"]).card
+    assert run.result["int8"]["candidate"] == str(tmp_path / "job" / "candidate-int8")
+    assert child.parent == fp32.version and child.class_ids == fp32.class_ids == [1, 8]
+    calibration = child.provenance["quantization"]["calibration"]
+    assert calibration["frames"] == calibration["offered"] == 64 and calibration["classes"] == [1, 8]
+    assert "held-back" in calibration["source"] and run.result["int8"]["calibration"] == 64
+    assert "quantize" in [e["stage"] for e in seen if e["event"] == "stage"]
+
+
+def test_an_int8_child_that_cannot_be_made_is_reported_and_nothing_is_left(tmp_path, capsys):
+    from daemon.worker import quantize
+
+    job = _job(tmp_path, quantize="int8")
+    frames = load_dataset("fashion-mnist", "test").x[:12]          # fewer held-back frames than calibration needs
+    res = quantize(open_package("fmnist-cnn"), frames, job)     # the summary goes on without an "int8" entry
+    assert res == {"int8_error": "12 calibration frames: at least 32 are needed for calibrated INT8 ranges"}
+    assert not Path(job.int8_out).exists() and not Path(job.int8_out).parent.exists()
+    assert json.loads(capsys.readouterr().out.splitlines()[-1])["event"] == "int8_failed"
 
 
 def test_pause_resume_and_kill(tmp_path):

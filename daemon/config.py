@@ -95,6 +95,7 @@ STR, PATH, OPTPATH, INT, FLOAT, BOOL = "str", "path", "optional path", "int", "f
 AUTO_INT = "auto or int"            # "auto" (converted to 0) or an integer in the key's range
 AUTO_FLOAT = "auto or float"        # "auto" (converted to None: derived from other keys) or a number in range
 DURATION, SIZE, CHOICE, LIST, GROUP, MIX = "duration", "size", "choice", "list", "group", "mix"
+AUTO_LIST = "auto or list"          # "auto" (converted to (): resolved where the daemon starts) or a LIST
 
 _BOOLS = {"yes": True, "true": True, "on": True, "1": True, "no": False, "false": False, "off": False, "0": False}
 _INT_RE = re.compile(r"[+-]?\d+")
@@ -166,6 +167,7 @@ _KINDS: Dict[str, Tuple[str, str, Callable[[str], Any]]] = {
     SIZE: ("a size", "(e.g. 100B, 64KiB, 512MB, 1GB; a bare integer is bytes)", _size),
     CHOICE: ("one of", "", str),
     LIST: ("a comma-separated list of", "", str),
+    AUTO_LIST: ("auto or a comma-separated list of", "", str),
     GROUP: ("an existing group name or empty", "", _to_group),
     MIX: ("a class mix or empty", f"({MIX_SYNTAX}; DURATION as for any duration)", _to_mix),
 }
@@ -207,7 +209,9 @@ class Key:
             if text not in self.choices:
                 raise ValueError("")
             return text
-        if self.kind == LIST:
+        if self.kind == AUTO_LIST and text == "auto":
+            return ()
+        if self.kind in (LIST, AUTO_LIST):
             items = [s.strip() for s in text.split(",")]
             if not text.strip() or any(s not in self.choices for s in items):
                 raise ValueError("")
@@ -267,7 +271,8 @@ SCHEMA: Tuple[Key, ...] = (
     _k("daemon", "max_payload", SIZE, "1MB", "Largest predict payload (raw image bytes) a client may send.", ">= 1KB"),
 
     _k("model", "base", STR, "fmnist-cnn", "Base model: a shipped package name (fmnist-cnn, fmnist-resnet20, ...) or a package directory."),
-    _k("model", "providers", LIST, "cpu", "ONNX Runtime execution providers, in order of preference.", choices="cpu|cuda|tensorrt"),
+    _k("model", "providers", AUTO_LIST, "auto", "Execution providers, best first; auto: those of tensorrt, cuda, cpu onnxruntime offers. Each falls back to the next.", choices="cpu|cuda|tensorrt"),
+    _k("model", "tensorrt_fp16", BOOL, "yes", "TensorRT builds FP16 engines (no: FP32); engines are cached in [daemon] cache_dir/trt."),
     _k("model", "threads", INT, "1", "Threads ONNX Runtime uses per inference when serving.", ">= 1"),
 
     _k("log", "flush_interval", DURATION, "5s", "How often the class log is written to the database.", "> 0"),
@@ -341,7 +346,8 @@ class ModelConfig:
     """``[model]``: the base model and how it is served."""
 
     base: str
-    providers: Tuple[str, ...]
+    providers: Tuple[str, ...]      # (): auto, resolved where the daemon starts (ocap_core.runtime.resolve_providers)
+    tensorrt_fp16: bool
     threads: int
 
 

@@ -282,7 +282,7 @@ class Controller:
         x_val, _ = self.server.cache.load("val")
         verdict = gate.check(str(candidate), self.server.served, self.server.base, x_val,
                              self.cfg.gate.resolved(self.cfg.personalize.max_loss),
-                             providers=self.cfg.model.providers, threads=self.cfg.model.threads)
+                             **self.server.load_args())
         self.server.record("gate", passed=verdict.passed, reason=verdict.reason, **verdict.figures)
         if not verdict.passed or verdict.model is None:
             self.last_outcome = f"gate rejected the candidate: {verdict.reason}"

@@ -12,6 +12,7 @@ import logging
 from dataclasses import dataclass
 from typing import Callable, Optional, Tuple
 
+from ocap_core.runtime import short_names
 from service import faults
 from service.model_slot import LoadedModel
 from service.server import Server
@@ -83,7 +84,7 @@ class Deployer:
         self.store.prune()
         self.probation = Probation(model.version, previous.version, self._clock(), before)
         self.server.record("deploy", version=model.version, was=previous.version, why=why,
-                                  drift_baseline=round(drift_baseline, 4))
+                           drift_baseline=round(drift_baseline, 4), providers=short_names(model.providers))
         return ok, reason
 
     def check_probation(self, cfg: watch.ProbationConfig, min_frames: int) -> Tuple[str, str]:

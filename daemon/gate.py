@@ -7,7 +7,7 @@ Each verdict carries its figures, for the events table."""
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, Optional, Sequence
+from typing import Any, Dict, Optional
 
 import numpy as np
 
@@ -64,22 +64,23 @@ def _p50_ms(model: LoadedModel, frames: np.ndarray) -> float:
 
 
 def check(candidate_dir: str, served: LoadedModel, teacher: LoadedModel, images: np.ndarray,
-          cfg: GateConfig, providers: Sequence[str] = ("cpu",), threads: int = 1) -> Verdict:
+          cfg: GateConfig, **load_args: Any) -> Verdict:
     """Judge the candidate at ``candidate_dir`` on ``images`` (held-back cached frames); ``auto``
-    agreement is that of the default loss budget. Then the C heap gives back what the candidate's load
+    agreement is that of the default loss budget. The candidate is loaded with ``load_args``
+    (``load_model``'s: the server's providers, threads and fallback event, ``Server.load_args``). Then the C heap gives back what the candidate's load
     and the two models' runs on every held-back frame freed (``trim_heap``): kept, it was ocapd's
     growth from gate to gate."""
     try:
-        return _check(candidate_dir, served, teacher, images, cfg, providers, threads)
+        return _check(candidate_dir, served, teacher, images, cfg, load_args)
     finally:
         trim_heap()
 
 
 def _check(candidate_dir: str, served: LoadedModel, teacher: LoadedModel, images: np.ndarray,
-           cfg: GateConfig, providers: Sequence[str], threads: int) -> Verdict:
+           cfg: GateConfig, load_args: Dict[str, Any]) -> Verdict:
     cfg = cfg.resolved(DEFAULT_MAX_LOSS)
     try:
-        cand = load_model(candidate_dir, providers=providers, threads=threads)
+        cand = load_model(candidate_dir, **load_args)
     except OcapError as e:
         return Verdict(False, f"does not load: {e}")
     faults.point("gate.loaded")

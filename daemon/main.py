@@ -38,6 +38,7 @@ QUIET_LOGGERS = ("apscheduler.scheduler", "apscheduler.executors.default")   # a
 # seconds kept beyond the longest span a check reads: a probation still pending past its duration reads
 # back to its start, and a batch may arrive a few seconds late
 RECENT_MARGIN = 600
+TRT_CACHE = "trt"           # TensorRT's engines, under [daemon] cache_dir
 
 
 def recent_seconds(cfg: Config) -> int:
@@ -50,7 +51,12 @@ def recent_seconds(cfg: Config) -> int:
 
 
 def server_config(cfg: Config) -> ServerConfig:
-    return ServerConfig(providers=tuple(cfg.model.providers), threads=cfg.model.threads,
+    """The serving plane's settings. ``[model] providers = auto`` is resolved here, against the installed
+    onnxruntime; TensorRT's engine cache goes under ``[daemon] cache_dir`` (``trt/``)."""
+    from ocap_core.runtime import resolve_providers
+
+    return ServerConfig(providers=resolve_providers(cfg.model.providers), threads=cfg.model.threads,
+                        trt_cache_dir=str(Path(cfg.daemon.cache_dir) / TRT_CACHE), trt_fp16=cfg.model.tensorrt_fp16,
                         flush_seconds=cfg.log.flush_interval, low_confidence=cfg.log.low_confidence,
                         recent_seconds=recent_seconds(cfg),
                         cache_per_class=cfg.personalize.samples_per_class, cache_quota=cfg.privacy.cache_quota,
@@ -106,7 +112,12 @@ class Daemon:
         base = Path(resolve_model(c.model.base))
         serve, why = store.recover(base)
         log.info("serving %s (%s)", serve, why)
-        self.server = server = Server(str(serve), Path(c.daemon.state_dir), Path(c.daemon.socket), server_config(c),
+        scfg = server_config(c)
+        log.info("execution providers %s (%s)", ", ".join(scfg.providers),
+                 "auto: what onnxruntime offers" if not c.model.providers else "[model] providers")
+        if "tensorrt" in scfg.providers:
+            Path(str(scfg.trt_cache_dir)).mkdir(exist_ok=True, mode=0o700)
+        self.server = server = Server(str(serve), Path(c.daemon.state_dir), Path(c.daemon.socket), scfg,
                                       base=str(base), cache_dir=Path(c.daemon.cache_dir))
         server.events.record("daemon_started", serving=server.slot.current().version, recovered=why,
                              config=str(c.path))

@@ -11,28 +11,62 @@ import functools
 import os
 import time
 from pathlib import Path
-from typing import Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
 from .errors import OcapError
 
-PROVIDERS = {
+PROVIDERS = {                       # short name -> onnxruntime's, in ocap's order of preference
     "tensorrt": "TensorrtExecutionProvider",
     "cuda": "CUDAExecutionProvider",
     "cpu": "CPUExecutionProvider",
 }
+SHORT_NAMES = {full: short for short, full in PROVIDERS.items()}
 
 
-def provider_list(names: Sequence[str], trt_cache_dir: Optional[str] = None) -> List:
-    """Short names (tensorrt, cuda, cpu) -> onnxruntime's provider list, in order."""
+def available_providers() -> Tuple[str, ...]:
+    """Short names of the providers the installed onnxruntime offers, best first; ``cpu`` always (every
+    build has it). ``onnxruntime-gpu`` lists TensorRT and CUDA even where their libraries are missing:
+    that they load is only known once a session is made (``open_session_with_fallback``)."""
+    offered = set(_onnxruntime().get_available_providers())
+    return tuple(n for n, full in PROVIDERS.items() if full in offered or n == "cpu")
+
+
+def resolve_providers(names: Sequence[str]) -> Tuple[str, ...]:
+    """The providers to ask for, in order. None given (``[model] providers = auto``): every provider the
+    installed onnxruntime offers, best first (``available_providers``). A list: as given, with ``cpu``
+    appended when it is missing, because it is the last resort every fallback ends on (onnxruntime adds
+    the CPU to every session anyway). Names are checked; a provider this onnxruntime lacks is kept, so
+    that serving without it is reported as a fallback, not hidden."""
+    if not names:
+        return available_providers()
+    for n in names:
+        if n not in PROVIDERS:
+            raise OcapError(f"unknown execution provider {n!r}; choose from {', '.join(PROVIDERS)}")
+    if len(set(names)) != len(names):
+        raise OcapError(f"execution providers {', '.join(names)}: one is given twice")
+    return tuple(names) + (() if "cpu" in names else ("cpu",))
+
+
+def short_names(providers: Sequence[str]) -> List[str]:
+    """onnxruntime's provider names -> ocap's short ones (a provider ocap has no name for keeps its own)."""
+    return [SHORT_NAMES.get(p, p) for p in providers]
+
+
+def provider_list(names: Sequence[str], trt_cache_dir: Optional[str] = None, trt_fp16: bool = True) -> List:
+    """Short names (tensorrt, cuda, cpu) -> onnxruntime's provider list, in order. TensorRT gets its
+    options: FP16 engines (``trt_fp16``), and an engine cache in ``trt_cache_dir`` when given (building
+    an engine takes minutes on a Jetson; the cache makes a restart or a swap back take seconds)."""
     out: List = []
     for n in names:
         if n not in PROVIDERS:
             raise OcapError(f"unknown execution provider {n!r}; choose from {', '.join(PROVIDERS)}")
-        if n == "tensorrt" and trt_cache_dir:
-            out.append((PROVIDERS[n], {"trt_engine_cache_enable": True, "trt_fp16_enable": True,
-                                       "trt_engine_cache_path": trt_cache_dir}))
+        if n == "tensorrt":
+            options: Dict[str, Any] = {"trt_fp16_enable": bool(trt_fp16)}
+            if trt_cache_dir:
+                options.update(trt_engine_cache_enable=True, trt_engine_cache_path=str(trt_cache_dir))
+            out.append((PROVIDERS[n], options))
         else:
             out.append(PROVIDERS[n])
     return out
@@ -54,8 +88,13 @@ def _onnxruntime():
 
 
 def open_session(path: Path, threads: int = 1, providers: Sequence[str] = ("cpu",),
-                 trt_cache_dir: Optional[str] = None):
-    """An InferenceSession with fixed thread counts; errors name the file."""
+                 trt_cache_dir: Optional[str] = None, trt_fp16: bool = True):
+    """An InferenceSession with fixed thread counts; errors name the file.
+
+    onnxruntime's own fallback at creation (print a banner on stdout, retry on the CPU alone) is off
+    (``enable_fallback=0``, read by onnxruntime 1.2x; older ones ignore it), so that a provider that
+    fails to load raises with its reason and ``open_session_with_fallback`` tries the next one; it is
+    switched back on for ``run``, where it moves a session whose provider fails mid-run to the CPU."""
     ort = _onnxruntime()
     so = ort.SessionOptions()
     so.intra_op_num_threads = int(threads)
@@ -66,9 +105,34 @@ def open_session(path: Path, threads: int = 1, providers: Sequence[str] = ("cpu"
     # on the small CNN); without it batch-1 latency is the same (192 vs 195 us) and memory goes back
     so.enable_cpu_mem_arena = False
     try:
-        return ort.InferenceSession(str(path), so, providers=provider_list(providers, trt_cache_dir))
+        session = ort.InferenceSession(str(path), so, providers=provider_list(providers, trt_cache_dir, trt_fp16),
+                                       enable_fallback=0)
     except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
         raise OcapError(f"onnxruntime cannot load {path}: {e}") from e
+    try:
+        session.enable_fallback()
+    except (AttributeError, NotImplementedError):  # older builds: never switched off
+        pass
+    return session
+
+
+def open_session_with_fallback(path: Path, threads: int = 1, providers: Sequence[str] = ("cpu",),
+                               trt_cache_dir: Optional[str] = None,
+                               trt_fp16: bool = True) -> Tuple[Any, List[str]]:
+    """``open_session`` with ``providers``; when that raises (a provider that fails to load: a CUDA
+    library missing, an engine TensorRT cannot build), again without the first provider, down to the
+    last one alone. Returns the session and why each failed attempt failed ("tensorrt: ..."); when the
+    last attempt fails too, its error is raised (then the file itself is bad, not a provider)."""
+    provider_list(providers)                # unknown names: an error, not a fallback
+    failed: List[str] = []
+    for i in range(len(providers)):
+        try:
+            return open_session(path, threads, providers[i:], trt_cache_dir, trt_fp16), failed
+        except OcapError as e:
+            if i == len(providers) - 1:
+                raise
+            failed.append(f"{providers[i]}: {e}")
+    raise OcapError(f"no execution provider to load {path} with")
 
 
 @functools.lru_cache(maxsize=None)

@@ -13,6 +13,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from ocap_core.errors import OcapError
 from ocap_core.package import Card
+from ocap_core.runtime import resolve_providers
 
 from .durations import SYNTAX
 from .errors import ServiceError
@@ -58,7 +59,8 @@ def build_parser() -> argparse.ArgumentParser:
     ap.add_argument("--base", help="the base (teacher) model when --model is a pruned one (default: --model)")
     ap.add_argument("--state-dir", required=True, help="ocap.db and the sample cache go here")
     ap.add_argument("--socket", required=True, help="control socket path")
-    ap.add_argument("--providers", default="cpu", help="onnxruntime providers in order, e.g. tensorrt,cuda,cpu")
+    ap.add_argument("--providers", default="auto", help="onnxruntime providers in order, e.g. tensorrt,cuda,cpu "
+                    "(cpu is added last when missing); auto: those onnxruntime offers, best first")
     ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--flush-seconds", type=float, default=5.0)
     ap.add_argument("--teacher-share", type=float, default=0.1, help="share of frames the base model checks "
@@ -109,7 +111,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     from .server import Server, ServerConfig
 
     try:
-        config = ServerConfig(providers=tuple(args.providers.split(",")), threads=args.threads,
+        names = () if args.providers == "auto" else tuple(p.strip() for p in args.providers.split(","))
+        config = ServerConfig(providers=resolve_providers(names), threads=args.threads,
                               flush_seconds=args.flush_seconds, teacher_share=args.teacher_share,
                               cache_per_class=args.cache_per_class, cache_quota=int(args.cache_quota_mb * 2 ** 20))
         server = Server(args.model, Path(args.state_dir), Path(args.socket), config, base=args.base)

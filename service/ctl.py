@@ -23,11 +23,19 @@ def _table(rows: List[List[str]]) -> List[str]:
     return ["  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows]
 
 
+def _providers(m: Dict[str, Any]) -> str:
+    """What a model runs on, and what it asked for when it got less (the fallback's reason)."""
+    got = ", ".join(m["providers"])
+    if not m.get("fallback"):
+        return got
+    return f"{got} (asked for {', '.join(m.get('asked') or [])}: {m['fallback']})"
+
+
 def _status(res: Dict[str, Any]) -> str:
     m, lat, rate = res["model"], res["latency_ms"], res["rate_per_s"]
     fill = {k: n for k, n in res["cache"]["train"].items()}
     lines = [f"model     {m['name']} ({m['version']}), classes {m['class_ids']}, {m['swaps']} swaps",
-             f"providers {', '.join(m['providers'])}",
+             f"providers {_providers(m)}",
              f"uptime    {res['uptime_s']:.0f} s, {res['requests']} requests ({res['failed']} failed), "
              f"{rate['10s']:.1f}/s last 10 s, {rate['60s']:.1f}/s last minute"]
     if lat["p50"] is not None:
@@ -35,7 +43,8 @@ def _status(res: Dict[str, Any]) -> str:
     t = res.get("teacher")
     if t:
         share = t["disagreed"] / t["inside"] if t["inside"] else 0.0
-        lines.append(f"teacher   {t['version']} checks {100 * t['share']:.0f}% of frames: {t['checked']} checked, "
+        on = f" on {', '.join(t['providers'])}" if t.get("providers") else ""
+        lines.append(f"teacher   {t['version']}{on} checks {100 * t['share']:.0f}% of frames: {t['checked']} checked, "
                      f"{t['checked'] - t['inside']} outside the served classes, {100 * share:.1f}% of the rest disagree")
     lines.append(f"cache     per class {', '.join(f'{k}:{n}' for k, n in sorted(fill.items(), key=lambda kv: int(kv[0])))}"
                  f" of {res['cache_per_class']} (+{sum(res['cache']['val'].values())} held back), "

@@ -18,7 +18,7 @@ import numpy as np
 from ocap_core.errors import OcapError
 from ocap_core.package import Card, open_package
 from ocap_core.preprocess import preprocess
-from ocap_core.runtime import PROVIDERS, open_session
+from ocap_core.runtime import PROVIDERS, open_session_with_fallback, short_names
 
 from . import faults
 
@@ -50,8 +50,10 @@ class LoadedModel:
     card: Card
     path: Path
     session: Any
-    providers: Tuple[str, ...]
+    providers: Tuple[str, ...]          # onnxruntime's names of the providers the session really got
     loaded_at: float = field(default_factory=time.time)
+    asked: Tuple[str, ...] = ()         # the short names asked for, in order
+    fallback: str = ""                  # why it got less than asked ("" when it got what it asked for)
 
     @property
     def version(self) -> str:
@@ -92,20 +94,28 @@ class LoadedModel:
 
 
 def load_model(path: str, providers: Sequence[str] = ("cpu",), threads: int = 1,
-               trt_cache_dir: Optional[str] = None, warmup: int = 3) -> LoadedModel:
+               trt_cache_dir: Optional[str] = None, trt_fp16: bool = True, warmup: int = 3,
+               on_fallback: Optional[Callable[[Dict[str, Any]], None]] = None) -> LoadedModel:
     """Verify the package's digests, open its ONNX file and run ``warmup`` batch-1 inferences.
 
-    onnxruntime-gpu falls back to the CPU without saying so; the providers the session really got
-    are logged and kept on the model."""
+    Providers fall back: one that fails to load is dropped and the session made with the rest, down to
+    the CPU (``open_session_with_fallback``); onnxruntime also skips a provider it lacks without saying
+    so, and onnxruntime-gpu runs on the CPU when CUDA's libraries are missing. Either way the model
+    keeps what it asked for, what it got and why (``fallback``), the load goes on, and ``on_fallback``
+    is called once with ``{"model", "asked", "got", "error"}`` (the server records it as an event)."""
     pkg = open_package(path)
-    session = open_session(pkg.onnx_path, threads=threads, providers=providers, trt_cache_dir=trt_cache_dir)
+    session, failed = open_session_with_fallback(pkg.onnx_path, threads=threads, providers=providers,
+                                                 trt_cache_dir=trt_cache_dir, trt_fp16=trt_fp16)
     got = tuple(session.get_providers())
-    wanted = [PROVIDERS[p] for p in providers]
-    if got[:1] != tuple(wanted[:1]):
-        log.warning("model %s asked for providers %s but runs on %s", pkg.card.version, wanted, list(got))
+    left_out = [p for p in providers if PROVIDERS[p] not in got and not any(f.startswith(p + ":") for f in failed)]
+    why = failed + [f"{p}: onnxruntime left it out (not in this build, or its libraries did not load)" for p in left_out]
+    fallback = "; ".join(why)
+    if fallback:
+        log.warning("model %s asked for providers %s but runs on %s: %s", pkg.card.version, list(providers),
+                    short_names(got), fallback)
     else:
-        log.info("model %s runs on %s", pkg.card.version, list(got))
-    model = LoadedModel(pkg.card, pkg.path, session, got)
+        log.info("model %s runs on %s", pkg.card.version, short_names(got))
+    model = LoadedModel(pkg.card, pkg.path, session, got, asked=tuple(providers), fallback=fallback)
     c, h, w = pkg.card.input.shape
     blank = np.zeros((h, w) if c == 1 else (h, w, c), np.uint8)
     try:
@@ -118,6 +128,8 @@ def load_model(path: str, providers: Sequence[str] = ("cpu",), threads: int = 1,
                         f"the card names {len(pkg.card.class_ids)} classes {list(pkg.card.class_ids)}")
     for _ in range(warmup):
         model.predict(blank)
+    if fallback and on_fallback is not None:
+        on_fallback({"model": model.version, "asked": list(providers), "got": short_names(got), "error": fallback})
     return model
 
 
@@ -172,5 +184,5 @@ class ModelSlot:
     def describe(self) -> Dict[str, Any]:
         """The served model's card summary and the swap count, from one reading."""
         m, swaps = self._serving
-        return {"version": m.version, "name": m.card.name, "class_ids": m.class_ids, "providers": list(m.providers),
-                "loaded_at": m.loaded_at, "swaps": swaps}
+        return {"version": m.version, "name": m.card.name, "class_ids": m.class_ids, "providers": short_names(m.providers),
+                "asked": list(m.asked), "fallback": m.fallback, "loaded_at": m.loaded_at, "swaps": swaps}

@@ -16,6 +16,7 @@ import numpy as np
 
 from ocap_core.errors import OcapError
 from ocap_core.package import resolve_model
+from ocap_core.runtime import short_names
 
 from .class_log import ClassLog
 from .control_socket import ControlServer, RequestError
@@ -35,8 +36,10 @@ log = logging.getLogger(__name__)
 class ServerConfig:
     """What the serving plane can be told (the daemon's INI sections map onto it)."""
 
-    providers: Sequence[str] = ("cpu",)
+    providers: Sequence[str] = ("cpu",)  # short names in order (ocap_core.runtime.resolve_providers)
     threads: int = 1
+    trt_cache_dir: Optional[str] = None     # TensorRT's engine cache (ocapd: [daemon] cache_dir/trt)
+    trt_fp16: bool = True
     flush_seconds: float = 5.0
     low_confidence: float = 0.5
     recent_seconds: int = 3600          # per-second counts kept in memory for the policy checks (RecentCounts)
@@ -118,10 +121,21 @@ class Server:
         if self.base is not served:
             self.models.put(self.base.card, "teacher")
         self.events.record("serving_started", model=served.version, base=self.base.version,
-                           providers=list(served.providers))
+                           providers=short_names(served.providers))
 
     def _load(self, path: str) -> LoadedModel:
-        return load_model(path, providers=self.config.providers, threads=self.config.threads)
+        return load_model(path, **self.load_args())
+
+    def load_args(self) -> Dict[str, Any]:
+        """How this server loads a model, as ``load_model``'s keyword arguments: providers, threads,
+        TensorRT's options, and a ``provider_fallback`` event when a model gets fewer providers than it
+        asked for (the gate loads candidates with these too)."""
+        c = self.config
+        return {"providers": tuple(c.providers), "threads": c.threads, "trt_cache_dir": c.trt_cache_dir,
+                "trt_fp16": c.trt_fp16, "on_fallback": self._provider_fallback}
+
+    def _provider_fallback(self, detail: Dict[str, Any]) -> None:
+        self.events.record("provider_fallback", **detail)
 
     # -- what the control plane uses -----------------------------------------------------------
     @property
@@ -285,7 +299,7 @@ class Server:
         """Serve the package at ``path`` (verified, loaded and warmed up first); the reason on refusal."""
         old = self.slot.current()
         t0 = time.perf_counter()
-        ok, reason = self.slot.swap(path, providers=self.config.providers, threads=self.config.threads)
+        ok, reason = self.slot.swap(path, **self.load_args())
         return self._swapped(old, ok, reason, path, time.perf_counter() - t0, why)
 
     def install(self, model: LoadedModel, why: str = "") -> Tuple[bool, str]:
@@ -319,7 +333,8 @@ class Server:
                 self._teacher_swap, self._teacher_counts = swap, [0, 0, 0]
         self.models.put(new.card, "serving")
         self.models.set_status(old.version, "teacher" if old is self.base and new is not self.base else "retired")
-        self.events.record("swap", to=new.version, was=old.version, seconds=round(seconds, 4), why=why)
+        self.events.record("swap", to=new.version, was=old.version, seconds=round(seconds, 4), why=why,
+                           providers=short_names(new.providers))
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -358,7 +373,8 @@ class Server:
                 "requests": s["frames"], "failed": s["failed"], "rate_per_s": s["rate_per_s"],
                 "latency_ms": s["latency_ms"],
                 "teacher": None if teacher is None else {
-                    "version": teacher.version, "share": self.config.teacher_share, **tc},
+                    "version": teacher.version, "share": self.config.teacher_share,
+                    "providers": short_names(teacher.providers), **tc},
                 "cache": {sp: {str(k): n for k, n in c.items()} for sp, c in self.cache.counts().items()},
                 "cache_bytes": self.cache.bytes, "cache_quota": self.cache.quota, "cache_per_class": self.cache.per_class,
                 "background_skipped": self.background_skipped, "last_flush": self.class_log.last_flush,

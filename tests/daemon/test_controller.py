@@ -224,6 +224,35 @@ def test_above_the_floor_the_trigger_waits_for_the_target_one_stability_span_at_
     assert ok, why
 
 
+def test_while_held_back_images_still_arrive_the_trigger_waits_up_to_four_spans(rig):
+    p = dataclasses.replace(rig.cfg.personalize, rule="search", max_loss=8.0, samples_per_class=256)
+    rig.ctl.cfg = dataclasses.replace(rig.cfg, personalize=p)
+    floor, target = rig.ctl.held_back_needed(2)
+    span = rig.cfg.stability.window * rig.cfg.stability.windows
+    rig.observe_stable()
+
+    def held():
+        return sum(rig.server.cache.counts()["val"].get(k, 0) for k in (1, 8))
+
+    ok, why, _ = rig.ctl.evaluate_trigger()                # the floor is reached now: the wait starts
+    assert not ok and f"in {span:.0f} s at the latest" in why, why
+    waited, offset = 0.0, 300
+    while True:                 # a few new held-back images every window: each restarts the span ...
+        before = held()
+        rig.feed([1, 8], 150)                               # seen before: the set stays stable
+        while held() == before:
+            rig.feed([1, 8], 4, offset=offset)
+            offset += 4
+        assert held() < target, (held(), target)
+        rig.clock.advance(rig.cfg.stability.window)
+        waited += rig.cfg.stability.window
+        ok, why = rig.ctl.evaluate_trigger()[:2]
+        if ok:
+            break
+        assert waited < 4 * span and "held-back samples" in why, (waited, why)
+    assert waited >= 4 * span - 1e-9, waited            # ... up to four spans after the floor, then go
+
+
 def test_a_gated_candidate_serves_the_session_the_gate_loaded_and_passes_probation(rig, deployed):
     version = deployed.model.version
     served = rig.server.slot.current()

@@ -316,6 +316,9 @@ def run_demo(args: argparse.Namespace) -> int:
     if deployed:
         pdir = str(work / "state" / "models" / deployed[-1]["detail"]["version"])
         rows.append(_model_row("personalized", pdir, x_h[mine], y_h[mine]))
+    served_on = providers_by_version(events)
+    for r in rows:                          # what the daemon ran each model on (accuracy and latency: the CPU here)
+        r["providers"] = served_on.get(r["version"], [])
     requests = len(replay.log)
     failed = sum(1 for r in replay.log if not r[4])
     first = next((e["ts"] for e in events if e["kind"] == "personalize_started"), None)
@@ -352,6 +355,18 @@ def _model_row(name: str, model_dir: str, x: np.ndarray, y: np.ndarray) -> Dict[
             "accuracy": _accuracy(model_dir, x, y), "macs": pkg.card.metrics.get("macs"),
             "latency_ms": _latency_ms(model_dir, x), "size_mb": pkg.onnx_path.stat().st_size / 2 ** 20,
             "images": int(len(y))}
+
+
+def providers_by_version(events: List[Dict[str, Any]]) -> Dict[str, List[str]]:
+    """The execution providers the daemon ran each model version on, from its events (oldest first):
+    ``serving_started`` for the first model, ``swap`` and ``deploy`` for the later ones."""
+    out: Dict[str, List[str]] = {}
+    for e in events:
+        d = e["detail"]
+        version = {"serving_started": d.get("model"), "swap": d.get("to"), "deploy": d.get("version")}.get(e["kind"])
+        if version and d.get("providers"):
+            out[version] = list(d["providers"])
+    return out
 
 
 def _search_of(model_dir: str) -> Optional[Dict[str, Any]]:

@@ -56,11 +56,14 @@ def write_report(out: Path, summary: Dict[str, Any], requests: List[tuple], even
              f"Observed classes {summary['classes']}; class {summary['drift_class']} joined at "
              f"{t_drift - t0:.0f} s. {summary['requests']} requests sent, {summary['failed']} failed; the daemon "
              f"served {summary['served_by_daemon']} frames. Accuracy is on held-out test images of the observed "
-             "classes that were never replayed to the daemon.", "",
-             "| model | version | classes | accuracy | MACs | latency p50 | ONNX size |", "|---|---|---|---|---|---|---|"]
+             "classes that were never replayed to the daemon; latency p50 is the demo's own batch-1 measurement on the "
+             "CPU, and the last column the execution providers ocapd served each model on.", "",
+             "| model | version | classes | accuracy | MACs | latency p50 | ONNX size | ocapd ran it on |",
+             "|---|---|---|---|---|---|---|---|"]
     for r in summary["models"]:
         lines.append(f"| {r['model']} | {r['version']} | {len(r['classes'])} | {100 * r['accuracy']:.2f}% | "
-                     f"{r['macs'] / 1e6:.2f} M | {r['latency_ms']:.3f} ms | {r['size_mb']:.2f} MB |")
+                     f"{r['macs'] / 1e6:.2f} M | {r['latency_ms']:.3f} ms | {r['size_mb']:.2f} MB | "
+                     f"{', '.join(r.get('providers') or []) or '-'} |")
     lines += [""] + [f"![{p}]({p})" for p in plots] + ["", "## Events", "", "| t (s) | event | detail |", "|---|---|---|"]
     for e in events:
         if e["ts"] >= t0 and e["kind"] != "personalize_progress":

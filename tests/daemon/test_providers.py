@@ -1,19 +1,22 @@
 """``[model] providers`` and ``tensorrt_fp16`` from the INI file to the serving plane: parsing and
 validation, ``auto`` resolved where ocapd starts (against this machine's onnxruntime, which has only
 the CPU), TensorRT's engine cache under ``[daemon] cache_dir``, and a fallback seen through a real
-``ocapd``: its event, ``ocapctl status``, and the gate loading a candidate with the server's settings."""
+``ocapd``: its event, ``ocapctl status``, the gate loading a candidate with the server's settings, and
+the demo report's column of providers."""
 
 import numpy as np
 import onnxruntime as ort
 import pytest
 
 from daemon.config import ConfigError, load_config
+from daemon.demo import providers_by_version
+from daemon.demo_report import write_report
 from daemon.gate import GateConfig, check
 from daemon.main import server_config
 from ocap_core.data import load_dataset
 from ocap_core.package import open_package, resolve_model
 from service.client import Client
-from service.server import Server
+from service.server import Server, ServerConfig
 from tests.daemon.test_ocapd import ctl, events, start, write_ini
 
 CPU_ONLY = "CUDAExecutionProvider" not in ort.get_available_providers()
@@ -96,3 +99,22 @@ def test_ocapd_serves_on_after_a_provider_fallback(tmp_path):
         assert np.mean(np.array(answers) == test.y[:20]) >= 0.8
     finally:
         assert d.stop() == 0
+
+
+def test_the_demo_report_names_what_ocapd_ran_each_model_on(tmp_path):
+    """The demo's table takes the providers from the daemon's own events (here a real server's)."""
+    server = Server("fmnist-cnn", tmp_path / "state", tmp_path / "s.sock", ServerConfig(providers=("cuda", "cpu")))
+    try:
+        ok, reason = server.swap(str(resolve_model("fmnist-vgg")), why="test")
+        assert ok, reason
+        evs = list(reversed(server.recent_events(50)))                    # oldest first, as the demo reads them
+    finally:
+        server.stop()
+    cnn, vgg = (open_package(n).card.version for n in ("fmnist-cnn", "fmnist-vgg"))
+    assert providers_by_version(evs) == {cnn: ["cpu"], vgg: ["cpu"]}
+    row = dict(model="base", version=cnn, classes=[0, 3, 7], accuracy=0.9, macs=21.9e6, latency_ms=0.2, size_mb=0.5,
+               providers=providers_by_version(evs)[cnn])
+    summary = dict(classes=[0, 3, 7], drift_class=9, requests=0, failed=0, served_by_daemon=0, models=[row])
+    t0 = evs[0]["ts"]
+    text = write_report(tmp_path / "report", summary, [], evs, t0, t0).read_text(encoding="utf-8")
+    assert "| ocapd ran it on |" in text and f"| {cnn} | 3 | 90.00% | 21.90 M | 0.200 ms | 0.50 MB | cpu |" in text

@@ -5,7 +5,9 @@ events table of a real SQLite file and survive a restart; the textfile is replac
 
 import logging
 import os
+import shutil
 import signal
+import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,7 +27,7 @@ from service.client import Client
 from service.server import Server
 from tests.daemon.test_controller import _config
 from tests.daemon.test_ocapd import start, write_ini
-from tests.helpers import WAIT_S, wait_until
+from tests.helpers import ROOT, WAIT_S, subprocess_env, wait_until
 
 DAEMON_TYPES = {"ocap_phase": "stateset", "ocap_worker_state": "stateset", "ocap_personalization_paused": "gauge",
                 "ocap_personalizations_started": "counter", "ocap_personalizations": "counter",
@@ -195,19 +197,26 @@ def test_ocapd_answers_metrics_on_its_socket_and_writes_the_textfile(tmp_path):
         # the metrics go out through the Unix socket and a file only
         assert psutil.Process(daemon.pid).net_connections(kind="inet") == []
         # a reload moves the textfile
-        write_ini(tmp_path, metrics={"textfile": str(tdir / "moved.prom"), "interval": "1s"})
+        moved = tmp_path / "moved" / "ocap.prom"
+        moved.parent.mkdir()
+        write_ini(tmp_path, metrics={"textfile": str(moved), "interval": "1s"})
         os.kill(daemon.pid, signal.SIGHUP)
-        wait_until(lambda: (tdir / "moved.prom").exists(), WAIT_S, what="the textfile at its new path")
+        wait_until(moved.exists, WAIT_S, what="the textfile at its new path")
+        assert [p.name for p in tdir.iterdir()] == ["ocap.prom"]            # no temporary file left
+        # its directory goes away: an error in the log and in status, and serving goes on
+        shutil.rmtree(str(moved.parent))
+        wait_until(lambda: daemon.request("status")["metrics"]["error"], WAIT_S, what="a failed write in status")
+        assert f"metrics textfile {moved} not written" in daemon.log_tail(20000)
+        human = subprocess.run([sys.executable, "-m", "service.ctl", "--socket", str(tmp_path / "s.sock"), "status"],
+                               capture_output=True, text=True, cwd=str(ROOT), env=subprocess_env(), timeout=60)
+        assert f"metrics   textfile {moved} not written" in human.stdout, human.stdout + human.stderr
+        with Client(tmp_path / "s.sock") as c:
+            assert c.predict(frames[0])["class_id"] in range(10)
     finally:
         assert daemon.stop() == 0, daemon.log_tail()
-    assert not [p for p in tdir.iterdir() if p.suffix != ".prom"]         # no temporary file left
 
 
 def test_ocapctl_metrics_prints_the_scrape(tmp_path):
-    import subprocess
-
-    from tests.helpers import ROOT, subprocess_env
-
     daemon = start(tmp_path, write_ini(tmp_path))
     try:
         out = {}
@@ -226,8 +235,6 @@ def test_ocapctl_metrics_prints_the_scrape(tmp_path):
 def test_the_readme_lists_every_metric(tmp_path, thermal):
     """README's table of metrics and a scrape name the same metrics (as PromQL names them)."""
     import re
-
-    from tests.helpers import ROOT
 
     server, _ = _daemon_metrics(tmp_path / "state", thermal)
     try:

@@ -44,11 +44,14 @@ class QuantSpec:
     ``min_calibration`` is refused. ``activations``: ``uint8`` (asymmetric, onnxruntime's advice for
     x86 CPUs), ``int8`` (symmetric: ARM CPUs and TensorRT's explicit quantization) or ``auto`` (by the
     machine). ``reduce_range``: 7-bit weights, which avoid the overflow of x86's 8-bit multiply-add
-    without VNNI (None: on exactly such a CPU)."""
+    without VNNI (None: on exactly such a CPU). ``keep_first``: the convolutions that read the image
+    stay FP32: with 1-3 input channels INT8 kernels gain nothing there (fmnist-cnn's first conv took 3.6x
+    as long in INT8), and the rest of the model gains 0.1-0.3x more (docs/benchmarks.md, INT8)."""
 
     calibration: int = DEFAULT_CALIBRATION
     min_calibration: int = MIN_CALIBRATION
     per_channel: bool = True
+    keep_first: bool = True
     activations: str = "auto"
     reduce_range: Optional[bool] = None
     batch: int = 16
@@ -179,6 +182,7 @@ def quantize_package(parent: ModelPackage, frames: np.ndarray, out: Path, spec: 
             quant_pre_process(str(parent.onnx_path), str(pre), skip_symbolic_shape=True)
         except Exception as e:  # onnx / onnxruntime raise their own types
             raise OcapError(f"cannot prepare {parent.onnx_path} for quantization: {type(e).__name__}: {e}") from e
+        kept = _first_convs(pre) if spec.keep_first else []
         acts = quant_type.QUInt8 if spec.activations == "uint8" else quant_type.QInt8
         parent_session = open_session(parent.onnx_path)
         reader = FrameReader(parent_session.get_inputs()[0].name, x, spec.batch)
@@ -186,13 +190,13 @@ def quantize_package(parent: ModelPackage, frames: np.ndarray, out: Path, spec: 
             quantize_static(str(pre), str(tmp / ONNX), reader, quant_format=quant_format.QDQ,
                             per_channel=spec.per_channel, reduce_range=bool(spec.reduce_range),
                             activation_type=acts, weight_type=quant_type.QInt8,
-                            calibrate_method=calibration_method.MinMax,
+                            calibrate_method=calibration_method.MinMax, nodes_to_exclude=kept,
                             extra_options={"ActivationSymmetric": spec.activations == "int8"})
         except Exception as e:  # onnxruntime's quantizer raises anything from ValueError to its own types
             raise OcapError(f"onnxruntime could not quantize {parent.onnx_path}: {type(e).__name__}: {e}") from e
         pre.unlink()
         agreement = _agreement(parent_session, tmp / ONNX, x, card)
-        child = _card(parent, tmp / ONNX, spec, len(chosen), len(frames), classes, name, source, agreement)
+        child = _card(parent, tmp / ONNX, spec, len(chosen), len(frames), classes, name, source, agreement, kept)
         write_card(tmp, child)
         tmp.rename(out)
     except BaseException:
@@ -200,6 +204,15 @@ def quantize_package(parent: ModelPackage, frames: np.ndarray, out: Path, spec: 
         raise
     log.info("wrote INT8 package %s (%s) from %s", out, child.version, card.version)
     return open_package(str(out))
+
+
+def _first_convs(path: Path) -> List[str]:
+    """Names of the Conv nodes that read the graph's input (the image)."""
+    import onnx
+
+    graph = onnx.load(str(path)).graph
+    inputs = {i.name for i in graph.input}
+    return [n.name for n in graph.node if n.op_type == "Conv" and n.input and n.input[0] in inputs]
 
 
 def _agreement(parent_session, onnx_path: Path, x: np.ndarray, card: Card) -> float:
@@ -215,7 +228,8 @@ def _agreement(parent_session, onnx_path: Path, x: np.ndarray, card: Card) -> fl
 
 
 def _card(parent: ModelPackage, onnx_path: Path, spec: QuantSpec, used: int, offered: int,
-          classes: Optional[Sequence[int]], name: Optional[str], source: str, agreement: float) -> Card:
+          classes: Optional[Sequence[int]], name: Optional[str], source: str, agreement: float,
+          kept: Sequence[str]) -> Card:
     card = parent.card
     import onnx  # present: the quantization tools imported it
 
@@ -228,7 +242,7 @@ def _card(parent: ModelPackage, onnx_path: Path, spec: QuantSpec, used: int, off
     metrics.update(onnx_bytes=size, parent_onnx_bytes=parent_size, size_reduction=round(parent_size / size, 3),
                    calibration_agreement=round(agreement, 4))
     quant = {"method": METHOD, "weights": "int8", "activations": spec.activations, "per_channel": spec.per_channel,
-             "reduce_range": spec.reduce_range, "calibrate_method": "minmax",
+             "reduce_range": spec.reduce_range, "calibrate_method": "minmax", "kept_fp32": list(kept),
              "calibration": {"frames": used, "offered": offered, "seed": spec.seed,
                              "classes": sorted(int(k) for k in classes) if classes is not None else None,
                              "source": source},

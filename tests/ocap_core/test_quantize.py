@@ -50,6 +50,7 @@ def test_the_int8_package_loads_in_the_serving_plane_and_its_card_records_the_ca
                            "sha256": parent.card.files["model.onnx"]}
     assert q["onnxruntime"] == onnxruntime.__version__ and q["per_channel"] and q["weights"] == "int8"
     assert q["activations"] in ("uint8", "int8") and card.metrics["macs"] == parent.card.metrics["macs"]
+    assert q["kept_fp32"] == ["/model/features/features.0/features.0.0/Conv"]          # the conv on the image
     assert card.metrics["size_reduction"] > 2.5 and card.metrics["onnx_bytes"] == cnn_int8.onnx_path.stat().st_size
 
 

@@ -91,10 +91,11 @@ def open_session(path: Path, threads: int = 1, providers: Sequence[str] = ("cpu"
                  trt_cache_dir: Optional[str] = None, trt_fp16: bool = True):
     """An InferenceSession with fixed thread counts; errors name the file.
 
-    onnxruntime's own fallback at creation (print a banner on stdout, retry on the CPU alone) is off
-    (``enable_fallback=0``, read by onnxruntime 1.2x; older ones ignore it), so that a provider that
-    fails to load raises with its reason and ``open_session_with_fallback`` tries the next one; it is
-    switched back on for ``run``, where it moves a session whose provider fails mid-run to the CPU."""
+    onnxruntime's own fallback at creation (a banner on stdout, a retry on the CPU) is switched off
+    (``enable_fallback=0``: 1.32 reads it; 1.19 ignores it and falls back itself, which
+    ``load_model`` then sees as a provider left out), so that a provider that fails to load raises
+    with its reason and ``open_session_with_fallback`` tries the next one. It is switched back on for
+    ``run``, where it moves a session whose provider fails mid-run to the CPU."""
     ort = _onnxruntime()
     so = ort.SessionOptions()
     so.intra_op_num_threads = int(threads)

@@ -296,6 +296,7 @@ SCHEMA: Tuple[Key, ...] = (
     _k("personalize", "max_temperature", FLOAT, "80", "No run starts (a running one pauses) while the hottest thermal zone is above this, in degrees C.", "> 0"),
     _k("personalize", "min_free_memory", SIZE, "512MB", "No run starts with less free memory than this.", ">= 0"),
     _k("personalize", "max_serving_p99", DURATION, "50ms", "No run starts while the 99th percentile serving latency is above this (at most 10s: 50m would be minutes).", "(0, 10s]"),
+    _k("personalize", "quantize", CHOICE, "off", "int8: also an INT8 copy of each candidate; it serves if within max_loss of its FP32 parent and faster here.", choices="off|int8"),
 
     *_declared_keys("gate", GateConfig),
 
@@ -379,6 +380,7 @@ class PersonalizeConfig:
     max_temperature: float
     min_free_memory: int
     max_serving_p99: float
+    quantize: str               # off | int8 (daemon/precision.py decides which one the gate judges)
 
 
 @dataclass(frozen=True)

@@ -23,7 +23,7 @@ from service.errors import ServiceError
 from service.model_slot import LoadedModel
 from service.server import Server
 
-from . import gate, stability, telemetry, watch
+from . import gate, precision, stability, telemetry, watch
 from .config import Config
 from .deployer import Deployer, Phase, Probation
 from .errors import DaemonError
@@ -239,7 +239,7 @@ class Controller:
                   class_freqs=dict(plan.class_freqs), out=str(job_dir / "candidate"), scorer=p.scorer,
                   rule=p.rule, max_loss=p.max_loss, epochs=p.epochs, time_budget=max(1.0, SEARCH_SHARE * p.time_budget),
                   min_per_class=min(MIN_PER_CLASS, p.min_samples_per_class), threads=p.threads,
-                  name=f"{self.server.base.card.name}-k{len(plan.classes)}")
+                  name=f"{self.server.base.card.name}-k{len(plan.classes)}", quantize=p.quantize)
         self._pending_baseline = plan.outside_share
         self.worker = self._start_run(job, job_dir, nice=p.nice, threads=p.threads, budget_s=p.time_budget,
                                       on_event=self._worker_event)
@@ -276,8 +276,9 @@ class Controller:
             res = w.result or {}
             faults.point("policy.worker_done")
             self.server.record("personalize_finished", version=res.get("version"),
-                               metrics=res.get("metrics"), timings=res.get("timings"))
-            self._gate_and_deploy(Path(res["candidate"]))
+                               metrics=res.get("metrics"), timings=res.get("timings"),
+                               **{k: res[k] for k in ("int8", "int8_error") if k in res})
+            self._gate_and_deploy(Path(res["candidate"]), (res.get("int8") or {}).get("candidate"))
         finally:
             shutil.rmtree(w.job_dir, ignore_errors=True)
             if self.cfg.privacy.after_personalize == "purge":
@@ -293,12 +294,14 @@ class Controller:
             w.resume()
             self.server.record("worker_resumed")
 
-    def _gate_and_deploy(self, candidate: Path) -> None:
+    def _gate_and_deploy(self, candidate: Path, int8: Optional[str] = None) -> None:
         self._set_phase(Phase.GATING)
-        x_val, _ = self.server.cache.load("val")
-        verdict = gate.check(str(candidate), self.server.served, self.server.base, x_val,
-                             self.cfg.gate.resolved(self.cfg.personalize.max_loss),
-                             **self.server.load_args())
+        x_val, y_val = self.server.cache.load("val")
+        cfg = self.cfg.gate.resolved(self.cfg.personalize.max_loss)
+        verdict = self._gate_int8(candidate, int8, x_val, y_val, cfg) if int8 else None
+        if verdict is None:
+            verdict = gate.check(str(candidate), self.server.served, self.server.base, x_val, cfg,
+                                 **self.server.load_args())
         self.server.record("gate", passed=verdict.passed, reason=verdict.reason, **verdict.figures)
         if not verdict.passed or verdict.model is None:
             self.last_outcome = f"gate rejected the candidate: {verdict.reason}"
@@ -314,6 +317,23 @@ class Controller:
             return
         if not ok:
             self.last_outcome = f"deploy refused: {reason}"
+
+    def _gate_int8(self, candidate: Path, int8: str, x_val, y_val, cfg: gate.GateConfig) -> Optional[gate.Verdict]:
+        """The INT8 child's passing verdict when ``precision.choose`` picks it over its FP32 parent and the
+        gate passes it; else None, and the FP32 candidate is judged. An ``int8`` event says which and why."""
+        choice = precision.choose(str(candidate), int8, x_val, y_val, self.cfg.personalize.max_loss,
+                                  latency_runs=cfg.latency_runs, **self.server.load_args())
+        verdict = None
+        if choice.int8:
+            v = gate.check(int8, self.server.served, self.server.base, x_val, cfg, **self.server.load_args())
+            if v.passed and v.model is not None:
+                verdict = v
+            else:
+                choice = dataclasses.replace(choice, int8=False, path=str(candidate),
+                                             reason=f"the gate rejected the INT8 child: {v.reason}")
+        self.server.record("int8", kept=choice.int8, reason=choice.reason, **choice.figures)
+        log.info("%s", choice.reason if choice.int8 else f"FP32 candidate goes on alone: {choice.reason}")
+        return verdict
 
     def deploy(self, model: LoadedModel, why: str) -> Tuple[bool, str]:
         """Serve ``model`` (the gate's loaded candidate) and put it on probation."""

@@ -35,9 +35,11 @@ class Choice:
 
 
 def decide(agreement: float, speedup: float, max_loss: float,
-           min_speedup: float = MIN_SPEEDUP) -> Tuple[bool, str]:
+           min_speedup: Optional[float] = None) -> Tuple[bool, str]:
     """(keep INT8?, why) from its expected agreement with the FP32 parent (0..1), its measured speedup
-    over the parent, and the loss budget in points (``[personalize] max_loss``)."""
+    over the parent, the loss budget in points (``[personalize] max_loss``) and the least speedup
+    (default ``MIN_SPEEDUP``)."""
+    min_speedup = MIN_SPEEDUP if min_speedup is None else min_speedup
     loss = 100.0 * (1.0 - agreement)
     if loss > max_loss:
         return False, (f"INT8 loses {loss:.2f} pp of agreement with its FP32 parent, over the budget of "

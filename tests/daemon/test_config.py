@@ -173,6 +173,7 @@ nice = 0
 min_free_memory = 64KiB
 max_serving_p99 = 0.02
 max_temperature = 71.5
+quantize = int8
 
 [privacy]
 cache_quota = 1GiB
@@ -209,7 +210,7 @@ device = /dev/video0
     assert p.enabled is False and p.scorer == "ocap-freq" and p.nice == 0 and p.min_free_memory == 65536
     assert p.max_serving_p99 == pytest.approx(0.02) and p.max_temperature == 71.5
     assert p.samples_per_class == 256 and p.time_budget == 300.0 and p.cooldown == 3600.0
-    assert p.rule == "search" and p.max_loss == 1.0
+    assert p.rule == "search" and p.max_loss == 1.0 and p.quantize == "int8" and d.personalize.quantize == "off"
     assert cfg.gate.min_agreement == pytest.approx(1 - 2 * p.max_loss / 100)     # auto: from the loss budget
     assert cfg.privacy.cache_quota == 2 ** 30 and cfg.privacy.after_personalize == "purge"
     assert cfg.gate == d.gate and cfg.drift == d.drift and cfg.probation == d.probation and cfg.store == d.store
@@ -277,6 +278,7 @@ BAD = [
     ("bad-bool", "[personalize]\nenabled = maybe\n", ["[personalize] enabled", "'maybe'", "yes or no"]),
     ("bad-choice", "[daemon]\nlog_level = verbose\n", ["[daemon] log_level", "'verbose'", "debug, info"]),
     ("choice-is-case-sensitive", "[personalize]\nscorer = OCAP\n", ["[personalize] scorer", "'OCAP'", "l1"]),
+    ("quantize-unknown", "[personalize]\nquantize = int4\n", ["[personalize] quantize", "'int4'", "off, int8"]),
     ("relative-path", "[daemon]\nstate_dir = var/lib/ocap\n", ["[daemon] state_dir", "'var/lib/ocap'", "absolute"]),
     ("empty-path", "[daemon]\nsocket =\n", ["[daemon] socket", "''", "absolute path"]),
     ("unknown-provider", "[model]\nproviders = cpu, rocm\n", ["[model] providers", "'cpu, rocm'", "cuda, tensorrt"]),

@@ -8,6 +8,7 @@ import dataclasses
 import shutil
 import tempfile
 from pathlib import Path
+from typing import Optional
 
 import numpy as np
 import pytest
@@ -50,10 +51,13 @@ class StandInWorker:
         self._end = None
         StandInWorker.started.append(self)
 
-    def finish(self, candidate: Path) -> None:
+    def finish(self, candidate: Path, int8: Optional[Path] = None) -> None:
         out = Path(self.job.out)
         shutil.copytree(str(candidate), str(out))
         self._end = ("done", {"candidate": str(out), "version": read_card(out).version})
+        if int8 is not None:                     # as the worker does with quantize = int8
+            shutil.copytree(str(int8), self.job.int8_out)
+            self._end[1]["int8"] = {"candidate": self.job.int8_out, "version": read_card(Path(self.job.int8_out)).version}
 
     def fail(self, reason: str) -> None:
         self._end = ("failed", None)
@@ -318,6 +322,43 @@ def test_the_gate_refusing_leaves_the_base_serving(rig, pruned_1_8):
     assert rig.ctl.phase is Phase.OBSERVING and rig.server.slot.current() is rig.server.base
     assert rig.store.current() is None and "as fast as the served model" in rig.ctl.last_outcome
     assert rig.events("gate")[0]["passed"] is False
+
+
+@pytest.fixture(scope="module")
+def pruned_1_8_int8(pruned_1_8, tmp_path_factory, test_images):
+    """The INT8 child of ``pruned_1_8``, as the worker makes it (needs the onnx package: the torch extra)."""
+    from ocap_core.package import open_package
+    from ocap_core.quantize import QuantSpec, quantize_package
+
+    frames = test_images.x[np.isin(test_images.y, [1, 8])][-64:]          # not the frames the rig feeds
+    out = tmp_path_factory.mktemp("int8") / "cand-int8"
+    return quantize_package(open_package(str(pruned_1_8)), frames, out, QuantSpec(calibration=64)).path
+
+
+@pytest.mark.parametrize("min_speedup,kept", [(0.0, True), (1e9, False)])
+def test_with_quantize_int8_the_int8_child_serves_only_when_the_precision_rule_keeps_it(
+        rig, pruned_1_8, pruned_1_8_int8, monkeypatch, min_speedup, kept):
+    # the speed half of the rule is measured on the machine (test_precision.py): here it is set, so that
+    # this machine's load does not decide which branch runs
+    monkeypatch.setattr(controller_module.precision, "MIN_SPEEDUP", min_speedup)
+    rig.ctl.cfg = dataclasses.replace(rig.cfg, personalize=dataclasses.replace(rig.cfg.personalize, quantize="int8"))
+    rig.observe_stable()
+    rig.ctl.tick()
+    assert rig.worker().job.quantize == "int8"
+    rig.feed([1, 8], 400, offset=300)           # more held-back frames than the INT8 check needs (32)
+    rig.worker().finish(pruned_1_8, pruned_1_8_int8)
+    rig.ctl.tick()
+    assert rig.ctl.phase is Phase.PROBATION, rig.ctl.status_line()
+    [event] = rig.events("int8")
+    assert event["kept"] is kept and event["frames"] > 0 and event["agreement"] >= 0.98, event
+    int8_version, fp32_version = read_card(pruned_1_8_int8).version, read_card(pruned_1_8).version
+    served = rig.server.slot.current()
+    assert served.version == (int8_version if kept else fp32_version) and rig.store.current() == served.version
+    assert ("quantization" in served.card.provenance) is kept           # the deployed card says it
+    assert len(rig.events("gate")) == 1 and rig.events("gate")[0]["version"] == served.version
+    assert rig.events("personalize_finished")[0]["int8"]["version"] == int8_version
+    if not kept:
+        assert "as fast as its FP32 parent here" in event["reason"]
 
 
 def test_commands_personalize_pause_resume_and_rollback(rig, pruned_1_8):

@@ -9,7 +9,7 @@ import pytest
 from tests.helpers import run_cli
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
-SECTIONS = ["quality", "serving", "loop", "load", "soak", "reliability", "security", "stress"]
+SECTIONS = ["quality", "serving", "loop", "load", "soak", "reliability", "security", "stress", "int8"]
 
 
 def test_every_benchmark_writes_its_figures(tmp_path):
@@ -43,3 +43,6 @@ def test_every_benchmark_writes_its_figures(tmp_path):
     assert re.search(r"\| failed requests \| 0 of \d+ \| 0 \| MET \|", stress), stress
     assert re.search(r"\| swaps overlapping client requests \| [1-9]\d* of \d+ swaps \| ≥ 1 \| MET \|", stress), stress
     assert "MISSED" not in stress, stress
+    int8 = text[text.index("<!-- section:int8-quick -->"):text.index("<!-- /section:int8-quick -->")]
+    assert re.search(r"\| fmnist-cnn \| base \| 1\.0× \| 9\d\.\d\d % \| 9\d\.\d\d % \|", int8), int8   # FP32 and INT8 rows
+    assert "| fmnist-cnn | pruned | 4.0× |" in int8 and "on ≥ 2 models |" in int8, int8

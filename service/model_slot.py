@@ -96,7 +96,8 @@ class LoadedModel:
 def load_model(path: str, providers: Sequence[str] = ("cpu",), threads: int = 1,
                trt_cache_dir: Optional[str] = None, trt_fp16: bool = True, warmup: int = 3,
                on_fallback: Optional[Callable[[Dict[str, Any]], None]] = None) -> LoadedModel:
-    """Verify the package's digests, open its ONNX file and run ``warmup`` batch-1 inferences.
+    """Verify the package's digests, open its ONNX file and run ``warmup`` batch-1 inferences, then one
+    of ``PREDICT_CHUNK`` frames.
 
     Providers fall back: one that fails to load is dropped and the session made with the rest, down to
     the CPU (``open_session_with_fallback``); onnxruntime also skips a provider it lacks without saying
@@ -128,6 +129,11 @@ def load_model(path: str, providers: Sequence[str] = ("cpu",), threads: int = 1,
                         f"the card names {len(pkg.card.class_ids)} classes {list(pkg.card.class_ids)}")
     for _ in range(warmup):
         model.predict(blank)
+    if warmup:
+        # one run at the largest batch predict makes: TensorRT builds its engine for the batch sizes it has
+        # seen, so without this the first batch of 16 (a gate, the teacher, a client's batch) would stop
+        # that caller for another engine build, minutes on a Jetson; on the CPU it costs a few ms
+        model.predict(np.broadcast_to(blank, (PREDICT_CHUNK,) + blank.shape))
     if fallback and on_fallback is not None:
         on_fallback({"model": model.version, "asked": list(providers), "got": short_names(got), "error": fallback})
     return model

@@ -17,7 +17,7 @@ from ocap_core.data import load_dataset
 from ocap_core.errors import OcapError
 from ocap_core.package import open_package
 from service.client import Client
-from service.model_slot import load_model
+from service.model_slot import PREDICT_CHUNK, LoadedModel, load_model
 from service.server import Server, ServerConfig
 from tests.helpers import ROOT, subprocess_env
 
@@ -124,3 +124,17 @@ def test_no_fallback_no_event(tmp_path):
         assert server.slot.describe()["fallback"] == "" and server.load_args()["providers"] == ("cpu",)
     finally:
         server.stop()
+
+
+def test_the_warmup_runs_the_largest_batch_predict_makes(monkeypatch):
+    """TensorRT builds an engine for the batch sizes it has seen: the load shows it batch 1 and
+    PREDICT_CHUNK, so no later caller waits for a build (a spy on the real runs, counting their sizes)."""
+    sizes, real = [], LoadedModel._run
+
+    def spy(self, want, feed):
+        sizes.append(len(next(iter(feed.values()))))
+        return real(self, want, feed)
+
+    monkeypatch.setattr(LoadedModel, "_run", spy)
+    load_model("fmnist-cnn", warmup=2)
+    assert sizes == [1, 1, PREDICT_CHUNK]

@@ -31,10 +31,11 @@ GROWTH_TARGET = 0.02            # per-cycle RSS over the second half
 
 
 def soak_config(work: Path, rate: float) -> str:
-    """The demo's INI with short cycles: the fixed rule, 3 epochs, 5 s cooldown, no daily cap."""
+    """The demo's INI with short cycles: the fixed rule, 3 epochs, 5 s cooldowns, no daily cap."""
     text = demo_config(work, "fmnist-cnn", rate, speed=2.0, epochs=3, budget=120.0, threads=1, max_loss=3.0,
                        rule="personalize", nice=0, cooldown="5s")
     text = text.replace("cooldown = 5s\n", "cooldown = 5s\ndaily_cap = 100000\n", 1)
+    text = text.replace("cooldown = 60s\n", "cooldown = 5s\n", 1)         # [drift]: personalize soon after a revert
     return text + f"\n[source:replay]\ntype = replay\nrate = {rate:g}\nmix = {MIX}\n"
 
 
@@ -183,7 +184,8 @@ def markdown(res: Dict[str, Any], machine: str, quick: bool, plot: str = "") -> 
              f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine}" + (" (quick mode)" if quick else "")
              + f". `ocapd` on fmnist-cnn replaying test images at {res['rate']:g} frames/s for {res['seconds'] / 60:.0f} "
              f"min, mix `{MIX}` repeating; one socket client at 10 requests/s. Short cycles: windows of 2 s, the fixed "
-             "OCAP rule with 3 epochs, a 3 pp budget, 5 s cooldown (ocapd's memory is measured, not the pruning). "
+             "OCAP rule with 3 epochs, a 3 pp budget, 5 s cooldowns after a run and after a revert (ocapd's memory is "
+             "measured, not the pruning). "
              "Events: " + ", ".join(f"{k} {v}" for k, v in res["cycles"].items()) + ".", ""]
     if plot:
         lines += [f"![RSS of ocapd over the soak]({plot})", ""]

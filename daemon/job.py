@@ -58,7 +58,7 @@ class Job:
     ``is_val``), the observed classes and their shares, where the candidate goes, and the engine's
     settings. ``threads`` is a cap on the worker's torch threads (0: one per idle core). ``quantize``
     ``int8``: the worker also writes an INT8 child of the candidate to ``int8_out``, calibrated on the
-    held-back samples (the gate decides which of the two goes on)."""
+    training samples (the gate judges on the held-back ones and decides which of the two goes on)."""
 
     base: str
     samples: str

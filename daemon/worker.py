@@ -68,21 +68,22 @@ def run(job: Job) -> Dict[str, Any]:
                                                             "val_expected_agreement")},
                "search": card.provenance.get("search"), "timings": res.timings}
     if job.quantize == "int8":
-        summary.update(quantize(res.package, x[samples.is_val], job))
+        summary.update(quantize(res.package, x[~samples.is_val], job))
     return summary
 
 
 def quantize(candidate, frames, job: Job) -> Dict[str, Any]:
-    """The candidate's INT8 child, calibrated on the held-back frames of the observed classes (what
-    the cache keeps aside from training; they never leave the device), as ``{"int8": summary}``; a
-    failure is reported as ``{"int8_error": why}`` and the FP32 candidate goes on alone."""
+    """The candidate's INT8 child, calibrated on the cached training frames of the observed classes
+    (they never leave the device), as ``{"int8": summary}``; a failure is reported as ``{"int8_error":
+    why}`` and the FP32 candidate goes on alone. Not on the held-back frames: the gate judges the child's
+    agreement on those, and ranges fitted to the frames it is judged on would flatter it."""
     from ocap_core.errors import OcapError
     from ocap_core.quantize import quantize_package
 
     t0 = time.perf_counter()
     try:
         child = quantize_package(candidate, frames, Path(job.int8_out), classes=job.classes,
-                                 source="held-back cached frames of the observed classes")
+                                 source="cached training frames of the observed classes")
     except Exception as e:  # optional: whatever goes wrong, the FP32 candidate is still a result
         why = str(e) if isinstance(e, OcapError) else f"{type(e).__name__}: {e}"
         emit("int8_failed", error=why)

@@ -58,7 +58,7 @@ def test_a_job_makes_a_candidate_and_reports_progress(tmp_path):
     assert oct(os.stat(tmp_path / "job" / "job.json").st_mode & 0o777) == "0o600"
 
 
-def test_with_quantize_int8_the_worker_also_writes_an_int8_child_calibrated_on_the_held_back_frames(tmp_path):
+def test_with_quantize_int8_the_worker_also_writes_an_int8_child_calibrated_on_the_training_frames(tmp_path):
     seen = []
     run = WorkerRun(_job(tmp_path, rule="personalize", quantize="int8"), tmp_path / "job", threads=1,
                     on_event=seen.append)
@@ -68,8 +68,10 @@ def test_with_quantize_int8_the_worker_also_writes_an_int8_child_calibrated_on_t
     assert run.result["int8"]["candidate"] == str(tmp_path / "job" / "candidate-int8")
     assert child.parent == fp32.version and child.class_ids == fp32.class_ids == [1, 8]
     calibration = child.provenance["quantization"]["calibration"]
-    assert calibration["frames"] == calibration["offered"] == 64 and calibration["classes"] == [1, 8]
-    assert "held-back" in calibration["source"] and run.result["int8"]["calibration"] == 64
+    # the training frames: the gate judges the child on the held-back ones
+    train = next(e["train"] for e in seen if e["event"] == "samples")
+    assert calibration["frames"] == calibration["offered"] == train and calibration["classes"] == [1, 8]
+    assert "training" in calibration["source"] and run.result["int8"]["calibration"] == train
     assert "quantize" in [e["stage"] for e in seen if e["event"] == "stage"]
 
 

@@ -298,7 +298,7 @@ def checks(res: Dict[str, Any]) -> List[Tuple[str, str, str, bool]]:
 def markdown(res: Dict[str, Any], machine: str) -> str:
     idle, stress = res["idle"], res["stress"]
     ev = res["events"]
-    lines = ["## Stress (`ocap bench stress`)", "",
+    lines = ["## Stress (`ocap bench stress`" + (", quick)" if res["quick"] else ")"), "",
              f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine}"
              + (" (quick mode)" if res["quick"] else "") + f", {res['minutes']:.1f} min. `ocapd` on fmnist-cnn "
              f"(the demo's windows of seconds, a {MAX_LOSS:g} pp loss budget, the worker at nice 0 with "

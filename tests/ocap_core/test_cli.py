@@ -111,8 +111,8 @@ def _commands(module: str) -> list:
 
 def test_ocap_has_every_packages_commands_and_python_m_ocap_core_the_algorithms_alone():
     everything = _commands("ocap_cli")
-    assert everything == ["models", "train", "eval", "import", "prune", "bench", "demo"]
-    assert _commands("ocap_core") == everything[:5]
+    assert everything == ["models", "train", "eval", "import", "prune", "quantize", "bench", "demo"]
+    assert _commands("ocap_core") == everything[:6]
 
 
 def test_ocap_bench_without_the_bench_folder_says_where_it_runs():

@@ -41,7 +41,9 @@ METHODS: Dict[str, str] = {
     "ocap-ref": "OCAP's original rule with the family's reference protections (one fine-tune, same budget)",
     "ocap+truth": "the class-aware search, fine-tuned with ground-truth labels",
     "ocap+random-select": "the class-aware search on randomly selected samples (equal N) instead of KL",
+    "ocap-first": "the class-aware search with the first conv prunable down to 8 channels (every width >= 8)",
 }
+EVERY_MODEL = ("ocap", "ocap-first")        # run on every model; the other methods on COMPARED_MODELS only
 QUICK_METHODS = ["ocap", "l1", "ocap+truth", "ocap+random-select"]
 MATCHED = ("l1", "random")                  # need the class-aware search's MAC reduction
 PRUNE_CLI = "prune-cli"                     # the row of the timed whole `ocap prune`
@@ -61,8 +63,9 @@ def class_subsets(k: int, n: int, seed: int, num_classes: int = 10) -> List[List
 
 
 def methods_for(model: str, methods: Sequence[str]) -> List[str]:
-    """The methods run on ``model`` (comparisons only on ``COMPARED_MODELS``), the class-aware search first."""
-    ms = [m for m in methods if model in COMPARED_MODELS or m == "ocap"]
+    """The methods run on ``model`` (comparisons only on ``COMPARED_MODELS``, the searches everywhere), the
+    class-aware search first."""
+    ms = [m for m in methods if model in COMPARED_MODELS or m in EVERY_MODEL]
     return sorted(dict.fromkeys(ms), key=order)
 
 
@@ -156,6 +159,8 @@ def method_spec(method: str, spec, ocap_macs: Optional[float]):
         return spec
     if method == "ocap+truth":
         return replace(spec, labels="truth")
+    if method == "ocap-first":          # the conv after the kept first conv dominates pruned CNNs' latency
+        return replace(spec, keep_first=0, min_width=8)
     if method == "l1-search":
         return replace(spec, scorer="l1")
     if method in MATCHED:

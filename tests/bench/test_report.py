@@ -132,6 +132,7 @@ def test_the_rows_file_resumes_skipping_rows_present_and_tables_use_every_row(tm
 
 def test_comparisons_run_on_resnet20_and_the_cnn_only():
     assert methods_for("fmnist-vgg", ["l1", "ocap", "random"]) == ["ocap"]
+    assert methods_for("fmnist-vgg", ["ocap-first", "l1", "ocap"]) == ["ocap", "ocap-first"]     # searches everywhere
     assert methods_for("fmnist-resnet20", ["ocap+truth", "l1", "ocap"]) == ["ocap", "l1", "ocap+truth"]
 
 
@@ -141,3 +142,13 @@ def test_class_subsets_are_distinct_sorted_and_start_with_the_hard_one():
     assert all(s == sorted(s) and len(s) == 3 for s in subsets)
     assert class_subsets(3, 4, seed=0) == subsets
     assert class_subsets(5, 4, seed=0)[0] == [0, 2, 3, 4, 6]
+
+
+def test_ocap_first_is_the_search_with_the_first_conv_prunable_down_to_8_channels():
+    from bench.quality import method_spec
+    from ocap_core.prune_spec import PruneSpec
+
+    base = PruneSpec()
+    s = method_spec("ocap-first", base, None)
+    assert (s.rule, s.scorer, s.keep_first, s.min_width) == (base.rule, base.scorer, 0, 8)
+    assert method_spec("ocap", base, None) is base

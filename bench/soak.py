@@ -10,11 +10,12 @@ steady; 0 failed requests. The full run is 130 minutes (100 cycles and more); th
 so that cycles are short (ocapd's memory, not the pruning's quality, is what is measured)."""
 
 import json
+import statistics
 import tempfile
 import threading
 import time
 from pathlib import Path
-from typing import Any, Dict, List, Optional, Sequence
+from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import psutil
 
@@ -125,11 +126,7 @@ def second_half_growth(points: Sequence[Dict[str, float]], span: float) -> Optio
     if len(half) < 10:
         return None
 
-    def med(v: Sequence[float]) -> float:
-        s = sorted(v)
-        return s[len(s) // 2] if len(s) % 2 else (s[len(s) // 2 - 1] + s[len(s) // 2]) / 2
-
-    first, last = med([p["rss"] for p in half[:5]]), med([p["rss"] for p in half[-5:]])
+    first, last = statistics.median(p["rss"] for p in half[:5]), statistics.median(p["rss"] for p in half[-5:])
     ts, rs = [p["t"] for p in half], [p["rss"] for p in half]
     mt, mr = sum(ts) / len(ts), sum(rs) / len(rs)
     slope = sum((a - mt) * (b - mr) for a, b in zip(ts, rs)) / max(sum((a - mt) ** 2 for a in ts), 1e-9)
@@ -147,13 +144,12 @@ def svg(res: Dict[str, Any], width: int = 720, height: int = 260) -> str:
     lo, hi = min(mb) * 0.95, max(mb) * 1.05
     L, R, T, B = 50, 10, 20, 30
 
-    def xy(t: float, r: float) -> str:
-        return (f"{L + (width - L - R) * t / max(t_max, 1e-9):.1f},"
-                f"{T + (height - T - B) * (1 - (r / 2 ** 20 - lo) / max(hi - lo, 1e-9)):.1f}")
+    def xy(x: Dict[str, float]) -> Tuple[str, str]:
+        return (f"{L + (width - L - R) * x['t'] / max(t_max, 1e-9):.1f}",
+                f"{T + (height - T - B) * (1 - (x['rss'] / 2 ** 20 - lo) / max(hi - lo, 1e-9)):.1f}")
 
-    line = " ".join(xy(x["t"], x["rss"]) for x in s)
-    dots = "".join(f'<circle cx="{xy(x["t"], x["rss"]).split(",")[0]}" cy="{xy(x["t"], x["rss"]).split(",")[1]}" '
-                   f'r="2" fill="#c0392b"/>' for x in pc)
+    line = " ".join(",".join(xy(x)) for x in s)
+    dots = "".join('<circle cx="{}" cy="{}" r="2" fill="#c0392b"/>'.format(*xy(x)) for x in pc)
     ticks = "".join(f'<text x="{L - 4}" y="{T + (height - T - B) * (1 - f):.0f}" text-anchor="end" '
                     f'font-size="10">{lo + f * (hi - lo):.0f}</text>' for f in (0, 0.5, 1))
     hours = "".join(f'<text x="{L + (width - L - R) * f:.0f}" y="{height - 12}" text-anchor="middle" '

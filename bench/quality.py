@@ -188,7 +188,9 @@ def run_subset(job: Dict[str, Any], emit: Callable[[Row], None]) -> None:
     from ocap_core.finetune import FinetuneSpec
     from ocap_core.package import open_package
     from ocap_core.personalize import personalize
+    from ocap_core.preprocess import preprocess
     from ocap_core.prune_spec import PruneSpec
+    from ocap_core.runtime import open_session, paired_latency
     from ocap_core.sampling import stream_samples
     from ocap_core.search_spec import SearchSpec
 
@@ -201,7 +203,9 @@ def run_subset(job: Dict[str, Any], emit: Callable[[Row], None]) -> None:
                      finetune=FinetuneSpec(epochs=job["epochs"], seed=job["seed"]))
     samples: Dict[str, Any] = {}
     select_s: Dict[str, float] = {}
-    base_eval = evaluate_package(base, test, classes, threads=1, latency_runs=job["latency_runs"])
+    base_eval = evaluate_package(base, test, classes, threads=1, latency_runs=0)
+    base_sess = open_session(base.onnx_path, threads=1)
+    frame = preprocess(test.of_classes(classes).x[:1], base.card.input)
     ocap_macs = job.get("ocap_macs")
     head = {"model": job["model"], "k": len(classes), "classes": classes, "seed": job["seed"],
             "settings": job["settings"], "engine": job.get("engine", "unknown")}
@@ -223,7 +227,10 @@ def run_subset(job: Dict[str, Any], emit: Callable[[Row], None]) -> None:
                           search={"path": getattr(e, "path", []), "stopped": "no candidate"}))
                 continue
             seconds = time.perf_counter() - t0
-            ev = evaluate_package(res.package, test, classes, threads=1, latency_runs=job["latency_runs"])
+            ev = evaluate_package(res.package, test, classes, threads=1, latency_runs=0)
+            # side by side, call by call: a loaded machine drifts between a job's start and its last method
+            base_ms, cand_ms = paired_latency([base_sess, open_session(res.package.onnx_path, threads=1)], frame,
+                                              runs=job["latency_runs"])
             card = res.package.card
             onnx_bytes = res.package.onnx_path.stat().st_size
         searched = card.provenance.get("search")
@@ -235,8 +242,8 @@ def run_subset(job: Dict[str, Any], emit: Callable[[Row], None]) -> None:
             worst_class=min(ev["per_class"].values()),
             delta_pp=100 * (ev["accuracy"] - base_eval["restricted_accuracy"]),
             mac_reduction=card.metrics["mac_reduction"], param_reduction=card.metrics["param_reduction"],
-            target_macs=mspec.target_macs or None, latency_ms=ev["latency_ms"],
-            base_latency_ms=base_eval["latency_ms"], latency_speedup=base_eval["latency_ms"] / ev["latency_ms"],
+            target_macs=mspec.target_macs or None, latency_ms=cand_ms, base_latency_ms=base_ms,
+            latency_speedup=base_ms / cand_ms, latency_timing="paired",
             onnx_size_ratio=base.onnx_path.stat().st_size / onnx_bytes,
             timings=dict(card.metrics.get("timings") or card.provenance.get("timings") or {},
                          sample_selection=select_s[selector]),

@@ -183,7 +183,8 @@ def quality_markdown(rows: List[Dict[str, Any]], settings: Dict[str, Any], machi
              "restricted to the observed classes, the reference for Δ. Samples come from the training split "
              "(a device stream: base-model predictions, no labels); the search and early stopping judge held-back "
              "agreement with the restricted base on a random reservoir of them. Latency: onnxruntime CPU, batch 1, "
-             "1 thread, base and candidate in the same process. Methods:", ""]
+             "1 thread, base and candidate in the same process, timed call by call in turn (rows without "
+             "`latency_timing`: the base timed once at the job's start, which a loaded machine skews). Methods:", ""]
     lines += [f"- `{m}`: {d}" for m, d in METHODS.items() if any(r["method"] == m for r in rows)]
     engines = Counter(r.get("engine", "unknown") for r in rows)
     if engines:

@@ -14,7 +14,7 @@ import numpy as np
 from ocap_core.agreement import expected_agreement
 from ocap_core.errors import OcapError
 from ocap_core.preprocess import preprocess
-from ocap_core.quantize import paired_latency
+from ocap_core.runtime import paired_latency
 from service.model_slot import load_model
 
 log = logging.getLogger(__name__)

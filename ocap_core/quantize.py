@@ -13,7 +13,6 @@ import logging
 import platform
 import shutil
 import tempfile
-import time
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence
@@ -24,7 +23,7 @@ from .data import Dataset
 from .errors import OcapError
 from .package import ONNX, Card, ModelPackage, file_sha256, open_package, write_card
 from .preprocess import preprocess
-from .runtime import _onnxruntime, open_session, run_batches
+from .runtime import _onnxruntime, open_session, paired_latency, run_batches
 
 log = logging.getLogger(__name__)
 
@@ -261,23 +260,6 @@ def record_metrics(pkg: ModelPackage, metrics: Dict[str, Any]) -> ModelPackage:
     write_card(pkg.path, pkg.card)
     return open_package(str(pkg.path))
 
-
-
-def paired_latency(sessions: Sequence[Any], x: np.ndarray, runs: int = 200, warmup: int = 20) -> List[float]:
-    """Batch-1 median latency in ms of each session, timed call by call in turn on the first frame of
-    ``x``, so that every session sees the same machine state (a loaded box drifts between blocks of runs)."""
-    one = np.ascontiguousarray(x[:1])
-    names = [s.get_inputs()[0].name for s in sessions]
-    for _ in range(warmup):
-        for s, n in zip(sessions, names):
-            s.run(None, {n: one})
-    times = np.empty((len(sessions), runs))
-    for i in range(runs):
-        for j, (s, n) in enumerate(zip(sessions, names)):
-            t0 = time.perf_counter()
-            s.run(None, {n: one})
-            times[j, i] = time.perf_counter() - t0
-    return [float(np.median(t) * 1e3) for t in times]
 
 
 def compare(parent: ModelPackage, child: ModelPackage, test: Dataset, classes: Optional[Sequence[int]] = None,

@@ -187,3 +187,20 @@ def measure_latency(session, sample: np.ndarray, warmup: int = 20, runs: int = 2
         session.run(None, {name: one})
         times[i] = time.perf_counter() - t0
     return {"median_ms": float(np.median(times) * 1e3), "p90_ms": float(np.percentile(times, 90) * 1e3)}
+
+
+def paired_latency(sessions: Sequence[Any], x: np.ndarray, runs: int = 200, warmup: int = 20) -> List[float]:
+    """Batch-1 median latency in ms of each session, timed call by call in turn on the first frame of
+    ``x``, so that every session sees the same machine state (a loaded box drifts between blocks of runs)."""
+    one = np.ascontiguousarray(x[:1])
+    names = [s.get_inputs()[0].name for s in sessions]
+    for _ in range(warmup):
+        for s, n in zip(sessions, names):
+            s.run(None, {n: one})
+    times = np.empty((len(sessions), runs))
+    for i in range(runs):
+        for j, (s, n) in enumerate(zip(sessions, names)):
+            t0 = time.perf_counter()
+            s.run(None, {n: one})
+            times[j, i] = time.perf_counter() - t0
+    return [float(np.median(t) * 1e3) for t in times]

@@ -32,11 +32,10 @@ GROWTH_TARGET = 0.02            # per-cycle RSS over the second half
 
 
 def soak_config(work: Path, rate: float) -> str:
-    """The demo's INI with short cycles: the fixed rule, 3 epochs, 5 s cooldowns, no daily cap."""
+    """The demo's INI with short cycles: the fixed rule, 3 epochs, 5 s cooldowns, no daily cap (0)."""
+    # [drift] cooldown 5 s: personalize again soon after a revert
     text = demo_config(work, "fmnist-cnn", rate, speed=2.0, epochs=3, budget=120.0, threads=1, max_loss=3.0,
-                       rule="personalize", nice=0, cooldown="5s")
-    text = text.replace("cooldown = 5s\n", "cooldown = 5s\ndaily_cap = 100000\n", 1)
-    text = text.replace("cooldown = 60s\n", "cooldown = 5s\n", 1)         # [drift]: personalize soon after a revert
+                       rule="personalize", nice=0, cooldown="5s", daily_cap=0, drift_cooldown="5s")
     return text + f"\n[source:replay]\ntype = replay\nrate = {rate:g}\nmix = {MIX}\n"
 
 

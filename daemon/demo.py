@@ -69,6 +69,7 @@ min_samples_per_class = 48
 epochs = {epochs}
 time_budget = {budget}s
 cooldown = {cooldown}
+daily_cap = {daily_cap}
 threads = {threads}
 rule = {rule}
 nice = {nice}
@@ -83,7 +84,7 @@ teacher_share = 0.25
 window = {drift_window}s
 min_checks = 100
 max_outside_share = 0.10
-cooldown = 60s
+cooldown = {drift_cooldown}
 
 [probation]
 duration = {probation}s
@@ -92,15 +93,17 @@ duration = {probation}s
 
 def demo_config(work: Path, model: str, rate: float, speed: float = 1.0, epochs: int = 15, budget: float = 160.0,
                 threads: int = 0, log_level: str = "warning", max_loss: float = 1.0, rule: str = "search",
-                nice: int = 19, cooldown: str = "20s") -> str:
+                nice: int = 19, cooldown: str = "20s", daily_cap: int = 4, drift_cooldown: str = "60s") -> str:
     """The demo's INI for a daemon in ``work`` fed ``rate`` frames per second: windows of seconds.
-    ``threads`` 0 lets the worker take one per idle core; ``rule``, ``nice`` and ``cooldown`` are the
-    ``[personalize]`` keys (the benchmarks' short cycles use the fixed rule)."""
+    ``threads`` 0 lets the worker take one per idle core; ``rule``, ``nice``, ``cooldown`` and
+    ``daily_cap`` are the ``[personalize]`` keys (the benchmarks' short cycles use the fixed rule, the
+    soak's many cycles lift the cap), ``drift_cooldown`` is ``[drift] cooldown``."""
     return DEMO_INI.format(state=work / "state", cache=work / "cache", socket=work / "ocap.sock", model=model,
                            log_level=log_level, window=max(2, round(4 / speed)),
                            min_predictions=max(40, int(rate * 4 / speed * 0.5)), epochs=epochs, budget=budget,
                            threads=threads or "auto", max_loss=max_loss, rule=rule, nice=nice, cooldown=cooldown,
-                           drift_window=max(3, round(6 / speed)), probation=max(5, round(15 / speed)))
+                           daily_cap=daily_cap, drift_cooldown=drift_cooldown, drift_window=max(3, round(6 / speed)),
+                           probation=max(5, round(15 / speed)))
 
 
 BUSY_PHASES = ("personalizing", "gating", "probation")

@@ -45,3 +45,14 @@ def test_the_plot_is_well_formed_svg_with_one_dot_per_cycle():
     ns = "{http://www.w3.org/2000/svg}"
     assert len(root.findall(f"{ns}circle")) == len(res["per_cycle"]) == 20
     assert len(root.find(f"{ns}polyline").get("points").split()) == len(s)
+
+
+def test_the_soak_config_is_valid_and_lifts_the_cap_and_both_cooldowns(tmp_path):
+    from bench.soak import soak_config
+    from daemon.config import load_config
+
+    ini = tmp_path / "ocap.ini"
+    ini.write_text(soak_config(tmp_path, 300.0), encoding="utf-8")
+    cfg = load_config(ini)
+    assert cfg.personalize.daily_cap == 0 and cfg.personalize.cooldown == 5.0 and cfg.drift.cooldown == 5.0
+    assert cfg.personalize.rule == "personalize" and [s.type for s in cfg.sources.values()] == ["replay"]

@@ -4,6 +4,7 @@ control plane), details as JSON. Events are rare, so each write uses a short con
 
 import json
 import logging
+import sqlite3
 import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional, Sequence, Tuple
@@ -45,11 +46,31 @@ class EventLog:
     def counts(self, kinds: Sequence[str], split: str = "") -> Dict[Tuple[str, Any], int]:
         """How many events of each of ``kinds`` the table holds (all time: the metrics' counters that
         survive restarts), by (kind, the detail's ``split`` value, or None). One grouped query; the
-        split reads the JSON with SQLite's ``json_extract`` (built in since SQLite 3.38, JSON1 before)."""
+        split reads the JSON with SQLite's ``json_extract`` (built in since SQLite 3.38, the JSON1
+        extension before: a build without it, which an old system library may be, gets the same counts
+        from the rows, ``_counts_from_rows``)."""
         if not kinds:
             return {}
         value = "json_extract(detail_json, ?)" if split else "NULL"
         args: list = ([f"$.{split}"] if split else []) + list(kinds)
-        rows = read_rows(self.path, f"SELECT kind, {value}, COUNT(*) FROM events "
-                                    f"WHERE kind IN ({','.join('?' * len(kinds))}) GROUP BY 1, 2", args)
+        try:
+            rows = read_rows(self.path, f"SELECT kind, {value}, COUNT(*) FROM events "
+                                        f"WHERE kind IN ({','.join('?' * len(kinds))}) GROUP BY 1, 2", args)
+        except sqlite3.OperationalError as e:
+            if "json_extract" not in str(e):
+                raise
+            return self._counts_from_rows(kinds, split)
         return {(kind, v): int(n) for kind, v, n in rows}
+
+    def _counts_from_rows(self, kinds: Sequence[str], split: str) -> Dict[Tuple[str, Any], int]:
+        """``counts`` without SQLite's JSON functions: every detail of those kinds read and parsed here."""
+        out: Dict[Tuple[str, Any], int] = {}
+        rows = read_rows(self.path, f"SELECT kind, detail_json FROM events "
+                                    f"WHERE kind IN ({','.join('?' * len(kinds))})", list(kinds))
+        for kind, detail in rows:
+            value = json.loads(detail).get(split) if split else None
+            if isinstance(value, bool):           # json_extract gives SQLite integers for JSON booleans
+                value = int(value)
+            key = (kind, value if not isinstance(value, (dict, list)) else strict_json.dumps(value))
+            out[key] = out.get(key, 0) + 1
+        return out

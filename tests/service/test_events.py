@@ -65,3 +65,43 @@ def test_concurrent_writers_lose_no_event(tmp_path, tiny_switch_interval):
     log.close()
     got = sorted((e["detail"]["k"], e["detail"]["i"]) for e in ev.recent(limit=1000, kinds=["tick"]))
     assert got == [(k, i) for k in range(8) for i in range(25)]
+
+
+def _mixed_events(tmp_path):
+    ClassLog(tmp_path / "ocap.db").close()
+    ev = EventLog(tmp_path / "ocap.db")
+    for detail in [{"outcome": "deployed"}, {"outcome": "deployed"}, {"outcome": "rejected"}, {}, {"outcome": None},
+                   {"outcome": True}, {"outcome": 3}, {"outcome": 2.5}]:
+        ev.record("gate", **detail)
+    ev.record("swap", outcome="deployed")
+    ev.record("other", outcome="deployed")
+    return ev
+
+
+def test_counts_split_by_a_detail_agree_with_and_without_sqlite_json(tmp_path):
+    ev = _mixed_events(tmp_path)
+    sql = ev.counts(["gate", "swap"], split="outcome")
+    assert sql[("gate", "deployed")] == 2 and sql[("gate", None)] == 2 and sql[("swap", "deployed")] == 1
+    assert ("other", "deployed") not in sql
+    assert ev._counts_from_rows(["gate", "swap"], "outcome") == sql
+    assert ev._counts_from_rows(["gate"], "") == ev.counts(["gate"]) == {("gate", None): 8}
+
+
+def test_a_sqlite_without_json_functions_still_gets_counts(tmp_path, monkeypatch):
+    """A fake for a fault this machine cannot cause (its SQLite has JSON built in): the grouped query
+    fails the way a build without JSON1 does."""
+    import sqlite3
+
+    import service.events as events
+
+    ev = _mixed_events(tmp_path)
+    want = ev.counts(["gate"], split="outcome")
+    real = events.read_rows
+
+    def no_json(path, sql, args=()):
+        if "json_extract" in sql:
+            raise sqlite3.OperationalError("no such function: json_extract")
+        return real(path, sql, args)
+
+    monkeypatch.setattr(events, "read_rows", no_json)
+    assert ev.counts(["gate"], split="outcome") == want

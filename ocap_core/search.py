@@ -6,8 +6,9 @@ class-aware usage (or by a class-agnostic score), per-group floors, widths round
 knob bisected until the pruned model meets the MAC budget. ``search`` walks a ladder of levels by
 progressive pruning: each level prunes the last accepted (already fine-tuned) candidate further, since
 the masks of a higher level are nested in those of a lower one, distils it, and measures held-back
-agreement; the first level over budget gets one midpoint try, then the search stops. Every level tried
-is recorded (MACs, agreement, seconds) for the card.
+agreement; the first level over budget gets one longer retry, then one try at the geometric midpoint
+of the MAC reductions reached, and the search stops. Every level tried is recorded (MACs, agreement,
+seconds) for the card.
 """
 
 import copy
@@ -237,6 +238,18 @@ def judge_costs(model: nn.Module, x: torch.Tensor, teacher_k: torch.Tensor) -> D
 MEASURES = ("soft", "hard")
 
 
+MIN_STEP = 1.2             # a midpoint closer than this to the accepted reduction is not worth a step...
+MIN_HALVED_STEP = 1.1      # ...unless rounding put the first one on the masks that failed
+
+
+def midpoint(accepted: float, failed: float, min_step: float = MIN_STEP) -> Optional[float]:
+    """The MAC reduction worth one more step between the accepted candidate's and the failed one's (their
+    geometric mean), or None when it is within ``min_step`` of the accepted one. Reached reductions, not
+    ladder levels: width rounding makes a nominal 1.5 -> 2.0 step a real 1.54x -> 2.46x one."""
+    mid = math.sqrt(accepted * failed)
+    return mid if mid / accepted >= min_step else None
+
+
 def check_judgeable(n: int, spec: SearchSpec) -> None:
     """Refuse a search whose judged half is too small to show any level within ``spec.max_loss``
     (every level would fail after minutes of fine-tuning), saying how many images it needs."""
@@ -289,6 +302,7 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
     stopped, failed_at = "ladder", None
     last_failed: Optional[Tuple[nn.Module, List[list]]] = None
     removed: List[str] = []
+    reached = 1.0                                            # the accepted candidate's MAC reduction
 
     def left() -> float:
         return spec.time_budget - (time.perf_counter() - t0)
@@ -298,7 +312,7 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
         """Prune the accepted candidate to ``masks`` (or take ``cand``: with ``retry``, a candidate at
         these masks that missed the budget, trained ``spec.retry_factor`` times longer; with ``blocks``,
         the accepted one without those blocks) and judge it."""
-        nonlocal cur, best, last_failed
+        nonlocal cur, best, last_failed, reached
         ts = time.perf_counter()
         model, hist = cand if cand is not None else prune_further(cur[0], classifier, shape, cur[2], masks)
         f = spec.retry_factor if retry else 1
@@ -324,6 +338,7 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
             progress(dict(row, event="search_level", max_loss=spec.max_loss))
         if ok:
             cur = (res.model, cur[1] + hist, masks, level, agree)
+            reached = row["mac_reduction"]
             best = cur
             removed.extend(blocks)
         else:
@@ -356,14 +371,20 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
         break
     if failed_at is not None:
         stopped = "over_budget"
-        mid = math.sqrt(cur[3] * failed_at)
-        if mid / cur[3] >= 1.2 and left() > 0:
+        mid = midpoint(reached, path[-1]["mac_reduction"])
+        while mid is not None and left() > 0:
             masks = levels_of.at(mid)
-            if masks is not None:
-                masks = {r: m & cur[2][r] for r, m in masks.items()}
-                # rounding can make the midpoint the level that failed, or the one accepted: not worth a step
-                if not same(masks, cur[2]) and not (failed_masks is not None and same(masks, failed_masks)):
-                    step(round(mid, 3), masks)
+            if masks is None:
+                break
+            masks = {r: m & cur[2][r] for r, m in masks.items()}
+            if same(masks, cur[2]):             # rounding: nothing between the accepted masks and these
+                break
+            if failed_masks is None or not same(masks, failed_masks):
+                step(round(mid, 3), masks)
+                break
+            # rounding lands the midpoint on the masks that failed (one 8-channel step of a large layer):
+            # halve the step, while it is still worth one
+            mid = midpoint(reached, mid, min_step=MIN_HALVED_STEP)
     if best is None:
         tried = ", ".join(f"{p['mac_reduction']:.2f}x: -{p['loss_pp']:.2f} pp" for p in path) or "none"
         raise NoOperatingPoint(f"no operating point keeps held-back agreement within {spec.max_loss} points of the "

@@ -151,12 +151,18 @@ def test_search_returns_the_smallest_level_within_budget_and_its_path(fmnist):
                     polish=False)     # the wall budget is not under test: a busy machine must not end it early
     res = search(model, clf, shape, cls, levels, x_tr, t_tr, x_val, t_val, ss, FinetuneSpec(epochs=1),
                  measure=measure)
-    # the first level over budget is trained longer once (a retry), then the search stops
-    assert [p["level"] for p in res.path] == [1.5, 2.0, 3.0, 4.0, 4.0]
-    assert [p["accepted"] for p in res.path] == [True, True, True, False, False]
-    assert [p["retry"] for p in res.path] == [False] * 4 + [True] and res.path[4]["epochs"] == 3
+    # the first level over budget is trained longer once (a retry), then the midpoint of the reductions
+    # reached (over 3.5x: over budget too; halved when the 4.0 level's rounding lands it on the failed
+    # masks, as on this model), then the search stops
+    acc, mid = res.path[2]["mac_reduction"], (res.path[2]["mac_reduction"] * res.path[4]["mac_reduction"]) ** 0.5
+    assert [p["level"] for p in res.path[:5]] == [1.5, 2.0, 3.0, 4.0, 4.0]
+    assert res.path[5]["level"] in (pytest.approx(mid, abs=1e-3), pytest.approx((acc * mid) ** 0.5, abs=1e-3))
+    assert [p["accepted"] for p in res.path] == [True, True, True, False, False, False]
+    assert [p["retry"] for p in res.path] == [False] * 4 + [True, False] and res.path[4]["epochs"] == 3
     assert res.level == 3.0 and res.stopped == "over_budget" and res.agreement == 0.995
-    assert all(a["macs"] > b["macs"] for a, b in zip(res.path, res.path[1:]) if not b["retry"])
+    ladder = res.path[:5]
+    assert all(a["macs"] > b["macs"] for a, b in zip(ladder, ladder[1:]) if not b["retry"])
+    assert res.path[2]["macs"] > res.path[5]["macs"] > res.path[4]["macs"]        # the midpoint: between
     assert count_macs(res.model, shape) == res.path[2]["macs"]
     assert all(set(p) >= {"macs", "mac_reduction", "agreement", "loss_pp", "seconds"} for p in res.path)
     rebuilt = replay_history(load_model(pkg), shape, res.history)
@@ -188,3 +194,80 @@ def test_too_few_judged_images_for_the_budget_are_refused_before_any_training():
     with pytest.raises(OcapError, match=r"42 held-back images .* at least 2\.3 points: a 1-point budget needs about 99"):
         check_judgeable(42, SearchSpec(max_loss=1.0))
     check_judgeable(42, SearchSpec(max_loss=2.5))
+
+
+@pytest.mark.parametrize("accepted, failed, expected", [(1.54, 2.46, 1.946), (1.565, 2.138, None), (1.0, 1.5, 1.225),
+                                                        (3.0, 12.0, 6.0)])
+def test_the_midpoint_is_taken_between_the_reductions_reached(accepted, failed, expected):
+    from ocap_core.search import midpoint
+
+    got = midpoint(accepted, failed)
+    assert (got is None) if expected is None else got == pytest.approx(expected, abs=1e-3)
+
+
+def test_a_failed_level_is_followed_by_its_midpoint(fmnist):
+    pkg, model, shape, clf = _base("fmnist-cnn")
+    cls = [1, 8]
+    x_tr, x_val = _data(fmnist, pkg, cls)
+    t_tr, t_val = predict_logits(model, x_tr)[:, cls], predict_logits(model, x_val)[:, cls]
+    table, _ = _table(model, x_tr)
+    levels = level_masks(model, PrunableModel(model, shape, clf), table, cls, PruneSpec().resolve("cnn"), clf,
+                         shape, None)
+    base_macs = count_macs(model, shape)
+
+    def measure(m):     # within budget below 8x fewer MACs (the ceiling, about 8.4x, is over)
+        return 0.995 if base_macs / count_macs(m, shape) < 8.0 else 0.95
+
+    res = search(model, clf, shape, cls, levels, x_tr, t_tr, x_val, t_val,
+                 SearchSpec(max_loss=1.0, levels=(1.5, 8.0), time_budget=3600, step_epochs=1, polish=False),
+                 FinetuneSpec(epochs=1), measure=measure)
+    first, failed = res.path[0]["mac_reduction"], res.path[1]["mac_reduction"]
+    assert [p["accepted"] for p in res.path] == [True, False, False, True]      # 1.5, 8 twice, the midpoint
+    assert first < res.path[3]["mac_reduction"] < 8.0 < failed
+    assert res.path[3]["level"] == pytest.approx((first * failed) ** 0.5, abs=1e-3)
+    assert count_macs(res.model, shape) == res.path[3]["macs"] and res.stopped == "over_budget"
+
+
+@pytest.mark.parametrize("model_name, cls", [("fmnist-cnn", [1, 8]), ("fmnist-cnn", [0, 2, 6]),
+                                             ("fmnist-resnet20", [0, 2, 6])])
+def test_a_level_reached_progressively_is_not_overshot(fmnist, model_name, cls):
+    """Progressive pruning (a level's masks inside the accepted candidate's) lands no further past each
+    level than the same level from the base does: the masks nest, rounding and give-back included."""
+    pkg, model, shape, clf = _base(model_name)
+    x = torch.from_numpy(preprocess(fmnist.x[np.isin(fmnist.y, cls)][:120], pkg.card.input))
+    table, _ = _table(model, x)
+    family = "cnn" if model_name == "fmnist-cnn" else "resnet"
+    levels = level_masks(model, PrunableModel(model, shape, clf), table, cls, PruneSpec().resolve(family), clf, shape,
+                         None)
+
+    def reduction(masks):
+        return levels.base_macs / count_macs(prune_copy(model, clf, shape, masks, cls)[0], shape)
+
+    cur = levels.at(1.5)
+    for level in (2.0, 3.0, 3.755, 5.0):
+        if levels.ceiling() < level:
+            break
+        nxt = {r: m & cur[r] for r, m in levels.at(level).items()}
+        assert all(not (nxt[r] & ~cur[r]).any() for r in cur)              # inside the candidate
+        assert level <= reduction(nxt) <= max(reduction(levels.at(level)), reduction(cur)) * 1.001
+        cur = nxt
+
+
+def test_a_midpoint_that_rounds_onto_the_failed_masks_is_halved(fmnist):
+    """The CNN on {T-shirt, pullover, shirt}: 1.5 reaches about 1.54x, 2.0 about 2.46x, and the midpoint
+    (about 1.95x) rounds to the same 2.46x masks; the search tries a step half as large instead."""
+    pkg, model, shape, clf = _base("fmnist-cnn")
+    cls = [0, 2, 6]
+    x_tr, x_val = _data(fmnist, pkg, cls)
+    t_tr, t_val = predict_logits(model, x_tr)[:, cls], predict_logits(model, x_val)[:, cls]
+    table, _ = _table(model, x_tr)
+    levels = level_masks(model, PrunableModel(model, shape, clf), table, cls, PruneSpec().resolve("cnn"), clf,
+                         shape, None)
+    base_macs = count_macs(model, shape)
+    res = search(model, clf, shape, cls, levels, x_tr, t_tr, x_val, t_val,
+                 SearchSpec(max_loss=1.0, levels=(1.5, 2.0), time_budget=3600, step_epochs=1, polish=False),
+                 FinetuneSpec(epochs=1), measure=lambda m: 0.995 if base_macs / count_macs(m, shape) < 2.2 else 0.95)
+    first, failed = res.path[0]["mac_reduction"], res.path[1]["mac_reduction"]
+    assert [p["accepted"] for p in res.path] == [True, False, False, True]
+    assert first < res.path[3]["mac_reduction"] < 2.2 < failed
+    assert res.path[3]["level"] < (first * failed) ** 0.5 - 0.05          # halved: below the plain midpoint

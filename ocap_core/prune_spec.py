@@ -37,6 +37,12 @@ GENERIC = FamilyDefaults(0.14, 0.05, 30, 2)
 SEARCH_KEEP_FIRST = 1
 SEARCH_MIN_SHARE = 0.05
 SEARCH_MIN_WIDTH = 2
+# The search rounds kept widths above 8 up to a multiple of 8 and leaves narrower ones free (LevelMasks):
+# ResNet-20 with free widths ran slower than its base at 1.5x fewer MACs (0.69-0.75x) and no faster at
+# 3x (0.97-1.0x); rounded above 8 it ran 1.11-1.13x and 1.50-1.54x faster at the same MAC reductions,
+# and up to 16x (2.0-2.3x) where rounding every width to 8 capped it below 6x (onnxruntime CPU, batch 1,
+# 1 thread, timed side by side; docs/benchmarks.md). The CNN's ceiling went from 8.4x to about 28x.
+SEARCH_ROUND_TO = 8
 HEAD_INPUT_PER_CLASS = 4      # the classifier's input keeps at least this many channels per kept class
 RULE_NAMES = ("search", "personalize", "cap", "hybrid")
 
@@ -110,4 +116,5 @@ class PruneSpec:
                        images_per_class=d.images_per_class if self.images_per_class is None else self.images_per_class,
                        keep_first=d.keep_first if self.keep_first is None else self.keep_first,
                        keep_patterns=d.keep_patterns if self.keep_patterns is None else self.keep_patterns,
-                       round_to=d.round_to if self.round_to is None else self.round_to)
+                       round_to=(SEARCH_ROUND_TO if searching else d.round_to) if self.round_to is None
+                       else self.round_to)

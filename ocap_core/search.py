@@ -44,7 +44,9 @@ class LevelMasks:
     class-agnostic scores (and ties) fall back to a channel's rank within its group, which thins every
     group evenly. The number of channels removed is bisected until the MACs meet the level. Floors
     (``floors[root]`` channels) and rounding always hold; protected groups stay whole. Masks of a higher
-    level are subsets of those of a lower one (one order, a longer prefix removed).
+    level are subsets of those of a lower one (one order, a longer prefix removed). Rounding: a width
+    above ``round_to`` is rounded up to a multiple of it, a narrower one (down to its floor) is left as
+    it is, so that rounding speeds wide layers up without capping how far narrow ones can go.
     """
 
     def __init__(self, base: nn.Module, classifier: str, shape: Sequence[int], groups: Sequence,
@@ -87,7 +89,7 @@ class LevelMasks:
         out = {}
         for i, g in enumerate(self.groups):
             n = g.width - int(gone[i])
-            if self.round_to > 1 and g.root not in self.protected:
+            if self.round_to > 1 and g.root not in self.protected and n > self.round_to:
                 n = int(math.ceil(n / self.round_to) * self.round_to)
             out[g.root] = min(n, g.width)
         return out

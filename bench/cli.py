@@ -112,6 +112,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", default="docs/benchmarks.md", help="markdown file whose section is replaced")
     p.add_argument("--rows", help="resumable rows file: rows in it are skipped, tables built from all "
                                   "(default for full runs: docs/quality-rows.jsonl)")
+    p.add_argument("--report-only", action="store_true",
+                   help="quality: run nothing, rebuild the section from the rows file as far as the run got")
 
 
 HELP = "run a benchmark and write its figures to docs/benchmarks.md"
@@ -156,6 +158,10 @@ def run_quality(args: argparse.Namespace) -> int:
     done = quality.current(before, settings)
     chosen = QUICK["subsets"] if args.quick else None
     jobs = quality.pending(quality.plan(models, ks, subsets, methods, settings, chosen), done)
+    if args.report_only:
+        if path is None:
+            raise OcapError("--report-only needs a rows file (--rows, or a full run's default)")
+        jobs = []
     todo = sum(len(j["methods"]) for j in jobs)
     print(f"quality: {len(done)} rows already in {path}, {todo} to run in {len(jobs)} jobs" if path else
           f"quality: {todo} rows to run in {len(jobs)} jobs", file=sys.stderr, flush=True)
@@ -164,7 +170,7 @@ def run_quality(args: argparse.Namespace) -> int:
     new = quality.run_jobs(jobs, _progress, workers=args.workers, on_row=sink)
     crashed = [r for r in new if r.get("crashed")]
     prune_key = ("fmnist-resnet20", tuple(quality.PRUNE_CLI_CLASSES), quality.PRUNE_CLI)
-    if (not args.quick and "fmnist-resnet20" in models
+    if (not args.quick and not args.report_only and "fmnist-resnet20" in models
             and prune_key not in {quality.row_key(r) for r in done + new}):
         row = dict(time_resnet20_prune(2, args.seed), settings=settings)
         sink(row)
@@ -184,8 +190,10 @@ def run_quality(args: argparse.Namespace) -> int:
         "search budget": f"{settings['time_budget']:g} s per run",
         "levels": "/".join(f"{x:g}" for x in settings["levels"]), "max loss": f"{settings['max_loss']:g} pp",
         "epochs": settings["epochs"], "seed": settings["seed"], "threads per run": settings["threads"],
-        "parallel runs": args.workers, "rows": f"{len(rows)} ({len([r for r in new if not r.get('crashed')])} "
-                                              f"from this run, {(time.perf_counter() - t0) / 60:.1f} min)"}
+        "parallel runs": "as the rows were made" if args.report_only else args.workers,
+        "rows": f"{len(rows)} (rebuilt from the rows file, nothing run)" if args.report_only else
+                f"{len(rows)} ({len([r for r in new if not r.get('crashed')])} from this run, "
+                f"{(time.perf_counter() - t0) / 60:.1f} min)"}
     notes = f"Rows from {path.name}." if path else ""
     if others:
         notes += f" {others} row(s) of that file were made with other settings and are left out."

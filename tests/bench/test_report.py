@@ -152,3 +152,24 @@ def test_ocap_first_is_the_search_with_the_first_conv_prunable_down_to_8_channel
     s = method_spec("ocap-first", base, None)
     assert (s.rule, s.scorer, s.keep_first, s.min_width) == (base.rule, base.scorer, 0, 8)
     assert method_spec("ocap", base, None) is base
+
+
+def test_report_only_rebuilds_the_section_from_the_rows_and_runs_nothing(tmp_path, capsys):
+    """The real rows of the full run (docs/quality-rows.jsonl) rebuilt into a fresh file: no job starts
+    (a job would take minutes and print its progress), every row of those settings is in the tables."""
+    import argparse
+    from pathlib import Path
+
+    from bench.cli import add_arguments, run_bench
+
+    rows = Path(__file__).resolve().parents[2] / "docs" / "quality-rows.jsonl"
+    p = argparse.ArgumentParser()
+    add_arguments(p)
+    out = tmp_path / "b.md"
+    args = p.parse_args(["quality", "--report-only", "--rows", str(rows), "--out", str(out)])
+    assert run_bench(args) == 0
+    text = out.read_text()
+    err = capsys.readouterr().err
+    assert "0 to run in 0 jobs" in err and "[1/" not in err
+    assert "rebuilt from the rows file, nothing run" in text and "### Targets" in text
+    assert (tmp_path / "quality.png").stat().st_size > 0

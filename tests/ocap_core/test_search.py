@@ -2,6 +2,8 @@
 meet a MAC budget for every scorer, floors and positional protection without BatchNorm, progressive
 pruning that replays, and a search that returns the smallest level within budget with its path."""
 
+from dataclasses import replace
+
 import numpy as np
 import pytest
 import torch
@@ -124,8 +126,10 @@ def test_floors_and_first_conv_hold_on_a_model_without_batchnorm(fmnist):
     masks = levels.masks(levels.counts(levels.removable))            # everything at its floor
     assert masks["c1"].all()                                        # the conv nearest the input stays whole
     assert masks["c2"].sum() == max(spec.min_width, int(np.ceil(spec.min_share * 32)))
-    assert masks["c3"].sum() == 4 * len(cls)                         # the classifier's input: 4 per class
+    assert masks["c3"].sum() == 16          # the classifier's input: 4 per class, 12, rounded above 8 to 16
     assert levels.ceiling() > 5
+    free = level_masks(model, pm, table, cls, replace(spec, round_to=1), "fc", shape, None)
+    assert free.masks(free.counts(free.removable))["c3"].sum() == 4 * len(cls)
 
 
 def _data(fmnist, pkg, classes, n_train=96, n_val=48):

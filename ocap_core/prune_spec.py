@@ -22,7 +22,8 @@ class FamilyDefaults:
 FAMILY_DEFAULTS: Dict[str, FamilyDefaults] = {
     # round_to 8: onnxruntime's CPU kernels run odd widths slowly (MobileNetV2 {0,2,6}: 1.7x fewer MACs
     # ran 0.91x as fast at width multiples of 1, 1.47x at multiples of 8); ResNet-20's 16-wide stages
-    # lose too many MACs to it (2.36x -> 1.74x), so it keeps 1.
+    # lose too many MACs to it under the fixed rules (2.36x -> 1.74x), so they keep 1. The search rounds
+    # every family its own way (SEARCH_ROUND_TO, below).
     "vgg": FamilyDefaults(0.14, 0.05, 30, 3, round_to=8),
     "resnet": FamilyDefaults(0.40, 0.05, 20, 3),
     "mobilenetv2": FamilyDefaults(0.06, 0.01, 30, 0, (

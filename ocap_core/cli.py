@@ -398,8 +398,8 @@ def _add_prune(p: argparse.ArgumentParser) -> None:
                    help="keep residual-stream channels whole (default of the reference rules)")
     p.add_argument("--min-width", type=int, help="channels every layer keeps at least (default 2 searching, else 1)")
     p.add_argument("--min-share", type=float, help="share of each layer kept at least (default 0.05 searching, else 0)")
-    p.add_argument("--round-to", type=int, help="round kept widths up to a multiple of this (default: the search 8, widths "
-                   "of 8 or less left as they are; the fixed rules per family)")
+    p.add_argument("--round-to", type=int, help="round kept widths up to a multiple of this (the search: widths above it "
+                   "only, default 8; the fixed rules: every width, default per family)")
     p.add_argument("--target-macs", type=float, default=0.0,
                    help="fixed budget instead of the search: MAC reduction factor to reach (any scorer)")
     p.add_argument("--tau", type=float, default=0.0, help="a channel matters for a class when its table entry exceeds tau")

@@ -301,7 +301,7 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
     cur = (start, start_hist, full, 1.0, judge(start)[0])   # model, history, masks, level, agreement
     best: Optional[Tuple[nn.Module, List[list], Masks, float, float]] = None
     path: List[Dict[str, Any]] = []
-    stopped, failed_at = "ladder", None
+    stopped = "ladder"
     last_failed: Optional[Tuple[nn.Module, List[list]]] = None
     removed: List[str] = []
     reached = 1.0                                            # the accepted candidate's MAC reduction
@@ -350,7 +350,7 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
     def same(a: Masks, b: Masks) -> bool:
         return all(np.array_equal(a[r], b[r]) for r in a)
 
-    failed_masks: Optional[Masks] = None
+    failed_masks: Optional[Masks] = None                    # of the level that stopped the ladder
     for level in spec.levels:
         if left() <= 0:
             stopped = "time_budget"
@@ -369,9 +369,9 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
         if (spec.retry_factor > 1 and left() > path[-1]["seconds"] and last_failed is not None
                 and step(level, masks, last_failed, retry=True)):
             continue
-        failed_at, failed_masks = level, masks
+        failed_masks = masks
         break
-    if failed_at is not None:
+    if failed_masks is not None:
         stopped = "over_budget"
         mid = midpoint(reached, path[-1]["mac_reduction"])
         while mid is not None and left() > 0:
@@ -381,7 +381,7 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
             masks = {r: m & cur[2][r] for r, m in masks.items()}
             if same(masks, cur[2]):             # rounding: nothing between the accepted masks and these
                 break
-            if failed_masks is None or not same(masks, failed_masks):
+            if not same(masks, failed_masks):
                 step(round(mid, 3), masks)
                 break
             # rounding lands the midpoint on the masks that failed (one 8-channel step of a large layer):

@@ -215,7 +215,10 @@ def _serving(args: argparse.Namespace) -> str:
 def _loop(args: argparse.Namespace) -> str:
     from . import loop
 
-    return loop.markdown(loop.run(quick=args.quick, seed=args.seed), quality.machine(), args.quick)
+    rows = loop.run(quick=args.quick, seed=args.seed)
+    if not args.quick:
+        loop.save_rows(rows, Path(args.out).parent / "loop-rows.json")
+    return loop.markdown(rows, quality.machine(), args.quick)
 
 
 def _load(args: argparse.Namespace) -> str:

@@ -54,6 +54,17 @@ def pays(r: Dict[str, Any]) -> bool:
     return m[0]["macs"] / m[2]["macs"] >= 3 and m[2]["accuracy"] >= m[1]["accuracy"] - 0.01
 
 
+def why_not(r: Dict[str, Any]) -> str:
+    """'no' and why, as the demo said it (a search that found nothing, a worker over its budget), for the table."""
+    reason = (r.get("gave_up") or "").replace("|", "/")
+    return f"no: {reason[:160]}" if reason else "no"
+
+
+def save_rows(rows: List[Dict[str, Any]], path: Path) -> None:
+    """Every demo's summary as it came, reasons and search paths included (the table keeps a line each)."""
+    path.write_text(json.dumps(rows, indent=1, default=str) + "\n", encoding="utf-8")
+
+
 def markdown(rows: List[Dict[str, Any]], machine: str, quick: bool) -> str:
     lines = ["## The whole loop (`ocap bench loop`: `ocap demo` per class subset)", "",
              f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine}"
@@ -71,7 +82,7 @@ def markdown(rows: List[Dict[str, Any]], machine: str, quick: bool) -> str:
         pers = m[2] if len(m) > 2 else None
         lines.append(
             f"| {r['subset']} | {load} | {r['wall_s']:.0f} | {r['requests']} | {r['failed']} | "
-            f"{'yes' if r['deployed'] else 'no'} | "
+            f"{'yes' if r['deployed'] else why_not(r)} | "
             f"{r['probation'] or '-'} | {'yes' if r['drift_reverted'] else 'no'} | {100 * m[0]['accuracy']:.2f} | "
             f"{100 * m[1]['accuracy']:.2f} | " + (f"{100 * pers['accuracy']:.2f} | {m[0]['macs'] / pers['macs']:.2f}× | "
                                                  f"{m[0]['latency_ms'] / pers['latency_ms']:.2f}× |" if pers else "- | - | - |"))

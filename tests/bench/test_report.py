@@ -173,3 +173,18 @@ def test_report_only_rebuilds_the_section_from_the_rows_and_runs_nothing(tmp_pat
     assert "0 to run in 0 jobs" in err and "[1/" not in err
     assert "rebuilt from the rows file, nothing run" in text and "### Targets" in text
     assert (tmp_path / "quality.png").stat().st_size > 0
+
+
+def test_loop_table_says_why_nothing_was_deployed(tmp_path):
+    from bench.loop import markdown, save_rows
+
+    models = [{"accuracy": 0.9, "macs": 300, "latency_ms": 0.3}, {"accuracy": 0.95, "macs": 300, "latency_ms": 0.3}]
+    ran = {"requests": 10, "failed": 0, "probation": None, "drift_reverted": False, "wall_s": 200.0}
+    rows = [dict(ran, subset="2,4,6", deployed=False, models=models,
+                 gave_up="personalization failed: NoOperatingPoint: no operating point | tried 1.53x: -2.07 pp"),
+            dict(ran, subset="0,3,7", load="one core busy", deployed=False, models=models, gave_up=None)]
+    text = markdown(rows, "test machine", quick=False)
+    assert "| no: personalization failed: NoOperatingPoint: no operating point / tried 1.53x: -2.07 pp |" in text
+    assert "| 0,3,7 | one core busy | 200 | 10 | 0 | no |" in text
+    save_rows(rows, tmp_path / "loop-rows.json")
+    assert json.loads((tmp_path / "loop-rows.json").read_text())[0]["gave_up"].endswith("-2.07 pp")

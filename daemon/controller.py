@@ -16,7 +16,7 @@ from typing import Any, Callable, Dict, List, Optional, Tuple
 from ocap_core.agreement import judged_images_needed
 from ocap_core.runtime import trim_heap
 from ocap_core.search_spec import MIN_PER_CLASS
-from ocap_core.selection import val_capacity
+from ocap_core.selection import val_capacity, with_outside
 from service import faults
 from service.control_socket import RequestError
 from service.errors import ServiceError
@@ -70,6 +70,7 @@ class Controller:
         self.cooldown_until = 0.0
         self.drift_baseline = 0.0               # outside-the-kept-set share expected without drift
         self._pending_baseline = 0.0
+        self._pending_classes: Tuple[int, ...] = ()      # the running worker's classes (the gate judges on them)
         self.last_stability: Optional[stability.Stability] = None
         self.last_tick: Optional[float] = None
         self.last_error = ""
@@ -231,7 +232,7 @@ class Controller:
         job_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         samples = job_dir / "samples.npz"
         n_train, n_val = write_samples(samples, self.server.cache.load("train"), self.server.cache.load("val"),
-                                       plan.classes)
+                                       plan.classes, plan.outside_share)
         trim_heap()            # the export's arrays (every cached image) are freed: give the pages back
         faults.point("policy.samples_written")
         # resolved: the worker runs in its job directory, where a relative path means nothing
@@ -240,7 +241,7 @@ class Controller:
                   rule=p.rule, max_loss=p.max_loss, epochs=p.epochs, time_budget=max(1.0, SEARCH_SHARE * p.time_budget),
                   min_per_class=min(MIN_PER_CLASS, p.min_samples_per_class), threads=p.threads,
                   name=f"{self.server.base.card.name}-k{len(plan.classes)}", quantize=p.quantize)
-        self._pending_baseline = plan.outside_share
+        self._pending_baseline, self._pending_classes = plan.outside_share, tuple(plan.classes)
         self.worker = self._start_run(job, job_dir, nice=p.nice, threads=p.threads, budget_s=p.time_budget,
                                       on_event=self._worker_event)
         faults.point("policy.worker_started")
@@ -297,6 +298,9 @@ class Controller:
     def _gate_and_deploy(self, candidate: Path, int8: Optional[str] = None) -> None:
         self._set_phase(Phase.GATING)
         x_val, y_val = self.server.cache.load("val")
+        # judged as the worker's search judged: the kept classes' frames and the stream's share of others
+        judged = with_outside(y_val, self._pending_classes, "val", self._pending_baseline)
+        x_val, y_val = x_val[judged], y_val[judged]
         cfg = self.cfg.gate.resolved(self.cfg.personalize.max_loss)
         verdict = self._gate_int8(candidate, int8, x_val, y_val, cfg) if int8 else None
         if verdict is None:

@@ -1,7 +1,7 @@
 """The gate a candidate passes before it serves: it loads in onnxruntime (``load_model`` verifies the
 digests and one output per class the card names) with the base model's input; on the held-back cached
-samples it agrees with the teacher (the base model, restricted to the kept classes; the search's soft
-measure) at or above a threshold; and it is faster than the
+samples (those of the kept classes and the share of others the stream has) it agrees with the teacher
+(the base model, restricted to the kept classes; the search's soft measure) at or above a threshold; and it is faster than the
 served model by a margin.
 Each verdict carries its figures, for the events table."""
 
@@ -90,27 +90,30 @@ def _check(candidate_dir: str, served: LoadedModel, teacher: LoadedModel, images
     if not len(images):
         return Verdict(False, "no held-back samples to judge it on")
     tp = teacher.predict(images)
-    t = tp.class_ids
-    mine = np.isin(t, kept)
+    mine = np.isin(tp.class_ids, kept)
     if not mine.any():
         return Verdict(False, f"none of the {len(images)} held-back samples is of the kept classes {kept}")
-    student = cand.predict(images[mine]).class_ids
-    hard = float(np.mean(student == t[mine]))
+    # every frame given is judged, those the base answers with another class too (the caller picks how
+    # many, ``with_outside``): against the teacher's answer among the kept classes
     cols = [list(teacher.card.class_ids).index(k) for k in kept]
-    agreement = expected_agreement(restricted_softmax(tp.probs[mine], cols), np.searchsorted(kept, student))
+    probs = restricted_softmax(tp.probs, cols)
+    student = cand.predict(images).class_ids
+    hard = float(np.mean(student == np.asarray(kept)[probs.argmax(1)]))
+    agreement = expected_agreement(probs, np.searchsorted(kept, student))
     frames = images[np.arange(cfg.latency_runs) % len(images)]
     cand_ms, served_ms = [], []
     for half in np.array_split(frames, 4):       # interleaved, so both see the same machine state
         cand_ms.append(_p50_ms(cand, half))
         served_ms.append(_p50_ms(served, half))
     speedup = float(np.median(served_ms) / np.median(cand_ms))
-    figures = {"version": cand.version, "classes": kept, "samples": int(mine.sum()), "agreement": round(agreement, 4),
+    figures = {"version": cand.version, "classes": kept, "samples": len(images), "outside": int((~mine).sum()),
+               "agreement": round(agreement, 4),
                "hard_agreement": round(hard, 4),
                "candidate_ms": round(float(np.median(cand_ms)), 4), "served_ms": round(float(np.median(served_ms)), 4),
                "speedup": round(speedup, 3), "macs": cand.card.metrics.get("macs"),
                "min_agreement": cfg.min_agreement, "min_speedup": cfg.min_speedup}
     if agreement < cfg.min_agreement:
-        return Verdict(False, f"agrees with the teacher on {100 * agreement:.1f}% of {int(mine.sum())} held-back "
+        return Verdict(False, f"agrees with the teacher on {100 * agreement:.1f}% of {len(images)} held-back "
                               f"samples (needs {100 * cfg.min_agreement:.1f}%)", figures)
     if speedup < cfg.min_speedup:
         return Verdict(False, f"{speedup:.2f}x as fast as the served model (needs {cfg.min_speedup:.2f}x)", figures)

@@ -15,6 +15,7 @@ from ocap_core.errors import OcapError
 from ocap_core.finetune_spec import FinetuneSpec
 from ocap_core.prune_spec import RULE_NAMES, PruneSpec
 from ocap_core.search_spec import DEFAULT_MAX_LOSS, DEFAULT_TIME_BUDGET, MIN_PER_CLASS, SearchSpec
+from ocap_core.selection import with_outside
 
 from .errors import DaemonError
 
@@ -24,13 +25,16 @@ INT8_SUFFIX = "-int8"               # the INT8 child's directory: the candidate'
 
 
 def write_samples(path: Union[str, Path], train: Tuple[np.ndarray, np.ndarray], val: Tuple[np.ndarray, np.ndarray],
-                  classes: Sequence[int]) -> Tuple[int, int]:
-    """The job's samples file (``.npz``): the cached images (``x``, labels ``y``) of ``classes`` from the
-    training and the held-back split, training ones first, ``is_val`` marking the held-back ones;
-    readable by the daemon's user only. Returns (training, held-back) counts."""
+                  classes: Sequence[int], outside_share: float = 0.0, seed: int = 0) -> Tuple[int, int]:
+    """The job's samples file (``.npz``): the cached images (``x``, the base's answers ``y``) of
+    ``classes`` from the training and the held-back split, and of other classes what ``with_outside``
+    adds (``outside_share``: their share of the stream while the set was stable), training ones first,
+    ``is_val`` marking the held-back ones; readable by the daemon's user only. Returns (training,
+    held-back) counts."""
     (x_tr, y_tr), (x_va, y_va) = train, val
-    keep_tr, keep_va = np.isin(y_tr, list(classes)), np.isin(y_va, list(classes))
-    n_tr, n_va = int(keep_tr.sum()), int(keep_va.sum())
+    keep_tr = with_outside(y_tr, classes, "train", outside_share, seed)
+    keep_va = with_outside(y_va, classes, "val", outside_share, seed + 1)
+    n_tr, n_va = len(keep_tr), len(keep_va)
     x = np.concatenate([x_tr[keep_tr], x_va[keep_va]]) if len(x_va) else x_tr[keep_tr]
     fd = os.open(str(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
     with os.fdopen(fd, "wb") as f:

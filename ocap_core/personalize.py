@@ -155,18 +155,22 @@ def personalize(base_pkg: ModelPackage, samples: Samples, classes: Sequence[int]
             raise OcapError("ground-truth grouping or labels need samples with labels")
     groups = samples.labels if spec.grouping == "truth" else pred
     is_val = np.asarray(samples.is_val, bool)
-    train_idx = np.flatnonzero(~is_val & np.isin(groups, cls))
-    val_idx = np.flatnonzero(is_val & np.isin(groups, cls))
+    mine = np.isin(groups, cls)
+    # images grouped under an unobserved class (the base's answer) are trained and judged on too: the
+    # pruned model must give them one of the observed classes, as the base told the classes does; the
+    # channels are scored on the observed classes' images only
+    train_idx, val_idx = np.flatnonzero(~is_val), np.flatnonzero(is_val)
     counts = {k: int((groups[train_idx] == k).sum()) for k in cls}
     check_enough(counts, spec.min_per_class, card.class_names)
-    if len(val_idx) == 0:
+    if not (mine & is_val).any():
         raise OcapError("no held-back images of the observed classes: the candidate could not be checked")
     stage("teacher")
 
     score_spec = ScoreSpec(slope=spec.slope, keep_share=spec.keep_share, images_per_class=spec.images_per_class,
                            seed=spec.seed)
     x_tr, g_tr = x_all[train_idx], groups[train_idx]
-    table = score(spec.scorer, base, x_tr, g_tr, num_classes, score_spec)
+    scored = mine[train_idx]
+    table = score(spec.scorer, base, x_tr[scored], g_tr[scored], num_classes, score_spec)
     stage("score")
 
     base_macs = count_macs(base, shape)
@@ -204,7 +208,9 @@ def personalize(base_pkg: ModelPackage, samples: Samples, classes: Sequence[int]
         stage("select")
         student, history = prune_copy(base, classifier, shape, keep, cls if spec.rule != "cap" else None)
         if spec.rule == "cap" and not table.class_agnostic:
-            student, history, rounds = _cap_rounds(student, history, x_tr, g_tr, teacher[train_idx], x_val,
+            # CAP's own loop, as published: its rounds see the observed classes' images only
+            student, history, rounds = _cap_rounds(student, history, x_tr[scored], g_tr[scored],
+                                                   teacher[train_idx][scored], x_val,
                                                    teacher[val_idx], cls, spec, score_spec, classifier, shape,
                                                    progress)
             pm = PrunableModel(student, shape, classifier)
@@ -225,7 +231,8 @@ def personalize(base_pkg: ModelPackage, samples: Samples, classes: Sequence[int]
         "base_sha256": card.files.get("model.onnx"),
         "scorer": spec.scorer, "rule": spec.rule, "classes": cls,
         "spec": _jsonable(asdict(spec)), "class_freqs": {str(k): float(v) for k, v in (class_freqs or {}).items()},
-        "samples": {"train": int(len(train_idx)), "val": int(len(val_idx)), "train_per_class": counts},
+        "samples": {"train": int(len(train_idx)), "val": int(len(val_idx)), "train_per_class": counts,
+                    "outside": {"train": int((~mine[train_idx]).sum()), "val": int((~mine[val_idx]).sum())}},
         "widths": widths, "cap_rounds": rounds,
         ("search" if searched else "finetune"): tuned,
     }

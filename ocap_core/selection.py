@@ -9,7 +9,7 @@ the baselines at equal capacity.
 
 import hashlib
 from dataclasses import dataclass, field
-from typing import Any, Callable, Dict, Hashable, List, Optional, Tuple
+from typing import Any, Callable, Dict, Hashable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -235,6 +235,31 @@ def val_capacity(per_class: int) -> int:
     return max(64, 2 * per_class)
 
 
+def outside_quota(kept: int, classes: int, split: str, outside_share: float) -> int:
+    """How many images the base predicted as an unobserved class go beside ``kept`` images of
+    ``classes`` observed ones. The personalized model must answer them with an observed class, as the
+    base told the classes does, and they are where the two differ most: training takes as many as one
+    observed class has on average; the held-back split takes their share of the stream, so the verdict
+    weighs them as the stream does."""
+    if not 0 <= outside_share < 1:
+        raise OcapError(f"outside share must be in [0, 1), got {outside_share}")
+    if split == "train":
+        return kept // max(1, classes)
+    return int(round(kept * outside_share / (1.0 - outside_share)))
+
+
+def with_outside(class_ids: np.ndarray, classes: Sequence[int], split: str, outside_share: float,
+                 seed: int = 0) -> np.ndarray:
+    """Indices into ``class_ids`` (the base's answers) to learn or judge from: every image of the
+    observed ``classes`` and a seeded random ``outside_quota`` of the others, in their original order."""
+    class_ids = np.asarray(class_ids)
+    mine = np.isin(class_ids, list(classes))
+    others = np.flatnonzero(~mine)
+    n = outside_quota(int(mine.sum()), len(classes), split, outside_share)
+    picked = np.random.default_rng(seed).permutation(others)[:n]
+    return np.sort(np.concatenate([np.flatnonzero(mine), picked]).astype(np.int64))
+
+
 def image_digest(image: np.ndarray) -> str:
     """A short digest of an image's pixels: copies of one image share it, so they share a split."""
     return hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=8).hexdigest()
@@ -258,4 +283,4 @@ def select_stream(selector, items: List[Hashable], features: np.ndarray, class_i
 
 
 __all__: Tuple[str, ...] = ("KLSelector", "ReservoirSelector", "EntropySelector", "SELECTORS", "make_selector",
-                            "VAL_SELECTOR", "val_capacity", "split_for", "select_stream", "kl_score", "log_softmax", "Offer")
+                            "VAL_SELECTOR", "val_capacity", "outside_quota", "with_outside", "split_for", "select_stream", "kl_score", "log_softmax", "Offer")

@@ -58,3 +58,13 @@ def test_a_broken_or_lying_candidate_is_refused(candidate, base, held, tmp_path)
     assert reason.startswith("does not load") and "has 2 outputs but the card names 1 classes [1]" in reason
     v = check(str(candidate), base, base, held[1], GateConfig())
     assert not v.passed and "none of the 50 held-back samples" in v.reason
+
+
+def test_frames_the_base_answers_with_another_class_are_judged_against_its_answer_among_the_kept(candidate, base,
+                                                                                                held):
+    images = np.concatenate(held)                  # 200 of trousers and bags, 50 T-shirts and shirts
+    v = check(str(candidate), base, base, images, GateConfig(0.0, 1.0, 20))
+    outside = ~np.isin(base.predict(images).class_ids, [1, 8])
+    assert v.figures["samples"] == 250 and v.figures["outside"] == int(outside.sum()) >= 45
+    told = np.asarray([1, 8])[base.predict(images).probs[:, [1, 8]].argmax(1)]
+    assert v.figures["hard_agreement"] == round(float(np.mean(v.model.predict(images).class_ids == told)), 4)

@@ -77,9 +77,15 @@ def test_the_samples_file_keeps_the_classes_training_first(tmp_path):
 
     from daemon.job import read_samples, write_samples
 
-    x = np.arange(6 * 4, dtype=np.uint8).reshape(6, 2, 2)
-    train, val = (x[:4], np.array([1, 2, 8, 1])), (x[4:], np.array([8, 3]))
-    assert write_samples(tmp_path / "s.npz", train, val, [1, 8]) == (3, 1)
+    x = np.arange(8 * 4, dtype=np.uint8).reshape(8, 2, 2)
+    train, val = (x[:5], np.array([1, 2, 8, 1, 3])), (x[5:], np.array([8, 3, 1]))
+    # training: the 3 of classes 1 and 8, and 3 // 2 = 1 of the others; held back, at an outside share of 0:
+    # only those of the classes
+    assert write_samples(tmp_path / "s.npz", train, val, [1, 8]) == (4, 2)
     got, is_val = read_samples(tmp_path / "s.npz")
-    assert [int(g[0, 0]) for g in got] == [0, 8, 12, 16] and is_val.tolist() == [False, False, False, True]
+    assert sum(int(g[0, 0]) in (4, 16) for g in got[:4]) == 1            # one of the two outside ones
+    assert [int(g[0, 0]) for g in got if int(g[0, 0]) not in (4, 16)] == [0, 8, 12, 20, 28]
+    assert is_val.tolist() == [False] * 4 + [True] * 2
     assert oct((tmp_path / "s.npz").stat().st_mode & 0o777) == "0o600"
+    # a third of the stream outside the classes: the held-back split keeps 1 outside beside 2 of them
+    assert write_samples(tmp_path / "t.npz", train, val, [1, 8], outside_share=1 / 3) == (4, 3)

@@ -138,3 +138,23 @@ def test_bad_selector_options():
         make_selector("best", 8)
     with pytest.raises(OcapError, match="capacity"):
         KLSelector(capacity=0)
+
+
+@pytest.mark.parametrize("split,share,outside", [("train", 0.0, 2), ("train", 0.5, 2), ("val", 0.0, 0), ("val", 0.2, 1),
+                                                  ("val", 0.375, 3)])
+def test_outside_images_join_by_split(split, share, outside):
+    from ocap_core.selection import with_outside
+
+    ids = np.array([0, 5, 3, 0, 9, 3, 5, 7, 5, 3])      # observed 0 and 3: five images; five others
+    got = with_outside(ids, [0, 3], split, share, seed=1)
+    assert got.tolist() == sorted(got.tolist())
+    assert set(np.flatnonzero(np.isin(ids, [0, 3]))) <= set(got.tolist())
+    # training: one observed class's worth (5 // 2); held back: the stream's share (5 * share / (1 - share))
+    assert int((~np.isin(ids[got], [0, 3])).sum()) == outside
+
+
+def test_outside_share_must_leave_room():
+    from ocap_core.selection import outside_quota
+
+    with pytest.raises(OcapError, match="outside share"):
+        outside_quota(10, 2, "val", 1.0)

@@ -22,6 +22,7 @@ class EventLog:
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        self._json_functions = True             # False once SQLite said it has no json_extract
 
     def record(self, kind: str, **detail: Any) -> Dict[str, Any]:
         """Append one event now; returns it as ``recent`` would. A write that fails is logged, not raised."""
@@ -51,6 +52,8 @@ class EventLog:
         from the rows, ``_counts_from_rows``)."""
         if not kinds:
             return {}
+        if split and not self._json_functions:      # the library does not change under a running daemon
+            return self._counts_from_rows(kinds, split)
         value = "json_extract(detail_json, ?)" if split else "NULL"
         args: list = ([f"$.{split}"] if split else []) + list(kinds)
         try:
@@ -59,6 +62,7 @@ class EventLog:
         except sqlite3.OperationalError as e:
             if "json_extract" not in str(e):
                 raise
+            self._json_functions = False
             return self._counts_from_rows(kinds, split)
         return {(kind, v): int(n) for kind, v, n in rows}
 

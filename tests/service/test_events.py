@@ -98,10 +98,14 @@ def test_a_sqlite_without_json_functions_still_gets_counts(tmp_path, monkeypatch
     want = ev.counts(["gate"], split="outcome")
     real = events.read_rows
 
+    tried = []
+
     def no_json(path, sql, args=()):
         if "json_extract" in sql:
+            tried.append(sql)
             raise sqlite3.OperationalError("no such function: json_extract")
         return real(path, sql, args)
 
     monkeypatch.setattr(events, "read_rows", no_json)
     assert ev.counts(["gate"], split="outcome") == want
+    assert ev.counts(["gate"], split="outcome") == want and len(tried) == 1     # asked once, then remembered

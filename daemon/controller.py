@@ -329,7 +329,8 @@ class Controller:
                                   latency_runs=cfg.latency_runs, **self.server.load_args())
         verdict = None
         if choice.int8:
-            v = gate.check(int8, self.server.served, self.server.base, x_val, cfg, **self.server.load_args())
+            v = gate.check(int8, self.server.served, self.server.base, x_val, cfg, loaded=choice.model,
+                           **self.server.load_args())
             if v.passed and v.model is not None:
                 verdict = v
             else:

@@ -64,23 +64,24 @@ def _p50_ms(model: LoadedModel, frames: np.ndarray) -> float:
 
 
 def check(candidate_dir: str, served: LoadedModel, teacher: LoadedModel, images: np.ndarray,
-          cfg: GateConfig, **load_args: Any) -> Verdict:
+          cfg: GateConfig, loaded: Optional[LoadedModel] = None, **load_args: Any) -> Verdict:
     """Judge the candidate at ``candidate_dir`` on ``images`` (held-back cached frames); ``auto``
     agreement is that of the default loss budget. The candidate is loaded with ``load_args``
-    (``load_model``'s: the server's providers, threads and fallback event, ``Server.load_args``). Then the C heap gives back what the candidate's load
-    and the two models' runs on every held-back frame freed (``trim_heap``): kept, it was ocapd's
-    growth from gate to gate."""
+    (``load_model``'s: the server's providers, threads and fallback event, ``Server.load_args``), unless
+    ``loaded`` is that model already loaded (by ``precision.choose``). Then the C heap gives back what
+    the candidate's load and the two models' runs on every held-back frame freed (``trim_heap``): kept,
+    it was ocapd's growth from gate to gate."""
     try:
-        return _check(candidate_dir, served, teacher, images, cfg, load_args)
+        return _check(candidate_dir, served, teacher, images, cfg, loaded, load_args)
     finally:
         trim_heap()
 
 
 def _check(candidate_dir: str, served: LoadedModel, teacher: LoadedModel, images: np.ndarray,
-           cfg: GateConfig, load_args: Dict[str, Any]) -> Verdict:
+           cfg: GateConfig, loaded: Optional[LoadedModel], load_args: Dict[str, Any]) -> Verdict:
     cfg = cfg.resolved(DEFAULT_MAX_LOSS)
     try:
-        cand = load_model(candidate_dir, **load_args)
+        cand = loaded if loaded is not None else load_model(candidate_dir, **load_args)
     except OcapError as e:
         return Verdict(False, f"does not load: {e}")
     faults.point("gate.loaded")

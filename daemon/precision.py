@@ -15,7 +15,7 @@ from ocap_core.agreement import expected_agreement
 from ocap_core.errors import OcapError
 from ocap_core.preprocess import preprocess
 from ocap_core.runtime import paired_latency
-from service.model_slot import load_model
+from service.model_slot import LoadedModel, load_model
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +32,7 @@ class Choice:
     int8: bool
     reason: str
     figures: Dict[str, Any] = field(default_factory=dict)
+    model: Optional[LoadedModel] = field(default=None, compare=False, repr=False)   # ``path`` loaded, when it was
 
 
 def decide(agreement: float, speedup: float, max_loss: float,
@@ -82,4 +83,4 @@ def choose(fp32_dir: str, int8_dir: Optional[str], images: np.ndarray, labels: n
                "fp32_ms": round(fp32_ms, 4), "int8_ms": round(int8_ms, 4), "speedup": round(speedup, 3),
                "max_loss": max_loss, "min_speedup": MIN_SPEEDUP, "providers": list(child.providers)}
     log.info("%s (%s)", why, child.version)
-    return Choice(int8_dir if keep else fp32_dir, keep, why, figures)
+    return Choice(int8_dir if keep else fp32_dir, keep, why, figures, child if keep else parent)

@@ -68,3 +68,9 @@ def test_frames_the_base_answers_with_another_class_are_judged_against_its_answe
     assert v.figures["samples"] == 250 and v.figures["outside"] == int(outside.sum()) >= 45
     told = np.asarray([1, 8])[base.predict(images).probs[:, [1, 8]].argmax(1)]
     assert v.figures["hard_agreement"] == round(float(np.mean(v.model.predict(images).class_ids == told)), 4)
+
+
+def test_a_model_already_loaded_is_judged_as_it_is(candidate, base, held, tmp_path):
+    loaded = load_model(str(candidate))
+    v = check(str(tmp_path / "not-loaded-again"), base, base, held[0], GateConfig(0.9, 1.0, 20), loaded=loaded)
+    assert v.passed and v.model is loaded, v.reason

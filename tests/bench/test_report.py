@@ -188,3 +188,19 @@ def test_loop_table_says_why_nothing_was_deployed(tmp_path):
     assert "| 0,3,7 | one core busy | 200 | 10 | 0 | no |" in text
     save_rows(rows, tmp_path / "loop-rows.json")
     assert json.loads((tmp_path / "loop-rows.json").read_text())[0]["gave_up"].endswith("-2.07 pp")
+
+
+def test_loop_pays_is_judged_on_the_readme_demo_as_is_and_busy():
+    from bench.loop import markdown
+
+    def run(subset, load, macs_div):
+        models = [{"accuracy": 0.9, "macs": 300, "latency_ms": 0.3}, {"accuracy": 0.95, "macs": 300, "latency_ms": 0.3},
+                  {"accuracy": 0.945, "macs": 300 / macs_div, "latency_ms": 0.1}]
+        return {"subset": subset, "load": load, "models": models, "requests": 10, "failed": 0, "deployed": True,
+                "probation": "probation_passed", "drift_reverted": True, "wall_s": 200.0}
+
+    rows = [run("0,3,7", "as is", 3.1), run("2,4,6", "as is", 1.0), run("0,3,7", "one core busy", 3.2)]
+    assert "Personalization pays: MET" in markdown(rows, "m", quick=False)
+    assert "2,4,6 as is: no" in markdown(rows, "m", quick=False)
+    rows[2] = run("0,3,7", "one core busy", 2.5)
+    assert "Personalization pays: MISSED" in markdown(rows, "m", quick=False)

@@ -45,6 +45,19 @@ def worker_env(job_dir: Path) -> Dict[str, str]:
     return env
 
 
+STARVED_SHARE = 0.5        # less CPU than half a core over the run: the budget went to waiting, say so
+
+
+def over_budget(budget_s: float, elapsed: float, cpu_s: Optional[float], nice: int) -> str:
+    """Why a worker was killed at its budget, and, when it got too little CPU to have done the work,
+    that the machine was busy: what a user needs to know to change ``nice`` or ``time_budget``."""
+    why = f"over its time budget of {budget_s:.0f} s"
+    if cpu_s is not None and cpu_s < STARVED_SHARE * elapsed:
+        why += (f"; it got {cpu_s:.1f} s of CPU in {elapsed:.0f} s at nice {nice}: other processes kept the "
+                f"cores busy (see [personalize] nice and time_budget)")
+    return why
+
+
 class WorkerRun:
     """One worker process. ``state``: running, paused, done, failed, killed. ``threads``, when given,
     is the job's thread cap (0: auto, one per idle core); the worker chooses within it and reports the
@@ -54,7 +67,7 @@ class WorkerRun:
                  budget_s: float = 0.0, on_event: Optional[Listener] = None) -> None:
         if threads is not None:
             job = dataclasses.replace(job, threads=threads)
-        self.job, self.job_dir, self.budget_s = job, Path(job_dir), budget_s
+        self.job, self.job_dir, self.budget_s, self.nice = job, Path(job_dir), budget_s, nice
         self.events: List[Dict[str, Any]] = []
         self.last: Dict[str, Any] = {}
         self.result: Optional[Dict[str, Any]] = None
@@ -112,7 +125,7 @@ class WorkerRun:
         if self.state in ("done", "failed", "killed"):
             return self.state
         if self.budget_s and self.elapsed > self.budget_s and self.state == "running":
-            self.kill(f"over its time budget of {self.budget_s:.0f} s")
+            self.kill(over_budget(self.budget_s, self.elapsed, self.cpu_seconds(), self.nice))
             return self.state
         code = self.proc.poll()
         if code is None:
@@ -124,6 +137,16 @@ class WorkerRun:
             self.state = "failed"
             self.reason = str(self.last.get("error") or f"worker exited with code {code}")
         return self.state
+
+    def cpu_seconds(self) -> Optional[float]:
+        """CPU seconds the worker (and its threads) has had so far; None when it cannot be read."""
+        try:
+            import psutil
+
+            t = psutil.Process(self.proc.pid).cpu_times()
+            return float(t.user + t.system)
+        except Exception:      # gone, or psutil missing: the budget message goes without it
+            return None
 
     def pause(self, why: str) -> bool:
         if self.state != "running" or self.proc.poll() is not None:

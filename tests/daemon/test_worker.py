@@ -3,6 +3,7 @@ low priority, progress as JSON lines, pause/resume by signals, kill, failures wi
 
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -116,6 +117,28 @@ def test_a_failing_job_leaves_no_candidate(tmp_path):
 def test_over_budget_is_killed(tmp_path):
     run = WorkerRun(_job(tmp_path, epochs=500), tmp_path / "job", threads=1, budget_s=2.0)
     assert _wait(run) == "killed" and "budget" in run.reason
+
+
+def test_a_worker_starved_of_cpu_is_killed_saying_so(tmp_path):
+    """A worker that other processes leave no CPU: stopped from outside with SIGSTOP (not through
+    ``pause``, whose time does not count), as a nice-19 worker beside busy cores nearly is."""
+    run = WorkerRun(_job(tmp_path, epochs=500), tmp_path / "job", threads=1, budget_s=2.0)
+    os.kill(run.proc.pid, signal.SIGSTOP)
+    try:
+        assert _wait(run) == "killed"
+    finally:
+        if run.proc.poll() is None:
+            run.proc.kill()
+            run.proc.wait()
+    assert "over its time budget of 2 s; it got" in run.reason and "at nice 19" in run.reason, run.reason
+
+
+@pytest.mark.parametrize("cpu,starved", [(None, False), (3.0, True), (150.0, False)])
+def test_the_budget_message_names_starvation_only_when_cpu_was_short(cpu, starved):
+    from daemon.supervisor import over_budget
+
+    why = over_budget(160.0, 161.0, cpu, 19)
+    assert why.startswith("over its time budget of 160 s") and ("other processes kept" in why) == starved
 
 
 @pytest.mark.parametrize("cap", [None, 0, "auto", 1])

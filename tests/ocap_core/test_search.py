@@ -86,7 +86,7 @@ def test_target_macs_lands_within_5_percent_for_every_scorer(fmnist, model_name,
     table, _ = _table(model, x, scorer)
     cls = [0, 2, 6]
     spec = PruneSpec(scorer=scorer, target_macs=4.0).resolve(get_config(pkg.card.arch["name"]).family)
-    levels = level_masks(model, PrunableModel(model, shape, clf), table, cls, spec, clf, shape, None)
+    levels = _levels(pkg, model, shape, clf, table, cls, spec)
     for target in (2.0, 4.0):
         pruned, _ = prune_copy(model, clf, shape, levels.at(target, exact=True), cls)
         ratio = count_macs(model, shape) / count_macs(pruned, shape)
@@ -138,15 +138,19 @@ def _data(fmnist, pkg, classes, n_train=96, n_val=48):
     return x[:n_train], x[n_train:]
 
 
+def _levels(pkg, model, shape, clf, table, classes, spec=None):
+    """The search's levels for a shipped model, with the default spec resolved for its family."""
+    spec = spec or PruneSpec().resolve(get_config(pkg.card.arch["name"]).family)
+    return level_masks(model, PrunableModel(model, shape, clf), table, classes, spec, clf, shape, None)
+
+
 def _setup(fmnist, classes, name="fmnist-cnn"):
     """A base, its held-back split of ``classes``, the restricted teacher's logits and the search's levels."""
     pkg, model, shape, clf = _base(name)
     x_tr, x_val = _data(fmnist, pkg, classes)
     t_tr, t_val = predict_logits(model, x_tr)[:, classes], predict_logits(model, x_val)[:, classes]
     table, _ = _table(model, x_tr)
-    family = "cnn" if name == "fmnist-cnn" else "resnet"
-    levels = level_masks(model, PrunableModel(model, shape, clf), table, classes, PruneSpec().resolve(family), clf,
-                         shape, None)
+    levels = _levels(pkg, model, shape, clf, table, classes)
     return model, shape, clf, (x_tr, t_tr, x_val, t_val), levels, count_macs(model, shape)
 
 
@@ -241,9 +245,7 @@ def test_a_level_reached_progressively_is_not_overshot(fmnist, model_name, cls):
     pkg, model, shape, clf = _base(model_name)
     x = torch.from_numpy(preprocess(fmnist.x[np.isin(fmnist.y, cls)][:120], pkg.card.input))
     table, _ = _table(model, x)
-    family = "cnn" if model_name == "fmnist-cnn" else "resnet"
-    levels = level_masks(model, PrunableModel(model, shape, clf), table, cls, PruneSpec().resolve(family), clf, shape,
-                         None)
+    levels = _levels(pkg, model, shape, clf, table, cls)
 
     def reduction(masks):
         return levels.base_macs / count_macs(prune_copy(model, clf, shape, masks, cls)[0], shape)
@@ -283,7 +285,7 @@ def test_the_search_rounds_wide_layers_to_8_and_leaves_narrow_ones_free(fmnist, 
     table, _ = _table(model, x)
     spec = PruneSpec().resolve(family)
     assert spec.round_to == 8 and PruneSpec(rule="personalize").resolve("resnet").round_to == 1   # fixed rule: as before
-    levels = level_masks(model, PrunableModel(model, shape, clf), table, cls, spec, clf, shape, None)
+    levels = _levels(pkg, model, shape, clf, table, cls, spec)
     assert levels.ceiling() > 12
     narrow = 0
     for level in (1.5, 3.0, 8.0, 12.0):

@@ -110,6 +110,12 @@ def finetune(student: nn.Module, x: torch.Tensor, teacher_logits: torch.Tensor, 
         y = y[keep] if y is not None else None
     if len(x) == 0:
         raise OcapError("no samples left to fine-tune on")
+    # NHWC weights and batches for the oneDNN kernels: a CNN training step 1.4-1.6x and a ResNet-20 one
+    # 1.2-1.3x faster on this CPU (1 thread, batch 64), so a wall budget buys more epochs. Batch by
+    # batch (a copy of every cached image would double the largest array); contiguous again at the end.
+    nhwc = x.dim() == 4
+    if nhwc:
+        student.to(memory_format=torch.channels_last)
     if spec.recalibrate:
         recalibrate_bn(student, x, spec.recal_samples, spec.batch_size)
     for p in student.parameters():
@@ -150,6 +156,8 @@ def finetune(student: nn.Module, x: torch.Tensor, teacher_logits: torch.Tensor, 
             if len(idx) < 2 and not small_batches:
                 continue
             xb, tb = x[idx], teacher_logits[idx]
+            if nhwc:
+                xb = xb.contiguous(memory_format=torch.channels_last)
             if augmenting:
                 xb = augment(xb, spec.shift, spec.hflip, gen)
                 if spec.mixup:
@@ -188,6 +196,8 @@ def finetune(student: nn.Module, x: torch.Tensor, teacher_logits: torch.Tensor, 
     else:                                   # nothing held back: keep the last epoch
         best = (float("nan"), len(history) - 1, None, (0.0, 0.0))
     student.eval()
+    if nhwc:
+        student.to(memory_format=torch.contiguous_format)
     for p in student.parameters():
         p.requires_grad_(False)
     return FinetuneResult(student, best[1], best[0], history, stopped, time.perf_counter() - t0)

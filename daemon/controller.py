@@ -71,6 +71,7 @@ class Controller:
         self.drift_baseline = 0.0               # outside-the-kept-set share expected without drift
         self._pending_baseline = 0.0
         self._pending_classes: Tuple[int, ...] = ()      # the running worker's classes (the gate judges on them)
+        self._starts: List[float] = []          # when workers started in the last day (the daily cap)
         self.last_stability: Optional[stability.Stability] = None
         self.last_tick: Optional[float] = None
         self.last_error = ""
@@ -173,8 +174,10 @@ class Controller:
                                f" (going ahead with fewer in {left:.0f} s at the latest)"), plan
         if now < self.cooldown_until and not force:
             return False, f"cooling down for {self.cooldown_until - now:.0f} s more", plan
+        # the events table survives restarts; the starts kept here count those whose event write failed
         started = self.server.recent_events(1000, kinds=["personalize_started"], since=now - DAY)
-        if len(started) >= self.cfg.personalize.daily_cap and not force:
+        self._starts = [t for t in self._starts if t >= now - DAY]
+        if max(len(started), len(self._starts)) >= self.cfg.personalize.daily_cap and not force:
             return False, f"daily cap of {self.cfg.personalize.daily_cap} personalizations reached", plan
         busy = telemetry.resource_problem(self.cfg.personalize, self.server.stats.snapshot())
         if busy:
@@ -242,6 +245,7 @@ class Controller:
                   min_per_class=min(MIN_PER_CLASS, p.min_samples_per_class), threads=p.threads,
                   name=f"{self.server.base.card.name}-k{len(plan.classes)}", quantize=p.quantize)
         self._pending_baseline, self._pending_classes = plan.outside_share, tuple(plan.classes)
+        self._starts.append(self._clock())
         self.worker = self._start_run(job, job_dir, nice=p.nice, threads=p.threads, budget_s=p.time_budget,
                                       on_event=self._worker_event)
         faults.point("policy.worker_started")

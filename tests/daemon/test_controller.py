@@ -393,3 +393,21 @@ def test_rollback_goes_to_last_good_when_another_model_serves(rig, deployed):
     assert rig.call("rollback") == {"serving": version}
     assert rig.server.slot.current().version == version and rig.store.current() == version
     assert rig.ctl.phase is Phase.PERSONALIZED
+
+
+def test_the_daily_cap_holds_when_the_start_events_were_not_written(rig, monkeypatch):
+    """A fake for a fault this test cannot cause alone: a disk that fails only the events' writes (the
+    daemon logs and goes on). The cap counted those events, so every start went uncounted."""
+    rig.ctl.cfg = dataclasses.replace(rig.cfg, personalize=dataclasses.replace(rig.cfg.personalize, daily_cap=1))
+    real = rig.server.events.record
+    monkeypatch.setattr(rig.server.events, "record",
+                        lambda kind, **d: {"kind": kind} if kind == "personalize_started" else real(kind, **d))
+    rig.observe_stable()
+    rig.ctl.tick()
+    rig.worker().fail("test")
+    rig.ctl.tick()
+    assert rig.ctl.worker is None and rig.events("personalize_started") == []
+    rig.clock.advance(rig.cfg.personalize.cooldown + 1)
+    rig.observe_stable()
+    ok, why, _ = rig.ctl.evaluate_trigger()
+    assert not ok and "daily cap of 1" in why, why

@@ -118,7 +118,9 @@ def check_enough(counts: Mapping[int, int], minimum: int, class_names: Sequence[
 def personalize(base_pkg: ModelPackage, samples: Samples, classes: Sequence[int], spec: PruneSpec, out: Path,
                 class_freqs: Optional[Mapping[int, float]] = None, name: Optional[str] = None,
                 progress: Optional[Progress] = None) -> PruneResult:
-    """Prune ``base_pkg`` for the observed ``classes`` and fine-tune it on ``samples``; write ``out``."""
+    """Prune ``base_pkg`` for the observed ``classes`` and fine-tune it on ``samples``; write ``out``.
+    Samples the base answers with another class are trained and judged on too, all of them: the caller
+    decides how many to pass (``selection.with_outside``, as the offline stream and the daemon do)."""
     timings: Dict[str, float] = {}
     t = time.perf_counter()
 

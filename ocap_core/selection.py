@@ -240,7 +240,9 @@ def outside_quota(kept: int, classes: int, split: str, outside_share: float) -> 
     ``classes`` observed ones. The personalized model must answer them with an observed class, as the
     base told the classes does, and they are where the two differ most: training takes as many as one
     observed class has on average; the held-back split takes their share of the stream, so the verdict
-    weighs them as the stream does."""
+    weighs them as the stream does. None of the observed classes: none of the others either."""
+    if kept == 0:              # e.g. a stream the model answers only with other classes (a pruned model's indices)
+        return 0
     if not 0 <= outside_share < 1:
         raise OcapError(f"outside share must be in [0, 1), got {outside_share}")
     if split == "train":

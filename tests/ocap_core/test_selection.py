@@ -158,3 +158,4 @@ def test_outside_share_must_leave_room():
 
     with pytest.raises(OcapError, match="outside share"):
         outside_quota(10, 2, "val", 1.0)
+    assert outside_quota(0, 2, "val", 1.0) == outside_quota(0, 2, "train", 1.0) == 0     # nothing observed

@@ -11,7 +11,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 from ocap_core.agreement import judged_images_needed
 from ocap_core.runtime import trim_heap
@@ -70,7 +70,6 @@ class Controller:
         self.cooldown_until = 0.0
         self.drift_baseline = 0.0               # outside-the-kept-set share expected without drift
         self._pending_baseline = 0.0
-        self._pending_classes: Tuple[int, ...] = ()      # the running worker's classes (the gate judges on them)
         self._starts: List[float] = []          # when workers started in the last day (the daily cap)
         self.last_stability: Optional[stability.Stability] = None
         self.last_tick: Optional[float] = None
@@ -244,7 +243,7 @@ class Controller:
                   rule=p.rule, max_loss=p.max_loss, epochs=p.epochs, time_budget=max(1.0, SEARCH_SHARE * p.time_budget),
                   min_per_class=min(MIN_PER_CLASS, p.min_samples_per_class), threads=p.threads,
                   name=f"{self.server.base.card.name}-k{len(plan.classes)}", quantize=p.quantize)
-        self._pending_baseline, self._pending_classes = plan.outside_share, tuple(plan.classes)
+        self._pending_baseline = plan.outside_share
         self._starts.append(self._clock())
         self.worker = self._start_run(job, job_dir, nice=p.nice, threads=p.threads, budget_s=p.time_budget,
                                       on_event=self._worker_event)
@@ -283,7 +282,7 @@ class Controller:
             self.server.record("personalize_finished", version=res.get("version"),
                                metrics=res.get("metrics"), timings=res.get("timings"),
                                **{k: res[k] for k in ("int8", "int8_error") if k in res})
-            self._gate_and_deploy(Path(res["candidate"]), (res.get("int8") or {}).get("candidate"))
+            self._gate_and_deploy(Path(res["candidate"]), w.job.classes, (res.get("int8") or {}).get("candidate"))
         finally:
             shutil.rmtree(w.job_dir, ignore_errors=True)
             if self.cfg.privacy.after_personalize == "purge":
@@ -299,11 +298,11 @@ class Controller:
             w.resume()
             self.server.record("worker_resumed")
 
-    def _gate_and_deploy(self, candidate: Path, int8: Optional[str] = None) -> None:
+    def _gate_and_deploy(self, candidate: Path, classes: Sequence[int], int8: Optional[str] = None) -> None:
         self._set_phase(Phase.GATING)
         x_val, y_val = self.server.cache.load("val")
         # judged as the worker's search judged: the kept classes' frames and the stream's share of others
-        judged = with_outside(y_val, self._pending_classes, "val", self._pending_baseline)
+        judged = with_outside(y_val, classes, "val", self._pending_baseline)
         x_val, y_val = x_val[judged], y_val[judged]
         cfg = self.cfg.gate.resolved(self.cfg.personalize.max_loss)
         verdict = self._gate_int8(candidate, int8, x_val, y_val, cfg) if int8 else None

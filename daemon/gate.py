@@ -1,8 +1,8 @@
 """The gate a candidate passes before it serves: it loads in onnxruntime (``load_model`` verifies the
 digests and one output per class the card names) with the base model's input; on the held-back cached
 samples (those of the kept classes and the share of others the stream has) it agrees with the teacher
-(the base model, restricted to the kept classes; the search's soft measure) at or above a threshold; and it is faster than the
-served model by a margin.
+(the base model, restricted to the kept classes; the search's soft measure) at or above a threshold;
+and it is faster than the served model by a margin.
 Each verdict carries its figures, for the events table."""
 
 import time

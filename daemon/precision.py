@@ -5,6 +5,7 @@ assumed: INT8 pays on x86 with VNNI (2x on fmnist-cnn), little without it, and a
 may run the QDQ graph slower than the float one. Otherwise the FP32 candidate goes on alone, and the
 reason is an event. The gate then judges the chosen one as it judges any candidate."""
 
+import dataclasses
 import logging
 from dataclasses import dataclass, field
 from typing import Any, Dict, Optional, Tuple
@@ -16,6 +17,8 @@ from ocap_core.errors import OcapError
 from ocap_core.preprocess import preprocess
 from ocap_core.runtime import paired_latency
 from service.model_slot import LoadedModel, load_model
+
+from . import gate
 
 log = logging.getLogger(__name__)
 
@@ -84,3 +87,24 @@ def choose(fp32_dir: str, int8_dir: Optional[str], images: np.ndarray, labels: n
                "max_loss": max_loss, "min_speedup": MIN_SPEEDUP, "providers": list(child.providers)}
     log.info("%s (%s)", why, child.version)
     return Choice(int8_dir if keep else fp32_dir, keep, why, figures, child if keep else parent)
+
+
+def judge(candidate: str, int8: Optional[str], served: LoadedModel, base: LoadedModel, images: np.ndarray,
+          labels: np.ndarray, cfg: gate.GateConfig, max_loss: float,
+          **load_args: Any) -> Tuple[gate.Verdict, Optional[Choice]]:
+    """The gate's verdict on a worker's output: the FP32 ``candidate`` directory and, when the worker
+    made one, its INT8 child ``int8``. The child is judged when ``choose`` keeps it over its parent; if
+    the gate rejects it, the parent is judged. The choice (None without a child) says which and why, for
+    the ``int8`` event. Each directory is loaded once: the session ``choose`` loaded is the gate's."""
+    if not int8:
+        return gate.check(candidate, served, base, images, cfg, **load_args), None
+    choice = choose(candidate, int8, images, labels, max_loss, latency_runs=cfg.latency_runs, **load_args)
+    if choice.int8:
+        verdict = gate.check(int8, served, base, images, cfg, loaded=choice.model, **load_args)
+        if verdict.passed and verdict.model is not None:
+            log.info("%s", choice.reason)
+            return verdict, choice
+        choice = dataclasses.replace(choice, int8=False, path=candidate, model=None,
+                                     reason=f"the gate rejected the INT8 child: {verdict.reason}")
+    log.info("FP32 candidate goes on alone: %s", choice.reason)
+    return gate.check(candidate, served, base, images, cfg, loaded=choice.model, **load_args), choice

@@ -13,7 +13,7 @@ from typing import Optional
 import numpy as np
 import pytest
 
-from daemon import controller as controller_module
+from daemon import gate, precision
 from daemon.config import Config
 from daemon.controller import Controller
 from daemon.deployer import Phase
@@ -107,7 +107,7 @@ class Rig:
             self.clock.advance(self.cfg.stability.window)
 
     def worker(self) -> StandInWorker:
-        assert isinstance(self.ctl.worker, StandInWorker), (self.ctl.status_line(), self.ctl.evaluate_trigger()[1])
+        assert isinstance(self.ctl.worker, StandInWorker), (self.ctl.status_line(), self.ctl.trigger.evaluate()[1])
         return self.ctl.worker
 
     def events(self, kind: str):
@@ -159,13 +159,13 @@ def deployed(rig, pruned_1_8, monkeypatch):
     """The rig after the whole loop: stable {1, 8}, worker done, gate passed, candidate on probation.
     Returns the gate's verdict, to check that what serves is the model the gate loaded."""
     verdicts = []
-    real_check = controller_module.gate.check
+    real_check = gate.check
 
     def check(*args, **kwargs):
         verdicts.append(real_check(*args, **kwargs))
         return verdicts[-1]
 
-    monkeypatch.setattr(controller_module.gate, "check", check)     # a spy: the real gate runs
+    monkeypatch.setattr(gate, "check", check)     # a spy: the real gate runs
     rig.observe_stable()
     rig.ctl.tick()
     rig.worker().finish(pruned_1_8)
@@ -176,7 +176,7 @@ def deployed(rig, pruned_1_8, monkeypatch):
 
 def test_the_trigger_waits_for_stability_then_starts_a_worker_on_the_classes(rig):
     rig.feed([1, 8], 150)
-    ok, why, _ = rig.ctl.evaluate_trigger()
+    ok, why, _ = rig.ctl.trigger.evaluate()
     assert not ok and "window" in why                        # one window so far, two needed
     rig.ctl.tick()
     assert rig.ctl.worker is None and rig.ctl.phase is Phase.OBSERVING
@@ -194,8 +194,8 @@ def test_the_trigger_waits_for_stability_then_starts_a_worker_on_the_classes(rig
 def test_the_search_waits_for_enough_held_back_images(rig):
     rig.ctl.cfg = dataclasses.replace(rig.cfg, personalize=dataclasses.replace(rig.cfg.personalize, rule="search"))
     rig.observe_stable()
-    ok, why, _ = rig.ctl.evaluate_trigger()
-    floor, target = rig.ctl.held_back_needed(2)
+    ok, why, _ = rig.ctl.trigger.evaluate()
+    floor, target = rig.ctl.trigger.held_back_needed(2)
     assert not ok and f"/{floor} held-back samples of {{1,8}}" in why, why
     rig.ctl.tick()
     assert "waiting: cache holds" in rig.ctl.status_line()
@@ -208,7 +208,7 @@ def test_held_back_needed_shows_half_the_budget_as_far_as_the_reservoir_holds(ri
 
     p = dataclasses.replace(rig.cfg.personalize, rule="search", max_loss=max_loss, samples_per_class=per_class)
     rig.ctl.cfg = dataclasses.replace(rig.cfg, personalize=p)
-    floor, target = rig.ctl.held_back_needed(classes)
+    floor, target = rig.ctl.trigger.held_back_needed(classes)
     assert floor == 2 * judged_images_needed(max_loss) <= target <= 2 * judged_images_needed(max_loss / 2)
     assert target == 2 * judged_images_needed(max_loss / 2) or target == max(floor, classes * val_capacity(per_class))
 
@@ -216,29 +216,29 @@ def test_held_back_needed_shows_half_the_budget_as_far_as_the_reservoir_holds(ri
 def test_above_the_floor_the_trigger_waits_for_the_target_one_stability_span_at_most(rig):
     p = dataclasses.replace(rig.cfg.personalize, rule="search", max_loss=8.0, samples_per_class=256)
     rig.ctl.cfg = dataclasses.replace(rig.cfg, personalize=p)
-    floor, target = rig.ctl.held_back_needed(2)
+    floor, target = rig.ctl.trigger.held_back_needed(2)
     rig.observe_stable()
     held = sum(rig.server.cache.counts()["val"].get(k, 0) for k in (1, 8))
     assert floor <= held < target, (floor, held, target)        # 8 points: a floor of a few dozen images
-    ok, why, _ = rig.ctl.evaluate_trigger()
+    ok, why, _ = rig.ctl.trigger.evaluate()
     assert not ok and f"{held}/{target} held-back samples" in why and "going ahead with fewer in 20 s" in why
     rig.observe_stable()        # one stability span later, the same images again: no new held-back ones
     assert sum(rig.server.cache.counts()["val"].get(k, 0) for k in (1, 8)) < target
-    ok, why, _ = rig.ctl.evaluate_trigger()
+    ok, why, _ = rig.ctl.trigger.evaluate()
     assert ok, why
 
 
 def test_while_held_back_images_still_arrive_the_trigger_waits_up_to_four_spans(rig):
     p = dataclasses.replace(rig.cfg.personalize, rule="search", max_loss=8.0, samples_per_class=256)
     rig.ctl.cfg = dataclasses.replace(rig.cfg, personalize=p)
-    floor, target = rig.ctl.held_back_needed(2)
+    floor, target = rig.ctl.trigger.held_back_needed(2)
     span = rig.cfg.stability.window * rig.cfg.stability.windows
     rig.observe_stable()
 
     def held():
         return sum(rig.server.cache.counts()["val"].get(k, 0) for k in (1, 8))
 
-    ok, why, _ = rig.ctl.evaluate_trigger()                # the floor is reached now: the wait starts
+    ok, why, _ = rig.ctl.trigger.evaluate()                # the floor is reached now: the wait starts
     assert not ok and f"in {span:.0f} s at the latest" in why, why
     waited, offset = 0.0, 300
     while True:                 # a few new held-back images every window: each restarts the span ...
@@ -250,7 +250,7 @@ def test_while_held_back_images_still_arrive_the_trigger_waits_up_to_four_spans(
         assert held() < target, (held(), target)
         rig.clock.advance(rig.cfg.stability.window)
         waited += rig.cfg.stability.window
-        ok, why = rig.ctl.evaluate_trigger()[:2]
+        ok, why = rig.ctl.trigger.evaluate()[:2]
         if ok:
             break
         assert waited < 4 * span and "held-back samples" in why, (waited, why)
@@ -294,9 +294,9 @@ def test_drift_reverts_to_the_base_and_stability_starts_over(rig, deployed):
     rig.clock.advance(1)
     rig.ctl.tick()
     assert rig.ctl.phase is Phase.OBSERVING and rig.server.slot.current() is rig.server.base
-    assert rig.store.current() is None and rig.ctl.observe_since == rig.clock()
+    assert rig.store.current() is None and rig.ctl.trigger.observe_since == rig.clock()
     assert "classes outside the kept set" in rig.events("drift")[0]["reason"]
-    ok, why, _ = rig.ctl.evaluate_trigger(force=False)
+    ok, why, _ = rig.ctl.trigger.evaluate(force=False)
     assert not ok
 
 
@@ -309,7 +309,7 @@ def test_a_failed_worker_is_an_event_and_a_cooldown(rig):
     assert rig.events("personalize_failed")[0]["reason"] == "engine exploded"
     assert "engine exploded" in rig.ctl.status_line() and "next try in 60 s" in rig.ctl.status_line()
     assert not StandInWorker.started[0].job_dir.exists()          # the scratch is gone
-    ok, why, _ = rig.ctl.evaluate_trigger()
+    ok, why, _ = rig.ctl.trigger.evaluate()
     assert not ok and why.startswith("cooling down")
 
 
@@ -340,7 +340,18 @@ def test_with_quantize_int8_the_int8_child_serves_only_when_the_precision_rule_k
         rig, pruned_1_8, pruned_1_8_int8, monkeypatch, min_speedup, kept):
     # the speed half of the rule is measured on the machine (test_precision.py): here it is set, so that
     # this machine's load does not decide which branch runs
-    monkeypatch.setattr(controller_module.precision, "MIN_SPEEDUP", min_speedup)
+    monkeypatch.setattr(precision, "MIN_SPEEDUP", min_speedup)
+    loads = []
+
+    def counted(module):
+        real = module.load_model
+
+        def load(path, **kwargs):
+            loads.append(Path(path).name)
+            return real(path, **kwargs)
+        monkeypatch.setattr(module, "load_model", load)          # a spy: the real load runs
+    counted(precision)
+    counted(gate)
     rig.ctl.cfg = dataclasses.replace(rig.cfg, personalize=dataclasses.replace(rig.cfg.personalize, quantize="int8"))
     rig.observe_stable()
     rig.ctl.tick()
@@ -359,6 +370,7 @@ def test_with_quantize_int8_the_int8_child_serves_only_when_the_precision_rule_k
     assert rig.events("personalize_finished")[0]["int8"]["version"] == int8_version
     if not kept:
         assert "as fast as its FP32 parent here" in event["reason"]
+    assert sorted(loads) == ["candidate", "candidate-int8"], loads      # each directory loaded once
 
 
 def test_commands_personalize_pause_resume_and_rollback(rig, pruned_1_8):
@@ -409,5 +421,5 @@ def test_the_daily_cap_holds_when_the_start_events_were_not_written(rig, monkeyp
     assert rig.ctl.worker is None and rig.events("personalize_started") == []
     rig.clock.advance(rig.cfg.personalize.cooldown + 1)
     rig.observe_stable()
-    ok, why, _ = rig.ctl.evaluate_trigger()
+    ok, why, _ = rig.ctl.trigger.evaluate()
     assert not ok and "daily cap of 1" in why, why

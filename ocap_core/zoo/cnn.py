@@ -2,9 +2,9 @@
 
 from typing import Sequence
 
-import torch
 import torch.nn as nn
 
+from .pooled import PooledConvNet
 from .registry import register_model
 
 
@@ -12,12 +12,11 @@ def conv_bn(cin: int, cout: int, stride: int = 1) -> nn.Sequential:
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
 
-class SmallCNN(nn.Module):
+class SmallCNN(PooledConvNet):
     """conv-BN-ReLU stages with max-pooling between them, global average pool, one Linear."""
 
     def __init__(self, in_chans: int = 1, num_classes: int = 10,
                  widths: Sequence[Sequence[int]] = ((32, 32), (64, 64), (128,))) -> None:
-        super().__init__()
         layers, cin = [], in_chans
         for i, stage in enumerate(widths):
             if i:
@@ -25,15 +24,7 @@ class SmallCNN(nn.Module):
             for w in stage:
                 layers.append(conv_bn(cin, w))
                 cin = w
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(cin, num_classes)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(self.pool(self.features(x)), 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.forward_features(x))
+        super().__init__(layers, cin, num_classes)
 
 
 @register_model("cnn", family="cnn", first_conv="features.0.0", classifier="classifier")

@@ -2,9 +2,9 @@
 
 from typing import List, Sequence, Union
 
-import torch
 import torch.nn as nn
 
+from .pooled import PooledConvNet
 from .registry import register_model
 
 Cfg = Sequence[Union[int, str]]
@@ -17,9 +17,8 @@ CFGS = {
 }
 
 
-class VGG(nn.Module):
+class VGG(PooledConvNet):
     def __init__(self, cfg: Cfg, in_chans: int = 1, num_classes: int = 10) -> None:
-        super().__init__()
         layers: List[nn.Module] = []
         cin = in_chans
         for v in cfg:
@@ -29,15 +28,7 @@ class VGG(nn.Module):
                 layers += [nn.Conv2d(cin, int(v), 3, padding=1, bias=False), nn.BatchNorm2d(int(v)),
                            nn.ReLU(inplace=True)]
                 cin = int(v)
-        self.features = nn.Sequential(*layers)
-        self.pool = nn.AdaptiveAvgPool2d(1)
-        self.classifier = nn.Linear(cin, num_classes)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        return torch.flatten(self.pool(self.features(x)), 1)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.classifier(self.forward_features(x))
+        super().__init__(layers, cin, num_classes)
 
 
 def _register(name: str, doc: str) -> None:

@@ -213,24 +213,27 @@ def test_recover_serves_a_valid_current(store, package_copy, version):
     assert store.recover(resolve_model("fmnist-cnn")) == (store.models / version, "current")
 
 
-def test_recover_falls_back_to_last_good_when_current_is_corrupt(store, package_copy, version, tmp_path):
+@pytest.fixture
+def corrupt_current(store, package_copy, version, tmp_path):
+    """The store with ``version`` as last_good and a corrupt fmnist-cnn-b as current."""
     store.add(package_copy)
     store.add(make_version(package_copy, tmp_path / "b", "fmnist-cnn-b"))
     store.set_last_good(version)
     store.set_current("fmnist-cnn-b")
     corrupt(store.models / "fmnist-cnn-b")
+    return store
+
+
+def test_recover_falls_back_to_last_good_when_current_is_corrupt(corrupt_current, version):
+    store = corrupt_current
     path, reason = store.recover(resolve_model("fmnist-cnn"))
     assert path == store.models / version
     assert reason.startswith("last_good (current fmnist-cnn-b: ")
     assert "sha256" in reason
 
 
-def test_recover_falls_back_to_the_base_when_both_are_bad(store, package_copy, version, tmp_path):
-    store.add(package_copy)
-    store.add(make_version(package_copy, tmp_path / "b", "fmnist-cnn-b"))
-    store.set_last_good(version)
-    store.set_current("fmnist-cnn-b")
-    corrupt(store.models / "fmnist-cnn-b")
+def test_recover_falls_back_to_the_base_when_both_are_bad(corrupt_current, version):
+    store = corrupt_current
     shutil.rmtree(str(store.models / version))
     base = resolve_model("fmnist-cnn")
     path, reason = store.recover(base)

@@ -35,12 +35,18 @@ def test_kl_score_matches_the_formula():
     assert kl_score(logp, negent, log_softmax(f)) == pytest.approx(_brute_kl(stored, f), rel=1e-10)
 
 
+def _offered(name: str, capacity: int, n: int, classes: int, seed: int):
+    """A ``name`` selector offered items 0..n-1 of classes ``i % classes`` with random logits and features."""
+    rng = np.random.default_rng(seed)
+    sel = make_selector(name, capacity=capacity, seed=0)
+    for i in range(n):
+        sel.offer(i, rng.normal(size=8), i % classes, rng.normal(size=4))
+    return sel
+
+
 @pytest.mark.parametrize("name", ["kl", "random", "entropy"])
 def test_buffers_are_bounded_per_class(name):
-    rng = np.random.default_rng(1)
-    sel = make_selector(name, capacity=16, seed=0)
-    for i in range(2000):
-        sel.offer(i, rng.normal(size=8), i % 3, rng.normal(size=4))
+    sel = _offered(name, capacity=16, n=2000, classes=3, seed=1)
     picked = sel.selected()
     assert set(picked) == {0, 1, 2} and all(len(v) == 16 for v in picked.values())
     assert all(len(set(v)) == 16 and all(x % 3 == k for x in v) for k, v in picked.items())
@@ -48,10 +54,7 @@ def test_buffers_are_bounded_per_class(name):
 
 @pytest.mark.parametrize("name", ["kl", "random", "entropy"])
 def test_evict_and_discard_thin_one_class(name):
-    rng = np.random.default_rng(2)
-    sel = make_selector(name, capacity=8, seed=0)
-    for i in range(40):
-        sel.offer(i, rng.normal(size=8), i % 2, rng.normal(size=4))
+    sel = _offered(name, capacity=8, n=40, classes=2, seed=2)
     b = sel.buffers[1]
     weakest = b.items[int(np.argmin(b.scores))] if b.scores else b.items[0]
     gone = sel.evict(1)

@@ -4,7 +4,6 @@ stays); SIGTERM/SIGINT stop sources, scheduler and worker, flush and close withi
 Exit codes: 0 clean stop, 1 start failed, 78 bad configuration (systemd does not restart on it)."""
 
 import argparse
-import dataclasses
 import logging
 import math
 import os
@@ -119,7 +118,7 @@ class Daemon:
             Path(str(scfg.trt_cache_dir)).mkdir(exist_ok=True, mode=0o700)
         self.server = server = Server(str(serve), Path(c.daemon.state_dir), Path(c.daemon.socket), scfg,
                                       base=str(base), cache_dir=Path(c.daemon.cache_dir))
-        server.events.record("daemon_started", serving=server.slot.current().version, recovered=why,
+        server.record("daemon_started", serving=server.served.version, recovered=why,
                              config=str(c.path))
         self.controller = Controller(c, server, store, on_state=self.notifier.status)
         server.metrics.add(DaemonCollector(self.controller))
@@ -168,16 +167,17 @@ class Daemon:
 
     def _retention(self) -> None:
         assert self.server is not None
-        n = self.server.class_log.retain(max(1, int(self.cfg.log.retention // 60)))
+        n = self.server.retain_counts(max(1, int(self.cfg.log.retention // 60)))
         if n:
             log.info("retention: %d count rows older than %.0f days deleted", n, self.cfg.log.retention / 86400)
 
     def healthy(self) -> bool:
         """The serving path answers (a blank frame through the served model) and the policy job runs."""
         assert self.server is not None and self.controller is not None
-        c, h, w = self.server.slot.current().card.input.shape
+        served = self.server.served
+        c, h, w = served.card.input.shape
         try:
-            self.server.slot.current().predict(np.zeros((h, w, c), np.uint8))
+            served.predict(np.zeros((h, w, c), np.uint8))
         except OcapError:
             return False
         last = self.controller.last_tick
@@ -200,20 +200,18 @@ class Daemon:
                 check_sources(new)
         except ConfigError as e:
             log.error("reload refused, keeping the running config: %s", e)
-            self.server.events.record("config_rejected", reason=str(e))
+            self.server.record("config_rejected", reason=str(e))
             return
         restart = [s for s in RESTART_SECTIONS if getattr(new, s) != getattr(self.cfg, s)]
         metrics_changed = new.metrics != self.cfg.metrics
         self.cfg = new
         self.controller.cfg = new
-        self.server.config = dataclasses.replace(self.server.config, teacher_share=new.drift.teacher_share,
-                                                 recent_seconds=recent_seconds(new))
-        self.server.class_log.recent.resize(self.server.config.recent_seconds)    # a longer span fills over time
+        self.server.reconfigure(teacher_share=new.drift.teacher_share, recent_seconds=recent_seconds(new))
         set_log_level(new.daemon.log_level)
         self.scheduler.reschedule_job("policy", trigger="interval", seconds=new.stability.check_interval)
         if metrics_changed:
             self._schedule_metrics(self.scheduler)
-        self.server.events.record("config_reloaded", restart_needed=restart)
+        self.server.record("config_reloaded", restart_needed=restart)
         log.info("config reloaded%s", f"; restart needed for [{'], ['.join(restart)}]" if restart else "")
 
     def _cmd_reload(self, req: Any, _: Any) -> Any:

@@ -4,6 +4,7 @@ commands (status, classes, models, history, metrics, predict, forget-samples). T
 registers its own commands on ``control`` and its collector on ``metrics``, and changes the served model
 through ``swap`` (a package path), ``install`` (a model loaded already) and ``revert_to_base``."""
 
+import dataclasses
 import logging
 import queue
 import threading
@@ -151,6 +152,16 @@ class Server:
     def record(self, kind: str, **detail: Any) -> None:
         """Add an event to the events table (``ocapctl history``)."""
         self.events.record(kind, **detail)
+
+    def reconfigure(self, teacher_share: float, recent_seconds: int) -> None:
+        """A reload's live changes: the teacher's share of frames, and the span of per-second counts kept
+        for the policy checks (a longer one fills over time)."""
+        self.config = dataclasses.replace(self.config, teacher_share=teacher_share, recent_seconds=recent_seconds)
+        self.class_log.recent.resize(recent_seconds)
+
+    def retain_counts(self, keep_minutes: int) -> int:
+        """Delete class-log rows older than ``keep_minutes``; returns how many went."""
+        return self.class_log.retain(keep_minutes)
 
     def recent_events(self, limit: int, kinds: Optional[Sequence[str]] = None,
                       since: Optional[float] = None) -> List[Dict[str, Any]]:

@@ -85,17 +85,20 @@ def test_resize_shrinks_at_once_and_grows_from_then_on():
 
 def test_a_reload_resizes_the_counts(tmp_path):
     cfg = _config(tmp_path, "[stability]\nwindow = 30min\nwindows = 3\n")
-    recent = RecentCounts(keep_seconds=recent_seconds(cfg))
     d = Daemon(cfg, replay_data={})
-    d.server = types.SimpleNamespace(config=server_config(cfg), class_log=types.SimpleNamespace(recent=recent),
-                                     events=types.SimpleNamespace(record=lambda *a, **k: None))
+    d.server = srv = Server("fmnist-cnn", tmp_path / "state", tmp_path / "s.sock", server_config(cfg))
+    # stand-ins for what reload also touches and this test does not build (the policy, the scheduler)
     d.controller = types.SimpleNamespace(cfg=cfg)
     d.scheduler = types.SimpleNamespace(reschedule_job=lambda *a, **k: None)
-    (tmp_path / "ocap.ini").write_text("[stability]\nwindow = 1h\nwindows = 4\n", encoding="utf-8")
+    (tmp_path / "ocap.ini").write_text("[stability]\nwindow = 1h\nwindows = 4\n[drift]\nteacher_share = 0.3\n",
+                                       encoding="utf-8")
     saved = {n: logging.getLogger(n).level for n in ["", *QUIET_LOGGERS]}
     try:
         d.reload()                    # also sets the log level: put it back after
+        assert srv.recent.keep_seconds == srv.config.recent_seconds == 4 * 3600 + RECENT_MARGIN
+        assert srv.config.teacher_share == 0.3
+        assert srv.recent_events(5, kinds=["config_reloaded"])
     finally:
+        srv.stop()
         for n, level in saved.items():
             logging.getLogger(n).setLevel(level)
-    assert recent.keep_seconds == d.server.config.recent_seconds == 4 * 3600 + RECENT_MARGIN

@@ -6,7 +6,6 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
@@ -15,7 +14,7 @@ import pytest
 from ocap_core.data import load_dataset
 from service.client import Client
 from tests.daemon.test_ocapd import _env, events, start, write_ini
-from tests.helpers import ROOT
+from tests.helpers import ROOT, wait_until
 
 WAIT_S = 120.0          # only a failing test waits this long: a loaded 2-core machine is slow, not stuck
 
@@ -137,14 +136,6 @@ def _stop(daemon) -> int:
     return daemon.wait(timeout=60)
 
 
-def _wait_until(condition, what: str) -> None:
-    """Poll ``condition`` until it holds; fail naming ``what`` after ``WAIT_S`` seconds."""
-    deadline = time.monotonic() + WAIT_S
-    while not condition():
-        assert time.monotonic() < deadline, f"waited {WAIT_S:g} s for {what}"
-        time.sleep(0.1)
-
-
 def _put(spool: Path, name: str, image: np.ndarray) -> None:
     np.save(spool / f".{name}", image)                      # the source skips dot-files being written
     os.replace(str(spool / f".{name}"), str(spool / name))
@@ -165,7 +156,7 @@ def test_a_spool_of_wrong_sized_images_is_one_event_not_a_traceback_per_frame(tm
             _put(spool, f"bad{i:03d}.npy", wrong[i])
             if i % 15 == 0:
                 _put(spool, f"good{i // 15:02d}.npy", good[i // 15])
-        _wait_until(lambda: not any(spool.iterdir()), "the spool to be empty")
+        wait_until(lambda: not any(spool.iterdir()), timeout=WAIT_S, interval=0.1, what="the spool to be empty")
         with Client(tmp_path / "s.sock") as c:
             c.predict(good[0])                              # the socket still serves
             status = c.call("status")

@@ -313,6 +313,18 @@ def test_a_failed_worker_is_an_event_and_a_cooldown(rig):
     assert not ok and why.startswith("cooling down")
 
 
+def test_with_privacy_purge_the_cached_samples_go_once_the_worker_ends(rig):
+    rig.ctl.cfg = dataclasses.replace(rig.cfg, privacy=dataclasses.replace(rig.cfg.privacy, after_personalize="purge"))
+    rig.observe_stable()
+    rig.ctl.tick()
+    held = sum(n for split in rig.server.cache.counts().values() for n in split.values())
+    assert held > 0
+    rig.worker().fail("engine exploded")            # purged whatever the outcome
+    rig.ctl.tick()
+    assert rig.server.cache.counts() == {"train": {}, "val": {}}
+    assert rig.events("samples_forgotten")[0]["samples"] == held
+
+
 def test_the_gate_refusing_leaves_the_base_serving(rig, pruned_1_8):
     rig.ctl.cfg = dataclasses.replace(rig.cfg, gate=dataclasses.replace(rig.cfg.gate, min_speedup=50.0))
     rig.observe_stable()

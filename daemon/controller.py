@@ -177,6 +177,7 @@ class Controller:
             self._gate_and_deploy(Path(res["candidate"]), w.job.classes, (res.get("int8") or {}).get("candidate"))
         finally:
             shutil.rmtree(w.job_dir, ignore_errors=True)
+            self.deployer.sweep_engines()         # a rejected candidate's, a pruned version's
             if self.cfg.privacy.after_personalize == "purge":
                 n = self.server.cache.forget()
                 self.server.record("samples_forgotten", samples=n, why="privacy.after_personalize = purge")

@@ -10,14 +10,15 @@ import dataclasses
 import enum
 import logging
 from dataclasses import dataclass
-from typing import Callable, Optional, Tuple
+from pathlib import Path
+from typing import Callable, List, Optional, Tuple
 
 from ocap_core.runtime import short_names
 from service import faults
 from service.model_slot import LoadedModel
 from service.server import Server
 
-from . import watch
+from . import engine_cache, watch
 from .errors import DaemonError
 from .store import ModelStore
 
@@ -86,6 +87,15 @@ class Deployer:
         self.server.record("deploy", version=model.version, was=previous.version, why=why,
                            drift_baseline=round(drift_baseline, 4), providers=short_names(model.providers))
         return ok, reason
+
+    def sweep_engines(self) -> List[str]:
+        """Remove the TensorRT engines of versions that cannot serve again (neither stored, nor the base,
+        nor serving): candidates the gate rejected, versions the store pruned. Returns their versions."""
+        root = self.server.load_args().get("trt_cache_dir")
+        if not root:
+            return []
+        keep = set(self.store.versions()) | {self.server.base.version, self.server.served.version}
+        return engine_cache.sweep(Path(root), keep)
 
     def check_probation(self, cfg: watch.ProbationConfig, min_frames: int) -> Tuple[str, str]:
         """Judge the model on probation once it served ``min_frames`` (and as many teacher checks of its

@@ -118,9 +118,9 @@ class Daemon:
             Path(str(scfg.trt_cache_dir)).mkdir(exist_ok=True, mode=0o700)
         self.server = server = Server(str(serve), Path(c.daemon.state_dir), Path(c.daemon.socket), scfg,
                                       base=str(base), cache_dir=Path(c.daemon.cache_dir))
-        server.record("daemon_started", serving=server.served.version, recovered=why,
-                             config=str(c.path))
+        server.record("daemon_started", serving=server.served.version, recovered=why, config=str(c.path))
         self.controller = Controller(c, server, store, on_state=self.notifier.status)
+        self.controller.deployer.sweep_engines()     # engines of versions gone while ocapd was down
         server.metrics.add(DaemonCollector(self.controller))
         server.add_status("metrics", self._metrics_status)
         server.control.register("reload", self._cmd_reload, mutating=True)

@@ -7,6 +7,7 @@ request drops its reference. Swaps are single-flight; a failed load leaves the c
 """
 
 import logging
+import os
 import threading
 import time
 from dataclasses import dataclass, field
@@ -93,6 +94,22 @@ class LoadedModel:
             raise OcapError(f"model {self.version}: inference failed on input {tuple(x.shape)}: {e}") from e
 
 
+def _engine_dir(root: Optional[str], version: str, providers: Sequence[str]) -> Optional[str]:
+    """``version``'s own TensorRT engine directory under ``root``, made when TensorRT is asked for: the
+    daemon removes a version's engines once it cannot serve again (``daemon/engine_cache.py``), which it
+    could not do in one shared directory whose file names say a graph hash, not a version. A directory
+    that cannot be made means no cache (engines are rebuilt at each load), not a failed load."""
+    if not root or "tensorrt" not in providers:
+        return None
+    path = os.path.join(root, version)
+    try:
+        os.makedirs(path, mode=0o700, exist_ok=True)
+    except OSError as e:
+        log.warning("model %s: no TensorRT engine cache (%s): engines are rebuilt at each load", version, e)
+        return None
+    return path
+
+
 def load_model(path: str, providers: Sequence[str] = ("cpu",), threads: int = 1,
                trt_cache_dir: Optional[str] = None, trt_fp16: bool = True, warmup: int = 3,
                on_fallback: Optional[Callable[[Dict[str, Any]], None]] = None) -> LoadedModel:
@@ -105,6 +122,7 @@ def load_model(path: str, providers: Sequence[str] = ("cpu",), threads: int = 1,
     keeps what it asked for, what it got and why (``fallback``), the load goes on, and ``on_fallback``
     is called once with ``{"model", "asked", "got", "error"}`` (the server records it as an event)."""
     pkg = open_package(path)
+    trt_cache_dir = _engine_dir(trt_cache_dir, pkg.card.version, providers)
     session, failed = open_session_with_fallback(pkg.onnx_path, threads=threads, providers=providers,
                                                  trt_cache_dir=trt_cache_dir, trt_fp16=trt_fp16)
     got = tuple(session.get_providers())

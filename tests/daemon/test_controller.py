@@ -336,6 +336,20 @@ def test_the_gate_refusing_leaves_the_base_serving(rig, pruned_1_8):
     assert rig.events("gate")[0]["passed"] is False
 
 
+def test_tensorrt_engines_of_models_that_cannot_serve_again_are_removed(rig, pruned_1_8):
+    """This machine has no TensorRT: its engine directories are stand-ins, made where it makes them."""
+    root = Path(rig.server.load_args()["trt_cache_dir"])
+    gone, stored = "fmnist-cnn-rejected", read_card(pruned_1_8).version
+    for version in (rig.server.base.version, stored, gone):
+        (root / version).mkdir(parents=True)
+    rig.observe_stable()
+    rig.ctl.tick()
+    rig.worker().finish(pruned_1_8)
+    rig.ctl.tick()                                   # deployed and stored: its engines stay
+    assert rig.ctl.phase is Phase.PROBATION, rig.ctl.status_line()
+    assert sorted(p.name for p in root.iterdir()) == sorted([rig.server.base.version, stored])
+
+
 @pytest.fixture(scope="module")
 def pruned_1_8_int8(pruned_1_8, tmp_path_factory, test_images):
     """The INT8 child of ``pruned_1_8``, as the worker makes it (needs the onnx package: the torch extra)."""

@@ -138,3 +138,22 @@ def test_the_warmup_runs_the_largest_batch_predict_makes(monkeypatch):
     monkeypatch.setattr(LoadedModel, "_run", spy)
     load_model("fmnist-cnn", warmup=2)
     assert sizes == [1, 1, PREDICT_CHUNK]
+
+
+def test_each_version_gets_its_own_tensorrt_engine_directory(tmp_path, monkeypatch):
+    """The daemon removes a version's engines once it cannot serve again (test_engine_cache.py), so each
+    version's go in their own directory, made when TensorRT is asked for (it is skipped here)."""
+    real, asked = runtime.open_session, []
+
+    def open_session(path, threads=1, providers=("cpu",), trt_cache_dir=None, trt_fp16=True):
+        asked.append(trt_cache_dir)
+        return real(path, threads, providers, trt_cache_dir, trt_fp16)
+    monkeypatch.setattr(runtime, "open_session", open_session)          # a spy: the real session is made
+    root = tmp_path / "trt"
+    model = load_model("fmnist-cnn", providers=("tensorrt", "cpu"), trt_cache_dir=str(root))
+    assert asked == [str(root / model.version)] and (root / model.version).is_dir()
+    load_model("fmnist-cnn", providers=("cpu",), trt_cache_dir=str(tmp_path / "unused"))
+    assert asked[-1] is None and not (tmp_path / "unused").exists()
+    (tmp_path / "file").write_bytes(b"")           # the cache cannot be made: the model loads without one
+    assert load_model("fmnist-cnn", providers=("tensorrt", "cpu"), trt_cache_dir=str(tmp_path / "file")).version
+    assert asked[-1] is None

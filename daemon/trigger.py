@@ -5,7 +5,6 @@ calls it under its lock and acts on it. The trigger owns what these checks remem
 since when it observes, the cooldown, the day's starts and the wait for held-back images."""
 
 import dataclasses
-import logging
 from dataclasses import dataclass
 from typing import Callable, Dict, List, Optional, Tuple
 
@@ -16,7 +15,6 @@ from service.server import Server
 from . import stability, telemetry
 from .config import Config, PersonalizeConfig
 
-log = logging.getLogger(__name__)
 DAY = 86400.0
 TARGET_WAIT_SPANS = 4           # the most stability spans the trigger waits above the held-back floor
 

@@ -19,15 +19,17 @@ SUBSETS = [("0,3,7", "0.5,0.3,0.2", "9"), ("1,5,8", "0.4,0.4,0.2", "2"), ("2,4,6
 LOADS = ("as is", "one core busy")
 
 
-def run_one(classes: str, shares: str, drift: str, model: str, seed: int, busy: bool = False) -> Dict[str, Any]:
-    """One demo; with ``busy`` another process spins on a core the whole time (a user's other work)."""
+def run_one(classes: str, shares: str, drift: str, model: str, seed: int, busy: bool = False,
+            nice: int = 19) -> Dict[str, Any]:
+    """One demo with its worker at ``nice``; with ``busy`` another process spins on a core the whole time
+    (a user's other work)."""
     spinner = subprocess.Popen([sys.executable, "-c", "while True: pass"]) if busy else None
     try:
         with tempfile.TemporaryDirectory() as tmp:
             t0 = time.perf_counter()
             r = subprocess.run([sys.executable, "-m", "ocap_cli", "demo", "--model", model, "--classes", classes,
                                 "--shares", shares, "--drift-class", drift, "--seed", str(seed), "--out", tmp,
-                                "--json"], capture_output=True, text=True, cwd=str(ROOT), timeout=900)
+                                "--nice", str(nice), "--json"], capture_output=True, text=True, cwd=str(ROOT), timeout=900)
             wall = time.perf_counter() - t0
     finally:
         if spinner is not None:
@@ -40,10 +42,15 @@ def run_one(classes: str, shares: str, drift: str, model: str, seed: int, busy: 
 
 
 def run(quick: bool = False, model: str = "fmnist-cnn", seed: int = 0) -> List[Dict[str, Any]]:
-    """Every subset as the machine is; the first subset (the README's demo) also with one core busy."""
+    """Every subset as the machine is; the first subset (the README's demo) also with one core busy. The
+    quick mode (the test suite's) runs one subset with the worker at nice 0: it checks the loop works, and
+    a nice-19 worker gets about 1.5 % of a core where other work keeps every core busy (a loaded CI
+    machine), far too little to finish within the demo's budget; the full run measures the demo as the
+    README runs it, at nice 19."""
     subsets = SUBSETS[:1] if quick else SUBSETS
-    rows = [run_one(*s, model=model, seed=seed) for s in subsets]
-    return rows + [run_one(*SUBSETS[0], model=model, seed=seed, busy=True)]
+    nice = 0 if quick else 19
+    rows = [run_one(*s, model=model, seed=seed, nice=nice) for s in subsets]
+    return rows + [run_one(*SUBSETS[0], model=model, seed=seed, busy=True, nice=nice)]
 
 
 def pays(r: Dict[str, Any]) -> bool:
@@ -68,7 +75,8 @@ def save_rows(rows: List[Dict[str, Any]], path: Path) -> None:
 def markdown(rows: List[Dict[str, Any]], machine: str, quick: bool) -> str:
     lines = ["## The whole loop (`ocap bench loop`: `ocap demo` per class subset)", "",
              f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine}"
-             + (" (quick mode)" if quick else "") + ". Each row starts `ocapd` on fmnist-cnn in a fresh directory, "
+             + (" (quick mode: the worker at nice 0)" if quick else "")
+             + ". Each row starts `ocapd` on fmnist-cnn in a fresh directory, "
              "replays half of the test images of the subset at 120 frames/s (then adds the drift class) and scores "
              "on the other half. *told* is the base model's argmax over the observed classes only.", "",
              "| classes | load | wall s (≤ 300) | requests | failed (0) | deployed | probation | drift revert | base % | "

@@ -31,6 +31,7 @@ from ocap_core.errors import OcapError
 
 from .errors import DaemonError
 from .launch import DaemonProcess, start_ocapd, wait_until
+from .supervisor import STARVED
 
 if TYPE_CHECKING:
     from .demo_replay import Replay
@@ -264,7 +265,7 @@ def run_demo(args: argparse.Namespace) -> int:
     ini = work / "ocap.ini"
     model = args.model if args.model in shipped_models() else str(resolve_model(args.model).resolve())
     ini.write_text(demo_config(work, model, args.rate, speed, args.epochs, args.budget, args.threads,
-                               max_loss=args.max_loss), encoding="utf-8")
+                               max_loss=args.max_loss, nice=args.nice), encoding="utf-8")
     # SIGTERM (a kill, a CI timeout) must reach the `with daemon` below, or the daemon outlives the demo
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     t_start = time.time()
@@ -335,7 +336,7 @@ def run_demo(args: argparse.Namespace) -> int:
                "served_by_daemon": status["requests"], "deployed": bool(deployed),
                "probation": passed["kind"] if passed else None, "drift_reverted": reverted is not None,
                "models": rows, "classes": classes, "drift_class": extra, "work_dir": str(work), "gave_up": gave_up,
-               "search": _search_of(rows[-1]["path"]) if deployed else None}
+               "search": _search_of(rows[-1]["path"]) if deployed else None, "nice": args.nice}
     _print_summary(summary)
     from .demo_report import write_report
 
@@ -401,6 +402,9 @@ def _print_summary(s: Dict[str, Any]) -> None:
         print("no personalized model was deployed (see the events in the report)")
     if s.get("gave_up"):
         print(f"the loop stopped short: {s['gave_up']}")
+        if STARVED in s["gave_up"] and s.get("nice"):
+            print(f"other work kept every core busy, and the worker at nice {s['nice']} yields to it: "
+                  f"--nice 0 lets it compete")
     print(f"requests {s['requests']} sent, {s['failed']} failed; probation: {s['probation']}; drift revert: "
           f"{'yes' if s['drift_reverted'] else 'no'}; {s['seconds']:.0f} s")
 
@@ -426,6 +430,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-loss", type=float, default=1.0,
                    help="points of held-back agreement with the base the search may give up")
     p.add_argument("--threads", type=int, default=0, help="worker threads at most (0: one per idle core)")
+    p.add_argument("--nice", type=int, default=19, choices=range(20), metavar="0..19",
+                   help="the worker's niceness, as [personalize] nice (19: personalization yields to all other "
+                        "work; where other processes keep every core busy, 0 lets it finish within its budget)")
     p.add_argument("--max-seconds", type=float, default=270.0,
                    help="give up on the loop after this long, or up to 1.5 times it while the daemon is still "
                         "personalizing, gating or on probation")

@@ -46,6 +46,7 @@ def worker_env(job_dir: Path) -> Dict[str, str]:
 
 
 STARVED_SHARE = 0.5        # less CPU than half a core over the run: the budget went to waiting, say so
+STARVED = "other processes kept the cores busy"
 
 
 def over_budget(budget_s: float, elapsed: float, cpu_s: Optional[float], nice: int) -> str:
@@ -53,8 +54,8 @@ def over_budget(budget_s: float, elapsed: float, cpu_s: Optional[float], nice: i
     that the machine was busy: what a user needs to know to change ``nice`` or ``time_budget``."""
     why = f"over its time budget of {budget_s:.0f} s"
     if cpu_s is not None and cpu_s < STARVED_SHARE * elapsed:
-        why += (f"; it got {cpu_s:.1f} s of CPU in {elapsed:.0f} s at nice {nice}: other processes kept the "
-                f"cores busy (see [personalize] nice and time_budget)")
+        why += (f"; it got {cpu_s:.1f} s of CPU in {elapsed:.0f} s at nice {nice}: {STARVED} "
+                f"(see [personalize] nice and time_budget)")
     return why
 
 

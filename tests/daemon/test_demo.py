@@ -53,3 +53,16 @@ def test_data_that_does_not_fit_the_model_is_refused_before_ocapd_starts(tmp_pat
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "small.npz: images are 16x16 (1 channel), the model fmnist-cnn takes 28x28 (1 channel)" in r.stderr
     assert "ocapd is up" not in r.stdout
+
+
+def test_the_demo_worker_runs_at_the_niceness_asked_for(tmp_path):
+    from daemon.config import load_config
+    from daemon.demo import demo_config
+
+    for nice in (0, 19):
+        ini = tmp_path / f"ocap-{nice}.ini"
+        ini.write_text(demo_config(tmp_path, "fmnist-cnn", 120.0, nice=nice), encoding="utf-8")
+        assert load_config(ini).personalize.nice == nice
+    r = subprocess.run([sys.executable, "-m", "ocap_cli", "demo", "--nice", "20"], capture_output=True, text=True,
+                       cwd=str(ROOT))
+    assert r.returncode == 2 and "--nice" in r.stderr

@@ -20,7 +20,7 @@ from daemon.store import ModelStore
 from ocap_core.data import load_dataset
 from ocap_core.package import open_package, resolve_model
 from tests.daemon.test_store import corrupt, make_version
-from tests.helpers import ROOT
+from tests.helpers import ROOT, WAIT_S
 
 FAST = {
     "log": {"flush_interval": "1s"},
@@ -141,7 +141,7 @@ def test_a_candidate_made_worse_on_purpose_is_rolled_back_in_probation(tmp_path,
     try:
         failed = wait_event(tmp_path, "probation_failed", 300)
         assert "disagreement" in failed["reason"]
-        back = wait_event(tmp_path, "rollback", 10)
+        back = wait_event(tmp_path, "rollback", WAIT_S)
         status = ctl(tmp_path, "status")
         assert back["to"] == status["base"] == status["model"]["version"]
         # the status line says what became of the personalization, not only "observing"
@@ -215,17 +215,17 @@ def test_sighup_applies_a_good_file_and_keeps_the_old_one_on_a_bad_one(tmp_path)
     try:
         ini.write_text(ini.read_text().replace("windows = 3", "windows = 4"))
         daemon.proc.send_signal(signal.SIGHUP)
-        reloaded = wait_event(tmp_path, "config_reloaded", 20)
+        reloaded = wait_event(tmp_path, "config_reloaded", WAIT_S)
         assert reloaded["restart_needed"] == []
         good = ini.read_text()
         ini.write_text(good.replace("windows = 4", "windows = often"))
         daemon.proc.send_signal(signal.SIGHUP)
-        rejected = wait_event(tmp_path, "config_rejected", 20)
+        rejected = wait_event(tmp_path, "config_rejected", WAIT_S)
         assert "[stability] windows" in rejected["reason"]
         assert daemon.running() and ctl(tmp_path, "status")["daemon"]["phase"] == "observing"
         ini.write_text(good.replace("threads = 1\n", "threads = 2\n", 1))
         ctl(tmp_path, "reload")                                   # the same through the socket
-        assert wait_event(tmp_path, "config_reloaded", 20, after=len(events(tmp_path)) - 1)
+        assert wait_event(tmp_path, "config_reloaded", WAIT_S, after=len(events(tmp_path)) - 1)
     finally:
         assert daemon.stop() == 0
 

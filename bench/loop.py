@@ -38,7 +38,7 @@ def run_one(classes: str, shares: str, drift: str, model: str, seed: int, busy: 
     out = r.stdout
     start = out.rfind("\n{")
     summary = json.loads(out[start + 1:]) if start >= 0 else {"error": (r.stderr or out)[-500:]}
-    return dict(summary, exit=r.returncode, wall_s=wall, subset=classes, load=LOADS[int(busy)])
+    return dict(summary, exit=r.returncode, wall_s=wall, subset=classes, load=LOADS[int(busy)], nice=nice)
 
 
 def run(quick: bool = False, model: str = "fmnist-cnn", seed: int = 0) -> List[Dict[str, Any]]:
@@ -75,8 +75,9 @@ def save_rows(rows: List[Dict[str, Any]], path: Path) -> None:
 def markdown(rows: List[Dict[str, Any]], machine: str, quick: bool) -> str:
     lines = ["## The whole loop (`ocap bench loop`: `ocap demo` per class subset)", "",
              f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine}"
-             + (" (quick mode: the worker at nice 0)" if quick else "")
-             + ". Each row starts `ocapd` on fmnist-cnn in a fresh directory, "
+             + (" (quick mode)" if quick else "")
+             + f". Each row starts `ocapd` on fmnist-cnn in a fresh directory (its worker at nice "
+             f"{rows[0].get('nice', 19) if rows else 19}), "
              "replays half of the test images of the subset at 120 frames/s (then adds the drift class) and scores "
              "on the other half. *told* is the base model's argmax over the observed classes only.", "",
              "| classes | load | wall s (≤ 300) | requests | failed (0) | deployed | probation | drift revert | base % | "

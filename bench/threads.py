@@ -165,7 +165,7 @@ def run(quick: bool = False) -> Dict[str, Any]:
         finally:
             _stop(hogs)
     return {"rows": rows, "auto": auto, "ncpu": ncpu, "images": images, "epochs": epochs, "cap_s": cap_s,
-            "repeats": repeats, "quick": quick, "minutes": (time.perf_counter() - t0) / 60}
+            "repeats": repeats, "quick": quick, "nice": nice, "minutes": (time.perf_counter() - t0) / 60}
 
 
 def _cell(rows: List[Dict[str, Any]], load: str, threads: int, policy: str) -> Optional[Dict[str, Any]]:
@@ -199,12 +199,12 @@ def markdown(res: Dict[str, Any], machine: str) -> str:
     rows = res["rows"]
     lines = [f"## Worker threads (`ocap bench threads`{' --quick' if res['quick'] else ''})", "",
              f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine}"
-             + (" (quick mode: cells at nice 0)" if res["quick"] else "") + f", {res['minutes']:.1f} min. Seconds per fine-tuning "
+             + (" (quick mode)" if res["quick"] else "") + f", {res['minutes']:.1f} min. Seconds per fine-tuning "
              f"epoch (median of the epochs after the first; at most {res['epochs']} epochs or {res['cap_s']:g} s "
              f"per cell; the median of {res.get('repeats', 1)} interleaved round(s), min–max beside it) of {MODEL} pruned to half the channels outside the residual stream "
              f"({rows[0]['params_kept'] if rows else '?'} of its parameters), head sliced to classes "
              f"{','.join(map(str, CLASSES))}, distilled on {res['images']} images, batch 64, each cell a fresh "
-             f"process at nice {0 if res['quick'] else 19}. Loads: idle: none added (whatever else runs shows in the load average); "
+             f"process at nice {res.get('nice', 19)}. Loads: idle: none added (whatever else runs shows in the load average); "
              "busy: one process per core busy 10 ms of every 20 ms at nice 0; "
              "saturated: one busy loop per core at nice 19. `default` is libgomp's spin-then-sleep wait, "
              "`PASSIVE` what the worker sets (OMP_WAIT_POLICY=PASSIVE, GOMP_SPINCOUNT=0, KMP_BLOCKTIME=0). "

@@ -106,12 +106,13 @@ def _check(candidate_dir: str, served: LoadedModel, teacher: LoadedModel, images
     for half in np.array_split(frames, 4):       # interleaved, so both see the same machine state
         cand_ms.append(_p50_ms(cand, half))
         served_ms.append(_p50_ms(served, half))
-    speedup = float(np.median(served_ms) / np.median(cand_ms))
+    # the rule reads the figures as recorded, so a verdict never contradicts its own record in a digit
+    agreement, speedup = round(agreement, 4), round(float(np.median(served_ms) / np.median(cand_ms)), 3)
     figures = {"version": cand.version, "classes": kept, "samples": len(images), "outside": int((~mine).sum()),
-               "agreement": round(agreement, 4),
+               "agreement": agreement,
                "hard_agreement": round(hard, 4),
                "candidate_ms": round(float(np.median(cand_ms)), 4), "served_ms": round(float(np.median(served_ms)), 4),
-               "speedup": round(speedup, 3), "macs": cand.card.metrics.get("macs"),
+               "speedup": speedup, "macs": cand.card.metrics.get("macs"),
                "min_agreement": cfg.min_agreement, "min_speedup": cfg.min_speedup}
     if agreement < cfg.min_agreement:
         return Verdict(False, f"agrees with the teacher on {100 * agreement:.1f}% of {len(images)} held-back "

@@ -37,6 +37,8 @@ def test_a_good_candidate_passes_with_its_figures(candidate, base, held):
     assert v.passed, v.reason
     assert v.figures["classes"] == [1, 8] and v.figures["agreement"] >= 0.9 and v.figures["speedup"] > 1.0
     assert v.model is not None and v.model.class_ids == [1, 8]
+    # the reason is read from the recorded figures, digit for digit
+    assert v.reason == f"agreement {100 * v.figures['agreement']:.1f}%, {v.figures['speedup']:.2f}x faster"
 
 
 @pytest.mark.parametrize("cfg,reason", [(GateConfig(1.0, 1.0, 20), "agrees with the teacher on"),
@@ -44,6 +46,8 @@ def test_a_good_candidate_passes_with_its_figures(candidate, base, held):
 def test_thresholds_refuse(candidate, base, held, cfg, reason):
     v = check(str(candidate), base, base, held[0], cfg)
     assert not v.passed and reason in v.reason and 190 <= v.figures["samples"] <= 200
+    f = v.figures
+    assert f"{100 * f['agreement']:.1f}%" in v.reason or f"{f['speedup']:.2f}x" in v.reason
 
 
 def test_a_broken_or_lying_candidate_is_refused(candidate, base, held, tmp_path):

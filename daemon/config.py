@@ -288,7 +288,8 @@ SCHEMA: Tuple[Key, ...] = (
     _k("personalize", "samples_per_class", INT, "256", "Cached samples per kept class used for fine-tuning.", ">= 8"),
     _k("personalize", "min_samples_per_class", INT, "64", "Fewest cached samples per kept class before a run may start (<= samples_per_class).", ">= 2"),
     _k("personalize", "epochs", INT, "30", "Fine-tuning epochs of the chosen model (early-stopped on held-back samples).", ">= 1"),
-    _k("personalize", "time_budget", DURATION, "5min", "A run still going after this long is stopped and discarded; the search gets half.", "> 0"),
+    _k("personalize", "time_budget", DURATION, "5min", "A run that has worked this long is stopped and discarded; the search gets half. Waiting for a busy core is not work.", "> 0"),
+    _k("personalize", "wall_limit", DURATION, "1h", "A run still going after this long, waiting included, is stopped and discarded (at least time_budget).", "> 0"),
     _k("personalize", "cooldown", DURATION, "1h", "Least time between the start of two runs.", ">= 0"),
     _k("personalize", "daily_cap", INT, "4", "Most automatic runs per day (0: none).", ">= 0"),
     _k("personalize", "threads", AUTO_INT, "auto", "CPU threads of the personalization worker: one per idle core (auto) or at most this many.", ">= 1"),
@@ -372,7 +373,8 @@ class PersonalizeConfig:
     samples_per_class: int
     min_samples_per_class: int
     epochs: int
-    time_budget: float
+    time_budget: float          # seconds of work (ocap_core/work_clock.py)
+    wall_limit: float           # wall seconds
     cooldown: float
     daily_cap: int
     threads: int                # 0: auto (one per idle core at the worker's start); else a cap
@@ -550,6 +552,10 @@ def _build(raw: Dict[str, Dict[str, str]], name: str, path: Optional[Path]) -> C
     if p.min_samples_per_class > p.samples_per_class:
         raise ConfigError(f"{name}: [personalize] min_samples_per_class = {str(p.min_samples_per_class)!r}: "
                           f"expected at most samples_per_class ({p.samples_per_class})")
+    if p.wall_limit < p.time_budget:
+        given = raw.get("personalize", {})
+        limit, budget = (given.get(k, settings.default_text(DURATION, getattr(p, k))) for k in ("wall_limit", "time_budget"))
+        raise ConfigError(f"{name}: [personalize] wall_limit = {limit!r}: expected at least time_budget ({budget})")
     parts["gate"] = parts["gate"].resolved(p.max_loss)          # auto: from the loss budget
     textfile = parts["metrics"].textfile
     if textfile is not None and not textfile.name.endswith(".prom"):

@@ -31,7 +31,7 @@ from .store import ModelStore
 from .supervisor import WorkerRun
 from .trigger import Plan, Trigger
 
-StartWorker = Callable[..., WorkerRun]       # WorkerRun's signature: (job, job_dir, nice=, threads=, budget_s=, on_event=)
+StartWorker = Callable[..., WorkerRun]       # WorkerRun's signature: (job, job_dir, nice=, threads=, budget_s=, wall_limit_s=, on_event=)
 
 log = logging.getLogger(__name__)
 SEARCH_SHARE = 0.5            # of [personalize] time_budget, for the search (the rest: load, score, export)
@@ -138,7 +138,7 @@ class Controller:
         self._pending_baseline = plan.outside_share
         self.trigger.started()
         self.worker = self._start_run(job, job_dir, nice=p.nice, threads=p.threads, budget_s=p.time_budget,
-                                      on_event=self._worker_event)
+                                      wall_limit_s=p.wall_limit, on_event=self._worker_event)
         faults.point("policy.worker_started")
         self.server.record("personalize_started", classes=list(plan.classes), why=why,
                            samples={"train": n_train, "val": n_val}, stability=plan.stability, pid=self.worker.proc.pid)

@@ -69,6 +69,7 @@ samples_per_class = 128
 min_samples_per_class = 48
 epochs = {epochs}
 time_budget = {budget}s
+wall_limit = {wall_limit}s
 cooldown = {cooldown}
 daily_cap = {daily_cap}
 threads = {threads}
@@ -94,15 +95,17 @@ duration = {probation}s
 
 def demo_config(work: Path, model: str, rate: float, speed: float = 1.0, epochs: int = 15, budget: float = 160.0,
                 threads: int = 0, log_level: str = "warning", max_loss: float = 1.0, rule: str = "search",
-                nice: int = 19, cooldown: str = "20s", daily_cap: int = 4, drift_cooldown: str = "60s") -> str:
+                nice: int = 19, cooldown: str = "20s", daily_cap: int = 4, drift_cooldown: str = "60s",
+                wall_limit: float = 3600.0) -> str:
     """The demo's INI for a daemon in ``work`` fed ``rate`` frames per second: windows of seconds.
-    ``threads`` 0 lets the worker take one per idle core; ``rule``, ``nice``, ``cooldown`` and
-    ``daily_cap`` are the ``[personalize]`` keys (the benchmarks' short cycles use the fixed rule, the
-    soak's many cycles lift the cap), ``drift_cooldown`` is ``[drift] cooldown``."""
+    ``threads`` 0 lets the worker take one per idle core; ``rule``, ``nice``, ``cooldown``,
+    ``daily_cap`` and ``wall_limit`` (at least ``budget``) are the ``[personalize]`` keys (the
+    benchmarks' short cycles use the fixed rule, the soak's many cycles lift the cap), ``drift_cooldown``
+    is ``[drift] cooldown``."""
     return DEMO_INI.format(state=work / "state", cache=work / "cache", socket=work / "ocap.sock", model=model,
                            log_level=log_level, window=max(2, round(4 / speed)),
                            min_predictions=max(40, int(rate * 4 / speed * 0.5)), epochs=epochs, budget=budget,
-                           threads=threads or "auto", max_loss=max_loss, rule=rule, nice=nice, cooldown=cooldown,
+                           wall_limit=max(wall_limit, budget), threads=threads or "auto", max_loss=max_loss, rule=rule, nice=nice, cooldown=cooldown,
                            daily_cap=daily_cap, drift_cooldown=drift_cooldown, drift_window=max(3, round(6 / speed)),
                            probation=max(5, round(15 / speed)))
 
@@ -265,7 +268,9 @@ def run_demo(args: argparse.Namespace) -> int:
     ini = work / "ocap.ini"
     model = args.model if args.model in shipped_models() else str(resolve_model(args.model).resolve())
     ini.write_text(demo_config(work, model, args.rate, speed, args.epochs, args.budget, args.threads,
-                               max_loss=args.max_loss, nice=args.nice), encoding="utf-8")
+                               max_loss=args.max_loss, nice=args.nice,
+                               # a worker kept waiting ends, saying so, before the demo gives up (1.5x)
+                               wall_limit=args.max_seconds), encoding="utf-8")
     # SIGTERM (a kill, a CI timeout) must reach the `with daemon` below, or the daemon outlives the demo
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     t_start = time.time()
@@ -426,16 +431,16 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--speed", type=float, default=1.0, help="shorter windows and probation when > 1")
     p.add_argument("--epochs", type=int, default=15, help="fine-tuning epochs of the chosen model at most")
     p.add_argument("--budget", type=float, default=160.0,
-                   help="personalization wall budget, seconds (the operating-point search gets half)")
+                   help="personalization time budget, seconds of work (the operating-point search gets half)")
     p.add_argument("--max-loss", type=float, default=1.0,
                    help="points of held-back agreement with the base the search may give up")
     p.add_argument("--threads", type=int, default=0, help="worker threads at most (0: one per idle core)")
     p.add_argument("--nice", type=int, default=19, choices=range(20), metavar="0..19",
                    help="the worker's niceness, as [personalize] nice (19: personalization yields to all other "
-                        "work; where other processes keep every core busy, 0 lets it finish within its budget)")
+                        "work; where other processes keep every core busy, 0 lets it finish within --max-seconds)")
     p.add_argument("--max-seconds", type=float, default=270.0,
                    help="give up on the loop after this long, or up to 1.5 times it while the daemon is still "
-                        "personalizing, gating or on probation")
+                        "personalizing, gating or on probation; also the worker's wall limit")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--report", "--out", dest="report",
                    help="report directory (default: report/ in the work directory the demo prints)")

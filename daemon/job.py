@@ -161,7 +161,7 @@ class Job:
 
     # -- the engine's specs ------------------------------------------------------------------------
     def prune_spec(self) -> PruneSpec:
-        """The engine's settings: with the search (the default rule) the wall budget is the search's,
+        """The engine's settings: with the search (the default rule) the time budget is the search's,
         with the fixed rules the fine-tuning's."""
         search = self.rule == "search"
         try:

@@ -1,5 +1,6 @@
 """Runs the personalization worker as a low-priority subprocess and keeps track of it: progress from
-its JSON lines, pause (SIGSTOP) and resume (SIGCONT), a wall-time budget, kill on shutdown. The job
+its JSON lines, pause (SIGSTOP) and resume (SIGCONT), a time budget in seconds of work and a wall limit,
+kill on shutdown. The job
 directory (job file, samples, candidate) is the worker's scratch space; the caller removes it."""
 
 import dataclasses
@@ -13,6 +14,8 @@ import threading
 import time
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional
+
+from ocap_core.work_clock import work_seconds
 
 from .cores import PASSIVE_OPENMP, THREAD_VARS
 from .errors import DaemonError
@@ -45,17 +48,28 @@ def worker_env(job_dir: Path) -> Dict[str, str]:
     return env
 
 
-STARVED_SHARE = 0.5        # less CPU than half a core over the run: the budget went to waiting, say so
+STARVED_SHARE = 0.5        # less CPU than half a core over the run: the time went to waiting, say so
 STARVED = "other processes kept the cores busy"
 
 
-def over_budget(budget_s: float, elapsed: float, cpu_s: Optional[float], nice: int) -> str:
-    """Why a worker was killed at its budget, and, when it got too little CPU to have done the work,
-    that the machine was busy: what a user needs to know to change ``nice`` or ``time_budget``."""
-    why = f"over its time budget of {budget_s:.0f} s"
+def stop_reason(budget_s: float, wall_limit_s: float, elapsed: float, cpu_s: Optional[float],
+                nice: int) -> Optional[str]:
+    """Why a running worker must stop now, or None. ``budget_s`` counts seconds of work
+    (``work_seconds`` of its unpaused wall time ``elapsed`` and its CPU time ``cpu_s``; the wall time
+    alone when the CPU time cannot be read), so a worker that other processes keep waiting gets its
+    budget later rather than less of it; ``wall_limit_s`` bounds that wait. When it got too little
+    CPU to have done the work the reason says the machine was busy: what a user needs to know to
+    change ``nice``, ``time_budget`` or ``wall_limit``. 0 turns a limit off."""
+    worked = elapsed if cpu_s is None else work_seconds(elapsed, cpu_s)
+    if budget_s and worked > budget_s:
+        why = f"over its time budget of {budget_s:.0f} s"
+    elif wall_limit_s and elapsed > wall_limit_s:
+        why = f"still running at its wall limit of {wall_limit_s:.0f} s"
+    else:
+        return None
     if cpu_s is not None and cpu_s < STARVED_SHARE * elapsed:
         why += (f"; it got {cpu_s:.1f} s of CPU in {elapsed:.0f} s at nice {nice}: {STARVED} "
-                f"(see [personalize] nice and time_budget)")
+                f"(see [personalize] nice and wall_limit)")
     return why
 
 
@@ -65,10 +79,10 @@ class WorkerRun:
     count in its ``started`` line."""
 
     def __init__(self, job: Job, job_dir: Path, nice: int = 19, threads: Optional[int] = None,
-                 budget_s: float = 0.0, on_event: Optional[Listener] = None) -> None:
+                 budget_s: float = 0.0, wall_limit_s: float = 0.0, on_event: Optional[Listener] = None) -> None:
         if threads is not None:
             job = dataclasses.replace(job, threads=threads)
-        self.job, self.job_dir, self.budget_s, self.nice = job, Path(job_dir), budget_s, nice
+        self.job, self.job_dir, self.budget_s, self.wall_limit_s, self.nice = job, Path(job_dir), budget_s, wall_limit_s, nice
         self.events: List[Dict[str, Any]] = []
         self.last: Dict[str, Any] = {}
         self.result: Optional[Dict[str, Any]] = None
@@ -125,9 +139,12 @@ class WorkerRun:
         """The final state once the process has ended (kills it first when over budget), else None."""
         if self.state in ("done", "failed", "killed"):
             return self.state
-        if self.budget_s and self.elapsed > self.budget_s and self.state == "running":
-            self.kill(over_budget(self.budget_s, self.elapsed, self.cpu_seconds(), self.nice))
-            return self.state
+        if self.state == "running" and (self.budget_s or self.wall_limit_s):
+            elapsed = self.elapsed
+            why = stop_reason(self.budget_s, self.wall_limit_s, elapsed, self.cpu_seconds(), self.nice)
+            if why:
+                self.kill(why)
+                return self.state
         code = self.proc.poll()
         if code is None:
             return None
@@ -178,5 +195,7 @@ class WorkerRun:
     def describe(self) -> Dict[str, Any]:
         last = {k: v for k, v in self.last.items() if k in ("event", "stage", "epoch", "epochs", "val", "seconds",
                                                             "level", "mac_reduction", "loss_pp", "accepted")}
+        cpu = self.cpu_seconds() if self.proc.poll() is None else None
         return {"pid": self.proc.pid, "state": self.state, "reason": self.reason, "elapsed_s": round(self.elapsed, 1),
+                "cpu_s": None if cpu is None else round(cpu, 1),     # far below elapsed_s: it is kept waiting
                 "classes": list(self.job.classes), "threads": self.threads, "last": last}

@@ -379,7 +379,8 @@ def _add_prune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples-per-class", type=int, default=256)
     p.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs (early-stopped on validation)")
     p.add_argument("--time-budget", type=float, default=DEFAULT_TIME_BUDGET,
-                   help="wall seconds of all fine-tuning, the search included (default: the daemon's)")
+                   help="seconds of work (wall time not spent waiting for a core) of all fine-tuning, the search "
+                        "included (default: the daemon's)")
     p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
     p.add_argument("--mixup", type=float, default=0.0,
                    help="mixup distillation: Beta(a, a) blends of cached images, labelled by the base (0: off)")

@@ -1,10 +1,9 @@
 """Label-free fine-tuning of a pruned model (ALGORITHMS.md §6): BN recalibration, then distillation
 from the frozen base model's logits at the kept classes, optional cross-entropy on labels, early
-stopping on held-back samples (never on test data), budgets in epochs and wall seconds."""
+stopping on held-back samples (never on test data), budgets in epochs and seconds of work (``work_clock``: wall time not spent waiting for a core)."""
 
 import copy
 import logging
-import time
 from dataclasses import dataclass, field
 from typing import Any, Callable, Dict, List, Optional, Tuple
 
@@ -16,6 +15,7 @@ import torch.nn.functional as F
 from .errors import OcapError
 from .finetune_spec import FinetuneSpec
 from .train import augment, predict_logits
+from .work_clock import WorkClock
 
 log = logging.getLogger(__name__)
 Progress = Callable[[Dict[str, Any]], None]
@@ -100,7 +100,7 @@ def finetune(student: nn.Module, x: torch.Tensor, teacher_logits: torch.Tensor, 
     augmenting = bool(spec.shift or spec.hflip or spec.mixup)
     if augmenting and teacher is None:
         raise OcapError("augmented fine-tuning needs the teacher model")
-    t0 = time.perf_counter()
+    clock = WorkClock()                 # budgets count work, not time spent waiting for a core
     torch.manual_seed(spec.seed)
     gen = torch.Generator().manual_seed(spec.seed)
     if spec.min_confidence > 0:
@@ -141,7 +141,7 @@ def finetune(student: nn.Module, x: torch.Tensor, teacher_logits: torch.Tensor, 
     stopped, bad = "epochs", 0
     for epoch in range(1, spec.epochs + 1):
         if epoch == 2 and spec.time_budget:     # the schedule spans the epochs that fit in the budget
-            horizon = max(1, min(spec.epochs, int(spec.time_budget / max(time.perf_counter() - t0, 1e-3))))
+            horizon = max(1, min(spec.epochs, int(spec.time_budget / max(clock.elapsed(), 1e-3))))
         for g in opt.param_groups:
             g["lr"] = spec.lr * _lr_factor(epoch, horizon)
         student.train()
@@ -188,7 +188,7 @@ def finetune(student: nn.Module, x: torch.Tensor, teacher_logits: torch.Tensor, 
         if len(x_val) and bad >= spec.patience:
             stopped = "early_stop"
             break
-        if spec.time_budget and time.perf_counter() - t0 > spec.time_budget:
+        if spec.time_budget and clock.elapsed() > spec.time_budget:
             stopped = "time_budget"
             break
     if len(x_val):
@@ -200,4 +200,4 @@ def finetune(student: nn.Module, x: torch.Tensor, teacher_logits: torch.Tensor, 
         student.to(memory_format=torch.contiguous_format)
     for p in student.parameters():
         p.requires_grad_(False)
-    return FinetuneResult(student, best[1], best[0], history, stopped, time.perf_counter() - t0)
+    return FinetuneResult(student, best[1], best[0], history, stopped, clock.wall())

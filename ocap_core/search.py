@@ -30,6 +30,7 @@ from .measure import count_macs
 from .rules import group_scores, top_up
 from .search_spec import SearchSpec
 from .structural import PrunableModel
+from .work_clock import WorkClock
 
 log = logging.getLogger(__name__)
 Progress = Callable[[Dict[str, Any]], None]
@@ -277,7 +278,7 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
 
     The held-back images are split in two: early stopping picks each step's weights on one half, the
     levels are judged on the other, so the verdict comes from images that chose nothing."""
-    t0 = time.perf_counter()
+    clock = WorkClock()                                      # budget in work (ocap_core/work_clock.py)
     x_stop, t_stop, x_judge, t_judge = x_val[0::2], t_val[0::2], x_val[1::2], t_val[1::2]
     yv_stop = None if y_val is None else y_val[0::2]
     if len(x_judge) == 0:
@@ -307,7 +308,7 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
     reached = 1.0                                            # the accepted candidate's MAC reduction
 
     def left() -> float:
-        return spec.time_budget - (time.perf_counter() - t0)
+        return spec.time_budget - clock.elapsed()
 
     def step(level: float, masks: Masks, cand: Optional[Tuple[nn.Module, List[list]]] = None, retry: bool = False,
              blocks: Sequence[str] = ()) -> bool:

@@ -16,8 +16,8 @@ MIN_PER_CLASS = 32          # fewer training images of an observed class: refuse
 class SearchSpec:
     """The loss budget in points of held-back agreement with the base restricted to the observed
     classes (``measure``: expected under the teacher's softmax, or argmax counts), the ladder of
-    MAC-reduction levels, the wall budget of the whole search (fine-tuning included), and the
-    fine-tuning of each step."""
+    MAC-reduction levels, the time budget of the whole search in seconds of work (fine-tuning
+    included; ``work_clock``), and the fine-tuning of each step."""
 
     max_loss: float = DEFAULT_MAX_LOSS
     levels: Tuple[float, ...] = DEFAULT_LEVELS

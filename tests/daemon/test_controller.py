@@ -44,8 +44,9 @@ class StandInWorker:
 
     started = []
 
-    def __init__(self, job, job_dir, nice=19, threads=None, budget_s=0.0, on_event=None) -> None:
+    def __init__(self, job, job_dir, nice=19, threads=None, budget_s=0.0, wall_limit_s=0.0, on_event=None) -> None:
         self.job, self.job_dir = job, Path(job_dir)
+        self.limits = {"nice": nice, "budget_s": budget_s, "wall_limit_s": wall_limit_s}
         self.state, self.reason, self.result, self.elapsed, self.last = "running", "", None, 0.0, {}
         self.proc = type("P", (), {"pid": 4242})()
         self._end = None
@@ -184,6 +185,8 @@ def test_the_trigger_waits_for_stability_then_starts_a_worker_on_the_classes(rig
     rig.ctl.tick()
     w = rig.worker()
     assert Path(w.job.base).is_absolute() and Path(w.job.base) == Path(rig.server.base.path).resolve()
+    p = rig.cfg.personalize
+    assert w.limits == {"nice": p.nice, "budget_s": p.time_budget, "wall_limit_s": p.wall_limit}
     assert w.job.classes == (1, 8) and set(w.job.class_freqs) == {1, 8} and w.job.rule == "personalize"
     with np.load(w.job.samples) as z:
         assert len(z["x"]) == len(z["is_val"]) > 0

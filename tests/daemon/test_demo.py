@@ -55,7 +55,7 @@ def test_data_that_does_not_fit_the_model_is_refused_before_ocapd_starts(tmp_pat
     assert "ocapd is up" not in r.stdout
 
 
-def test_the_demo_worker_runs_at_the_niceness_asked_for(tmp_path):
+def test_the_demo_worker_runs_at_the_niceness_and_limits_asked_for(tmp_path):
     from daemon.config import load_config
     from daemon.demo import demo_config
 
@@ -63,6 +63,11 @@ def test_the_demo_worker_runs_at_the_niceness_asked_for(tmp_path):
         ini = tmp_path / f"ocap-{nice}.ini"
         ini.write_text(demo_config(tmp_path, "fmnist-cnn", 120.0, nice=nice), encoding="utf-8")
         assert load_config(ini).personalize.nice == nice
+    ini.write_text(demo_config(tmp_path, "fmnist-cnn", 120.0, budget=160.0, wall_limit=270.0), encoding="utf-8")
+    p = load_config(ini).personalize
+    assert (p.time_budget, p.wall_limit) == (160.0, 270.0)
+    ini.write_text(demo_config(tmp_path, "fmnist-cnn", 120.0, budget=160.0, wall_limit=60.0), encoding="utf-8")
+    assert load_config(ini).personalize.wall_limit == 160.0          # never below the budget
     r = subprocess.run([sys.executable, "-m", "ocap_cli", "demo", "--nice", "20"], capture_output=True, text=True,
                        cwd=str(ROOT))
     assert r.returncode == 2 and "--nice" in r.stderr

@@ -3,6 +3,8 @@ rows file (tiny rows written here; no torch)."""
 
 import json
 
+import pytest
+
 from bench.quality import (
     PRUNE_CLI,
     RowSink,
@@ -188,6 +190,23 @@ def test_loop_table_says_why_nothing_was_deployed(tmp_path):
     assert "| 0,3,7 | one core busy | 200 | 10 | 0 | no |" in text
     save_rows(rows, tmp_path / "loop-rows.json")
     assert json.loads((tmp_path / "loop-rows.json").read_text())[0]["gave_up"].endswith("-2.07 pp")
+    # 2,4,6 declined (no operating point: keeping the base is right); 0,3,7 deployed nothing: a miss
+    assert "Verdict: MISSED" in text and "1 of 2 declined" in text
+    assert "Verdict: MET" in markdown(rows[:1], "test machine", quick=False)
+
+
+@pytest.mark.parametrize("change,met", [({}, True), ({"wall_s": 301.0}, False), ({"failed": 1}, False),
+                                        ({"drift_reverted": False}, False), ({"deployed": False}, False),
+                                        ({"deployed": False, "gave_up": "worker killed: over its time budget"}, False),
+                                        ({"deployed": False, "drift_reverted": False,
+                                          "gave_up": "personalization failed: NoOperatingPoint: none"}, True)])
+def test_a_loop_run_passes_deployed_and_reverted_or_declined_for_want_of_an_operating_point(change, met):
+    from bench.loop import loop_ok
+
+    models = [{"accuracy": 0.9, "macs": 300, "latency_ms": 0.3}] * 3
+    r = dict({"subset": "0,3,7", "models": models, "requests": 10, "failed": 0, "deployed": True,
+              "probation": "probation_passed", "drift_reverted": True, "wall_s": 200.0}, **change)
+    assert loop_ok(r) is met
 
 
 def test_loop_pays_is_judged_on_the_readme_demo_as_is_and_busy():

@@ -9,7 +9,7 @@ import pytest
 from tests.helpers import run_cli
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
-SECTIONS = ["quality", "serving", "loop", "load", "soak", "reliability", "security", "stress", "int8"]
+SECTIONS = ["quality", "serving", "loop", "load", "soak", "reliability", "security", "stress", "int8", "budget"]
 
 
 def test_every_benchmark_writes_its_figures(tmp_path):
@@ -38,6 +38,7 @@ def test_every_benchmark_writes_its_figures(tmp_path):
     assert "| RSS of ocapd (every 5 s) |" in text                                   # soak
     assert "Verdict: MET (8 of 8 passed)" in text                                   # reliability quick
     assert "| exposure score ≤ 2.0 |" in text                                       # security
+    assert re.search(r"\| busy \| \d+ \| \d+ \| [\d.→✗ ]+ \| \d+ \| [\d.]+× \|", text)     # budget
     stress = text[text.index("<!-- section:stress-quick -->"):text.index("<!-- /section:stress-quick -->")]
     assert "(0 lost) | equal | MET |" in stress, stress                             # stress: counts = answers
     assert re.search(r"\| failed requests \| 0 of \d+ \| 0 \| MET \|", stress), stress

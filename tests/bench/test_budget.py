@@ -1,0 +1,27 @@
+"""bench.budget: the section's table and verdict from a result (the searches themselves run in ``bench all``)."""
+
+import pytest
+
+from bench.budget import judge, markdown
+
+
+def _row(load, epochs, wall, levels=(1.5, 2.0, 3.0), accepted=(True, True, False)):
+    return {"load": load, "wall_s": wall, "cpu_s": 60.0, "loadavg": 1.0, "levels": list(levels),
+            "accepted": list(accepted), "epochs": epochs, "mac_reduction": 2.01, "val_agreement": 0.9912,
+            "stopped": "over_budget"}
+
+
+@pytest.mark.parametrize("busy_epochs,verdict", [(40, "MET"), (32, "MET"), (31, "MISSED"), (20, "MISSED")])
+def test_the_loaded_search_must_keep_the_idle_ones_epochs(busy_epochs, verdict):
+    res = {"rows": [_row("idle", 40, 70.0), _row("busy", busy_epochs, 140.0)], "budget": 60.0, "nice": 19,
+           "quick": False, "seed": 0}
+    [(target, measured, got)] = judge(res)
+    assert got == verdict and target.startswith("busy") and f"{busy_epochs} vs 40" in measured
+    assert "2.00× the wall time" in measured
+    text = markdown(res, "2 cores")
+    assert "| busy | 140 | 60 | 1.5 → 2 → 3✗ | " + str(busy_epochs) + " | 2.01× | 0.9912 | over_budget | 1.00 |" in text
+    assert f"| {verdict} |" in text and "--time-budget 60" in text and "nice 19" in text
+
+
+def test_without_both_runs_there_is_no_verdict():
+    assert judge({"rows": [_row("idle", 40, 70.0)]}) == []

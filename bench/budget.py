@@ -30,8 +30,9 @@ def _children_cpu() -> float:
     return r.ru_utime + r.ru_stime
 
 
-def run_one(load: str, budget: float, nice: int, seed: int = 0) -> Dict[str, Any]:
-    """One search under ``load``: its wall and CPU seconds and what its card says it did."""
+def run_one(load: str, budget: float, nice: int, seed: int = 0, root: Path = ROOT) -> Dict[str, Any]:
+    """One search under ``load``: its wall and CPU seconds and what its card says it did. ``root``: the
+    checkout whose ``ocap`` runs (another commit's, to compare by hand)."""
     hogs = _start_hogs(load)
     try:
         time.sleep(1.0 if hogs else 0.0)
@@ -41,8 +42,8 @@ def run_one(load: str, budget: float, nice: int, seed: int = 0) -> Dict[str, Any
                    "--out", str(Path(tmp) / "pkg"), "--threads", "1", "--time-budget", f"{budget:g}",
                    "--seed", str(seed), "--quiet", "--json"]
             cpu0, t0 = _children_cpu(), time.perf_counter()
-            r = subprocess.run(cmd, env=_child_env(1, True), preexec_fn=lambda: os.nice(nice), capture_output=True,
-                               text=True, cwd=str(ROOT), timeout=budget * 20 + 900)
+            r = subprocess.run(cmd, env=dict(_child_env(1, True), PYTHONPATH=str(root)), preexec_fn=lambda: os.nice(nice),
+                               capture_output=True, text=True, cwd=str(root), timeout=budget * 20 + 900)
             wall, cpu = time.perf_counter() - t0, _children_cpu() - cpu0      # before the hogs are reaped
     finally:
         _stop(hogs)

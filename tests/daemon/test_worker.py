@@ -26,7 +26,7 @@ NICE = 0
 
 
 def _job(tmp_path, classes=(1, 8), per_class=96, epochs=2, time_budget=600, **kw):
-    """A job on Fashion-MNIST images of ``classes``. The search's wall budget is far more than it needs
+    """A job on Fashion-MNIST images of ``classes``. The search's time budget is far more than it needs
     (about 20 s on an idle core, to the ladder's floors), so the candidate it finds does not depend on
     how busy the machine is; how fast it finds one is the benchmarks' business."""
     train = load_dataset("fashion-mnist", "train")

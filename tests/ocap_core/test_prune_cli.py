@@ -19,7 +19,7 @@ pytestmark = pytest.mark.torch
 def pruned(tmp_path_factory):
     out = tmp_path_factory.mktemp("prune") / "cnn-79"
     # 2 points: 128 judged images cannot show much less (a level must keep loss + 1 SE within it), and
-    # this is about what the CLI writes, not the search's quality (docs/benchmarks.md). A wall budget that
+    # this is about what the CLI writes, not the search's quality (docs/benchmarks.md). A time budget that
     # never binds: with 40 s, a loaded 2-core machine trained each level one epoch and found no level
     # (the steps, up to 12 epochs each, and 10 polishing epochs bound the run instead)
     r = run_cli("prune", "--model", "fmnist-cnn", "--classes", "9,7", "--levels", "2,4,8", "--time-budget", "900",

@@ -163,7 +163,7 @@ def test_search_returns_the_smallest_level_within_budget_and_its_path(fmnist):
         return 0.995 if base_macs / count_macs(m, shape) < 3.5 else 0.95
 
     ss = SearchSpec(max_loss=1.0, levels=(1.5, 2.0, 3.0, 4.0, 6.0), time_budget=3600, step_epochs=1,
-                    polish=False)     # the wall budget is not under test: a busy machine must not end it early
+                    polish=False)     # the time budget is not under test: it must not end the search early
     res = search(model, clf, shape, cls, levels, x_tr, t_tr, x_val, t_val, ss, FinetuneSpec(epochs=1),
                  measure=measure)
     # the first level over budget is trained longer once (a retry), then the midpoint of the reductions

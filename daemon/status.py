@@ -58,7 +58,7 @@ def status_line(ctl: "Controller") -> str:
                     f"({'within' if last['accepted'] else 'over'} {cfg.personalize.max_loss:g})")
         else:
             step = f"{last.get('stage') or last.get('event', '')}" + (f" epoch {last['epoch']}" if "epoch" in last else "")
-        parts.append(f"worker {worker.state} {step}")
+        parts.append(" ".join(w for w in ("worker", worker.state, step) if w) + worker.note)
     return "; ".join(parts)
 
 

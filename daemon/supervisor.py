@@ -52,6 +52,17 @@ STARVED_SHARE = 0.5        # less CPU than half a core over the run: the time we
 STARVED = "other processes kept the cores busy"
 
 
+WAIT_NOTE_AFTER_S = 20.0   # a worker this young has not had time to show a share
+
+
+def waiting_note(elapsed: float, cpu_s: Optional[float]) -> str:
+    """For the status line: `` (kept waiting: C s of CPU in E s)`` when a running worker has had less
+    than half a core over its run, else empty. Its budget counts work, so it is late, not cut short."""
+    if cpu_s is None or elapsed < WAIT_NOTE_AFTER_S or cpu_s >= STARVED_SHARE * elapsed:
+        return ""
+    return f" (kept waiting: {cpu_s:.0f} s of CPU in {elapsed:.0f} s)"
+
+
 def stop_reason(budget_s: float, wall_limit_s: float, elapsed: float, cpu_s: Optional[float],
                 nice: int) -> Optional[str]:
     """Why a running worker must stop now, or None. ``budget_s`` counts seconds of work
@@ -165,6 +176,11 @@ class WorkerRun:
             return float(t.user + t.system)
         except Exception:      # gone, or psutil missing: the budget message goes without it
             return None
+
+    @property
+    def note(self) -> str:
+        """``waiting_note`` of this run while it is running, else empty."""
+        return waiting_note(self.elapsed, self.cpu_seconds()) if self.state == "running" else ""
 
     def pause(self, why: str) -> bool:
         if self.state != "running" or self.proc.poll() is not None:

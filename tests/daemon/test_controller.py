@@ -48,6 +48,7 @@ class StandInWorker:
         self.job, self.job_dir = job, Path(job_dir)
         self.limits = {"nice": nice, "budget_s": budget_s, "wall_limit_s": wall_limit_s}
         self.state, self.reason, self.result, self.elapsed, self.last = "running", "", None, 0.0, {}
+        self.note = ""                            # WorkerRun's waiting note; a test sets one
         self.proc = type("P", (), {"pid": 4242})()
         self._end = None
         StandInWorker.started.append(self)
@@ -191,6 +192,8 @@ def test_the_trigger_waits_for_stability_then_starts_a_worker_on_the_classes(rig
     with np.load(w.job.samples) as z:
         assert len(z["x"]) == len(z["is_val"]) > 0
     assert rig.ctl.phase is Phase.PERSONALIZING and "worker running" in rig.ctl.status_line()
+    w.note = " (kept waiting: 3 s of CPU in 300 s)"
+    assert "worker running (kept waiting: 3 s of CPU in 300 s)" in rig.ctl.status_line()
     assert [e["classes"] for e in rig.events("personalize_started")] == [[1, 8]]
 
 

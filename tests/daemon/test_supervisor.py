@@ -4,7 +4,7 @@ short of CPU. The real subprocess under these rules is in test_worker.py."""
 
 import pytest
 
-from daemon.supervisor import STARVED, stop_reason
+from daemon.supervisor import STARVED, WAIT_NOTE_AFTER_S, stop_reason, waiting_note
 
 
 @pytest.mark.parametrize("budget,limit,elapsed,cpu,reason,starved", [
@@ -25,3 +25,13 @@ def test_the_budget_counts_work_and_the_wall_limit_the_wait(budget, limit, elaps
     else:
         assert why is not None and why.startswith(reason) and (STARVED in why) == starved, why
         assert not starved or "at nice 19" in why and "[personalize] nice and wall_limit" in why
+
+
+@pytest.mark.parametrize("elapsed,cpu,note", [
+    (300.0, 3.0, " (kept waiting: 3 s of CPU in 300 s)"),
+    (300.0, 151.0, ""),                                  # half a core or more: not waiting
+    (WAIT_NOTE_AFTER_S - 1, 0.0, ""),                    # too young to tell
+    (300.0, None, ""),                                   # CPU unreadable: say nothing
+])
+def test_the_status_line_notes_a_worker_kept_waiting(elapsed, cpu, note):
+    assert waiting_note(elapsed, cpu) == note

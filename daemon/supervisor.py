@@ -1,7 +1,7 @@
 """Runs the personalization worker as a low-priority subprocess and keeps track of it: progress from
-its JSON lines, pause (SIGSTOP) and resume (SIGCONT), a time budget in seconds of work and a wall limit,
-kill on shutdown. The job
-directory (job file, samples, candidate) is the worker's scratch space; the caller removes it."""
+its JSON lines, pause (SIGSTOP) and resume (SIGCONT), a time budget in seconds of work and a wall
+limit, kill on shutdown. The job directory (job file, samples, candidate) is the worker's scratch
+space; the caller removes it."""
 
 import dataclasses
 import json

@@ -1,6 +1,7 @@
 """Label-free fine-tuning of a pruned model (ALGORITHMS.md §6): BN recalibration, then distillation
 from the frozen base model's logits at the kept classes, optional cross-entropy on labels, early
-stopping on held-back samples (never on test data), budgets in epochs and seconds of work (``work_clock``: wall time not spent waiting for a core)."""
+stopping on held-back samples (never on test data), budgets in epochs and seconds of work
+(``work_clock``: wall time not spent waiting for a core)."""
 
 import copy
 import logging

@@ -12,7 +12,8 @@ __all__ = ["FinetuneSpec"]
 class FinetuneSpec:
     """SGD with momentum, step decay at 40% / 80% of the epochs (of the epochs that fit in the
     budget, when one is set), distillation temperature t, weight β of the label loss, patience in
-    epochs, time budget in seconds of work (0: none; ``work_clock``), teacher-confidence filter, augmentation."""
+    epochs, time budget in seconds of work (0: none; ``work_clock``), teacher-confidence filter,
+    augmentation."""
 
     epochs: int = 30
     batch_size: int = 64

@@ -18,6 +18,7 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
+from .report import run_stamp, targets_table
 from .threads import ROOT, _child_env, _start_hogs, _stop
 
 MODEL, CLASSES = "fmnist-cnn", "0,2,6"
@@ -82,8 +83,7 @@ def judge(res: Dict[str, Any]) -> List[List[str]]:
 
 def markdown(res: Dict[str, Any], machine: str) -> str:
     lines = [f"## The budget on a busy machine (`ocap bench budget{' --quick' if res['quick'] else ''}`)", "",
-             f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine}"
-             + (" (quick mode)" if res["quick"] else "") + f". `ocap prune --model {MODEL} --classes {CLASSES} "
+             run_stamp(machine, res["quick"]) + f". `ocap prune --model {MODEL} --classes {CLASSES} "
              f"--threads 1 --time-budget {res['budget']:g} --seed {res['seed']}` at nice {res['nice']} with passive "
              "OpenMP waits, the machine idle (whatever else runs shows in the load average) and then busy (one "
              "process per core busy 10 ms of every 20 ms at nice 0). The budget counts work "
@@ -95,8 +95,4 @@ def markdown(res: Dict[str, Any], machine: str) -> str:
         levels = " → ".join(f"{lv:g}{'' if ok else '✗'}" for lv, ok in zip(r["levels"], r["accepted"]))
         lines.append(f"| {r['load']} | {r['wall_s']:.0f} | {r['cpu_s']:.0f} | {levels} | {r['epochs']} | "
                      f"{r['mac_reduction']:.2f}× | {r['val_agreement']:.4f} | {r['stopped']} | {r['loadavg']:.2f} |")
-    verdicts = judge(res)
-    if verdicts:
-        lines += ["", "| target | measured | verdict |", "|---|---|---|"]
-        lines += [f"| {t} | {m} | {v} |" for t, m, v in verdicts]
-    return "\n".join(lines)
+    return "\n".join(lines + targets_table(judge(res)))

@@ -21,7 +21,7 @@ from typing import Any, Dict, List
 import numpy as np
 
 from . import quality
-from .report import figure
+from .report import figure, run_stamp, targets_table
 
 CLASSES = quality.PRUNE_CLI_CLASSES           # the pruned candidates' classes
 CALIBRATION = 200
@@ -116,8 +116,7 @@ def markdown(res: Dict[str, Any], machine: str) -> str:
     acts = sorted({f"{r['activations']} activations, {'7-bit' if r['reduce_range'] else '8-bit'} weights"
                    for r in ok})
     lines = [f"## INT8 (`ocap bench int8`{' --quick' if res['quick'] else ''})", "",
-             f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine}"
-             + (" (quick mode)" if res["quick"] else "") + f", {res['minutes']:.1f} min, at nice 19 on a shared "
+             run_stamp(machine, res["quick"]) + f", {res['minutes']:.1f} min, at nice 19 on a shared "
              f"machine (1-min load average {res['loadavg'][0]:g} at the start, {res['loadavg'][1]:g} at the end: "
              "other work ran beside it, so absolute times are high and noisy; each ratio comes from the two models "
              "timed call by call in turn). CPU INT8 features: "
@@ -141,7 +140,5 @@ def markdown(res: Dict[str, Any], machine: str) -> str:
                      f"{r['fp32_bytes'] / 1024:.0f} | {r['int8_bytes'] / 1024:.0f} | {r['size_ratio']:.2f}× | "
                      f"{r['fp32_ms']:.3f} | {r['int8_ms']:.3f} | {r['speedup']:.2f}× | {figure(overall, '.2f', '×')} | "
                      f"{r['quantize_s']:.1f} |")
-    lines += ["", "| target | measured | verdict |", "|---|---|---|"]
-    lines += [f"| {t} | {m} | {v} |" for t, m, v in judge(rows)]
-    return "\n".join(lines)
+    return "\n".join(lines + targets_table(judge(rows)))
 

@@ -17,7 +17,7 @@ from daemon.launch import start_ocapd, wait_until
 from ocap_core.data import load_dataset
 from service.client import Client, Unreachable
 
-from .report import figure
+from .report import figure, run_stamp
 
 MIX = {0: 0.5, 3: 0.3, 7: 0.2}
 DRIFT = {0: 0.5, 3: 0.3, 7: 0.2, 9: 0.35}
@@ -117,7 +117,7 @@ def markdown(res: Dict[str, Any], machine: str, quick: bool) -> str:
     ph = res["phases"]
     idle = ph["idle"]["p99"]
     lines = ["## Load while the model changes (`ocap bench load`)", "",
-             f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine}" + (" (quick mode)" if quick else "")
+             run_stamp(machine, quick)
              + f". `ocapd` on fmnist-cnn, {res['clients']} client processes at {res['rate']:g} requests/s each for "
              f"{res['seconds']:.0f} s (skewed 3-class mix, then a fourth class); the daemon personalized in a worker "
              f"({res['worker_s']:.0f} s), swapped the pruned model in and, on drift, back ({res['swaps']} swaps).", "",

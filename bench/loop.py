@@ -12,6 +12,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
+from .report import run_stamp
+
 ROOT = Path(__file__).resolve().parent.parent
 SUBSETS = [("0,3,7", "0.5,0.3,0.2", "9"), ("1,5,8", "0.4,0.4,0.2", "2"), ("2,4,6", "0.4,0.3,0.3", "0")]
 
@@ -87,8 +89,7 @@ def save_rows(rows: List[Dict[str, Any]], path: Path) -> None:
 
 def markdown(rows: List[Dict[str, Any]], machine: str, quick: bool) -> str:
     lines = ["## The whole loop (`ocap bench loop`: `ocap demo` per class subset)", "",
-             f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine}"
-             + (" (quick mode)" if quick else "")
+             run_stamp(machine, quick)
              + f". Each row starts `ocapd` on fmnist-cnn in a fresh directory (its worker at nice "
              f"{rows[0].get('nice', 19) if rows else 19}), "
              "replays half of the test images of the subset at 120 frames/s (then adds the drift class) and scores "

@@ -333,6 +333,18 @@ def section_text(path: Path, name: str) -> Optional[str]:
     return m.group(1) if m else None
 
 
+def run_stamp(machine: str, quick: bool = False) -> str:
+    """The start of a section's first paragraph: when and where it ran, and whether in quick mode."""
+    return f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine}" + (" (quick mode)" if quick else "")
+
+
+def targets_table(verdicts: Sequence[Sequence[str]]) -> List[str]:
+    """A section's (target, measured, verdict) rows as a table led by a blank line; nothing without rows."""
+    if not verdicts:
+        return []
+    return ["", "| target | measured | verdict |", "|---|---|---|"] + [f"| {t} | {m} | {v} |" for t, m, v in verdicts]
+
+
 def summary_markdown(path: Path, names: Sequence[str], machine: str, versions: Dict[str, str], minutes: float) -> str:
     """One row per section: when it ran and how many of its targets were met or missed."""
     lines = ["## Summary (`ocap bench all`)", "",

@@ -27,7 +27,7 @@ from service.class_log import ClassLog
 from service.client import Client
 from service.server import Server
 
-from .report import figure
+from .report import figure, run_stamp
 
 MODELS = ["fmnist-cnn", "fmnist-resnet20", "fmnist-mobilenetv2", "fmnist-vgg"]
 SOCKET_MODELS = ["fmnist-cnn", "fmnist-resnet20"]
@@ -230,8 +230,7 @@ def _verdict(ok: bool) -> str:
 def markdown(res: Dict[str, Any], machine: str, versions: Dict[str, str]) -> str:
     s, clo, rss = res["swap"], res["class_log_overhead"], res["rss"]
     lines = ["## Serving plane (`ocap bench serving`)", "",
-             f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine}"
-             + (" (quick mode)" if res["quick"] else "") + ". Versions: "
+             run_stamp(machine, res["quick"]) + ". Versions: "
              + ", ".join(f"{k} {v}" for k, v in versions.items()) + ". onnxruntime CPU, 1 intra-op thread, "
              "batch 1, Fashion-MNIST test frames.", "",
              "### Targets", "", "| target | measured | verdict |", "|---|---|---|",

@@ -23,6 +23,8 @@ from daemon.demo import demo_config
 from daemon.launch import start_ocapd
 from service.client import Client, ServiceError
 
+from .report import run_stamp
+
 # two disjoint 3-class sets in turn: each switch is drift (revert to base) and a new stable set, so every
 # segment is a personalization cycle; 50 s holds stability, the worker, the gate and a probation on a busy
 # 2-core machine (a 3-class set and a fourth joining it gave one cycle per period: 56 in 130 min)
@@ -176,7 +178,7 @@ def markdown(res: Dict[str, Any], machine: str, quick: bool, plot: str = "") -> 
                f"{g['mb_per_hour']:+.2f} MB/h) | ≤ +{100 * GROWTH_TARGET:.0f} % | "
                f"{'MET' if g['growth'] <= GROWTH_TARGET else 'MISSED'} |")
     lines = ["## Soak (`ocap bench soak`)", "",
-             f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine}" + (" (quick mode)" if quick else "")
+             run_stamp(machine, quick)
              + f". `ocapd` on fmnist-cnn replaying test images at {res['rate']:g} frames/s for {res['seconds'] / 60:.0f} "
              f"min, mix `{MIX}` repeating; one socket client at 10 requests/s. Short cycles: windows of 2 s, the fixed "
              "OCAP rule with 3 epochs, a 3 pp budget, 5 s cooldowns after a run and after a revert (ocapd's memory is "

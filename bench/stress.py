@@ -31,7 +31,7 @@ import numpy as np
 
 from service.client import Client
 
-from .report import figure
+from .report import figure, run_stamp
 
 MIX = {0: 0.5, 3: 0.3, 7: 0.2}
 DRIFT = {0: 0.4, 3: 0.25, 7: 0.15, 9: 0.35}
@@ -299,8 +299,7 @@ def markdown(res: Dict[str, Any], machine: str) -> str:
     idle, stress = res["idle"], res["stress"]
     ev = res["events"]
     lines = ["## Stress (`ocap bench stress`" + (", quick)" if res["quick"] else ")"), "",
-             f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine}"
-             + (" (quick mode)" if res["quick"] else "") + f", {res['minutes']:.1f} min. `ocapd` on fmnist-cnn "
+             run_stamp(machine, res["quick"]) + f", {res['minutes']:.1f} min. `ocapd` on fmnist-cnn "
              f"(the demo's windows of seconds, a {MAX_LOSS:g} pp loss budget, the worker at nice 0 with "
              f"{'the fixed OCAP rule' if res['quick'] else 'the search'}), {res['clients']} closed-loop client "
              "processes (each sends its next "

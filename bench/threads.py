@@ -23,6 +23,8 @@ from typing import Any, Dict, List, Optional
 from daemon.cores import PASSIVE_OPENMP, THREAD_VARS, measure_idle_cores, usable_cpus, worker_threads
 from ocap_core import strict_json
 
+from .report import run_stamp, targets_table
+
 ROOT = Path(__file__).resolve().parent.parent
 MODEL, CLASSES, KEEP = "fmnist-resnet20", (0, 2, 9), 0.5
 LOADS = {"idle": None, "busy": (0.010, 0.010, 0), "saturated": (1.0, 0.0, 19)}   # (busy s, sleep s, nice)
@@ -198,8 +200,7 @@ def judge(res: Dict[str, Any]) -> List[List[str]]:
 def markdown(res: Dict[str, Any], machine: str) -> str:
     rows = res["rows"]
     lines = [f"## Worker threads (`ocap bench threads`{' --quick' if res['quick'] else ''})", "",
-             f"Run {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())} on {machine}"
-             + (" (quick mode)" if res["quick"] else "") + f", {res['minutes']:.1f} min. Seconds per fine-tuning "
+             run_stamp(machine, res["quick"]) + f", {res['minutes']:.1f} min. Seconds per fine-tuning "
              f"epoch (median of the epochs after the first; at most {res['epochs']} epochs or {res['cap_s']:g} s "
              f"per cell; the median of {res.get('repeats', 1)} interleaved round(s), min–max beside it) of {MODEL} pruned to half the channels outside the residual stream "
              f"({rows[0]['params_kept'] if rows else '?'} of its parameters), head sliced to classes "
@@ -215,11 +216,7 @@ def markdown(res: Dict[str, Any], machine: str) -> str:
         lines.append(f"| {r['load']} | {r['threads']} | {r['wait_policy']} | {r['epoch_s']:.2f} | "
                      f"{r.get('epoch_s_min', r['epoch_s']):.2f}–{r.get('epoch_s_max', r['epoch_s']):.2f} | "
                      f"{r['epochs_timed']} | {r['loadavg']:.2f} | {r['auto']} |")
-    verdicts = judge(res)
-    if verdicts:
-        lines += ["", "| target | measured | verdict |", "|---|---|---|"]
-        lines += [f"| {t} | {m} | {v} |" for t, m, v in verdicts]
-    return "\n".join(lines)
+    return "\n".join(lines + targets_table(judge(res)))
 
 
 if __name__ == "__main__":

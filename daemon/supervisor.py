@@ -55,10 +55,16 @@ STARVED = "other processes kept the cores busy"
 WAIT_NOTE_AFTER_S = 20.0   # a worker this young has not had time to show a share
 
 
+def starved(elapsed: float, cpu_s: Optional[float]) -> bool:
+    """Whether a worker had less than ``STARVED_SHARE`` of a core over ``elapsed`` wall seconds (False
+    when its CPU time cannot be read)."""
+    return cpu_s is not None and cpu_s < STARVED_SHARE * elapsed
+
+
 def waiting_note(elapsed: float, cpu_s: Optional[float]) -> str:
-    """For the status line: `` (kept waiting: C s of CPU in E s)`` when a running worker has had less
-    than half a core over its run, else empty. Its budget counts work, so it is late, not cut short."""
-    if cpu_s is None or elapsed < WAIT_NOTE_AFTER_S or cpu_s >= STARVED_SHARE * elapsed:
+    """For the status line: `` (kept waiting: C s of CPU in E s)`` when a running worker is ``starved``,
+    else empty. Its budget counts work, so it is late, not cut short."""
+    if elapsed < WAIT_NOTE_AFTER_S or not starved(elapsed, cpu_s):
         return ""
     return f" (kept waiting: {cpu_s:.0f} s of CPU in {elapsed:.0f} s)"
 
@@ -78,7 +84,7 @@ def stop_reason(budget_s: float, wall_limit_s: float, elapsed: float, cpu_s: Opt
         why = f"still running at its wall limit of {wall_limit_s:.0f} s"
     else:
         return None
-    if cpu_s is not None and cpu_s < STARVED_SHARE * elapsed:
+    if starved(elapsed, cpu_s):
         why += (f"; it got {cpu_s:.1f} s of CPU in {elapsed:.0f} s at nice {nice}: {STARVED} "
                 f"(see [personalize] nice and wall_limit)")
     return why
@@ -151,8 +157,7 @@ class WorkerRun:
         if self.state in ("done", "failed", "killed"):
             return self.state
         if self.state == "running" and (self.budget_s or self.wall_limit_s):
-            elapsed = self.elapsed
-            why = stop_reason(self.budget_s, self.wall_limit_s, elapsed, self.cpu_seconds(), self.nice)
+            why = stop_reason(self.budget_s, self.wall_limit_s, self.elapsed, self.cpu_seconds(), self.nice)
             if why:
                 self.kill(why)
                 return self.state

@@ -15,6 +15,7 @@ import torch.nn.functional as F
 
 from .errors import OcapError
 from .finetune_spec import FinetuneSpec
+from .memory_format import training_format
 from .train import augment, predict_logits
 from .work_clock import WorkClock
 
@@ -111,10 +112,11 @@ def finetune(student: nn.Module, x: torch.Tensor, teacher_logits: torch.Tensor, 
         y = y[keep] if y is not None else None
     if len(x) == 0:
         raise OcapError("no samples left to fine-tune on")
-    # NHWC weights and batches for the oneDNN kernels: a CNN training step 1.4-1.6x and a ResNet-20 one
-    # 1.2-1.3x faster on this CPU (1 thread, batch 64), so a wall budget buys more epochs. Batch by
-    # batch (a copy of every cached image would double the largest array); contiguous again at the end.
-    nhwc = x.dim() == 4
+    # NHWC weights and batches for the oneDNN kernels where that is safe (``memory_format``): a CNN
+    # training step 1.4-1.6x and a ResNet-20 one 1.2-1.3x faster (1 thread, batch 64), so a budget buys
+    # more epochs. Batch by batch (a copy of every cached image would double the largest array);
+    # contiguous again at the end.
+    nhwc = training_format(student, x) == torch.channels_last
     if nhwc:
         student.to(memory_format=torch.channels_last)
     if spec.recalibrate:

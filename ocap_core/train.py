@@ -16,6 +16,7 @@ import torch.nn.functional as F
 from .data import Dataset
 from .errors import OcapError
 from .hooks import eval_mode
+from .memory_format import training_format
 from .preprocess import InputSpec, preprocess
 
 log = logging.getLogger(__name__)
@@ -102,8 +103,10 @@ def train_model(model: nn.Module, train: Dataset, val: Dataset, input_spec: Inpu
         train = train.subset(idx)
     xtr, ytr = to_tensors(train, input_spec)
     xva, yva = to_tensors(val, input_spec)
-    # channels-last runs oneDNN's faster conv kernels on CPU (~25% per step); weights are saved contiguous
-    model = model.to(memory_format=torch.channels_last)
+    # channels-last runs oneDNN's faster conv kernels on CPU (~25% per step) where that is safe
+    # (``memory_format``); weights are saved contiguous
+    fmt = training_format(model, xtr)
+    model = model.to(memory_format=fmt)
     steps = (len(xtr) + spec.batch_size - 1) // spec.batch_size
     opt = torch.optim.SGD(model.parameters(), lr=spec.lr, momentum=spec.momentum, nesterov=True,
                           weight_decay=spec.weight_decay)
@@ -121,7 +124,7 @@ def train_model(model: nn.Module, train: Dataset, val: Dataset, input_spec: Inpu
             idx = order[step * spec.batch_size:(step + 1) * spec.batch_size]
             if len(idx) < 2:
                 continue
-            xb = augment(xtr[idx], spec.shift, spec.hflip, gen).contiguous(memory_format=torch.channels_last)
+            xb = augment(xtr[idx], spec.shift, spec.hflip, gen).contiguous(memory_format=fmt)
             loss = F.cross_entropy(model(xb), ytr[idx], label_smoothing=spec.label_smoothing)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -1,6 +1,7 @@
 """Helpers shared by tests (import as ``from tests.helpers import ...``)."""
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -49,3 +50,32 @@ def run_cli(*args: str, env=None, timeout: float = 600) -> subprocess.CompletedP
     full_env.update(env or {})
     return subprocess.run([sys.executable, "-m", "ocap_cli", *args], capture_output=True, text=True,
                           cwd=str(ROOT), env=full_env, timeout=timeout)
+
+
+def exit_description(returncode: int) -> str:
+    """How a process ended, in words: ``exit code 1``, or ``killed by SIGSEGV (signal 11)``."""
+    if returncode < 0:
+        try:
+            name = signal.Signals(-returncode).name
+        except ValueError:
+            name = "an unknown signal"
+        return f"killed by {name} (signal {-returncode})"
+    return f"exit code {returncode}"
+
+
+class ChildRun(subprocess.CompletedProcess):
+    """A finished child process; ``failure`` says how it ended and what it wrote, for an assert message."""
+
+    @property
+    def failure(self) -> str:
+        return f"child {exit_description(self.returncode)}\n--- stdout\n{self.stdout[-3000:]}\n--- stderr\n{self.stderr[-6000:]}"
+
+
+def run_python(code: str, *args: str, env=None, timeout: float = 600) -> ChildRun:
+    """Run ``code`` in a fresh Python (this checkout importable, ``args`` as ``sys.argv[1:]``), so that a
+    native crash (SIGSEGV, SIGABRT from glibc) fails the calling test instead of ending the test run."""
+    full_env = subprocess_env()
+    full_env.update(env or {})
+    run = subprocess.run([sys.executable, "-X", "faulthandler", "-c", code, *args], capture_output=True, text=True, cwd=str(ROOT),
+                         env=full_env, timeout=timeout)
+    return ChildRun(run.args, run.returncode, run.stdout, run.stderr)

@@ -164,11 +164,18 @@ class Controller:
         self.trigger.cool_down(self.cfg.personalize.cooldown)
         try:
             if state != "done":
-                self.server.record("personalize_failed", state=state, reason=w.reason,
-                                   elapsed_s=round(w.elapsed, 1))
-                self.last_outcome = f"personalization {state}: {w.reason}"
+                failure = {"state": state, "reason": w.reason, "elapsed_s": round(w.elapsed, 1)}
+                if state == "crashed":       # the same job would crash the same way: back off, say so
+                    wait = self.trigger.crashed(self.cfg.personalize.cooldown, f"{w.signal} in stage {w.stage}")
+                    failure.update(signal=w.signal, stage=w.stage, crashes=self.trigger.crashes, backoff_s=round(wait))
+                else:
+                    self.trigger.no_crash()
+                self.server.record("personalize_failed", **failure)
+                note = self.trigger.crash_note()
+                self.last_outcome = f"personalization {state}: {w.reason}" + (f"; {note}" if note else "")
                 self._set_phase(Phase.OBSERVING)
                 return
+            self.trigger.no_crash()
             res = w.result or {}
             faults.point("policy.worker_done")
             self.server.record("personalize_finished", version=res.get("version"),

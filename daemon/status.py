@@ -23,6 +23,7 @@ def describe(ctl: "Controller") -> Dict[str, Any]:
                 "version": pb.version, "since": pb.since, "previous": pb.previous,
                 "seconds_left": pb.seconds_left(ctl.cfg.probation.duration, now)},
             "cooldown_s": ctl.trigger.cooldown_left(), "last_error": ctl.last_error,
+            "worker_crashes": {"in_a_row": ctl.trigger.crashes, "last": ctl.trigger.last_crash},
             "last_outcome": ctl.last_outcome}
 
 

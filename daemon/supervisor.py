@@ -90,8 +90,32 @@ def stop_reason(budget_s: float, wall_limit_s: float, elapsed: float, cpu_s: Opt
     return why
 
 
+def next_stage(finished: str, job: Job) -> str:
+    """The stage a worker is in once it reported ``finished`` (empty: none yet). The worker reports each
+    stage of ``ocap_core.personalize`` as it ends (load, teacher, score, select, then search, or prune and
+    finetune, then export), then its INT8 child's (quantize); the stage after the last is the one a
+    worker that dies was in."""
+    after = {"": "load", "load": "teacher", "teacher": "score", "score": "select",
+             "select": "search" if job.rule == "search" else "prune", "prune": "finetune",
+             "search": "export", "finetune": "export",
+             "export": "quantize" if job.quantize == "int8" else "writing the candidate",
+             "quantize": "writing the candidate"}
+    return after.get(finished, f"after {finished}")
+
+
+def signal_name(number: int) -> str:
+    """``SIGSEGV`` for 11; ``signal N`` for a number this platform has no name for."""
+    try:
+        return signal.Signals(number).name
+    except ValueError:
+        return f"signal {number}"
+
+
 class WorkerRun:
-    """One worker process. ``state``: running, paused, done, failed, killed. ``threads``, when given,
+    """One worker process. ``state``: running, paused, done, failed (it reported an error or exited
+    non-zero), killed (by the daemon: a budget, shutdown) or crashed (a signal the daemon did not send:
+    a native crash such as SIGSEGV, glibc's SIGABRT, the kernel's OOM SIGKILL; ``signal`` names it and
+    ``stage`` says where it was). ``threads``, when given,
     is the job's thread cap (0: auto, one per idle core); the worker chooses within it and reports the
     count in its ``started`` line."""
 
@@ -106,6 +130,9 @@ class WorkerRun:
         self.threads: Optional[int] = None          # what the worker chose, from its started line
         self.state = "running"
         self.reason = ""
+        self.signal = ""                 # the signal that ended a crashed worker
+        self.stage = "starting"          # the stage it is in (``next_stage``), and where in it (``detail``)
+        self.detail = ""
         self._on_event = on_event
         self._paused_since: Optional[float] = None
         self._paused_total = 0.0
@@ -136,10 +163,18 @@ class WorkerRun:
                 continue
             self.events.append(ev)
             self.last = ev
-            if ev.get("event") == "done":
+            kind = ev.get("event")
+            if kind == "done":
                 self.result = ev
-            elif ev.get("event") == "started":
+            elif kind == "started":
                 self.threads = ev.get("threads")
+                self.stage = next_stage("", self.job)
+            elif kind == "stage":
+                self.stage, self.detail = next_stage(str(ev.get("stage")), self.job), ""
+            elif kind == "search_level":
+                self.detail = f"level {ev.get('level')}x"
+            elif kind == "finetune_epoch":
+                self.detail = f"fine-tuning epoch {ev.get('epoch')}/{ev.get('epochs')}"
             if self._on_event:
                 try:
                     self._on_event(ev)
@@ -154,7 +189,7 @@ class WorkerRun:
 
     def poll(self) -> Optional[str]:
         """The final state once the process has ended (kills it first when over budget), else None."""
-        if self.state in ("done", "failed", "killed"):
+        if self.state in ("done", "failed", "killed", "crashed"):
             return self.state
         if self.state == "running" and (self.budget_s or self.wall_limit_s):
             why = stop_reason(self.budget_s, self.wall_limit_s, self.elapsed, self.cpu_seconds(), self.nice)
@@ -167,6 +202,11 @@ class WorkerRun:
         self._reader.join(timeout=5)
         if code == 0 and self.result is not None:
             self.state = "done"
+        elif code < 0:
+            self.state, self.signal = "crashed", signal_name(-code)
+            where = f"{self.stage}, {self.detail}" if self.detail else self.stage
+            self.reason = f"worker killed by {self.signal} (signal {-code}) in stage {where}"
+            log.error("worker %d %s", self.proc.pid, self.reason[len("worker "):])
         else:
             self.state = "failed"
             self.reason = str(self.last.get("error") or f"worker exited with code {code}")
@@ -217,6 +257,7 @@ class WorkerRun:
         last = {k: v for k, v in self.last.items() if k in ("event", "stage", "epoch", "epochs", "val", "seconds",
                                                             "level", "mac_reduction", "loss_pp", "accepted")}
         cpu = self.cpu_seconds() if self.proc.poll() is None else None
-        return {"pid": self.proc.pid, "state": self.state, "reason": self.reason, "elapsed_s": round(self.elapsed, 1),
+        return {"pid": self.proc.pid, "state": self.state, "reason": self.reason, "stage": self.stage,
+                "elapsed_s": round(self.elapsed, 1),
                 "cpu_s": None if cpu is None else round(cpu, 1),     # far below elapsed_s: it is kept waiting
                 "classes": list(self.job.classes), "threads": self.threads, "last": last}

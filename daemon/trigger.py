@@ -16,6 +16,8 @@ from . import stability, telemetry
 from .config import Config, PersonalizeConfig
 
 DAY = 86400.0
+MAX_CRASHES = 3                 # worker crashes in a row, after which only ``ocapctl personalize --now`` starts one
+MIN_CRASH_BACKOFF = 60.0        # seconds: the first wait after a crash, when the cooldown is shorter
 TARGET_WAIT_SPANS = 4           # the most stability spans the trigger waits above the held-back floor
 
 
@@ -66,6 +68,8 @@ class Trigger:
         self._starts: List[float] = []          # when workers started in the last day (the daily cap)
         # (floor reached, last held-back growth, count then): see _target_wait_left
         self._held_wait: Optional[Tuple[float, float, int]] = None
+        self.crashes = 0                        # workers in a row that died of a signal
+        self.last_crash = ""                    # "SIGSEGV in stage finetune"
 
     def restart(self) -> None:
         """Stability starts over from now (after a revert or a rollback)."""
@@ -74,6 +78,30 @@ class Trigger:
     def cool_down(self, seconds: float) -> None:
         """No personalization starts (unless forced) for ``seconds`` from now."""
         self.cooldown_until = self._clock() + seconds
+
+    def crashed(self, cooldown: float, what: str) -> float:
+        """A worker died of a signal (``what``: which, and in which stage). The same job would likely
+        crash the same way, so each crash in a row doubles the wait before the next start (from the
+        cooldown, at least ``MIN_CRASH_BACKOFF``, at most a day), and after ``MAX_CRASHES`` only a forced
+        start tries again. Returns the wait in seconds."""
+        self.crashes += 1
+        self.last_crash = what
+        wait = min(DAY, max(cooldown, MIN_CRASH_BACKOFF) * 2 ** (self.crashes - 1))
+        self.cooldown_until = max(self.cooldown_until, self._clock() + wait)
+        return wait
+
+    def no_crash(self) -> None:
+        """A worker ended without a crash: the count of crashes in a row starts over."""
+        self.crashes, self.last_crash = 0, ""
+
+    def crash_note(self) -> str:
+        """What the crashes in a row mean for the next start, for the status line; empty without any."""
+        if not self.crashes:
+            return ""
+        if self.crashes >= MAX_CRASHES:
+            return (f"personalization held after {self.crashes} worker crashes in a row (last: {self.last_crash}); "
+                    f"`ocapctl personalize --now` tries again")
+        return f"worker crash {self.crashes} in a row, backing off (held after {MAX_CRASHES})"
 
     def cooldown_left(self) -> float:
         return max(0.0, self.cooldown_until - self._clock())
@@ -110,6 +138,8 @@ class Trigger:
         classes = list(plan.classes)
         if not p.enabled and not force:
             return False, "personalization is disabled in the config", plan
+        if self.crashes >= MAX_CRASHES and not force:
+            return False, self.crash_note(), plan
         if not st.stable and not force:
             return False, st.describe(), plan
         served = self.server.served
@@ -133,7 +163,8 @@ class Trigger:
                 return False, (f"cache holds {held_n}/{target} held-back samples of {stability.format_set(classes)}"
                                f" (going ahead with fewer in {left:.0f} s at the latest)"), plan
         if now < self.cooldown_until and not force:
-            return False, f"cooling down for {self.cooldown_until - now:.0f} s more", plan
+            backoff = f" (backing off after {self.last_crash})" if self.crashes else ""
+            return False, f"cooling down for {self.cooldown_until - now:.0f} s more{backoff}", plan
         # the events table survives restarts; the starts kept here count those whose event write failed
         started = self.server.recent_events(1000, kinds=["personalize_started"], since=now - DAY)
         self._starts = [t for t in self._starts if t >= now - DAY]

@@ -1,7 +1,7 @@
 """Named fault points for the reliability tests: faults a test cannot cause from outside (a serving
 path that hangs, a kill at an exact step). Active only when the test-only ``OCAP_FAULTS`` environment
 variable names them, as ``POINT=ACTION[@SECONDS]`` items separated by commas, ACTION one of ``stall``
-(block forever), ``kill`` (SIGKILL this process), ``error`` (raise OSError EIO) or ``enospc`` (raise
+(block forever), ``kill`` (SIGKILL this process), ``segv`` (a native crash: read address 0), ``error`` (raise OSError EIO) or ``enospc`` (raise
 OSError ENOSPC, a full disk), SECONDS after the
 process imported this module. Unset (always, outside tests), ``point`` is one falsy check."""
 
@@ -14,7 +14,7 @@ import time
 from typing import Dict, Tuple
 
 log = logging.getLogger(__name__)
-ACTIONS = ("stall", "kill", "error", "enospc")
+ACTIONS = ("stall", "kill", "segv", "error", "enospc")
 
 
 def parse(spec: str) -> Dict[str, Tuple[str, float]]:
@@ -44,6 +44,10 @@ def point(name: str) -> None:
         threading.Event().wait()
     elif action == "kill":
         os.kill(os.getpid(), signal.SIGKILL)
+    elif action == "segv":
+        import ctypes
+
+        ctypes.string_at(0)                     # SIGSEGV in native code, as a bad kernel would
     if action == "enospc":
         raise OSError(errno.ENOSPC, f"No space left on device (injected at fault point {name})")
     raise OSError(errno.EIO, f"injected I/O error at fault point {name}")

@@ -7,6 +7,7 @@ import shutil
 
 import pytest
 
+pytest_plugins = ["tests.crash_report"]
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 
 

@@ -65,6 +65,12 @@ class StandInWorker:
         self._end = ("failed", None)
         self.reason = reason
 
+    def crash(self, signal: str, stage: str) -> None:
+        """As WorkerRun reports a worker that died of ``signal`` in ``stage``."""
+        self._end = ("crashed", None)
+        self.signal, self.stage = signal, stage
+        self.reason = f"worker killed by {signal} in stage {stage}"
+
     def poll(self):
         if self._end is not None:
             self.state, self.result = self._end
@@ -317,6 +323,44 @@ def test_a_failed_worker_is_an_event_and_a_cooldown(rig):
     assert not StandInWorker.started[0].job_dir.exists()          # the scratch is gone
     ok, why, _ = rig.ctl.trigger.evaluate()
     assert not ok and why.startswith("cooling down")
+
+
+def test_worker_crashes_back_off_doubling_then_hold_until_forced(rig):
+    """A worker that dies of a signal (a native crash) would die the same way on the same job: each crash
+    in a row doubles the wait (the 60-s cooldown, then 120 s), the third holds personalization until
+    ``ocapctl personalize --now``, and every step says so in the event and the status line."""
+    from daemon.trigger import MAX_CRASHES
+
+    rig.observe_stable()
+    waits = []
+    for n in range(1, MAX_CRASHES + 1):
+        rig.ctl.tick()
+        rig.worker().crash("SIGSEGV", "finetune")
+        rig.ctl.tick()
+        ev = rig.events("personalize_failed")[0]
+        assert (ev["state"], ev["signal"], ev["stage"], ev["crashes"]) == ("crashed", "SIGSEGV", "finetune", n)
+        assert "SIGSEGV in stage finetune" in ev["reason"]
+        waits.append(ev["backoff_s"])
+        if n < MAX_CRASHES:
+            assert f"worker crash {n} in a row, backing off" in rig.ctl.status_line()
+            ok, why, _ = rig.ctl.trigger.evaluate()
+            assert not ok and "backing off after SIGSEGV in stage finetune" in why, why
+            rig.clock.advance(ev["backoff_s"] + 1)
+            rig.observe_stable()
+    assert waits == [60, 120, 240]
+    rig.clock.advance(waits[-1] + 1)
+    rig.observe_stable()
+    rig.ctl.tick()
+    assert rig.ctl.worker is None                            # held, however long it waits
+    ok, why, _ = rig.ctl.trigger.evaluate()
+    assert not ok and why.startswith(f"personalization held after {MAX_CRASHES} worker crashes in a row"), why
+    assert "ocapctl personalize --now" in rig.ctl.status_line()
+    assert rig.call("status")["daemon"]["worker_crashes"] == {"in_a_row": MAX_CRASHES, "last": "SIGSEGV in stage finetune"}
+    assert rig.call("personalize", now=True)["started"]      # a forced start tries again
+    rig.worker().fail("engine exploded")                     # an ordinary end: the count starts over
+    rig.ctl.tick()
+    assert rig.ctl.trigger.crashes == 0 and "crash" not in rig.ctl.status_line()
+    assert rig.call("status")["daemon"]["worker_crashes"] == {"in_a_row": 0, "last": ""}
 
 
 def test_with_privacy_purge_the_cached_samples_go_once_the_worker_ends(rig):

@@ -124,6 +124,18 @@ def test_a_failing_job_leaves_no_candidate(tmp_path):
     assert not [p for p in (tmp_path / "job").iterdir() if p.name.startswith(".candidate")]
 
 
+@pytest.mark.parametrize("point,stage", [("worker.score", "select"), ("worker.load", "teacher")])
+def test_a_native_crash_is_named_with_its_signal_and_stage(tmp_path, monkeypatch, point, stage):
+    """A worker that dies of SIGSEGV (a real one, at a fault point: reading address 0) ends ``crashed``,
+    with the signal and the stage it was in, not an exit code."""
+    monkeypatch.setenv("OCAP_FAULTS", f"{point}=segv")
+    run = WorkerRun(_job(tmp_path), tmp_path / "job", nice=NICE, threads=1)
+    assert _wait(run) == "crashed", run.reason
+    assert (run.signal, run.stage) == ("SIGSEGV", stage)
+    assert run.reason == f"worker killed by SIGSEGV (signal 11) in stage {stage}"
+    assert run.describe()["stage"] == stage
+
+
 def test_over_budget_is_killed(tmp_path):
     run = WorkerRun(_job(tmp_path, epochs=500), tmp_path / "job", nice=NICE, threads=1, budget_s=2.0)
     assert _wait(run) == "killed" and "budget" in run.reason

@@ -128,7 +128,8 @@ def test_kill_the_worker_at(tmp_path, images, point):
     try:
         drive(tmp_path, daemon, replay, timeout=CYCLE_S, stop_when=lambda kinds: "personalize_failed" in kinds)
         failed = [d for k, d in events(tmp_path) if k == "personalize_failed"]
-        assert failed and "-9" in failed[0]["reason"], failed
+        assert failed and (failed[0]["state"], failed[0]["signal"]) == ("crashed", "SIGKILL"), failed
+        assert "killed by SIGKILL (signal 9) in stage" in failed[0]["reason"], failed
         st = ctl(tmp_path, "status")
         assert daemon.running() and st["model"]["version"] == st["base"]          # serving never stopped
         assert st["daemon"]["phase"] == "observing" and st["daemon"]["worker"] is None

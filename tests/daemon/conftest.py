@@ -1,24 +1,19 @@
 """Fixtures of the daemon's tests. ``pruned_1_8``: a real candidate the engine made from the shipped CNN
-for {Trouser, Bag} (3 epochs, the OCAP rule: 24 held-back images are too few to search), once per
-session; it needs torch, so only torch-marked modules use it."""
+for {Trouser, Bag} (OCAP's rule, 3 epochs), checked in as an ONNX-only package (tests/data/fmnist-cnn-1-8,
+made by scripts/make_test_candidate.py; test_test_data.py checks that the script still makes its
+like), so that the control plane's tests run without torch: on Python 3.8 too."""
 
-import numpy as np
+import shutil
+from pathlib import Path
+
 import pytest
+
+CANDIDATE_1_8 = Path(__file__).resolve().parent.parent / "data" / "fmnist-cnn-1-8"
 
 
 @pytest.fixture(scope="session")
 def pruned_1_8(tmp_path_factory):
-    from ocap_core.data import load_dataset
-    from ocap_core.finetune import FinetuneSpec
-    from ocap_core.package import open_package, resolve_model
-    from ocap_core.personalize import personalize
-    from ocap_core.personalize_samples import Samples
-    from ocap_core.prune_spec import PruneSpec
-
-    train = load_dataset("fashion-mnist", "train")
-    idx = np.concatenate([np.flatnonzero(train.y == k)[:60] for k in (1, 8)])
-    samples = Samples(x=train.x[idx], is_val=np.arange(len(idx)) % 5 == 0)
+    """A copy of the checked-in candidate (a test may not change the original)."""
     out = tmp_path_factory.mktemp("pruned") / "cand"
-    personalize(open_package(resolve_model("fmnist-cnn")), samples, [1, 8],
-                PruneSpec(rule="personalize", finetune=FinetuneSpec(epochs=3), threads=1), out)
+    shutil.copytree(str(CANDIDATE_1_8), str(out))
     return out

@@ -2,7 +2,8 @@
 sessions, SQLite, sample cache, Unix socket) driven by an injected clock: no sleeps, no timing.
 
 The personalization worker is a stand-in: the real one (a torch subprocess of minutes) is tested in
-test_worker.py; here it only hands back a real candidate the engine made (``pruned_1_8``), or fails."""
+test_worker.py; here it only hands back a real candidate the engine made (``pruned_1_8``, checked in),
+fails or crashes. Torch-free: the policy's tests run on Python 3.8 too."""
 
 import dataclasses
 import shutil
@@ -24,7 +25,6 @@ from ocap_core.package import read_card, resolve_model
 from service.client import Client, CommandFailed
 from service.server import Server
 
-pytestmark = pytest.mark.torch
 T0 = 1_000_000.0
 
 
@@ -411,6 +411,7 @@ def pruned_1_8_int8(pruned_1_8, tmp_path_factory, test_images):
     return quantize_package(open_package(str(pruned_1_8)), frames, out, QuantSpec(calibration=64)).path
 
 
+@pytest.mark.torch                     # the INT8 child needs the onnx package (the torch extra)
 @pytest.mark.parametrize("min_speedup,kept", [(0.0, True), (1e9, False)])
 def test_with_quantize_int8_the_int8_child_serves_only_when_the_precision_rule_keeps_it(
         rig, pruned_1_8, pruned_1_8_int8, monkeypatch, min_speedup, kept):

@@ -13,8 +13,6 @@ from ocap_core.package import read_card, write_card
 from service.model_slot import load_model
 from tests.daemon.test_store import corrupt
 
-pytestmark = pytest.mark.torch
-
 
 @pytest.fixture(scope="module")
 def candidate(pruned_1_8):

@@ -61,7 +61,7 @@ class Controller:
         self.last_wait = ""                     # why a stable set has not started one yet (status line)
         for name, fn in (("personalize", self._cmd_personalize), ("rollback", self._cmd_rollback),
                          ("pause", self._cmd_pause), ("resume", self._cmd_resume)):
-            server.control.register(name, fn, mutating=True)
+            server.control.register(name, fn)
         server.add_status("daemon", self.describe)
         shutil.rmtree(self.jobs_dir, ignore_errors=True)         # scratch of a worker from before a crash
 

@@ -123,7 +123,7 @@ class Daemon:
         self.controller.deployer.sweep_engines()     # engines of versions gone while ocapd was down
         server.metrics.add(DaemonCollector(self.controller))
         server.add_status("metrics", self._metrics_status)
-        server.control.register("reload", self._cmd_reload, mutating=True)
+        server.control.register("reload", self._cmd_reload)
         self.sources = build_sources(c, server, replay_data)
         self.replay_data = None                 # the sources hold what they need
         self.scheduler = self._scheduler()

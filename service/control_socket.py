@@ -2,8 +2,8 @@
 
 Request ``{"v":1,"id":7,"cmd":"status", ...}``; reply ``{"v":1,"id":7,"ok":true,"result":{...}}`` or
 ``{"v":1,"id":7,"ok":false,"error":{"code":...,"message":...}}``. A command that takes a payload (``predict``)
-announces ``"bytes": N`` in its header line and the N raw bytes follow. Handlers are registered by name
-(one table), so the control plane adds its own. Bad input gets an error reply on that connection only;
+announces ``"bytes": N`` in its header line and the N raw bytes follow. Each command is declared once in
+``commands.py`` (arguments, mutating, payload); a handler is registered for a declared name. Bad input gets an error reply on that connection only;
 lines over 64 KiB, payloads over the configured cap and idle connections are cut off. Mutating commands
 are checked against the peer's SO_PEERCRED credentials.
 """
@@ -23,6 +23,7 @@ from typing import Any, Callable, Dict, Optional, Set
 
 from ocap_core import strict_json
 
+from .commands import BY_NAME, Command, command
 from .errors import ServiceError
 
 log = logging.getLogger(__name__)
@@ -32,10 +33,9 @@ Handler = Callable[[Dict[str, Any], Optional[bytes]], Any]
 
 
 @dataclass(frozen=True)
-class Command:
-    handler: Handler
-    mutating: bool = False          # needs root, the daemon's uid or an allowed group
-    payload: bool = False           # a header's "bytes" of raw data follow
+class Registered:
+    spec: Command                   # its declaration: mutating (needs root, the daemon's uid or an
+    handler: Handler                # allowed group), payload (a header's "bytes" of raw data follow)
 
 
 class RequestError(Exception):
@@ -62,7 +62,7 @@ class ControlServer:
         self.path = Path(path)
         self.max_payload, self.max_connections, self.idle_timeout = max_payload, max_connections, idle_timeout
         self.allowed_gids = set(allowed_gids)
-        self.commands: Dict[str, Command] = {}
+        self.commands: Dict[str, Registered] = {}
         self._sock: Optional[socket.socket] = None
         self._lock_fd: Optional[int] = None
         self._active = threading.BoundedSemaphore(max_connections)
@@ -73,10 +73,11 @@ class ControlServer:
         self._conns: Dict[socket.socket, threading.Thread] = {}
         self._conns_lock = threading.Lock()
 
-    def register(self, name: str, handler: Handler, mutating: bool = False, payload: bool = False) -> None:
+    def register(self, name: str, handler: Handler) -> None:
+        """Answer the declared command ``name`` (``commands.py``) with ``handler``."""
         if name in self.commands:
             raise ServiceError(f"control command {name!r} is registered twice")
-        self.commands[name] = Command(handler, mutating, payload)
+        self.commands[name] = Registered(command(name), handler)
 
     def start(self) -> None:
         """Take the instance lock, replace a stale socket file, listen (mode 0660), serve in a thread."""
@@ -194,16 +195,16 @@ class ControlServer:
             payload = self._payload(f, req) if "bytes" in req else None
             if req.get("v") != 1:
                 raise RequestError("bad_request", f"protocol version must be 1, got {req.get('v')!r}")
-            cmd = self.commands.get(req.get("cmd"))
-            if cmd is None:
-                raise RequestError("unknown_command", f"unknown command {req.get('cmd')!r}; "
-                                                      f"known: {', '.join(sorted(self.commands))}")
+            reg = self.commands.get(req.get("cmd"))
+            if reg is None:
+                raise RequestError("unknown_command", self._unknown(req.get("cmd")))
+            cmd = reg.spec
             if cmd.payload != (payload is not None):
                 raise RequestError("bad_request", f"{req['cmd']} " + ("needs \"bytes\": N and N bytes after the line"
                                                                     if cmd.payload else "takes no payload"))
             if cmd.mutating and not self._may_mutate(creds):
                 raise RequestError("forbidden", f"{req['cmd']} needs root, the daemon's user or an allowed group")
-            self._send(conn, rid, result=cmd.handler(req, payload))
+            self._send(conn, rid, result=reg.handler(req, payload))
         except RequestError as e:
             self._send(conn, rid, error=(e.code, str(e)))
             return not e.fatal
@@ -211,6 +212,14 @@ class ControlServer:
             log.exception("control command failed")
             self._send(conn, rid, error=("internal", f"{type(e).__name__}: {e}"))
         return True
+
+    def _unknown(self, name: Any) -> str:
+        known = f"known here: {', '.join(sorted(self.commands))}"
+        spec = BY_NAME.get(name) if isinstance(name, str) else None
+        if spec is not None and spec.ocapd_only:
+            return (f"{name} is answered by ocapd (the control plane); this socket is the serving plane alone "
+                    f"(python -m service); {known}")
+        return f"unknown command {name!r}; {known}"
 
     def _payload(self, f, req: Dict[str, Any]) -> bytes:
         n = req.get("bytes")

@@ -9,6 +9,8 @@ from typing import Any, Dict, List, Optional, Sequence
 
 from ocap_core import strict_json
 
+from .commands import BY_NAME, COMMANDS, request_args
+
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_UNREACHABLE = 0, 1, 2, 3
 DEFAULT_SOCKET = "/run/ocap/ocap.sock"
 
@@ -132,7 +134,7 @@ def _main(argv: Optional[Sequence[str]]) -> int:
 
     from .client import Client, CommandFailed, Unreachable
 
-    ap = argparse.ArgumentParser(prog="ocapctl", description=__doc__)
+    ap = argparse.ArgumentParser(prog="ocapctl", description=(__doc__ or "").replace("``", ""))
     ap.add_argument("--socket", default=DEFAULT_SOCKET, help=f"control socket (default {DEFAULT_SOCKET})")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
     # the same flags after the subcommand (`ocapctl classes --json`); SUPPRESS: absent there, the value
@@ -141,34 +143,20 @@ def _main(argv: Optional[Sequence[str]]) -> int:
     common.add_argument("--socket", default=argparse.SUPPRESS, help="control socket (also before the command)")
     common.add_argument("--json", action="store_true", default=argparse.SUPPRESS,
                         help="print the result as JSON (also before the command)")
-    sub = ap.add_subparsers(dest="cmd", required=True)
-
-    def command(name: str, **kwargs: Any) -> argparse.ArgumentParser:
-        return sub.add_parser(name, parents=[common], **kwargs)
-
-    command("status", help="the served model, requests and latency, the cache, the daemon's phase")
-    c = command("classes", help="predictions per class over the last minutes")
-    c.add_argument("--minutes", type=int, default=60)
-    c.add_argument("--origin", default="served", choices=["served", "teacher"])
-    command("models", help="the stored model versions: current, last good, base")
-    mt = command("metrics", help="the daemon's metrics as OpenMetrics text (for Prometheus; see README, Metrics)")
-    mt.add_argument("--format", default="openmetrics", choices=["openmetrics", "prometheus"],
-                    help="openmetrics (default) or the Prometheus text format that node_exporter's textfile reads")
-    command("forget-samples", help="delete every cached sample (needs rights)")
-    pz = command("personalize", help="start a personalization when the trigger allows (needs rights)")
-    how = pz.add_mutually_exclusive_group()
-    how.add_argument("--now", action="store_true", help="start even if the classes are not stable yet")
-    how.add_argument("--dry-run", action="store_true", help="only say whether one would start, and why")
-    rp = command("report", help="write a Markdown report of the daemon's state to a directory")
-    rp.add_argument("out", help="directory for report.md")
-    for name, text in (("rollback", "go back to the last good model, or the base model"),
-                       ("pause", "pause personalization (a running worker is stopped with SIGSTOP)"),
-                       ("resume", "resume personalization"), ("reload", "re-read the config file")):
-        command(name, help=text + " (needs rights)")
-    h = command("history", help="the latest events: personalizations, gates, deploys, rollbacks, drift")
-    h.add_argument("--limit", type=int, default=50)
-    p = command("predict", help="classify one image file through the daemon")
-    p.add_argument("file", help="an image file (PNG, JPEG, PGM, ...) or a uint8 .npy array")
+    sub = ap.add_subparsers(dest="cmd", metavar="COMMAND")
+    sub.required = True                    # (add_subparsers' required= is Python 3.7+)
+    for c in COMMANDS:                     # one table: service/commands.py
+        sp = sub.add_parser(c.name, parents=[common], help=c.help + (" (needs rights)" if c.mutating else ""),
+                            description=c.help)
+        group = sp.add_mutually_exclusive_group() if c.exclusive else sp
+        for a in c.args:
+            if a.positional:
+                sp.add_argument(a.name, help=a.help)
+            elif a.flag:
+                group.add_argument("--" + a.name.replace("_", "-"), action="store_true", help=a.help)
+            else:
+                group.add_argument("--" + a.name.replace("_", "-"), type=a.type, default=a.default,
+                                   choices=list(a.choices) or None, help=f"{a.help} (default {a.default})")
     try:
         args = ap.parse_args(argv)
     except SystemExit as e:
@@ -182,18 +170,10 @@ def _main(argv: Optional[Sequence[str]]) -> int:
                     print(f"ocapctl: {e}", file=sys.stderr)
                     return EXIT_USAGE
                 res = client.predict(img)
-            elif args.cmd == "classes":
-                res = client.call("classes", minutes=args.minutes, origin=args.origin)
-            elif args.cmd == "history":
-                res = client.call("history", limit=args.limit)
-            elif args.cmd == "metrics":
-                res = client.call("metrics", format=args.format)
             elif args.cmd == "report":
                 res = {"report": str(write_report(client, Path(args.out)))}
-            elif args.cmd == "personalize":
-                res = client.call("personalize", now=args.now, dry_run=args.dry_run)
             else:
-                res = client.call(args.cmd)
+                res = client.call(args.cmd, **request_args(BY_NAME[args.cmd], vars(args)))
     except Unreachable as e:
         hint = " (is ocapd running? its [daemon] socket is what --socket takes)" if args.socket == DEFAULT_SOCKET else ""
         print(f"ocapctl: daemon unreachable: {e}{hint}", file=sys.stderr)

@@ -112,12 +112,10 @@ class Server:
         # leave the request path through a bounded queue; when it is full the frame is skipped
         self._background: queue.Queue = queue.Queue(maxsize=cfg.background_queue)
         self._worker = threading.Thread(target=self._background_loop, name="cache-teacher", daemon=True)
-        for name, fn, payload, mutating in (
-                ("status", self._status, False, False), ("classes", self._classes, False, False),
-                ("models", self._models, False, False), ("history", self._history, False, False),
-                ("metrics", self._metrics, False, False),
-                ("predict", self._predict, True, False), ("forget-samples", self._forget, False, True)):
-            self.control.register(name, fn, payload=payload, mutating=mutating)
+        for name, fn in (("status", self._status), ("classes", self._classes), ("models", self._models),
+                         ("history", self._history), ("metrics", self._metrics), ("predict", self._predict),
+                         ("forget-samples", self._forget)):
+            self.control.register(name, fn)
         self.models.put(served.card, "serving")
         if self.base is not served:
             self.models.put(self.base.card, "teacher")

@@ -59,3 +59,17 @@ def test_the_readmes_ocap_import_examples_use_the_current_flags():
             parse_scale(args.scale)
     assert any("--scale" in a and "1/255" in a for a in commands), commands
     assert any("--preset" in a for a in commands), commands
+
+
+def test_the_readmes_ocapctl_commands_are_the_command_table():
+    """README's list of ocapctl commands (the block of ``ocapctl ...`` lines under "The daemon") names
+    exactly the commands of service/commands.py, the table ocapctl and the socket are built from."""
+    from service.commands import COMMANDS
+
+    text = (ROOT / "README.md").read_text(encoding="utf-8")
+    listed = set()
+    for line in text.splitlines():
+        if line.startswith("ocapctl ") and "--socket" not in line:
+            words = line.split("#")[0].split()[1:]
+            listed |= {w for w in words if re.fullmatch(r"[a-z][a-z-]*", w)}
+    assert listed == {c.name for c in COMMANDS}

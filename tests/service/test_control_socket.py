@@ -40,8 +40,8 @@ def _predict(slot):
 def server(tmp_path, slot):
     srv = ControlServer(tmp_path / "ocap.sock", max_payload=4096, max_connections=3, idle_timeout=WAIT_S)
     srv.register("status", lambda req, _: {"version": slot.current().version})
-    srv.register("predict", _predict(slot), payload=True)
-    srv.register("pause", lambda req, _: {"paused": True}, mutating=True)
+    srv.register("predict", _predict(slot))
+    srv.register("pause", lambda req, _: {"paused": True})
     srv.start()
     yield srv
     srv.stop()
@@ -209,7 +209,7 @@ def test_mutating_commands_check_peer_credentials():
     os.chmod(d, 0o755)
     srv = ControlServer(os.path.join(d, "ocap.sock"))
     srv.register("status", lambda req, _: {})
-    srv.register("pause", lambda req, _: {"paused": True}, mutating=True)
+    srv.register("pause", lambda req, _: {"paused": True})
     srv.start()
     os.chmod(str(srv.path), 0o666)                # let the other user reach the socket at all
     try:
@@ -254,10 +254,10 @@ def test_stop_finishes_the_request_in_flight_and_closes_idle_connections(tmp_pat
         srv.stop()
         at_return.append(list(done))        # what the handler had finished when stop() returned
 
-    srv.register("slow", slow)
+    srv.register("status", slow)
     srv.start()
     idle, idle_f = _raw(srv.path)
-    busy = threading.Thread(target=lambda: replies.append(Client(srv.path, timeout=10 * WAIT_S).call("slow")))
+    busy = threading.Thread(target=lambda: replies.append(Client(srv.path, timeout=10 * WAIT_S).call("status")))
     busy.start()
     assert started.wait(WAIT_S)
     stopper = threading.Thread(target=stop)
@@ -268,3 +268,13 @@ def test_stop_finishes_the_request_in_flight_and_closes_idle_connections(tmp_pat
     busy.join(WAIT_S)
     assert replies == [{"done": True}]                    # ... and the request in flight was answered
     idle.close()
+
+
+def test_only_declared_commands_take_handlers(tmp_path):
+    """One table (service/commands.py): a handler for a name it does not declare is refused, naming the
+    file; what a command needs (payload, rights) comes from the table, not from the registration."""
+    srv = ControlServer(tmp_path / "s.sock")
+    with pytest.raises(ServiceError, match=r"no control command 'slow' is declared in service/commands.py"):
+        srv.register("slow", lambda req, _: {})
+    srv.register("forget-samples", lambda req, _: {})
+    assert srv.commands["forget-samples"].spec.mutating and not srv.commands["forget-samples"].spec.payload

@@ -50,14 +50,30 @@ def test_flags_after_the_subcommand_override_the_ones_before(sock):
     assert _ctl("--socket", "/nonexistent/ocap.sock", "status", "--json").returncode == 3
 
 
-def test_every_subcommand_takes_the_global_flags():
-    r = _ctl("--help")
-    names = ["status", "classes", "models", "history", "metrics", "predict", "personalize", "rollback", "pause", "resume",
-             "reload", "report", "forget-samples"]
-    assert all(n in r.stdout for n in names)
-    for n in names:
-        h = _ctl(n, "--help")
-        assert h.returncode == 0 and "--json" in h.stdout and "--socket" in h.stdout, (n, h.stdout)
+def test_the_parser_is_built_from_the_command_table(capsys):
+    """Every declared command is a subcommand with its options, its help and the global flags; the
+    help has no reST markup. In-process: ``main`` returns before it connects."""
+    from service.commands import COMMANDS
+    from service.ctl import main
+
+    assert main(["--help"]) == 0
+    top = capsys.readouterr().out
+    assert "``" not in top
+    for c in COMMANDS:
+        assert c.name in top and c.help in " ".join(top.split())
+        assert main([c.name, "--help"]) == 0
+        text = capsys.readouterr().out
+        assert "--json" in text and "--socket" in text, (c.name, text)
+        for a in c.args:
+            assert (a.name if a.positional else "--" + a.name.replace("_", "-")) in text, (c.name, a.name)
+    assert main(["personalize", "--now", "--dry-run"]) == 2           # exclusive flags: a usage error
+    assert "not allowed with argument" in capsys.readouterr().err
+
+
+def test_a_control_plane_command_on_the_serving_plane_says_it_needs_ocapd(sock):
+    r = _ctl("--socket", sock, "personalize", "--dry-run")
+    assert r.returncode == 1, r.stderr
+    assert "personalize is answered by ocapd (the control plane); this socket is the serving plane alone" in r.stderr
 
 
 @pytest.mark.parametrize("args", [["history"], ["--json", "status"], ["classes", "--json"]])

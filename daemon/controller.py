@@ -17,7 +17,7 @@ from ocap_core.runtime import trim_heap
 from ocap_core.search_spec import MIN_PER_CLASS
 from ocap_core.selection import with_outside
 from service import faults
-from service.control_socket import RequestError
+from service.control_socket import Handler, RequestError
 from service.errors import ServiceError
 from service.model_slot import LoadedModel
 from service.server import Server
@@ -27,7 +27,6 @@ from .config import Config
 from .deployer import Deployer, Phase, Probation
 from .errors import DaemonError
 from .job import Job, write_samples
-from .store import ModelStore
 from .supervisor import WorkerRun
 from .trigger import Plan, Trigger
 
@@ -39,12 +38,14 @@ SEARCH_LEVEL_FIELDS = ("level", "mac_reduction", "agreement", "loss_pp", "accept
 
 
 class Controller:
-    def __init__(self, cfg: Config, server: Server, store: ModelStore,
+    """Built by ``control_plane`` (the composition root's helper), which hands it the deployer and the
+    trigger and registers its commands (``handlers``)."""
+
+    def __init__(self, cfg: Config, server: Server, deployer: Deployer, trigger: Trigger,
                  on_state: Optional[Callable[[str], None]] = None, clock: Callable[[], float] = time.time,
                  start_worker: StartWorker = WorkerRun) -> None:
         self.cfg, self.server = cfg, server             # the server owns the base model (server.base)
-        self.deployer = Deployer(server, store, clock)
-        self.trigger = Trigger(lambda: self.cfg, server, clock)     # a reload replaces cfg: read it each round
+        self.deployer, self.trigger = deployer, trigger
         self.clock = clock
         self._on_state = on_state
         self._start_run = start_worker
@@ -59,11 +60,12 @@ class Controller:
         self.last_error = ""
         self.last_outcome = ""                  # why the last personalization came to nothing (status line)
         self.last_wait = ""                     # why a stable set has not started one yet (status line)
-        for name, fn in (("personalize", self._cmd_personalize), ("rollback", self._cmd_rollback),
-                         ("pause", self._cmd_pause), ("resume", self._cmd_resume)):
-            server.control.register(name, fn)
-        server.add_status("daemon", self.describe)
         shutil.rmtree(self.jobs_dir, ignore_errors=True)         # scratch of a worker from before a crash
+
+    def handlers(self) -> Dict[str, Handler]:
+        """The socket commands the controller answers (declared in service/commands.py)."""
+        return {"personalize": self._cmd_personalize, "rollback": self._cmd_rollback, "pause": self._cmd_pause,
+                "resume": self._cmd_resume}
 
     @property
     def probation(self) -> Optional[Probation]:

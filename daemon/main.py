@@ -12,7 +12,7 @@ import sys
 import threading
 import time
 from pathlib import Path
-from typing import Any, List, Optional, Sequence
+from typing import Any, Callable, List, Optional, Sequence
 
 import numpy as np
 
@@ -22,12 +22,15 @@ from service.server import Server, ServerConfig
 from service.sources import ThreadSource
 
 from .config import EXIT_CONFIG, Config, ConfigError, load_config
-from .controller import Controller
+from .controller import Controller, StartWorker
+from .deployer import Deployer
 from .errors import DaemonError
 from .metrics import DaemonCollector, Textfile
 from .notify import Notifier
 from .sources import Checked, build_sources, check_sources
 from .store import ModelStore
+from .supervisor import WorkerRun
+from .trigger import Trigger
 
 log = logging.getLogger("ocapd")
 DEFAULT_CONFIG = "/etc/ocap/ocap.ini"
@@ -62,6 +65,21 @@ def server_config(cfg: Config) -> ServerConfig:
                         teacher_share=cfg.drift.teacher_share, max_connections=cfg.daemon.max_connections,
                         max_payload=cfg.daemon.max_payload,
                         allowed_gids=frozenset() if cfg.daemon.group is None else frozenset([cfg.daemon.group]))
+
+
+def control_plane(cfg: Config, server: Server, store: ModelStore, on_state: Optional[Callable[[str], None]] = None,
+                  clock: Callable[[], float] = time.time, start_worker: StartWorker = WorkerRun) -> Controller:
+    """The control plane around a built ``server``, wired by the composition root (``Daemon.start``, and
+    the tests that run the policy in-process): the deployer (what serves), the trigger (when to
+    personalize; it reads the controller's config, which a reload replaces), the controller (the
+    policy), its commands on the server's socket and its part of ``status``."""
+    deployer = Deployer(server, store, clock)
+    trigger = Trigger(lambda: ctl.cfg, server, clock)
+    ctl = Controller(cfg, server, deployer, trigger, on_state=on_state, clock=clock, start_worker=start_worker)
+    for name, handler in ctl.handlers().items():
+        server.control.register(name, handler)
+    server.add_status("daemon", ctl.describe)
+    return ctl
 
 
 def set_log_level(level: str) -> None:
@@ -119,7 +137,7 @@ class Daemon:
         self.server = server = Server(str(serve), Path(c.daemon.state_dir), Path(c.daemon.socket), scfg,
                                       base=str(base), cache_dir=Path(c.daemon.cache_dir))
         server.record("daemon_started", serving=server.served.version, recovered=why, config=str(c.path))
-        self.controller = Controller(c, server, store, on_state=self.notifier.status)
+        self.controller = control_plane(c, server, store, on_state=self.notifier.status)
         self.controller.deployer.sweep_engines()     # engines of versions gone while ocapd was down
         server.metrics.add(DaemonCollector(self.controller))
         server.add_status("metrics", self._metrics_status)

@@ -18,7 +18,7 @@ from daemon import gate, precision
 from daemon.config import Config
 from daemon.controller import Controller
 from daemon.deployer import Phase
-from daemon.main import server_config
+from daemon.main import control_plane, server_config
 from daemon.store import ModelStore
 from ocap_core.data import load_dataset
 from ocap_core.package import read_card, resolve_model
@@ -154,7 +154,7 @@ def rig(test_images):
     server = Server(base, state, cfg.daemon.socket, server_config(cfg), clock=clock)
     store = ModelStore(state, keep_versions=cfg.store.keep_versions)
     StandInWorker.started = []
-    ctl = Controller(cfg, server, store, clock=clock, start_worker=StandInWorker)
+    ctl = control_plane(cfg, server, store, clock=clock, start_worker=StandInWorker)
     server.start()
     yield Rig(cfg, server, store, ctl, clock, test_images)
     ctl.stop()

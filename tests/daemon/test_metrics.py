@@ -18,8 +18,8 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_prometheus
 
 from daemon.config import ConfigError, load_config
-from daemon.controller import Controller
 from daemon.deployer import Phase
+from daemon.main import control_plane
 from daemon.metrics import DaemonCollector, Textfile, write_textfile
 from daemon.store import ModelStore
 from ocap_core.data import load_dataset
@@ -55,7 +55,7 @@ def one(fams, name, sample=None):
 def _daemon_metrics(state: Path, thermal: Path):
     cfg = _config(state)
     server = Server("fmnist-cnn", state, cfg.daemon.socket, cache_dir=cfg.daemon.cache_dir)
-    ctl = Controller(cfg, server, ModelStore(state))
+    ctl = control_plane(cfg, server, ModelStore(state))
     server.metrics.add(DaemonCollector(ctl, thermal_root=thermal))
     return server, ctl
 

@@ -16,6 +16,7 @@ from daemon.demo import demo_config
 from daemon.launch import start_ocapd, wait_until
 from ocap_core.data import load_dataset
 from service.client import Client, Unreachable
+from service.event_kinds import Event
 
 from .report import figure, run_stamp
 
@@ -82,7 +83,7 @@ def run(quick: bool = False, clients: int = 16, rate: float = 20.0) -> Dict[str,
                         for s in range(clients)]
 
                 def clients_done() -> bool:
-                    if not flag.exists() and any(e["kind"] == "probation_passed" for e in daemon.events()):
+                    if not flag.exists() and any(e["kind"] == Event.PROBATION_PASSED for e in daemon.events()):
                         flag.write_text("drift")
                     return all(f.done() for f in futs)
 
@@ -94,8 +95,8 @@ def run(quick: bool = False, clients: int = 16, rate: float = 20.0) -> Dict[str,
 
 def summarize(reqs, events, clients, rate, seconds) -> Dict[str, Any]:
     first = {k: min((e["ts"] for e in events if e["kind"] == k), default=None)
-             for k in ("personalize_started", "personalize_finished")}
-    swaps = [(e["ts"] - e["detail"].get("seconds", 0.0) - 0.25, e["ts"] + 0.25) for e in events if e["kind"] == "swap"]
+             for k in (Event.PERSONALIZE_STARTED, Event.PERSONALIZE_FINISHED)}
+    swaps = [(e["ts"] - e["detail"].get("seconds", 0.0) - 0.25, e["ts"] + 0.25) for e in events if e["kind"] == Event.SWAP]
     phase = {"idle": [], "worker": [], "swaps": []}
     for t, ms, ok in reqs:
         if not ok:

@@ -22,6 +22,7 @@ import psutil
 from daemon.demo import demo_config
 from daemon.launch import start_ocapd
 from service.client import Client, ServiceError
+from service.event_kinds import Event
 
 from .report import run_stamp
 
@@ -103,9 +104,9 @@ def run(quick: bool = False, rate: float = 300.0, minutes: Optional[float] = Non
             events = daemon.events(limit=10000)
     kinds = [e["kind"] for e in events]
     return {"seconds": seconds, "rate": rate, "samples": samples, "answered": answered[0], "failed": answered[1],
-            "per_cycle": per_cycle(samples, [e["ts"] for e in events if e["kind"] == "gate"]),
-            "cycles": {k: kinds.count(k) for k in ("personalize_started", "gate", "deploy", "probation_passed",
-                                                   "drift", "revert", "rollback", "personalize_failed")}}
+            "per_cycle": per_cycle(samples, [e["ts"] for e in events if e["kind"] == Event.GATE]),
+            "cycles": {k: kinds.count(k) for k in (Event.PERSONALIZE_STARTED, Event.GATE, Event.DEPLOY, Event.PROBATION_PASSED,
+                                                   Event.DRIFT, Event.REVERT, Event.ROLLBACK, Event.PERSONALIZE_FAILED)}}
 
 
 def per_cycle(samples: Sequence[Dict[str, float]], gates: Sequence[float]) -> List[Dict[str, float]]:

@@ -30,6 +30,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 import numpy as np
 
 from service.client import Client
+from service.event_kinds import Event
 
 from .report import figure, run_stamp
 
@@ -136,12 +137,12 @@ class Cycles:
         t0 = time.time()
         if self.drift_flag.exists():
             self.drift_flag.unlink()
-        dep = self._wait_event(["deploy"], t0, max(30.0, min(DEPLOY_TIMEOUT_S, deadline - time.time())))
+        dep = self._wait_event([Event.DEPLOY], t0, max(30.0, min(DEPLOY_TIMEOUT_S, deadline - time.time())))
         if dep is None:
             self.notes.append(f"no deploy within {time.time() - t0:.0f} s of the cycle's start")
             return False
         self.log(f"deployed {dep['detail'].get('version')} after {dep['ts'] - t0:.0f} s")
-        verdict = self._wait_event(["probation_passed", "probation_failed", "drift", "revert", "rollback"], dep["ts"],
+        verdict = self._wait_event([Event.PROBATION_PASSED, Event.PROBATION_FAILED, Event.DRIFT, Event.REVERT, Event.ROLLBACK], dep["ts"],
                                    VERDICT_TIMEOUT_S)
         self.log(f"probation: {verdict['kind'] if verdict else 'no verdict'}")
         for _ in range(self.rollbacks):
@@ -153,7 +154,7 @@ class Cycles:
         self.log(f"{self.rollbacks} forced rollbacks; phase {serving}")
         t1 = time.time()
         self.drift_flag.write_text("drift")
-        drift = self._wait_event(["drift"], t1, DRIFT_TIMEOUT_S)
+        drift = self._wait_event([Event.DRIFT], t1, DRIFT_TIMEOUT_S)
         self.log("drift revert" if drift else f"no drift revert within {DRIFT_TIMEOUT_S:g} s")
         if drift is None:
             self.notes.append(f"no drift revert within {DRIFT_TIMEOUT_S:g} s of the drift class joining "
@@ -184,7 +185,7 @@ def swap_overlaps(reqs: Sequence[Request], events: Sequence[Dict[str, Any]]) -> 
     ends = starts + np.asarray([r[1] for r in reqs], np.float64) / 1e3
     out = []
     for e in events:
-        if e["kind"] != "swap":
+        if e["kind"] != Event.SWAP:
             continue
         b = float(e["ts"])
         a = b - float(e["detail"].get("seconds", 0.0))
@@ -267,10 +268,10 @@ def run(quick: bool = False, log: Callable[[str], None] = lambda s: print(f"stre
             "exit_status": exit_status, "cycles": cycles, "forced_rollbacks": len(cyc.forced) if cyc else 0,
             "notes": cyc.notes if cyc else [], "swaps": swaps,
             "failures": [str(e["detail"].get("reason") or e["detail"])[:300] for e in events
-                         if e["kind"] == "personalize_failed"],
-            "events": {k: kinds.count(k) for k in ("personalize_started", "personalize_failed", "gate", "deploy",
-                                                   "probation_passed", "probation_failed", "rollback", "drift",
-                                                   "revert")},
+                         if e["kind"] == Event.PERSONALIZE_FAILED],
+            "events": {k: kinds.count(k) for k in (Event.PERSONALIZE_STARTED, Event.PERSONALIZE_FAILED, Event.GATE, Event.DEPLOY,
+                                                   Event.PROBATION_PASSED, Event.PROBATION_FAILED, Event.ROLLBACK, Event.DRIFT,
+                                                   Event.REVERT)},
             "minutes": (time.time() - t_begin) / 60}
 
 

@@ -19,6 +19,7 @@ from ocap_core.selection import with_outside
 from service import faults
 from service.control_socket import Handler, RequestError
 from service.errors import ServiceError
+from service.event_kinds import Event
 from service.model_slot import LoadedModel
 from service.server import Server
 
@@ -115,7 +116,7 @@ class Controller:
             shutil.rmtree(self.jobs_dir, ignore_errors=True)
             self.worker = None
             self.trigger.cool_down(self.cfg.personalize.cooldown)
-            self.server.record("personalize_failed", state="not started", reason=f"{type(e).__name__}: {e}")
+            self.server.record(Event.PERSONALIZE_FAILED, state="not started", reason=f"{type(e).__name__}: {e}")
             self.last_outcome = f"personalization not started: {e}"
             self._set_phase(Phase.OBSERVING)
             return {"started": False, "reason": str(e)}
@@ -142,7 +143,7 @@ class Controller:
         self.worker = self._start_run(job, job_dir, nice=p.nice, threads=p.threads, budget_s=p.time_budget,
                                       wall_limit_s=p.wall_limit, on_event=self._worker_event)
         faults.point("policy.worker_started")
-        self.server.record("personalize_started", classes=list(plan.classes), why=why,
+        self.server.record(Event.PERSONALIZE_STARTED, classes=list(plan.classes), why=why,
                            samples={"train": n_train, "val": n_val}, stability=plan.stability, pid=self.worker.proc.pid)
         self.last_outcome = ""
         self._set_phase(Phase.PERSONALIZING)
@@ -150,10 +151,10 @@ class Controller:
 
     def _worker_event(self, ev: Dict[str, Any]) -> None:
         if ev.get("event") == "stage":
-            self.server.record("personalize_progress", stage=ev.get("stage"), seconds=ev.get("seconds"),
+            self.server.record(Event.PERSONALIZE_PROGRESS, stage=ev.get("stage"), seconds=ev.get("seconds"),
                                peak_rss_mb=ev.get("peak_rss_mb"))
         elif ev.get("event") == "search_level":
-            self.server.record("search_level", **{k: ev.get(k) for k in SEARCH_LEVEL_FIELDS})
+            self.server.record(Event.SEARCH_LEVEL, **{k: ev.get(k) for k in SEARCH_LEVEL_FIELDS})
 
     def _watch_worker(self) -> None:
         w = self.worker
@@ -172,7 +173,7 @@ class Controller:
                     failure.update(signal=w.signal, stage=w.stage, crashes=self.trigger.crashes, backoff_s=round(wait))
                 else:
                     self.trigger.no_crash()
-                self.server.record("personalize_failed", **failure)
+                self.server.record(Event.PERSONALIZE_FAILED, **failure)
                 note = self.trigger.crash_note()
                 self.last_outcome = f"personalization {state}: {w.reason}" + (f"; {note}" if note else "")
                 self._set_phase(Phase.OBSERVING)
@@ -180,7 +181,7 @@ class Controller:
             self.trigger.no_crash()
             res = w.result or {}
             faults.point("policy.worker_done")
-            self.server.record("personalize_finished", version=res.get("version"),
+            self.server.record(Event.PERSONALIZE_FINISHED, version=res.get("version"),
                                metrics=res.get("metrics"), timings=res.get("timings"),
                                **{k: res[k] for k in ("int8", "int8_error") if k in res})
             self._gate_and_deploy(Path(res["candidate"]), w.job.classes, (res.get("int8") or {}).get("candidate"))
@@ -189,16 +190,16 @@ class Controller:
             self.deployer.sweep_engines()         # a rejected candidate's, a pruned version's
             if self.cfg.privacy.after_personalize == "purge":
                 n = self.server.cache.forget()
-                self.server.record("samples_forgotten", samples=n, why="privacy.after_personalize = purge")
+                self.server.record(Event.SAMPLES_FORGOTTEN, samples=n, why="privacy.after_personalize = purge")
 
     def _guard_resources(self, w: WorkerRun) -> None:
         problem = telemetry.resource_problem(self.cfg.personalize, self.server.stats.snapshot())
         if problem and w.state == "running":
             w.pause(problem)
-            self.server.record("worker_paused", reason=problem)
+            self.server.record(Event.WORKER_PAUSED, reason=problem)
         elif not problem and w.state == "paused" and not self.paused:
             w.resume()
-            self.server.record("worker_resumed")
+            self.server.record(Event.WORKER_RESUMED)
 
     def _gate_and_deploy(self, candidate: Path, classes: Sequence[int], int8: Optional[str] = None) -> None:
         self._set_phase(Phase.GATING)
@@ -209,8 +210,8 @@ class Controller:
                                           y_val[judged], self.cfg.gate.resolved(self.cfg.personalize.max_loss),
                                           self.cfg.personalize.max_loss, **self.server.load_args())
         if choice is not None:
-            self.server.record("int8", kept=choice.int8, reason=choice.reason, **choice.figures)
-        self.server.record("gate", passed=verdict.passed, reason=verdict.reason, **verdict.figures)
+            self.server.record(Event.INT8, kept=choice.int8, reason=choice.reason, **choice.figures)
+        self.server.record(Event.GATE, passed=verdict.passed, reason=verdict.reason, **verdict.figures)
         if not verdict.passed or verdict.model is None:
             self.last_outcome = f"gate rejected the candidate: {verdict.reason}"
             self._set_phase(Phase.OBSERVING)
@@ -218,7 +219,7 @@ class Controller:
         try:
             ok, reason = self.deploy(verdict.model, why=f"gate passed: {verdict.reason}")
         except (OSError, DaemonError, ServiceError) as e:
-            self.server.record("deploy_failed", reason=f"{type(e).__name__}: {e}",
+            self.server.record(Event.DEPLOY_FAILED, reason=f"{type(e).__name__}: {e}",
                                serving=self.server.served.version)
             self.last_outcome = f"deploy failed: {e}"
             self._set_phase(self._resting_phase())
@@ -251,7 +252,7 @@ class Controller:
                                  baseline=self.drift_baseline)
         if why is None:
             return False
-        self.revert(f"drift: {why}", kind="drift")
+        self.revert(f"drift: {why}", kind=Event.DRIFT)
         self.trigger.cool_down(d.cooldown)
         return True
 
@@ -264,7 +265,7 @@ class Controller:
         elif verdict == "passed":
             self._set_phase(Phase.PERSONALIZED)
 
-    def revert(self, why: str, kind: str = "revert") -> None:
+    def revert(self, why: str, kind: str = Event.REVERT) -> None:
         """Serve the base model at once; stability starts over."""
         self.deployer.revert(why, kind)
         self.trigger.restart()
@@ -298,7 +299,7 @@ class Controller:
             self.paused = True
             if self.worker is not None:
                 self.worker.pause("paused by ocapctl")
-            self.server.record("paused")
+            self.server.record(Event.PAUSED)
             return {"paused": True}
 
     def _cmd_resume(self, req: Dict[str, Any], _: Any) -> Dict[str, Any]:
@@ -306,7 +307,7 @@ class Controller:
             self.paused = False
             if self.worker is not None:
                 self.worker.resume()
-            self.server.record("resumed")
+            self.server.record(Event.RESUMED)
             return {"paused": False}
 
     def stop(self) -> None:
@@ -315,7 +316,7 @@ class Controller:
             if self.worker is not None:
                 self.worker.kill("daemon stopping")
                 shutil.rmtree(self.worker.job_dir, ignore_errors=True)
-                self.server.record("personalize_failed", state="killed", reason="daemon stopping")
+                self.server.record(Event.PERSONALIZE_FAILED, state="killed", reason="daemon stopping")
                 self.worker = None
 
     # -- status ------------------------------------------------------------------------------------

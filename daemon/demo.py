@@ -28,6 +28,7 @@ import numpy as np
 from ocap_core import strict_json
 from ocap_core.cli import add_command
 from ocap_core.errors import OcapError
+from service.event_kinds import Event
 
 from .errors import DaemonError
 from .launch import DaemonProcess, start_ocapd, wait_until
@@ -297,14 +298,14 @@ def run_demo(args: argparse.Namespace) -> int:
         replay.set_mix(mix1)
         replay.start()
         try:
-            passed = _wait_for(daemon, ["probation_passed", "probation_failed"], time.time() + args.max_seconds * 0.7,
+            passed = _wait_for(daemon, [Event.PROBATION_PASSED, Event.PROBATION_FAILED], time.time() + args.max_seconds * 0.7,
                                show, busy_until=time.time() + args.max_seconds * 1.5)
             t_drift, reverted, gave_up = time.time(), None, None
-            if passed is not None and passed["kind"] == "probation_passed":
+            if passed is not None and passed["kind"] == Event.PROBATION_PASSED:
                 # the drift class joins only once the personalized model is established, as in the field
                 replay.set_mix({**mix1, extra: args.drift_share})
                 print(("\n" if is_tty else "") + f"class {extra} joins the mix at {args.drift_share:g} of the weight")
-                reverted = _wait_for(daemon, ["drift"], time.time() + max(30.0, args.max_seconds * 0.3), show)
+                reverted = _wait_for(daemon, [Event.DRIFT], time.time() + max(30.0, args.max_seconds * 0.3), show)
             else:
                 gave_up = _why_not(daemon, passed, args.max_seconds * 0.7)
                 print(("\n" if is_tty else "") + f"no drift shown: {gave_up}")
@@ -314,7 +315,7 @@ def run_demo(args: argparse.Namespace) -> int:
         events = daemon.events()
         status = daemon.request("status")
     print("" if not is_tty else "\n", end="")
-    deployed = [e for e in events if e["kind"] == "deploy"]
+    deployed = [e for e in events if e["kind"] == Event.DEPLOY]
     base_dir = str(resolve_model(args.model))
     x_h, y_h = test.x[held_idx], test.y[held_idx]
     mine = np.isin(y_h, classes)
@@ -330,11 +331,11 @@ def run_demo(args: argparse.Namespace) -> int:
         r["providers"] = served_on.get(r["version"], [])
     requests = len(replay.log)
     failed = sum(1 for r in replay.log if not r[4])
-    first = next((e["ts"] for e in events if e["kind"] == "personalize_started"), None)
-    done = next((e["ts"] for e in events if e["kind"] == "personalize_finished"), None)
+    first = next((e["ts"] for e in events if e["kind"] == Event.PERSONALIZE_STARTED), None)
+    done = next((e["ts"] for e in events if e["kind"] == Event.PERSONALIZE_FINISHED), None)
     stages = []
     for e in events:                        # the first personalization's stages: seconds, worker peak RSS
-        if e["kind"] == "personalize_progress" and first is not None and first <= e["ts"] <= (done or 1e18):
+        if e["kind"] == Event.PERSONALIZE_PROGRESS and first is not None and first <= e["ts"] <= (done or 1e18):
             stages.append({k: e["detail"].get(k) for k in ("stage", "seconds", "peak_rss_mb")})
     summary = {"seconds": round(time.time() - t_start, 1), "requests": requests, "failed": failed,
                "stages": stages, "worker_s": round(done - first, 1) if first and done else None,
@@ -372,7 +373,7 @@ def providers_by_version(events: List[Dict[str, Any]]) -> Dict[str, List[str]]:
     out: Dict[str, List[str]] = {}
     for e in events:
         d = e["detail"]
-        version = {"serving_started": d.get("model"), "swap": d.get("to"), "deploy": d.get("version")}.get(e["kind"])
+        version = {Event.SERVING_STARTED: d.get("model"), Event.SWAP: d.get("to"), Event.DEPLOY: d.get("version")}.get(e["kind"])
         if version and d.get("providers"):
             out[version] = list(d["providers"])
     return out

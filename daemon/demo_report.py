@@ -5,6 +5,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List
 
+from service.event_kinds import Event
+
 
 def _plots(out: Path, summary: Dict[str, Any], requests: List[tuple], events: List[Dict[str, Any]],
            t0: float) -> List[str]:
@@ -24,8 +26,8 @@ def _plots(out: Path, summary: Dict[str, Any], requests: List[tuple], events: Li
     fig, ax = plt.subplots(figsize=(10, 4))
     for k in classes:
         ax.plot(range(seconds), counts[k], label=f"class {k}", lw=1)
-    marks = {"personalize_started": "tab:blue", "deploy": "tab:green", "probation_passed": "tab:olive",
-             "drift": "tab:red", "rollback": "tab:red", "gate": "tab:purple"}
+    marks = {Event.PERSONALIZE_STARTED: "tab:blue", Event.DEPLOY: "tab:green", Event.PROBATION_PASSED: "tab:olive",
+             Event.DRIFT: "tab:red", Event.ROLLBACK: "tab:red", Event.GATE: "tab:purple"}
     for e in events:
         if e["kind"] in marks and e["ts"] >= t0:
             ax.axvline(e["ts"] - t0, color=marks[e["kind"]], ls="--", lw=1)
@@ -66,7 +68,7 @@ def write_report(out: Path, summary: Dict[str, Any], requests: List[tuple], even
                      f"{', '.join(r.get('providers') or []) or '-'} |")
     lines += [""] + [f"![{p}]({p})" for p in plots] + ["", "## Events", "", "| t (s) | event | detail |", "|---|---|---|"]
     for e in events:
-        if e["ts"] >= t0 and e["kind"] != "personalize_progress":
+        if e["ts"] >= t0 and e["kind"] != Event.PERSONALIZE_PROGRESS:
             detail = ", ".join(f"{k}={v}" for k, v in e["detail"].items() if k not in ("timings", "metrics"))
             lines.append(f"| {e['ts'] - t0:.0f} | {e['kind']} | {detail[:200]} |")
     path = out / "report.md"

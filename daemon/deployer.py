@@ -15,6 +15,7 @@ from typing import Callable, List, Optional, Tuple
 
 from ocap_core.runtime import short_names
 from service import faults
+from service.event_kinds import Event
 from service.model_slot import LoadedModel
 from service.server import Server
 
@@ -84,7 +85,7 @@ class Deployer:
         faults.point("deploy.current_set")
         self.store.prune()
         self.probation = Probation(model.version, previous.version, self._clock(), before)
-        self.server.record("deploy", version=model.version, was=previous.version, why=why,
+        self.server.record(Event.DEPLOY, version=model.version, was=previous.version, why=why,
                            drift_baseline=round(drift_baseline, 4), providers=short_names(model.providers))
         return ok, reason
 
@@ -114,7 +115,7 @@ class Deployer:
                              disagreement=tc["disagreed"] / tc["inside"] if enough else None)
         verdict, why = watch.probation_verdict(pb.before, during, cfg, min_frames=min_frames)
         if verdict == "failed":
-            self.server.record("probation_failed", version=pb.version, reason=why)
+            self.server.record(Event.PROBATION_FAILED, version=pb.version, reason=why)
             self.rollback(f"probation failed: {why}")
             return verdict, why
         if verdict == "passed" and now - pb.since >= cfg.duration:
@@ -122,12 +123,12 @@ class Deployer:
             self.store.set_last_good(pb.version)
             faults.point("probation.last_good_set")
             self.server.set_model_status(pb.version, "last_good")
-            self.server.record("probation_passed", version=pb.version, summary=why)
+            self.server.record(Event.PROBATION_PASSED, version=pb.version, summary=why)
             self.probation = None
             return verdict, why
         return "pending", why
 
-    def revert(self, why: str, kind: str = "revert") -> str:
+    def revert(self, why: str, kind: str = Event.REVERT) -> str:
         """Serve the base model at once and clear ``current``; returns the version that served."""
         was = self.server.served.version
         faults.point("revert.begin")
@@ -148,7 +149,7 @@ class Deployer:
             if ok:
                 self.store.set_current(good)
                 self.probation = None
-                self.server.record("rollback", was=current, to=good, reason=why)
+                self.server.record(Event.ROLLBACK, was=current, to=good, reason=why)
                 return good
-        self.revert(why, kind="rollback")
+        self.revert(why, kind=Event.ROLLBACK)
         return self.server.base.version

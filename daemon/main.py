@@ -18,6 +18,7 @@ import numpy as np
 
 from ocap_core.errors import OcapError
 from service.errors import ServiceError
+from service.event_kinds import Event
 from service.server import Server, ServerConfig
 from service.sources import ThreadSource
 
@@ -136,7 +137,7 @@ class Daemon:
             Path(str(scfg.trt_cache_dir)).mkdir(exist_ok=True, mode=0o700)
         self.server = server = Server(str(serve), Path(c.daemon.state_dir), Path(c.daemon.socket), scfg,
                                       base=str(base), cache_dir=Path(c.daemon.cache_dir))
-        server.record("daemon_started", serving=server.served.version, recovered=why, config=str(c.path))
+        server.record(Event.DAEMON_STARTED, serving=server.served.version, recovered=why, config=str(c.path))
         self.controller = control_plane(c, server, store, on_state=self.notifier.status)
         self.controller.deployer.sweep_engines()     # engines of versions gone while ocapd was down
         server.metrics.add(DaemonCollector(self.controller))
@@ -218,7 +219,7 @@ class Daemon:
                 check_sources(new)
         except ConfigError as e:
             log.error("reload refused, keeping the running config: %s", e)
-            self.server.record("config_rejected", reason=str(e))
+            self.server.record(Event.CONFIG_REJECTED, reason=str(e))
             return
         restart = [s for s in RESTART_SECTIONS if getattr(new, s) != getattr(self.cfg, s)]
         metrics_changed = new.metrics != self.cfg.metrics
@@ -229,7 +230,7 @@ class Daemon:
         self.scheduler.reschedule_job("policy", trigger="interval", seconds=new.stability.check_interval)
         if metrics_changed:
             self._schedule_metrics(self.scheduler)
-        self.server.record("config_reloaded", restart_needed=restart)
+        self.server.record(Event.CONFIG_RELOADED, restart_needed=restart)
         log.info("config reloaded%s", f"; restart needed for [{'], ['.join(restart)}]" if restart else "")
 
     def _cmd_reload(self, req: Any, _: Any) -> Any:

@@ -18,6 +18,7 @@ from prometheus_client.core import StateSetMetricFamily
 from prometheus_client.registry import Collector
 
 from service.errors import ServiceError
+from service.event_kinds import Event
 from service.metrics import PREFIX, counter, gauge
 
 from . import telemetry
@@ -26,10 +27,11 @@ from .deployer import Phase
 log = logging.getLogger(__name__)
 WORKER_STATES = ("idle", "running", "paused")
 # event kind -> the outcome a personalization came to (a gate event splits on its "passed" detail)
-OUTCOMES = {"personalize_failed": "failed", ("gate", 0): "rejected", "deploy_failed": "deploy_failed",
-            "deploy": "deployed"}
-COUNTED = ("personalize_started", "personalize_failed", "gate", "deploy_failed", "deploy", "probation_passed",
-           "probation_failed", "rollback", "drift", "revert", "worker_paused")
+OUTCOMES = {Event.PERSONALIZE_FAILED: "failed", (Event.GATE, 0): "rejected", Event.DEPLOY_FAILED: "deploy_failed",
+            Event.DEPLOY: "deployed"}
+COUNTED = (Event.PERSONALIZE_STARTED, Event.PERSONALIZE_FAILED, Event.GATE, Event.DEPLOY_FAILED, Event.DEPLOY,
+           Event.PROBATION_PASSED, Event.PROBATION_FAILED, Event.ROLLBACK, Event.DRIFT, Event.REVERT,
+           Event.WORKER_PAUSED)
 
 
 class DaemonCollector(Collector):
@@ -66,7 +68,7 @@ class DaemonCollector(Collector):
             return sum(v for (k, _), v in n.items() if k == kind)
 
         yield counter("personalizations_started", "Personalization runs started (all time).",
-                      values=[(total("personalize_started"),)])
+                      values=[(total(Event.PERSONALIZE_STARTED),)])
         outcomes = dict.fromkeys(OUTCOMES.values(), 0)
         for (kind, passed), v in n.items():
             outcome = OUTCOMES.get(kind) or OUTCOMES.get((kind, passed))
@@ -76,13 +78,13 @@ class DaemonCollector(Collector):
                       "was stopped, the gate rejected the candidate, deploying it failed, or it was deployed.",
                       ["outcome"], sorted(outcomes.items()))
         yield counter("probations", "Probations of deployed models by verdict (all time).", ["outcome"],
-                      [("failed", total("probation_failed")), ("passed", total("probation_passed"))])
+                      [("failed", total(Event.PROBATION_FAILED)), ("passed", total(Event.PROBATION_PASSED))])
         yield counter("rollbacks", "Rollbacks to the last good or the base model (a failed probation, ocapctl "
-                      "rollback; all time).", values=[(total("rollback"),)])
+                      "rollback; all time).", values=[(total(Event.ROLLBACK),)])
         yield counter("reverts", "Reverts to the base model by cause (drift: a class outside the kept set; all time).",
-                      ["cause"], [("drift", total("drift")), ("other", total("revert"))])
+                      ["cause"], [("drift", total(Event.DRIFT)), ("other", total(Event.REVERT))])
         yield counter("worker_pauses", "Times the resource guard paused the worker (all time).",
-                      values=[(total("worker_paused"),)])
+                      values=[(total(Event.WORKER_PAUSED),)])
 
 
 def stateset(name: str, doc: str, states: dict) -> StateSetMetricFamily:

@@ -10,6 +10,7 @@ from typing import Callable, Dict, List, Optional, Tuple
 
 from ocap_core.agreement import judged_images_needed
 from ocap_core.selection import val_capacity
+from service.event_kinds import Event
 from service.server import Server
 
 from . import stability, telemetry
@@ -166,7 +167,7 @@ class Trigger:
             backoff = f" (backing off after {self.last_crash})" if self.crashes else ""
             return False, f"cooling down for {self.cooldown_until - now:.0f} s more{backoff}", plan
         # the events table survives restarts; the starts kept here count those whose event write failed
-        started = self.server.recent_events(1000, kinds=["personalize_started"], since=now - DAY)
+        started = self.server.recent_events(1000, kinds=[Event.PERSONALIZE_STARTED], since=now - DAY)
         self._starts = [t for t in self._starts if t >= now - DAY]
         if max(len(started), len(self._starts)) >= p.daily_cap and not force:
             return False, f"daily cap of {p.daily_cap} personalizations reached", plan

@@ -13,6 +13,7 @@ from ocap_core import strict_json
 
 from .db import read_rows, write
 from .errors import ServiceError
+from .event_kinds import kind_name
 
 log = logging.getLogger(__name__)
 
@@ -25,7 +26,9 @@ class EventLog:
         self._json_functions = True             # False once SQLite said it has no json_extract
 
     def record(self, kind: str, **detail: Any) -> Dict[str, Any]:
-        """Append one event now; returns it as ``recent`` would. A write that fails is logged, not raised."""
+        """Append one event of a declared ``kind`` (``event_kinds.Event``) now; returns it as ``recent``
+        would. A write that fails is logged, not raised; an undeclared kind is a ServiceError."""
+        kind = kind_name(kind)
         ev = {"ts": time.time(), "kind": kind, "detail": detail}
         try:
             write(self.path, "INSERT INTO events (ts, kind, detail_json) VALUES (?, ?, ?)",
@@ -40,7 +43,7 @@ class EventLog:
         sql, args = "SELECT ts, kind, detail_json FROM events WHERE ts >= ?", [since or 0.0]
         if kinds:
             sql += f" AND kind IN ({','.join('?' * len(kinds))})"
-            args += list(kinds)
+            args += [kind_name(k) for k in kinds]
         rows = read_rows(self.path, sql + " ORDER BY ts DESC, rowid DESC LIMIT ?", args + [int(limit)])
         return [{"ts": ts, "kind": kind, "detail": json.loads(d)} for ts, kind, d in rows]
 
@@ -55,7 +58,7 @@ class EventLog:
         if split and not self._json_functions:      # the library does not change under a running daemon
             return self._counts_from_rows(kinds, split)
         value = "json_extract(detail_json, ?)" if split else "NULL"
-        args: list = ([f"$.{split}"] if split else []) + list(kinds)
+        args: list = ([f"$.{split}"] if split else []) + [kind_name(k) for k in kinds]
         try:
             rows = read_rows(self.path, f"SELECT kind, {value}, COUNT(*) FROM events "
                                         f"WHERE kind IN ({','.join('?' * len(kinds))}) GROUP BY 1, 2", args)

@@ -22,6 +22,7 @@ from ocap_core.runtime import short_names
 from .class_log import ClassLog
 from .control_socket import ControlServer, RequestError
 from .errors import ServiceError
+from .event_kinds import Event
 from .events import EventLog
 from .metrics import FORMATS, Metrics, ServingCollector
 from .model_slot import LoadedModel, ModelSlot, Predictions, load_model
@@ -119,7 +120,7 @@ class Server:
         self.models.put(served.card, "serving")
         if self.base is not served:
             self.models.put(self.base.card, "teacher")
-        self.events.record("serving_started", model=served.version, base=self.base.version,
+        self.events.record(Event.SERVING_STARTED, model=served.version, base=self.base.version,
                            providers=short_names(served.providers))
 
     def _load(self, path: str) -> LoadedModel:
@@ -134,7 +135,7 @@ class Server:
                 "trt_fp16": c.trt_fp16, "on_fallback": self._provider_fallback}
 
     def _provider_fallback(self, detail: Dict[str, Any]) -> None:
-        self.events.record("provider_fallback", **detail)
+        self.events.record(Event.PROVIDER_FALLBACK, **detail)
 
     # -- what the control plane uses -----------------------------------------------------------
     @property
@@ -255,7 +256,7 @@ class Server:
                     self._teacher_check(*item[1:])
             except Exception as e:  # a full disk or a bad frame: serving goes on, the event says so
                 log.exception("background %s failed", item[0])
-                self._trouble("cache_write_failed" if item[0] == "offer" else "teacher_check_failed", e)
+                self._trouble(Event.CACHE_WRITE_FAILED if item[0] == "offer" else "teacher_check_failed", e)
             finally:
                 self._background.task_done()
 
@@ -321,7 +322,7 @@ class Server:
     def _swapped(self, old: LoadedModel, ok: bool, reason: str, path: Any, seconds: float,
                  why: str) -> Tuple[bool, str]:
         if not ok:
-            self.events.record("swap_refused", path=str(path), reason=reason, serving=old.version)
+            self.events.record(Event.SWAP_REFUSED, path=str(path), reason=reason, serving=old.version)
             return ok, reason
         new = self.slot.current()
         if new.version == self.base.version:
@@ -342,7 +343,7 @@ class Server:
                 self._teacher_swap, self._teacher_counts = swap, [0, 0, 0]
         self.models.put(new.card, "serving")
         self.models.set_status(old.version, "teacher" if old is self.base and new is not self.base else "retired")
-        self.events.record("swap", to=new.version, was=old.version, seconds=round(seconds, 4), why=why,
+        self.events.record(Event.SWAP, to=new.version, was=old.version, seconds=round(seconds, 4), why=why,
                            providers=short_names(new.providers))
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -363,7 +364,7 @@ class Server:
             self._worker.join()
         self.class_log.close()
         self.cache.close()
-        self.events.record("serving_stopped", frames=self.stats.frames)
+        self.events.record(Event.SERVING_STOPPED, frames=self.stats.frames)
 
     def _flush_loop(self) -> None:
         while not self._stop.wait(self.config.flush_seconds):
@@ -371,7 +372,7 @@ class Server:
                 self.class_log.flush()
             except Exception as e:  # the counts stay in memory for the next try
                 log.exception("class log flush failed")
-                self._trouble("flush_failed", e)
+                self._trouble(Event.FLUSH_FAILED, e)
 
     # -- control commands -----------------------------------------------------------------------
     def _status(self, req: Dict[str, Any], _: Optional[bytes]) -> Dict[str, Any]:
@@ -437,5 +438,5 @@ class Server:
 
     def _forget(self, req: Dict[str, Any], _: Optional[bytes]) -> Dict[str, Any]:
         n = self.cache.forget()
-        self.events.record("samples_forgotten", samples=n)
+        self.events.record(Event.SAMPLES_FORGOTTEN, samples=n)
         return {"forgotten": n}

@@ -33,6 +33,7 @@ from ocap_core.preprocess import preprocess
 
 from .durations import DurationError, parse_duration
 from .errors import ServiceError
+from .event_kinds import Event
 from .events import EventLog
 
 log = logging.getLogger(__name__)
@@ -194,7 +195,7 @@ class RejectedFrames:
         self._reason = reason
         if self._last_reject is None or now - self._last_reject >= self.interval:
             if self.events is not None:
-                self.events.record("frames_rejected", source=self.source, reason=reason)
+                self.events.record(Event.FRAMES_REJECTED, source=self.source, reason=reason)
         self._last_reject = now
         self._log(now, error)
 

@@ -3,8 +3,12 @@ concurrent writers next to the class log's flushes."""
 
 import threading
 
+import pytest
+
 from ocap_core.package import open_package, resolve_model
 from service.class_log import ClassLog
+from service.errors import ServiceError
+from service.event_kinds import Event
 from service.events import EventLog
 from service.model_table import ModelTable
 from tests.service.threads import run_threads
@@ -59,11 +63,11 @@ def test_concurrent_writers_lose_no_event(tmp_path, tiny_switch_interval):
 
     f = threading.Thread(target=flusher)
     f.start()
-    run_threads(lambda k: [ev.record("tick", k=k, i=i) for i in range(25)])
+    run_threads(lambda k: [ev.record(Event.SWAP, k=k, i=i) for i in range(25)])
     stop.set()
     f.join()
     log.close()
-    got = sorted((e["detail"]["k"], e["detail"]["i"]) for e in ev.recent(limit=1000, kinds=["tick"]))
+    got = sorted((e["detail"]["k"], e["detail"]["i"]) for e in ev.recent(limit=1000, kinds=[Event.SWAP]))
     assert got == [(k, i) for k in range(8) for i in range(25)]
 
 
@@ -74,7 +78,7 @@ def _mixed_events(tmp_path):
                    {"outcome": True}, {"outcome": 3}, {"outcome": 2.5}]:
         ev.record("gate", **detail)
     ev.record("swap", outcome="deployed")
-    ev.record("other", outcome="deployed")
+    ev.record("deploy", outcome="deployed")
     return ev
 
 
@@ -82,7 +86,7 @@ def test_counts_split_by_a_detail_agree_with_and_without_sqlite_json(tmp_path):
     ev = _mixed_events(tmp_path)
     sql = ev.counts(["gate", "swap"], split="outcome")
     assert sql[("gate", "deployed")] == 2 and sql[("gate", None)] == 2 and sql[("swap", "deployed")] == 1
-    assert ("other", "deployed") not in sql
+    assert ("deploy", "deployed") not in sql
     assert ev._counts_from_rows(["gate", "swap"], "outcome") == sql
     assert ev._counts_from_rows(["gate"], "") == ev.counts(["gate"]) == {("gate", None): 8}
 
@@ -109,3 +113,27 @@ def test_a_sqlite_without_json_functions_still_gets_counts(tmp_path, monkeypatch
     monkeypatch.setattr(events, "read_rows", no_json)
     assert ev.counts(["gate"], split="outcome") == want
     assert ev.counts(["gate"], split="outcome") == want and len(tried) == 1     # asked once, then remembered
+
+
+def test_a_kind_declared_nowhere_is_refused_naming_the_file(tmp_path):
+    ClassLog(tmp_path / "ocap.db").close()              # makes the schema
+    log = EventLog(tmp_path / "ocap.db")
+    with pytest.raises(ServiceError, match=r"no event kind 'deploy_fialed' is declared in service/event_kinds.py"):
+        log.record("deploy_fialed", reason="typo")
+    with pytest.raises(ServiceError, match="deploy_fialed"):
+        log.recent(kinds=["deploy_fialed"])
+    log.record(Event.DEPLOY_FAILED, reason="x")
+    assert [e["kind"] for e in log.recent(kinds=["deploy_failed"])] == ["deploy_failed"]
+
+
+def test_writers_and_readers_name_kinds_through_the_registry():
+    """No event is written with a bare string: the registry is the one place kinds are spelled."""
+    import re
+
+    from tests.helpers import ROOT
+
+    bare = re.compile(r"""(record|_trouble)\(\s*["']""")
+    offenders = [f"{p.relative_to(ROOT)}:{i}" for d in ("service", "daemon", "bench")
+                 for p in sorted((ROOT / d).glob("*.py"))
+                 for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if bare.search(line)]
+    assert offenders == []

@@ -38,7 +38,7 @@ MIX = {0: 0.5, 3: 0.3, 7: 0.2}
 DRIFT = {0: 0.4, 3: 0.25, 7: 0.15, 9: 0.35}
 # stress_s 0: one cycle. The quick mode's worker applies the fixed OCAP rule with 3 epochs: its one cycle
 # then takes about a minute under stress instead of several (CI measures serving here, not the search)
-QUICK = {"clients": 4, "idle_s": 20.0, "stress_s": 0.0, "rollbacks": 4, "rule": "personalize", "epochs": 3}
+QUICK = {"clients": 4, "idle_s": 10.0, "stress_s": 0.0, "rollbacks": 4, "rule": "personalize", "epochs": 3}
 FULL = {"clients": 8, "idle_s": 60.0, "stress_s": 600.0, "rollbacks": 4, "rule": "search", "epochs": 15}
 START_TIMEOUT_S = 300.0      # spawned clients import numpy and connect first; slow on a busy machine
 DEPLOY_TIMEOUT_S = 300.0     # stability, cache fill, the worker, the gate: minutes on a saturated 2-core box

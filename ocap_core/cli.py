@@ -202,11 +202,12 @@ def cmd_prune(args: argparse.Namespace) -> int:
     from .evaluate import parse_classes
     from .finetune import FinetuneSpec
     from .package import open_package
-    from .personalize import personalize
+    from .personalize import check_request, personalize
     from .preprocess import parse_floats
     from .prune_spec import PruneSpec
     from .sampling import stream_samples
     from .search_spec import DEFAULT_LEVELS, SearchSpec
+    from .selection import check_selector
 
     base = open_package(args.model)
     classes = parse_classes(args.classes, len(base.card.class_names))
@@ -224,6 +225,8 @@ def cmd_prune(args: argparse.Namespace) -> int:
                      tau=args.tau, cap_threshold=args.cap_threshold, cap_rounds=args.cap_rounds, cap_tolerance=args.cap_tolerance,
                      theta=args.theta, finetune=ft, threads=args.threads,
                      seed=args.seed)
+    check_request(base, classes, spec)              # refused before the data streams through the base
+    check_selector(args.select)
     train = load_dataset(args.data, "train", class_names=base.card.class_names)
     samples = stream_samples(base, train, classes, args.select, args.samples_per_class,
                              seed=args.seed, threads=args.threads)

@@ -115,6 +115,24 @@ def check_enough(counts: Mapping[int, int], minimum: int, class_names: Sequence[
                         f"needed (min_per_class)")
 
 
+def check_request(base_pkg: ModelPackage, classes: Sequence[int], spec: PruneSpec) -> List[int]:
+    """The observed classes, sorted, when ``personalize`` can make something of this request; else the
+    OcapError it would raise later (a class set with nothing to prune, a pruned base, an unknown scorer),
+    so that a caller can refuse before streaming its data through the base model."""
+    from .scorers import SCORERS
+
+    card = base_pkg.card
+    num_classes = len(card.class_names)
+    cls = check_classes(classes, num_classes, "observed classes")
+    if len(cls) == num_classes:
+        raise OcapError(f"all {num_classes} classes are observed: there is nothing to prune for")
+    if card.class_ids != list(range(num_classes)):
+        raise OcapError(f"{base_pkg.path} is already pruned (classes {card.class_ids}); always prune from a base model")
+    if spec.scorer not in SCORERS:
+        raise OcapError(f"unknown scorer {spec.scorer!r}; choose from {', '.join(SCORERS)}")
+    return cls
+
+
 def personalize(base_pkg: ModelPackage, samples: Samples, classes: Sequence[int], spec: PruneSpec, out: Path,
                 class_freqs: Optional[Mapping[int, float]] = None, name: Optional[str] = None,
                 progress: Optional[Progress] = None) -> PruneResult:
@@ -134,11 +152,7 @@ def personalize(base_pkg: ModelPackage, samples: Samples, classes: Sequence[int]
 
     card = base_pkg.card
     num_classes = len(card.class_names)
-    cls = check_classes(classes, num_classes, "observed classes")
-    if len(cls) == num_classes:
-        raise OcapError(f"all {num_classes} classes are observed: there is nothing to prune for")
-    if card.class_ids != list(range(num_classes)):
-        raise OcapError(f"{base_pkg.path} is already pruned (classes {card.class_ids}); always prune from a base model")
+    cls = check_request(base_pkg, classes, spec)
     if spec.threads:
         torch.set_num_threads(spec.threads)
     torch.manual_seed(spec.seed)

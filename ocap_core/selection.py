@@ -216,11 +216,16 @@ SELECTORS: Dict[str, Callable[..., Any]] = {
 }
 
 
-def make_selector(name: str, capacity: int, seed: int = 0, **kwargs: Any):
-    """A selector by registered name (``kl``, ``random``, ``entropy``)."""
+def check_selector(name: str) -> str:
+    """``name`` if a selector is registered under it, else an OcapError listing them."""
     if name not in SELECTORS:
         raise OcapError(f"unknown sample selector {name!r}; choose from {', '.join(SELECTORS)}")
-    return SELECTORS[name](capacity=capacity, seed=seed, **kwargs)
+    return name
+
+
+def make_selector(name: str, capacity: int, seed: int = 0, **kwargs: Any):
+    """A selector by registered name (``kl``, ``random``, ``entropy``)."""
+    return SELECTORS[check_selector(name)](capacity=capacity, seed=seed, **kwargs)
 
 
 VAL_SELECTOR = "random"      # held-back images: unbiased. A KL-selected buffer is outliers, and ranking

@@ -79,3 +79,21 @@ def run_python(code: str, *args: str, env=None, timeout: float = 600) -> ChildRu
     run = subprocess.run([sys.executable, "-X", "faulthandler", "-c", code, *args], capture_output=True, text=True, cwd=str(ROOT),
                          env=full_env, timeout=timeout)
     return ChildRun(run.args, run.returncode, run.stdout, run.stderr)
+
+
+def cli(*args: str) -> subprocess.CompletedProcess:
+    """``ocap ARGS`` in this process (``ocap_cli.main``), for refusals and other quick answers: the same
+    parser, handlers and exit codes as ``run_cli`` without a Python and torch to start (seconds each).
+    Runs that train stay in ``run_cli``'s subprocess (torch's thread count is per process)."""
+    import contextlib
+    import io
+
+    from ocap_cli.main import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as e:                     # argparse's usage errors
+            code = e.code if isinstance(e.code, int) else 2
+    return subprocess.CompletedProcess(["ocap", *args], code, out.getvalue(), err.getvalue())

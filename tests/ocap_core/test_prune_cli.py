@@ -10,7 +10,7 @@ import pytest
 from ocap_core.build import load_model
 from ocap_core.data import load_dataset
 from ocap_core.package import open_package
-from tests.helpers import run_cli
+from tests.helpers import cli, run_cli
 
 pytestmark = pytest.mark.torch
 
@@ -126,14 +126,16 @@ def test_a_diverging_finetune_writes_strict_json(tmp_path):
 
 def test_prune_data_labels_outside_the_models_classes(tmp_path):
     np.savez(tmp_path / "d.npz", x=np.zeros((40, 28, 28), np.uint8), y=np.arange(40) % 12)
-    r = run_cli("prune", "--model", "fmnist-cnn", "--data", str(tmp_path / "d.npz"), "--classes", "0,1",
+    r = cli("prune", "--model", "fmnist-cnn", "--data", str(tmp_path / "d.npz"), "--classes", "0,1",
                 "--out", str(tmp_path / "x"))
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "d.npz: labels 10, 11 are out of range 0..9 (the model's classes)" in r.stderr, r.stderr
 
 
-def test_pruning_a_pruned_model_is_refused(pruned, tmp_path):
-    r = run_cli("prune", "--model", str(pruned[0]), "--classes", "7", "--out", str(tmp_path / "x"))
+def test_pruning_a_pruned_model_is_refused(tmp_path):
+    from tests.daemon.conftest import CANDIDATE_1_8            # a pruned package the engine made
+
+    r = cli("prune", "--model", str(CANDIDATE_1_8), "--classes", "8", "--out", str(tmp_path / "x"))
     assert r.returncode == 1 and "always prune from a base model" in r.stderr
 
 
@@ -144,7 +146,7 @@ def test_pruning_a_pruned_model_is_refused(pruned, tmp_path):
     ("0,1,2,3,4,5,6,7,8,9", "nothing to prune"),
 ])
 def test_bad_class_sets(classes, message, tmp_path):
-    r = run_cli("prune", "--model", "fmnist-cnn", "--classes", classes, "--out", str(tmp_path / "x"))
+    r = cli("prune", "--model", "fmnist-cnn", "--classes", classes, "--out", str(tmp_path / "x"))
     assert r.returncode == 1 and message in r.stderr and "Traceback" not in r.stderr
     assert not (tmp_path / "x").exists()
 
@@ -155,8 +157,8 @@ def test_too_few_images_names_the_short_classes(tmp_path):
     idx = np.concatenate([np.flatnonzero(test.y == 0)[:200], np.flatnonzero(test.y == 1)[:4],
                           np.flatnonzero(np.isin(test.y, [5, 7, 9]))[:20]])
     np.savez(tmp_path / "few.npz", x=test.x[idx, :, :, 0], y=test.y[idx])
-    r = run_cli("prune", "--model", "fmnist-cnn", "--data", str(tmp_path / "few.npz"), "--classes", "0,1",
-                "--out", str(tmp_path / "x"))
+    r = cli("prune", "--model", "fmnist-cnn", "--data", str(tmp_path / "few.npz"), "--classes", "0,1",
+            "--out", str(tmp_path / "x"))
     assert r.returncode == 1 and "too few training images of observed classes 1 (Trouser): " in r.stderr, r.stderr
     assert "at least 32 per class" in r.stderr and not (tmp_path / "x").exists()
     r = run_cli("prune", "--model", "fmnist-cnn", "--data", str(tmp_path / "few.npz"), "--classes", "0,1",
@@ -167,13 +169,13 @@ def test_too_few_images_names_the_short_classes(tmp_path):
 def test_unknown_scorer_rule_and_selector(tmp_path):
     for flag, value, message in (("--scorer", "magic", "unknown scorer"), ("--rule", "magic", "unknown rule"),
                                  ("--select", "magic", "unknown sample selector")):
-        r = run_cli("prune", "--model", "fmnist-cnn", "--classes", "0,1", flag, value, "--epochs", "1",
+        r = cli("prune", "--model", "fmnist-cnn", "--classes", "0,1", flag, value, "--epochs", "1",
                     "--samples-per-class", "8", "--min-per-class", "4", "--out", str(tmp_path / "x"))
         assert r.returncode == 1 and message in r.stderr, r.stderr
 
 
 def test_class_agnostic_scorer_with_a_reference_rule_needs_a_mac_target(tmp_path):
-    r = run_cli("prune", "--model", "fmnist-cnn", "--classes", "0,1", "--scorer", "l1", "--rule", "personalize",
+    r = cli("prune", "--model", "fmnist-cnn", "--classes", "0,1", "--scorer", "l1", "--rule", "personalize",
                 "--epochs", "1", "--samples-per-class", "8", "--min-per-class", "4", "--out", str(tmp_path / "x"))
     assert r.returncode == 1 and "--target-macs" in r.stderr
 

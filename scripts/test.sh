@@ -21,14 +21,14 @@ stamp "lint: ruff and vermin (Python 3.8 syntax)"
 lint=$?
 results+=("lint: $([ $lint = 0 ] && echo passed || echo FAILED)")
 stamp "Python 3.11, every test (torch included), $WORKERS workers"
-"$V311/bin/python" -m pytest -n "$WORKERS" --durations=15 "$@"
+"$V311/bin/python" -m pytest -n "$WORKERS" --dist worksteal --durations=15 "$@"
 t311=$?
 results+=("Python 3.11 tests: $(verdict $t311)")
 t38=0
 if PY38=$(find_python 3.8); then
     V38=$(make_venv "$PY38" cpu,dev) || exit 1
     stamp "Python 3.8, the torch-free tests, $WORKERS workers"
-    "$V38/bin/python" -m pytest -n "$WORKERS" --durations=15 -m "not torch" "$@"
+    "$V38/bin/python" -m pytest -n "$WORKERS" --dist worksteal --durations=15 -m "not torch" "$@"
     t38=$?
     results+=("Python 3.8 torch-free tests: $(verdict $t38)")
 elif [ -n "${OCAP_REQUIRE_PY38:-}" ]; then

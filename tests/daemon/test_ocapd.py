@@ -209,6 +209,7 @@ def test_check_config_and_a_missing_file(tmp_path):
     assert r.returncode == 78 and "nope.ini" in r.stderr
 
 
+@pytest.mark.slow
 def test_sighup_applies_a_good_file_and_keeps_the_old_one_on_a_bad_one(tmp_path):
     ini = write_ini(tmp_path, personalize={"enabled": "no"})
     daemon = start(tmp_path, ini)
@@ -255,6 +256,7 @@ def test_sigterm_during_personalization_leaves_no_partial_model(tmp_path, images
 STALL_AT = 30         # seconds after start-up begins: room for a slow start on a busy machine
 
 
+@pytest.mark.slow
 def test_sd_notify_ready_status_and_a_watchdog_that_stops_when_serving_hangs(tmp_path):
     """Pings every 0.2 s while a probe inference answers; none once predict hangs (STALL_AT s in)."""
     addr = str(tmp_path / "notify.sock")
@@ -289,6 +291,7 @@ def test_sd_notify_ready_status_and_a_watchdog_that_stops_when_serving_hangs(tmp
     assert ready and "STATUS=observing" in ready[0]
 
 
+@pytest.mark.slow
 def test_a_corrupt_current_model_starts_on_last_good(tmp_path):
     store = ModelStore(tmp_path / "state")
     good = store.add(make_version(Path(resolve_model("fmnist-vgg")), tmp_path / "good", "vgg-good"))
@@ -310,6 +313,7 @@ def test_a_corrupt_current_model_starts_on_last_good(tmp_path):
     assert good.exists()
 
 
+@pytest.mark.slow
 def test_personalization_waits_for_enough_held_back_images_to_show_the_budget(tmp_path, images):
     """A 0.2-point budget needs 499 judged images, 998 held back: more than this cache holds back (192 per
     class), so the trigger waits and says so, instead of starting a search that must fail."""
@@ -328,6 +332,7 @@ def test_personalization_waits_for_enough_held_back_images_to_show_the_budget(tm
         assert daemon.stop() == 0
 
 
+@pytest.mark.slow
 def test_personalize_dry_run_pause_and_resume_through_ocapctl(tmp_path):
     daemon = start(tmp_path, write_ini(tmp_path))
     try:

@@ -19,7 +19,7 @@ from ocap_core.data import load_dataset
 from ocap_core.package import open_package, resolve_model
 from tests.helpers import wait_until
 
-pytestmark = pytest.mark.torch
+pytestmark = [pytest.mark.torch, pytest.mark.slow]
 # The workers here run at nice 0: a nice-19 one (ocapd's default) gets about 1.5 % of a core where other
 # work keeps every core busy, and would outlast any deadline; the niceness itself has its own test.
 NICE = 0

@@ -7,11 +7,11 @@ import pytest
 
 from ocap_core.data import load_dataset
 from ocap_core.package import open_package
-from tests.helpers import ROOT, SHIPPED, run_cli
+from tests.helpers import ROOT, SHIPPED, cli, run_cli
 
 
 def test_eval_json_reports_the_card_accuracy():
-    r = run_cli("eval", "--model", "fmnist-cnn", "--data", "fashion-mnist", "--json", "--latency-runs", "20")
+    r = cli("eval", "--model", "fmnist-cnn", "--data", "fashion-mnist", "--json", "--latency-runs", "20")
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert {"accuracy", "per_class", "macs", "params", "latency_ms"} <= set(res)
@@ -19,7 +19,7 @@ def test_eval_json_reports_the_card_accuracy():
 
 
 def test_eval_with_classes_adds_restricted_accuracy():
-    r = run_cli("eval", "--model", "fmnist-cnn", "--classes", "7,0,3", "--json", "--latency-runs", "0")
+    r = cli("eval", "--model", "fmnist-cnn", "--classes", "7,0,3", "--json", "--latency-runs", "0")
     assert r.returncode == 0, r.stderr
     res = json.loads(r.stdout)
     assert res["classes"] == [0, 3, 7] and res["images"] == 3000
@@ -27,7 +27,7 @@ def test_eval_with_classes_adds_restricted_accuracy():
 
 
 def test_eval_text_output():
-    r = run_cli("eval", "--model", "fmnist-cnn", "--classes", "1,8", "--latency-runs", "5")
+    r = cli("eval", "--model", "fmnist-cnn", "--classes", "1,8", "--latency-runs", "5")
     assert r.returncode == 0, r.stderr
     assert "restricted accuracy" in r.stdout and "Trouser" in r.stdout
 
@@ -41,7 +41,7 @@ def test_eval_text_output():
     (["--model", "fmnist-cnn", "--data", "/nonexistent.npz"], "does not exist"),
 ])
 def test_eval_bad_input(args, message):
-    r = run_cli("eval", *args)
+    r = cli("eval", *args)
     assert r.returncode == 1 and message in r.stderr and "Traceback" not in r.stderr
 
 
@@ -57,45 +57,45 @@ def test_eval_split_all_scores_every_image_of_a_small_file(tmp_path):
     """A 20-image .npz was scored on one image, a 4-image one crashed with "Mean of empty slice"."""
     for n in (20, 4):
         data = _npz(tmp_path / f"d{n}.npz", n)
-        r = run_cli("eval", "--model", "fmnist-cnn", "--data", data, "--split", "all", "--json", "--latency-runs", "0")
+        r = cli("eval", "--model", "fmnist-cnn", "--data", data, "--split", "all", "--json", "--latency-runs", "0")
         assert r.returncode == 0, r.stderr
         res = json.loads(r.stdout, parse_constant=lambda c: pytest.fail(f"{c} in the JSON"))
         assert res["images"] == n and res["accuracy"] >= 0.5
         assert (res["per_class"]["9"] is None) == (n == 4)       # no images of class 9: null, not NaN
-        r = run_cli("eval", "--model", "fmnist-cnn", "--data", data, "--latency-runs", "0")
+        r = cli("eval", "--model", "fmnist-cnn", "--data", data, "--latency-runs", "0")
         assert r.returncode == 1 and "Traceback" not in r.stderr and "Mean of empty slice" not in r.stderr
         assert f"d{n}.npz has too few images ({n}) for a test split" in r.stderr and "--split all" in r.stderr
 
 
 def test_eval_text_names_the_split():
-    r = run_cli("eval", "--model", "fmnist-cnn", "--split", "val", "--classes", "1", "--latency-runs", "0")
+    r = cli("eval", "--model", "fmnist-cnn", "--split", "val", "--classes", "1", "--latency-runs", "0")
     assert r.returncode == 0 and "on 500 val images" in r.stdout, r.stdout + r.stderr
 
 
 def test_eval_help_documents_the_default_split():
-    r = run_cli("eval", "--help")
+    r = cli("eval", "--help")
     assert "--split {train,val,test,all}" in r.stdout and "default: test" in r.stdout
 
 
 def test_eval_class_space_comes_from_the_model(tmp_path):
     """Labels 0..5 only: the class count was taken as the largest label + 1 ("dataset has 6 classes,
     model has 10"); labels outside the model's classes are an error naming them and the file."""
-    r = run_cli("eval", "--model", "fmnist-cnn", "--data", _npz(tmp_path / "six.npz", 12, range(6)), "--split", "all",
+    r = cli("eval", "--model", "fmnist-cnn", "--data", _npz(tmp_path / "six.npz", 12, range(6)), "--split", "all",
                 "--json", "--latency-runs", "0")
     assert r.returncode == 0, r.stderr
     assert json.loads(r.stdout)["images"] == 12
     np.savez(tmp_path / "out.npz", x=np.zeros((3, 28, 28), np.uint8), y=np.array([1, 11, 10]))
-    r = run_cli("eval", "--model", "fmnist-cnn", "--data", str(tmp_path / "out.npz"), "--split", "all")
+    r = cli("eval", "--model", "fmnist-cnn", "--data", str(tmp_path / "out.npz"), "--split", "all")
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "out.npz: labels 10, 11 are out of range 0..9" in r.stderr, r.stderr
 
 
 def test_usage_error_exit_code():
-    assert run_cli("eval").returncode == 2
+    assert run_cli("eval").returncode == 2              # a real process: its exit status
 
 
 def test_models_lists_the_shipped_packages():
-    r = run_cli("models", "--json")
+    r = cli("models", "--json")
     assert r.returncode == 0, r.stderr
     assert [m["name"] for m in json.loads(r.stdout)["models"]] == SHIPPED
 

@@ -178,6 +178,7 @@ def test_import_class_names_that_do_not_match_the_outputs_are_refused_before_the
     load_model(open_package(str(user_model / "pkg")))          # rebuilds: num_classes is not given twice
 
 
+@pytest.mark.slow
 def test_imported_user_model_prunes_and_evaluates(user_model):
     """A user's own residual net, trained briefly on real Fashion-MNIST, goes import -> prune -> eval."""
     import importlib.util

@@ -28,6 +28,7 @@ def pruned(tmp_path_factory):
     return out, json.loads(r.stdout)
 
 
+@pytest.mark.slow
 def test_prune_then_eval_is_close_to_the_restricted_base(pruned):
     out, summary = pruned
     assert summary["class_ids"] == [7, 9] and summary["mac_reduction"] >= 2
@@ -38,6 +39,7 @@ def test_prune_then_eval_is_close_to_the_restricted_base(pruned):
     assert res["accuracy"] >= res["base"]["restricted_accuracy"] - 0.03, res
 
 
+@pytest.mark.slow
 def test_candidate_card_records_how_it_was_made(pruned):
     card = open_package(str(pruned[0])).card
     assert card.class_ids == [7, 9] and card.parent == open_package("fmnist-cnn").card.version
@@ -73,10 +75,12 @@ def _rebuilds_in_torch(path) -> None:
     assert np.abs(open_session(pkg.onnx_path).run(["logits"], {"input": x})[0] - ref).max() <= 1e-4
 
 
+@pytest.mark.slow
 def test_pruned_package_rebuilds_in_torch(pruned):
     _rebuilds_in_torch(pruned[0])
 
 
+@pytest.mark.slow
 def test_iterative_cap_rounds_shrink_and_replay(tmp_path):
     out = tmp_path / "cap"
     r = run_cli("prune", "--model", "fmnist-cnn", "--classes", "1,8", "--scorer", "cap", "--rule", "cap", "--tau", "0.9",
@@ -107,10 +111,12 @@ def _strict_json_files(root) -> set:
     return {f.name for f in files}
 
 
+@pytest.mark.slow
 def test_every_json_file_of_a_pruned_package_is_strict(pruned):
     assert _strict_json_files(pruned[0]) == {"card.json", "pruning.json"}
 
 
+@pytest.mark.slow
 def test_a_diverging_finetune_writes_strict_json(tmp_path):
     """card.json held "loss": NaN in the fine-tuning history (strict parsers refuse the file): a loss of
     an epoch that diverged is a missing value, null."""
@@ -133,7 +139,7 @@ def test_prune_data_labels_outside_the_models_classes(tmp_path):
 
 
 def test_pruning_a_pruned_model_is_refused(tmp_path):
-    from tests.daemon.conftest import CANDIDATE_1_8            # a pruned package the engine made
+    from tests.daemon.conftest import CANDIDATE_1_8  # a pruned package the engine made
 
     r = cli("prune", "--model", str(CANDIDATE_1_8), "--classes", "8", "--out", str(tmp_path / "x"))
     assert r.returncode == 1 and "always prune from a base model" in r.stderr
@@ -151,6 +157,7 @@ def test_bad_class_sets(classes, message, tmp_path):
     assert not (tmp_path / "x").exists()
 
 
+@pytest.mark.slow
 def test_too_few_images_names_the_short_classes(tmp_path):
     test = load_dataset("fashion-mnist", "test")
     # 4 trousers; the other images are footwear, which the base never predicts as a trouser
@@ -174,12 +181,14 @@ def test_unknown_scorer_rule_and_selector(tmp_path):
         assert r.returncode == 1 and message in r.stderr, r.stderr
 
 
+@pytest.mark.slow
 def test_class_agnostic_scorer_with_a_reference_rule_needs_a_mac_target(tmp_path):
     r = cli("prune", "--model", "fmnist-cnn", "--classes", "0,1", "--scorer", "l1", "--rule", "personalize",
                 "--epochs", "1", "--samples-per-class", "8", "--min-per-class", "4", "--out", str(tmp_path / "x"))
     assert r.returncode == 1 and "--target-macs" in r.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("scorer", ["l1", "ocap"])
 def test_fixed_budget_mode_lands_on_the_target(scorer, tmp_path):
     r = run_cli("prune", "--model", "fmnist-cnn", "--classes", "0,1", "--scorer", scorer, "--epochs", "1",

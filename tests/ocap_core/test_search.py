@@ -25,7 +25,7 @@ from ocap_core.structural import PrunableModel, replay_history
 from ocap_core.train import predict_logits
 from ocap_core.zoo import get_config
 
-pytestmark = pytest.mark.torch
+pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
 
 class NoBatchNorm(nn.Module):

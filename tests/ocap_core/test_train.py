@@ -11,7 +11,7 @@ from ocap_core.preprocess import preprocess
 from ocap_core.train import augment
 from tests.helpers import run_cli
 
-pytestmark = pytest.mark.torch
+pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
 
 @pytest.fixture(scope="module")

@@ -13,6 +13,8 @@ from hypothesis import strategies as st
 
 from daemon.launch import start_daemon
 
+pytestmark = pytest.mark.slow       # a live server under 10,000 hostile frames
+
 EXAMPLES = int(os.environ.get("OCAP_FUZZ_EXAMPLES", "10000"))       # ocap bench reliability: 50,000
 
 

@@ -6,7 +6,7 @@ from ocap_core.data import load_dataset
 from service.model_slot import ModelSlot, load_model
 from tests.helpers import run_cli
 
-pytestmark = pytest.mark.torch
+pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
 
 def test_pruned_outputs_map_to_base_class_ids(tmp_path):

@@ -149,7 +149,7 @@ def test_forget_samples_is_a_mutating_command(tmp_path, frames):
         for x in frames[:60]:
             srv.infer(x[None])
         assert srv.wait_idle(WAIT_S) and list((tmp_path / "state" / "cache").glob("*.npz"))
-        assert srv.control.commands["forget-samples"].mutating      # checked against SO_PEERCRED
+        assert srv.control.commands["forget-samples"].spec.mutating      # checked against SO_PEERCRED
         with Client(srv.control.path) as c:
             n = c.call("forget-samples")["forgotten"]
             assert n > 0 and c.call("status")["cache"] == {"train": {}, "val": {}}

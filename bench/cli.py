@@ -94,7 +94,7 @@ def time_resnet20_prune(threads: int, seed: int) -> Dict[str, Any]:
 
 def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("which", choices=["quality", "serving", "loop", "load", "soak", "reliability", "security", "threads",
-                                     "stress", "int8", "budget", "all", "summary"],
+                                     "stress", "int8", "budget", "formats", "all", "summary"],
                    help="which benchmark (all: every one, then a summary; summary: only the summary)")
     p.add_argument("--quick", action="store_true", help="small, CI-friendly run (one model, fewer subsets)")
     p.add_argument("--models", help="comma-separated shipped models (default: all four)")
@@ -277,9 +277,16 @@ def _budget(args: argparse.Namespace) -> str:
     return budget.markdown(budget.run(quick=args.quick, seed=args.seed), quality.machine())
 
 
+def _formats(args: argparse.Namespace) -> str:
+    from . import formats
+
+    return formats.markdown(formats.run(quick=args.quick), quality.machine())
+
+
 # benchmark -> its run-and-render function (each writes one section; quick runs their own "-quick" one)
 SECTIONS = {"serving": _serving, "loop": _loop, "load": _load, "soak": _soak, "reliability": _reliability,
-            "security": _security, "threads": _threads, "stress": _stress, "int8": _int8, "budget": _budget}
+            "security": _security, "threads": _threads, "stress": _stress, "int8": _int8, "budget": _budget,
+            "formats": _formats}
 
 
 def section_name(which: str, quick: bool) -> str:

@@ -69,8 +69,14 @@ def _budget(text, tmp_path):
     assert re.search(r"\| busy \| \d+ \| \d+ \| [\d.→✗ ]+ \| \d+ \| [\d.]+× \|", text), text
 
 
+def _formats(text, tmp_path):
+    assert re.search(r"\| fmnist-cnn \| base \| [\d.]+M \| 0 \| NHWC \| [\d.]+ \| [\d.]+ \| [\d.]+× \|", text), text
+    assert re.search(r"\| fmnist-resnet20 \| 8× \| [\d.]+M \| [1-9]\d* \| NCHW \|", text), text   # the crash's shape
+
+
 CHECKS = {"quality": _quality, "serving": _serving, "loop": _loop, "load": _load, "soak": _soak,
-          "reliability": _reliability, "security": _security, "stress": _stress, "int8": _int8, "budget": _budget}
+          "reliability": _reliability, "security": _security, "stress": _stress, "int8": _int8, "budget": _budget,
+          "formats": _formats}
 
 
 @pytest.mark.parametrize("section", list(CHECKS))

@@ -37,6 +37,12 @@ FAST = {
 }
 
 
+# A one-step worker (OCAP's fixed rule, 3 epochs: about 8 s instead of the search's 45 s) for the tests
+# that need a candidate, not the search: the kills, disk faults, the no-data-leaves cycle, a probation
+# failed on purpose. The whole loop above and the held-back wait keep the search.
+ONE_STEP = {"rule": "personalize", "epochs": "3"}
+
+
 def write_ini(tmp: Path, **sections) -> Path:
     cfg = {"daemon": {"state_dir": str(tmp / "state"), "cache_dir": str(tmp / "cache"), "socket": str(tmp / "s.sock"),
                       "log_level": "info"}, "model": {"base": "fmnist-cnn"}}
@@ -136,7 +142,8 @@ def test_the_whole_loop_with_a_concurrent_client(tmp_path, images):
 @pytest.mark.slow
 def test_a_candidate_made_worse_on_purpose_is_rolled_back_in_probation(tmp_path, images):
     """No disagreement with the teacher at all is allowed: the first probation check fails it."""
-    daemon = start(tmp_path, write_ini(tmp_path, probation={"max_disagreement": "0.0", "duration": "60s"}))
+    daemon = start(tmp_path, write_ini(tmp_path, personalize=ONE_STEP,
+                                       probation={"max_disagreement": "0.0", "duration": "60s"}))
     replay = feed(tmp_path, images)
     try:
         failed = wait_event(tmp_path, "probation_failed", 300)

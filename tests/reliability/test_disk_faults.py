@@ -7,7 +7,7 @@ import pytest
 from daemon.launch import wait_until
 from daemon.store import ModelStore
 from ocap_core.data import load_dataset
-from tests.daemon.test_ocapd import ctl, events, feed, start, wait_event, write_ini
+from tests.daemon.test_ocapd import ONE_STEP, ctl, events, feed, start, wait_event, write_ini
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 CASES = [
@@ -22,7 +22,7 @@ CASES = [
 @pytest.mark.parametrize("fault,kind,says", CASES, ids=[c[0] for c in CASES])
 def test_serving_goes_on_through_a_disk_fault(tmp_path, fault, kind, says):
     test = load_dataset("fashion-mnist", "test")
-    daemon = start(tmp_path, write_ini(tmp_path), OCAP_FAULTS=fault)
+    daemon = start(tmp_path, write_ini(tmp_path, personalize=ONE_STEP), OCAP_FAULTS=fault)
     replay = feed(tmp_path, {k: test.x[test.y == k][:400] for k in range(10)})
     try:
         ev = wait_event(tmp_path, kind, 120)

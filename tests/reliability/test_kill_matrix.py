@@ -18,15 +18,15 @@ from daemon.store import ModelStore
 from ocap_core.data import load_dataset
 from ocap_core.package import open_package, resolve_model
 from service.client import ServiceError
-from tests.daemon.test_ocapd import ctl, events, feed, start, write_ini
+from tests.daemon.test_ocapd import ONE_STEP, ctl, events, feed, start, write_ini
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 CYCLE_S = 300        # a whole cycle to probation takes ~100 s idle; more while other work shares the cores
-# The kills are about the loop's state on disk, not the model: every point but the search's gets a
-# one-step worker (OCAP's fixed rule, 3 epochs: about 8 s instead of the search's 45 s; its stages are
-# load, teacher, score, select, prune, finetune, export); worker.search gets the search of test_ocapd's
-# config (a tighter budget raced the daemon's kill at the budget: the search overruns its share).
-QUICK = {"rule": "personalize", "epochs": "3"}
+# The kills are about the loop's state on disk, not the model: every point but the search's gets the
+# one-step worker (its stages are load, teacher, score, select, prune, finetune, export); worker.search
+# gets the search of test_ocapd's config (a tighter budget raced the daemon's kill at the budget: the
+# search overruns its share).
+QUICK = ONE_STEP
 DAEMON_POINTS = [
     "cache.file_written", "cache.indexed", "classlog.flush", "policy.trigger", "policy.samples_written",
     "policy.worker_started", "policy.worker_done", "gate.loaded", "deploy.before_store", "store.copied",

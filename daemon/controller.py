@@ -128,7 +128,7 @@ class Controller:
         job_dir = self.jobs_dir / job_id
         job_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
         samples = job_dir / "samples.npz"
-        n_train, n_val = write_samples(samples, self.server.cache.load("train"), self.server.cache.load("val"),
+        n_train, n_val = write_samples(samples, self.server.cached("train"), self.server.cached("val"),
                                        plan.classes, plan.outside_share)
         trim_heap()            # the export's arrays (every cached image) are freed: give the pages back
         faults.point("policy.samples_written")
@@ -189,11 +189,11 @@ class Controller:
             shutil.rmtree(w.job_dir, ignore_errors=True)
             self.deployer.sweep_engines()         # a rejected candidate's, a pruned version's
             if self.cfg.privacy.after_personalize == "purge":
-                n = self.server.cache.forget()
+                n = self.server.forget_samples()
                 self.server.record(Event.SAMPLES_FORGOTTEN, samples=n, why="privacy.after_personalize = purge")
 
     def _guard_resources(self, w: WorkerRun) -> None:
-        problem = telemetry.resource_problem(self.cfg.personalize, self.server.stats.snapshot())
+        problem = telemetry.resource_problem(self.cfg.personalize, self.server.request_stats())
         if problem and w.state == "running":
             w.pause(problem)
             self.server.record(Event.WORKER_PAUSED, reason=problem)
@@ -203,7 +203,7 @@ class Controller:
 
     def _gate_and_deploy(self, candidate: Path, classes: Sequence[int], int8: Optional[str] = None) -> None:
         self._set_phase(Phase.GATING)
-        x_val, y_val = self.server.cache.load("val")
+        x_val, y_val = self.server.cached("val")
         # judged as the worker's search judged: the kept classes' frames and the stream's share of others
         judged = with_outside(y_val, classes, "val", self._pending_baseline)
         verdict, choice = precision.judge(str(candidate), int8, self.server.served, self.server.base, x_val[judged],
@@ -245,8 +245,8 @@ class Controller:
     # -- drift and probation ---------------------------------------------------------------------
     def _check_drift(self) -> bool:
         d = self.cfg.drift
-        teacher_hist, _ = self.server.recent.window(d.window, origin="teacher")
-        served_hist, served_low = self.server.recent.window(d.window, origin="served")
+        teacher_hist, _ = self.server.window(d.window, origin="teacher")
+        served_hist, served_low = self.server.window(d.window, origin="served")
         kept = set(self.server.served.class_ids)
         why = watch.drift_reason(teacher_hist, kept, served_low, sum(served_hist.values()), d,
                                  baseline=self.drift_baseline)

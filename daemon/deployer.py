@@ -66,7 +66,7 @@ class Deployer:
         ``current`` at it and start probation against the model it replaces, whose record over the last
         ``span`` seconds is the yardstick. On a refused swap the old model keeps serving: (False, why)."""
         previous = self.server.served
-        hist, low = self.server.recent.window(span, origin="served")   # the old model's record
+        hist, low = self.server.window(span, origin="served")   # the old model's record
         n = sum(hist.values())
         before = watch.Rates(n=n, low_confidence_share=low / n if n else 0.0)
         faults.point("deploy.before_store")
@@ -107,7 +107,7 @@ class Deployer:
         if pb is None:
             return "none", ""
         now = self._clock()
-        hist, lows = self.server.recent.window(now - pb.since + 1, origin="served", since=pb.since)
+        hist, lows = self.server.window(now - pb.since + 1, origin="served", since=pb.since)
         frames = sum(hist.values())
         tc = self.server.teacher_counts()           # one consistent reading of the three counters
         enough = tc["inside"] >= min_frames  # judge disagreement on enough checks only

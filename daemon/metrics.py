@@ -59,7 +59,7 @@ class DaemonCollector(Collector):
     def _history(self) -> Iterator[Any]:
         """Counters from the events table; when it cannot be read, they are left out of this scrape."""
         try:
-            n = self.controller.server.events.counts(COUNTED, split="passed")
+            n = self.controller.server.event_counts(COUNTED, split="passed")
         except (sqlite3.Error, ServiceError) as e:
             log.error("metrics: the events table could not be read: %s", e)
             return

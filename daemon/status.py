@@ -40,7 +40,7 @@ def status_line(ctl: "Controller") -> str:
         pb = ctl.probation
         if pb is not None:
             parts.append(f"probation {pb.seconds_left(cfg.probation.duration, ctl.clock()):.0f} s left")
-        teacher, _ = server.recent.window(cfg.drift.window, origin="teacher")
+        teacher, _ = server.window(cfg.drift.window, origin="teacher")
         n = sum(teacher.values())
         if n:
             out = sum(v for k, v in teacher.items() if k not in set(served.class_ids)) / n
@@ -70,7 +70,7 @@ def _waiting(ctl: "Controller") -> List[str]:
         return []
     parts = [st.describe()]
     if st.classes:
-        fill = ctl.server.cache.counts()["train"]
+        fill = ctl.server.cache_counts()["train"]
         parts.append("cache " + ",".join(f"{k}:{fill.get(k, 0)}" for k in sorted(st.classes))
                      + f"/{ctl.cfg.personalize.min_samples_per_class}")
     if ctl.last_wait and ctl.worker is None:

@@ -117,7 +117,7 @@ class Trigger:
     def _windows(self) -> List[Dict[int, int]]:
         c = self._config().stability
         origin = "served" if self.server.teacher is None else "teacher"
-        return self.server.recent.series(c.window, c.windows, origin=origin, since=self.observe_since)
+        return self.server.series(c.window, c.windows, origin=origin, since=self.observe_since)
 
     def _stability_config(self) -> stability.StabilityConfig:
         cfg = self._config()
@@ -148,7 +148,7 @@ class Trigger:
                                                 len(served.card.class_names), scfg)
         if not ok:
             return False, why, plan
-        cached = self.server.cache.counts()
+        cached = self.server.cache_counts()
         fill = cached["train"]
         short = [k for k in classes if fill.get(k, 0) < p.min_samples_per_class]
         if short:
@@ -171,7 +171,7 @@ class Trigger:
         self._starts = [t for t in self._starts if t >= now - DAY]
         if max(len(started), len(self._starts)) >= p.daily_cap and not force:
             return False, f"daily cap of {p.daily_cap} personalizations reached", plan
-        busy = telemetry.resource_problem(p, self.server.stats.snapshot())
+        busy = telemetry.resource_problem(p, self.server.request_stats())
         if busy:
             return False, busy, plan
         return True, st.describe(), plan

@@ -148,6 +148,36 @@ class Server:
         """Per-second class counts of the recent past (served and teacher), for the policy checks."""
         return self.class_log.recent
 
+    def window(self, seconds: float, origin: str = "served",
+               since: Optional[float] = None) -> Tuple[Dict[int, int], int]:
+        """(class histogram, low-confidence count) of the last ``seconds`` (not before ``since``)."""
+        return self.class_log.recent.window(seconds, origin=origin, since=since)
+
+    def series(self, window: float, windows: int, origin: str = "served",
+               since: Optional[float] = None) -> List[Dict[int, int]]:
+        """Histograms of the last ``windows`` whole windows of ``window`` seconds, oldest first."""
+        return self.class_log.recent.series(window, windows, origin=origin, since=since)
+
+    def cache_counts(self) -> Dict[str, Dict[int, int]]:
+        """Cached samples per split (``train``, ``val``: held back) and class."""
+        return self.cache.counts()
+
+    def cached(self, split: str) -> Tuple[np.ndarray, np.ndarray]:
+        """(images, classes) of the cached samples of ``split``."""
+        return self.cache.load(split)
+
+    def forget_samples(self) -> int:
+        """Delete every cached sample; returns how many went."""
+        return self.cache.forget()
+
+    def request_stats(self) -> Dict[str, Any]:
+        """Totals, rates and latency percentiles of the requests served (``RequestStats.snapshot``)."""
+        return self.stats.snapshot()
+
+    def event_counts(self, kinds: Sequence[str], split: str = "") -> Dict[Tuple[str, Any], int]:
+        """How many events of each kind the table holds, split by a detail (``EventLog.counts``)."""
+        return self.events.counts(kinds, split=split)
+
     def record(self, kind: str, **detail: Any) -> None:
         """Add an event to the events table (``ocapctl history``)."""
         self.events.record(kind, **detail)

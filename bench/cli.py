@@ -31,7 +31,7 @@ def _versions() -> dict:
 # quick mode (CI's budget): one model, one easy subset at K = 2 and 3 (a short search on a busy box finds
 # no operating point on the hard ones, and the smoke test should exercise the rows of a found one), a
 # short search over a few levels
-QUICK = {"models": ["fmnist-cnn"], "ks": [2, 3], "subsets": {2: [[1, 8]], 3: [[3, 5, 9]]}, "time_budget": 30.0,
+QUICK = {"models": ["fmnist-cnn"], "ks": [2, 3], "subsets": {2: [[1, 8]], 3: [[3, 5, 9]]}, "time_budget": 20.0,
          "levels": [2.0, 4.0, 8.0], "epochs": 10, "per_class": 128, "latency_runs": 50}
 
 
@@ -105,7 +105,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples-per-class", type=int, default=256)
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--time-budget", type=float, default=0.0,
-                   help="search seconds of work per run (0: the daemon's default; quick runs: 30)")
+                   help="search seconds of work per run (0: the daemon's default; quick runs: 20)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
     p.add_argument("--minutes", type=float, help="soak: how long (default 130, quick 1)")
     p.add_argument("--workers", type=int, default=2, help="runs in parallel (one process each)")

@@ -202,8 +202,9 @@ def test_imported_user_model_prunes_and_evaluates(user_model):
     torch.save(net.state_dict(), user_model / "r.pt")
     assert _import(user_model, arch="ResNet", weights="r.pt").returncode == 0
     out = user_model / "pruned"
+    # 60 s of work (the default is 150): the search's levels, not its depth, are what this checks
     r = run_cli("prune", "--model", str(user_model / "pkg"), "--classes", "1,8", "--keep-first", "0",
-                "--epochs", "10", "--samples-per-class", "128", "--out", str(out), "--json")
+                "--epochs", "10", "--samples-per-class", "128", "--time-budget", "60", "--out", str(out), "--json")
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     assert summary["class_ids"] == [1, 8] and summary["mac_reduction"] > 1.2, summary

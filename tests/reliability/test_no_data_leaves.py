@@ -13,7 +13,7 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_prometheus
 
 from ocap_core.data import load_dataset
-from tests.daemon.test_ocapd import events, feed, start, wait_event, write_ini
+from tests.daemon.test_ocapd import ONE_STEP, events, feed, start, wait_event, write_ini
 from tests.helpers import WAIT_S, wait_until
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
@@ -25,7 +25,7 @@ def test_a_whole_cycle_opens_no_network_socket_and_writes_only_its_directories(t
     tmpdir.mkdir()
     textfile = tmp_path / "textfile" / "ocap.prom"
     textfile.parent.mkdir()
-    ini = write_ini(tmp_path, metrics={"textfile": str(textfile), "interval": "1s"})
+    ini = write_ini(tmp_path, personalize=ONE_STEP, metrics={"textfile": str(textfile), "interval": "1s"})
     daemon = start(tmp_path, ini, HOME=str(home), TMPDIR=str(tmpdir))
     # the state, cache and runtime (socket) paths, the textfile's directory, and the log file standing
     # in for journald's stderr

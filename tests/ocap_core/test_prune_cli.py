@@ -16,6 +16,17 @@ pytestmark = pytest.mark.torch
 
 
 @pytest.fixture(scope="module")
+def small_data(tmp_path_factory) -> str:
+    """700 Fashion-MNIST training images per class as an .npz (its train split: 600 per class): the runs
+    that check what the CLI writes stream 6,000 images through the base to pick samples, not 60,000."""
+    train = load_dataset("fashion-mnist", "train")
+    idx = np.concatenate([np.flatnonzero(train.y == k)[:700] for k in range(10)])
+    path = tmp_path_factory.mktemp("data") / "small.npz"
+    np.savez(path, x=train.x[idx, :, :, 0], y=train.y[idx])
+    return str(path)
+
+
+@pytest.fixture(scope="module")
 def pruned(tmp_path_factory):
     out = tmp_path_factory.mktemp("prune") / "cnn-79"
     # 2 points: 128 judged images cannot show much less (a level must keep loss + 1 SE within it), and
@@ -81,9 +92,9 @@ def test_pruned_package_rebuilds_in_torch(pruned):
 
 
 @pytest.mark.slow
-def test_iterative_cap_rounds_shrink_and_replay(tmp_path):
+def test_iterative_cap_rounds_shrink_and_replay(tmp_path, small_data):
     out = tmp_path / "cap"
-    r = run_cli("prune", "--model", "fmnist-cnn", "--classes", "1,8", "--scorer", "cap", "--rule", "cap", "--tau", "0.9",
+    r = run_cli("prune", "--model", "fmnist-cnn", "--data", small_data, "--classes", "1,8", "--scorer", "cap", "--rule", "cap", "--tau", "0.9",
                 "--keep-first", "1", "--cap-rounds", "3", "--cap-tolerance", "1", "--epochs", "3",
                 "--samples-per-class", "32", "--out", str(out), "--json")
     assert r.returncode == 0, r.stderr
@@ -117,12 +128,12 @@ def test_every_json_file_of_a_pruned_package_is_strict(pruned):
 
 
 @pytest.mark.slow
-def test_a_diverging_finetune_writes_strict_json(tmp_path):
+def test_a_diverging_finetune_writes_strict_json(tmp_path, small_data):
     """card.json held "loss": NaN in the fine-tuning history (strict parsers refuse the file): a loss of
     an epoch that diverged is a missing value, null."""
     out = tmp_path / "diverged"
-    r = run_cli("prune", "--model", "fmnist-cnn", "--classes", "1,8", "--rule", "personalize", "--epochs", "1",
-                "--lr", "1e12", "--samples-per-class", "48", "--out", str(out), "--json", "--quiet")
+    r = run_cli("prune", "--model", "fmnist-cnn", "--data", small_data, "--classes", "1,8", "--rule", "personalize",
+                "--epochs", "1", "--lr", "1e12", "--samples-per-class", "48", "--out", str(out), "--json", "--quiet")
     assert r.returncode == 0, r.stderr
     json.loads(r.stdout, parse_constant=_refuse)
     assert _strict_json_files(out) == {"card.json", "pruning.json"}
@@ -182,16 +193,16 @@ def test_unknown_scorer_rule_and_selector(tmp_path):
 
 
 @pytest.mark.slow
-def test_class_agnostic_scorer_with_a_reference_rule_needs_a_mac_target(tmp_path):
-    r = cli("prune", "--model", "fmnist-cnn", "--classes", "0,1", "--scorer", "l1", "--rule", "personalize",
+def test_class_agnostic_scorer_with_a_reference_rule_needs_a_mac_target(tmp_path, small_data):
+    r = cli("prune", "--model", "fmnist-cnn", "--data", small_data, "--classes", "0,1", "--scorer", "l1", "--rule", "personalize",
                 "--epochs", "1", "--samples-per-class", "8", "--min-per-class", "4", "--out", str(tmp_path / "x"))
     assert r.returncode == 1 and "--target-macs" in r.stderr
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("scorer", ["l1", "ocap"])
-def test_fixed_budget_mode_lands_on_the_target(scorer, tmp_path):
-    r = run_cli("prune", "--model", "fmnist-cnn", "--classes", "0,1", "--scorer", scorer, "--epochs", "1",
+def test_fixed_budget_mode_lands_on_the_target(scorer, tmp_path, small_data):
+    r = run_cli("prune", "--model", "fmnist-cnn", "--data", small_data, "--classes", "0,1", "--scorer", scorer, "--epochs", "1",
                 "--samples-per-class", "40", "--target-macs", "3", "--out", str(tmp_path / "x"), "--json")
     assert r.returncode == 0, r.stderr
     assert 3 <= json.loads(r.stdout)["mac_reduction"] <= 3.15

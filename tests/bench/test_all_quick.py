@@ -33,8 +33,10 @@ def _serving(text, tmp_path):
 
 
 def _loop(text, tmp_path):
-    assert re.search(r"\| 0,3,7 \| as is \| \d+ \| \d+ \| 0 \| yes \|", text), text      # 0 failed, deployed
-    assert re.search(r"\| 0,3,7 \| one core busy \| \d+ \| \d+ \| \d+ \|", text), text    # ... and with a core busy
+    # no request failed, and each row says whether it deployed or why not (whether it did depends on how
+    # busy the machine is: a gate's speed-up, a budget; the full run judges that)
+    for load in ("as is", "one core busy"):
+        assert re.search(rf"\| 0,3,7 \| {load} \| \d+ \| \d+ \| 0 \| (yes|no: [^|]+) \|", text), text
 
 
 def _load(text, tmp_path):

@@ -9,7 +9,6 @@ worker's exit signal and that report into the failure. Without ``-n`` a crash st
 does in plain pytest."""
 
 import shutil
-import signal
 import tempfile
 from pathlib import Path
 from typing import Any, Optional
@@ -21,13 +20,6 @@ _FATAL = {       # faulthandler's words -> the signal, when the exit status cann
     "Segmentation fault": "SIGSEGV", "Aborted": "SIGABRT", "Bus error": "SIGBUS",
     "Floating-point exception": "SIGFPE", "Illegal instruction": "SIGILL",
 }
-
-
-def signal_name(number: int) -> str:
-    try:
-        return signal.Signals(number).name
-    except ValueError:
-        return f"signal {number}"
 
 
 @pytest.hookimpl(trylast=True)       # after pytest's own faulthandler plugin, which writes to stderr
@@ -68,7 +60,9 @@ def _exit_status(node: Any) -> Optional[int]:
 def describe_crash(status: Optional[int], fault_report: str) -> str:
     """``killed by SIGSEGV (signal 11)``, from the exit status, or from faulthandler's first line."""
     if status is not None and status < 0:
-        return f"killed by {signal_name(-status)} (signal {-status})"
+        from tests.helpers import exit_description
+
+        return exit_description(status)
     for words, name in _FATAL.items():
         if f"Fatal Python error: {words}" in fault_report:
             return f"killed by {name}"

@@ -1,7 +1,6 @@
 """Helpers shared by tests (import as ``from tests.helpers import ...``)."""
 
 import os
-import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -54,12 +53,10 @@ def run_cli(*args: str, env=None, timeout: float = 600) -> subprocess.CompletedP
 
 def exit_description(returncode: int) -> str:
     """How a process ended, in words: ``exit code 1``, or ``killed by SIGSEGV (signal 11)``."""
+    from daemon.supervisor import signal_name  # the name the daemon gives a dead worker's signal
+
     if returncode < 0:
-        try:
-            name = signal.Signals(-returncode).name
-        except ValueError:
-            name = "an unknown signal"
-        return f"killed by {name} (signal {-returncode})"
+        return f"killed by {signal_name(-returncode)} (signal {-returncode})"
     return f"exit code {returncode}"
 
 

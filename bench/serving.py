@@ -25,7 +25,7 @@ from ocap_core.data import load_dataset
 from ocap_core.preprocess import preprocess
 from service.class_log import ClassLog
 from service.client import Client
-from service.server import Server
+from service.server import build_server
 
 from .report import figure, run_stamp
 
@@ -83,7 +83,7 @@ def run_clients(sock: Path, frames: np.ndarray, clients: int, seconds: float, du
 def socket_round_trips(model: str, frames: np.ndarray, seconds: float) -> List[Dict[str, Any]]:
     out = []
     with tempfile.TemporaryDirectory() as tmp:
-        srv = Server(model, Path(tmp), Path(tmp) / "s.sock")
+        srv = build_server(model, Path(tmp), Path(tmp) / "s.sock")
         srv.start()
         try:
             for n in CLIENTS:
@@ -100,7 +100,7 @@ def swap_under_load(frames: np.ndarray, seconds: float, swaps: int = 5, clients:
     """16 clients; after a calm third of the run, ``swaps`` swaps fmnist-cnn <-> fmnist-vgg spread over the rest."""
     spans: List[Tuple[float, float]] = []
     with tempfile.TemporaryDirectory() as tmp:
-        srv = Server("fmnist-cnn", Path(tmp), Path(tmp) / "s.sock")
+        srv = build_server("fmnist-cnn", Path(tmp), Path(tmp) / "s.sock")
         srv.start()
 
         def swapper():
@@ -131,7 +131,7 @@ def path_overhead(model: str, frames: np.ndarray, runs: int) -> Dict[str, Any]:
     """Batch-1 latency: bare session.run on preprocessed input vs Server.infer (preprocess, predict,
     map ids, class log, hand-off to the cache thread), interleaved in one thread."""
     with tempfile.TemporaryDirectory() as tmp:
-        srv = Server(model, Path(tmp), Path(tmp) / "s.sock")
+        srv = build_server(model, Path(tmp), Path(tmp) / "s.sock")
         srv.start()
         m = srv.slot.current()
         name = m.session.get_inputs()[0].name
@@ -154,7 +154,7 @@ def class_log_overhead(frames: np.ndarray, blocks: int, block: int) -> Dict[str,
     """Serving-path throughput (fmnist-cnn, batch 1) with the class log counting vs with its ``add``
     replaced by a no-op (this benchmark's switch), in alternating blocks after a warm-up; medians."""
     with tempfile.TemporaryDirectory() as tmp:
-        srv = Server("fmnist-cnn", Path(tmp), Path(tmp) / "s.sock")
+        srv = build_server("fmnist-cnn", Path(tmp), Path(tmp) / "s.sock")
         srv.start()
         real_add = srv.class_log.add
         rates: Dict[bool, List[float]] = {True: [], False: []}

@@ -19,7 +19,7 @@ import numpy as np
 from ocap_core.errors import OcapError
 from service.errors import ServiceError
 from service.event_kinds import Event
-from service.server import Server, ServerConfig
+from service.server import Server, ServerConfig, serving_parts
 from service.sources import ThreadSource
 
 from .config import EXIT_CONFIG, Config, ConfigError, load_config
@@ -77,8 +77,7 @@ def control_plane(cfg: Config, server: Server, store: ModelStore, on_state: Opti
     deployer = Deployer(server, store, clock)
     trigger = Trigger(lambda: ctl.cfg, server, clock)
     ctl = Controller(cfg, server, deployer, trigger, on_state=on_state, clock=clock, start_worker=start_worker)
-    for name, handler in ctl.handlers().items():
-        server.control.register(name, handler)
+    server.control.register_all(ctl.handlers())
     server.add_status("daemon", ctl.describe)
     return ctl
 
@@ -135,8 +134,10 @@ class Daemon:
                  "auto: what onnxruntime offers" if not c.model.providers else "[model] providers")
         if "tensorrt" in scfg.providers:
             Path(str(scfg.trt_cache_dir)).mkdir(exist_ok=True, mode=0o700)
-        self.server = server = Server(str(serve), Path(c.daemon.state_dir), Path(c.daemon.socket), scfg,
-                                      base=str(base), cache_dir=Path(c.daemon.cache_dir))
+        parts = serving_parts(str(serve), Path(c.daemon.state_dir), Path(c.daemon.socket), scfg,
+                              base=str(base), cache_dir=Path(c.daemon.cache_dir))
+        self.server = server = Server(parts, scfg)
+        server.control.register_all(server.handlers())
         server.record(Event.DAEMON_STARTED, serving=server.served.version, recovered=why, config=str(c.path))
         self.controller = control_plane(c, server, store, on_state=self.notifier.status)
         self.controller.deployer.sweep_engines()     # engines of versions gone while ocapd was down

@@ -108,14 +108,14 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=args.log_level.upper(), stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
-    from .server import Server, ServerConfig
+    from .server import ServerConfig, build_server
 
     try:
         names = () if args.providers == "auto" else tuple(p.strip() for p in args.providers.split(","))
         config = ServerConfig(providers=resolve_providers(names), threads=args.threads,
                               flush_seconds=args.flush_seconds, teacher_share=args.teacher_share,
                               cache_per_class=args.cache_per_class, cache_quota=int(args.cache_quota_mb * 2 ** 20))
-        server = Server(args.model, Path(args.state_dir), Path(args.socket), config, base=args.base)
+        server = build_server(args.model, Path(args.state_dir), Path(args.socket), config, base=args.base)
         source = build_source(args, server.base.card, server.infer, RejectedFrames(args.source, server.events))
         done = threading.Event()
         for sig in (signal.SIGTERM, signal.SIGINT):

@@ -79,6 +79,11 @@ class ControlServer:
             raise ServiceError(f"control command {name!r} is registered twice")
         self.commands[name] = Registered(command(name), handler)
 
+    def register_all(self, handlers: Dict[str, Handler]) -> None:
+        """``register`` each of ``handlers`` (a part's ``handlers()``)."""
+        for name, handler in handlers.items():
+            self.register(name, handler)
+
     def start(self) -> None:
         """Take the instance lock, replace a stale socket file, listen (mode 0660), serve in a thread."""
         lock_path = str(self.path) + ".lock"

@@ -1,7 +1,9 @@
 """The serving plane put together: one inference path (ModelSlot) feeding the ClassLog and the
 SampleCache, teacher sampling while a pruned model serves, a flusher thread, and the control
-commands (status, classes, models, history, metrics, predict, forget-samples). The control plane
-registers its own commands on ``control`` and its collector on ``metrics``, and changes the served model
+commands (status, classes, models, history, metrics, predict, forget-samples: ``Server.handlers``).
+``serving_parts`` builds what the server runs on; a composition root (ocapd's start, ``build_server``)
+registers the commands on ``control``, and the control plane's with them; it adds its collector to
+``metrics`` and changes the served model
 through ``swap`` (a package path), ``install`` (a model loaded already) and ``revert_to_base``."""
 
 import dataclasses
@@ -32,6 +34,7 @@ from .request_stats import RequestStats
 from .sample_cache import SampleCache
 
 log = logging.getLogger(__name__)
+DB_NAME = "ocap.db"
 
 
 @dataclass(frozen=True)
@@ -64,36 +67,96 @@ class ServerConfig:
                                f"{self.flush_seconds}, {self.threads}, {self.background_queue}")
 
 
-class Server:
-    """Serve ``model`` from ``state_dir`` (ocap.db, cache/) with a control socket at ``socket_path``.
+@dataclass
+class ServingParts:
+    """What a ``Server`` runs on, built by ``serving_parts`` and handed in by a composition root (ocapd's
+    start, ``python -m service``, ``build_server``): the server builds none of its collaborators."""
 
-    ``base`` is the unpruned model the served one was made from (default: ``model`` itself). While
-    another model serves, the base model is the teacher: it checks a share of frames, its counts are
-    logged with origin ``teacher``, and only the frames it saw are offered to the sample cache."""
+    state_dir: Path
+    slot: ModelSlot                     # the served model, swapped under requests
+    base: LoadedModel                   # the unpruned model the served one was made from (the teacher)
+    class_log: ClassLog
+    events: EventLog
+    models: ModelTable
+    cache: SampleCache
+    control: ControlServer
+    stats: RequestStats
+    metrics: Metrics
 
-    def __init__(self, model: str, state_dir: Path, socket_path: Path, config: ServerConfig = ServerConfig(),
+    @property
+    def db_path(self) -> Path:
+        return self.state_dir / DB_NAME
+
+
+def load_args(config: ServerConfig, events: EventLog) -> Dict[str, Any]:
+    """How a server with ``config`` loads a model, as ``load_model``'s keyword arguments: providers,
+    threads, TensorRT's options, and a ``provider_fallback`` event when a model gets fewer providers than
+    it asked for (the gate loads candidates with these too)."""
+    def fallback(detail: Dict[str, Any]) -> None:
+        events.record(Event.PROVIDER_FALLBACK, **detail)
+
+    c = config
+    return {"providers": tuple(c.providers), "threads": c.threads, "trt_cache_dir": c.trt_cache_dir,
+            "trt_fp16": c.trt_fp16, "on_fallback": fallback}
+
+
+def serving_parts(model: str, state_dir: Path, socket_path: Path, config: ServerConfig = ServerConfig(),
+                  base: Optional[str] = None, cache_dir: Optional[Path] = None,
+                  clock: Callable[[], float] = time.time) -> ServingParts:
+    """Every part of the serving plane for ``model`` in ``state_dir`` (ocap.db, cache/) with a control
+    socket at ``socket_path``. ``base`` is the unpruned model the served one was made from (default:
+    ``model`` itself); it is loaded a second time only when it is another package."""
+    cfg = config
+    state_dir = Path(state_dir)
+    state_dir.mkdir(parents=True, exist_ok=True)
+    db = state_dir / DB_NAME
+    class_log = ClassLog(db, low_confidence=cfg.low_confidence,           # creates / migrates the schema
+                         recent_seconds=cfg.recent_seconds, clock=clock)
+    events = EventLog(db)
+    how = load_args(cfg, events)
+    served = load_model(model, **how)
+    same_dir = base is None or Path(resolve_model(base)).resolve() == Path(served.path).resolve()
+    teacher = served if same_dir else load_model(str(base), **how)
+    if teacher.version == served.version:
+        teacher = served                        # the base serves: no second session, no teacher
+    cache = SampleCache(Path(cache_dir or state_dir / "cache"), db, per_class=cfg.cache_per_class,
+                        val_share=cfg.cache_val_share, quota_bytes=cfg.cache_quota, selector=cfg.selector)
+    control = ControlServer(socket_path, max_payload=cfg.max_payload, max_connections=cfg.max_connections,
+                            idle_timeout=cfg.idle_timeout, allowed_gids=cfg.allowed_gids)
+    return ServingParts(state_dir=state_dir, slot=ModelSlot(served), base=teacher, class_log=class_log, events=events,
+                        models=ModelTable(db), cache=cache, control=control, stats=RequestStats(), metrics=Metrics())
+
+
+def build_server(model: str, state_dir: Path, socket_path: Path, config: ServerConfig = ServerConfig(),
                  base: Optional[str] = None, cache_dir: Optional[Path] = None,
-                 clock: Callable[[], float] = time.time) -> None:
+                 clock: Callable[[], float] = time.time) -> "Server":
+    """The serving plane alone, put together (``python -m service``, the benchmarks and tests): its parts,
+    the server on them, and the server's commands on its socket. ocapd's start does the same and adds
+    the control plane's."""
+    server = Server(serving_parts(model, state_dir, socket_path, config, base, cache_dir, clock), config)
+    server.control.register_all(server.handlers())
+    return server
+
+
+class Server:
+    """The serving plane on ``parts``: requests through the slot, counts into the class log, frames
+    offered to the sample cache; while another model serves, the base model is the teacher: it checks
+    a share of frames, its counts are logged with origin ``teacher``, and only the frames it saw are
+    offered to the sample cache. Its commands (``handlers``) are registered by whoever built it."""
+
+    def __init__(self, parts: ServingParts, config: ServerConfig = ServerConfig()) -> None:
         self.config = cfg = config
-        self.state_dir = Path(state_dir)
-        self.state_dir.mkdir(parents=True, exist_ok=True)
-        self.db_path = db = self.state_dir / "ocap.db"
-        self.class_log = ClassLog(db, low_confidence=cfg.low_confidence,      # creates / migrates the schema
-                                  recent_seconds=cfg.recent_seconds, clock=clock)
-        self.events = EventLog(db)
-        self.models = ModelTable(db)
-        served = self._load(model)
-        same_dir = base is None or Path(resolve_model(base)).resolve() == Path(served.path).resolve()
-        self.base = served if same_dir else self._load(str(base))
-        if self.base.version == served.version:
-            self.base = served                      # the base serves: no second session, no teacher
-        self.slot = ModelSlot(served)
-        self.cache = SampleCache(Path(cache_dir or self.state_dir / "cache"), db, per_class=cfg.cache_per_class,
-                                 val_share=cfg.cache_val_share, quota_bytes=cfg.cache_quota, selector=cfg.selector)
-        self.control = ControlServer(socket_path, max_payload=cfg.max_payload, max_connections=cfg.max_connections,
-                                     idle_timeout=cfg.idle_timeout, allowed_gids=cfg.allowed_gids)
-        self.stats = RequestStats()
-        self.metrics = Metrics()
+        self.state_dir = parts.state_dir
+        self.db_path = parts.db_path
+        self.class_log = parts.class_log
+        self.events = parts.events
+        self.models = parts.models
+        self.slot = parts.slot
+        self.base = parts.base
+        self.cache = parts.cache
+        self.control = parts.control
+        self.stats = parts.stats
+        self.metrics = parts.metrics
         self.metrics.add(ServingCollector(self))
         self.started = time.time()
         # request threads, the background thread and swaps all change these (and add_status its
@@ -113,29 +176,24 @@ class Server:
         # leave the request path through a bounded queue; when it is full the frame is skipped
         self._background: queue.Queue = queue.Queue(maxsize=cfg.background_queue)
         self._worker = threading.Thread(target=self._background_loop, name="cache-teacher", daemon=True)
-        for name, fn in (("status", self._status), ("classes", self._classes), ("models", self._models),
-                         ("history", self._history), ("metrics", self._metrics), ("predict", self._predict),
-                         ("forget-samples", self._forget)):
-            self.control.register(name, fn)
+        served = self.slot.current()
         self.models.put(served.card, "serving")
         if self.base is not served:
             self.models.put(self.base.card, "teacher")
         self.events.record(Event.SERVING_STARTED, model=served.version, base=self.base.version,
                            providers=short_names(served.providers))
 
+    def handlers(self) -> Dict[str, Callable[[Any, Any], Any]]:
+        """The serving plane's socket commands, by name (``service.commands`` declares them)."""
+        return {"status": self._status, "classes": self._classes, "models": self._models, "history": self._history,
+                "metrics": self._metrics, "predict": self._predict, "forget-samples": self._forget}
+
     def _load(self, path: str) -> LoadedModel:
         return load_model(path, **self.load_args())
 
     def load_args(self) -> Dict[str, Any]:
-        """How this server loads a model, as ``load_model``'s keyword arguments: providers, threads,
-        TensorRT's options, and a ``provider_fallback`` event when a model gets fewer providers than it
-        asked for (the gate loads candidates with these too)."""
-        c = self.config
-        return {"providers": tuple(c.providers), "threads": c.threads, "trt_cache_dir": c.trt_cache_dir,
-                "trt_fp16": c.trt_fp16, "on_fallback": self._provider_fallback}
-
-    def _provider_fallback(self, detail: Dict[str, Any]) -> None:
-        self.events.record(Event.PROVIDER_FALLBACK, **detail)
+        """How this server loads a model (``load_args``); the gate loads candidates with these too."""
+        return load_args(self.config, self.events)
 
     # -- what the control plane uses -----------------------------------------------------------
     @property

@@ -23,7 +23,7 @@ from daemon.store import ModelStore
 from ocap_core.data import load_dataset
 from ocap_core.package import read_card, resolve_model
 from service.client import Client, CommandFailed
-from service.server import Server
+from service.server import Server, build_server
 
 T0 = 1_000_000.0
 
@@ -151,7 +151,7 @@ def rig(test_images):
     cfg = _config(state)
     clock = Clock()
     base = str(resolve_model("fmnist-cnn"))
-    server = Server(base, state, cfg.daemon.socket, server_config(cfg), clock=clock)
+    server = build_server(base, state, cfg.daemon.socket, server_config(cfg), clock=clock)
     store = ModelStore(state, keep_versions=cfg.store.keep_versions)
     StandInWorker.started = []
     ctl = control_plane(cfg, server, store, clock=clock, start_worker=StandInWorker)

@@ -24,7 +24,7 @@ from daemon.metrics import DaemonCollector, Textfile, write_textfile
 from daemon.store import ModelStore
 from ocap_core.data import load_dataset
 from service.client import Client
-from service.server import Server
+from service.server import build_server
 from tests.daemon.test_controller import _config
 from tests.daemon.test_ocapd import start, write_ini
 from tests.helpers import ROOT, WAIT_S, subprocess_env, wait_until
@@ -54,7 +54,7 @@ def one(fams, name, sample=None):
 
 def _daemon_metrics(state: Path, thermal: Path):
     cfg = _config(state)
-    server = Server("fmnist-cnn", state, cfg.daemon.socket, cache_dir=cfg.daemon.cache_dir)
+    server = build_server("fmnist-cnn", state, cfg.daemon.socket, cache_dir=cfg.daemon.cache_dir)
     ctl = control_plane(cfg, server, ModelStore(state))
     server.metrics.add(DaemonCollector(ctl, thermal_root=thermal))
     return server, ctl

@@ -16,7 +16,7 @@ from daemon.main import server_config
 from ocap_core.data import load_dataset
 from ocap_core.package import open_package, resolve_model
 from service.client import Client
-from service.server import Server, ServerConfig
+from service.server import ServerConfig, build_server
 from tests.daemon.test_ocapd import ctl, events, start, write_ini
 
 CPU_ONLY = "CUDAExecutionProvider" not in ort.get_available_providers()
@@ -68,7 +68,7 @@ def test_the_gate_loads_a_candidate_with_the_servers_providers(tmp_path):
     """The candidate (here the shipped VGG, standing in for a pruned one) falls back like the served model,
     and the fallback is an event."""
     cfg = _load(tmp_path, "providers = cuda, cpu\n")
-    server = Server("fmnist-cnn", tmp_path / "state", tmp_path / "s.sock", server_config(cfg))
+    server = build_server("fmnist-cnn", tmp_path / "state", tmp_path / "s.sock", server_config(cfg))
     try:
         frames = load_dataset("fashion-mnist", "test").x[:40]
         vgg = open_package("fmnist-vgg").card.version
@@ -103,7 +103,7 @@ def test_ocapd_serves_on_after_a_provider_fallback(tmp_path):
 
 def test_the_demo_report_names_what_ocapd_ran_each_model_on(tmp_path):
     """The demo's table takes the providers from the daemon's own events (here a real server's)."""
-    server = Server("fmnist-cnn", tmp_path / "state", tmp_path / "s.sock", ServerConfig(providers=("cuda", "cpu")))
+    server = build_server("fmnist-cnn", tmp_path / "state", tmp_path / "s.sock", ServerConfig(providers=("cuda", "cpu")))
     try:
         ok, reason = server.swap(str(resolve_model("fmnist-vgg")), why="test")
         assert ok, reason

@@ -11,7 +11,7 @@ from daemon.config import Config, load_config
 from daemon.main import QUIET_LOGGERS, RECENT_MARGIN, Daemon, recent_seconds, server_config
 from service.class_log import ClassLog
 from service.recent_counts import RecentCounts
-from service.server import Server, ServerConfig
+from service.server import ServerConfig, build_server
 
 T0 = 1_000_000
 
@@ -63,7 +63,7 @@ def test_the_longest_check_sets_the_span(tmp_path):
 
 def test_the_server_keeps_what_ocapd_asks_for(tmp_path):
     cfg = _config(tmp_path, "[stability]\nwindow = 1h\nwindows = 3\n")
-    srv = Server("fmnist-cnn", tmp_path / "state", tmp_path / "s.sock", server_config(cfg))
+    srv = build_server("fmnist-cnn", tmp_path / "state", tmp_path / "s.sock", server_config(cfg))
     try:
         assert srv.class_log.recent.keep_seconds == 3 * 3600 + RECENT_MARGIN
     finally:
@@ -86,7 +86,7 @@ def test_resize_shrinks_at_once_and_grows_from_then_on():
 def test_a_reload_resizes_the_counts(tmp_path):
     cfg = _config(tmp_path, "[stability]\nwindow = 30min\nwindows = 3\n")
     d = Daemon(cfg, replay_data={})
-    d.server = srv = Server("fmnist-cnn", tmp_path / "state", tmp_path / "s.sock", server_config(cfg))
+    d.server = srv = build_server("fmnist-cnn", tmp_path / "state", tmp_path / "s.sock", server_config(cfg))
     # stand-ins for what reload also touches and this test does not build (the policy, the scheduler)
     d.controller = types.SimpleNamespace(cfg=cfg)
     d.scheduler = types.SimpleNamespace(reschedule_job=lambda *a, **k: None)

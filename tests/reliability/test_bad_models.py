@@ -12,7 +12,7 @@ from daemon.gate import GateConfig, check
 from daemon.store import ModelStore
 from ocap_core.data import load_dataset
 from ocap_core.package import read_card, resolve_model, write_card
-from service.server import Server
+from service.server import build_server
 from tests.daemon.test_store import corrupt, make_version
 
 
@@ -67,7 +67,7 @@ def bad(request, tmp_path):
 @pytest.mark.parametrize("bad", list(BAD), indirect=True)
 def test_refused_at_the_swap_the_store_and_the_gate(tmp_path, bad, frames):
     path, says = bad
-    srv = Server("fmnist-cnn", tmp_path / "state", tmp_path / "s.sock")
+    srv = build_server("fmnist-cnn", tmp_path / "state", tmp_path / "s.sock")
     try:
         before = srv.slot.current()
         ok, reason = srv.swap(str(path))

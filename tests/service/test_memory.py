@@ -12,7 +12,7 @@ import pytest
 from ocap_core.data import load_dataset
 from ocap_core.package import resolve_model
 from service.model_slot import PREDICT_CHUNK, load_model
-from service.server import Server, ServerConfig
+from service.server import ServerConfig, build_server
 
 
 @pytest.fixture(scope="module")
@@ -51,7 +51,7 @@ def test_a_large_batch_runs_in_bounded_chunks_with_the_answers_of_single_frames(
 
 
 def test_a_swapped_out_model_is_released_without_the_garbage_collector(tmp_path, frames):
-    srv = Server("fmnist-cnn", tmp_path / "state", tmp_path / "s.sock", ServerConfig(teacher_share=0.5))
+    srv = build_server("fmnist-cnn", tmp_path / "state", tmp_path / "s.sock", ServerConfig(teacher_share=0.5))
     srv.start()
     gc.collect()
     gc.disable()

@@ -10,7 +10,7 @@ from prometheus_client.parser import text_string_to_metric_families as parse_pro
 from ocap_core.data import load_dataset
 from service.client import Client, CommandFailed
 from service.request_stats import LATENCY_BUCKETS_S, RequestStats
-from service.server import Server, ServerConfig
+from service.server import ServerConfig, build_server
 from tests.helpers import WAIT_S
 
 SERVING_TYPES = {
@@ -49,7 +49,7 @@ def frames():
 
 @pytest.fixture
 def server(tmp_path):
-    srv = Server("fmnist-cnn", tmp_path / "state", tmp_path / "s.sock", ServerConfig(cache_per_class=32))
+    srv = build_server("fmnist-cnn", tmp_path / "state", tmp_path / "s.sock", ServerConfig(cache_per_class=32))
     srv.start()
     try:
         yield srv

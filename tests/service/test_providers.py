@@ -18,7 +18,7 @@ from ocap_core.errors import OcapError
 from ocap_core.package import open_package
 from service.client import Client
 from service.model_slot import PREDICT_CHUNK, LoadedModel, load_model
-from service.server import Server, ServerConfig
+from service.server import ServerConfig, build_server
 from tests.helpers import ROOT, subprocess_env
 
 LEFT_OUT = "cuda: onnxruntime left it out"
@@ -89,7 +89,7 @@ def _ctl_status(sock) -> str:
 
 def test_the_server_records_each_fallback_and_shows_the_providers(tmp_path, images):
     sock = tmp_path / "ocap.sock"
-    server = Server("fmnist-cnn", tmp_path / "state", sock, ServerConfig(providers=("cuda", "cpu")))
+    server = build_server("fmnist-cnn", tmp_path / "state", sock, ServerConfig(providers=("cuda", "cpu")))
     server.start()
     try:
         assert server.infer(images[:4]).class_ids.shape == (4,)          # serving goes on, on the CPU
@@ -118,7 +118,7 @@ def test_the_server_records_each_fallback_and_shows_the_providers(tmp_path, imag
 
 
 def test_no_fallback_no_event(tmp_path):
-    server = Server("fmnist-cnn", tmp_path / "state", tmp_path / "ocap.sock", ServerConfig(providers=("cpu",)))
+    server = build_server("fmnist-cnn", tmp_path / "state", tmp_path / "ocap.sock", ServerConfig(providers=("cpu",)))
     try:
         assert not server.recent_events(20, kinds=["provider_fallback"])
         assert server.slot.describe()["fallback"] == "" and server.load_args()["providers"] == ("cpu",)

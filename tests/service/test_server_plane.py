@@ -14,7 +14,7 @@ from ocap_core.data import load_dataset
 from service.client import Client
 from service.errors import ServiceError
 from service.model_slot import load_model
-from service.server import Server, ServerConfig
+from service.server import ServerConfig, build_server
 from tests.helpers import WAIT_S, wait_until
 from tests.service.threads import run_threads
 
@@ -35,7 +35,7 @@ def _served_total(db, origin="served"):
 
 @pytest.mark.parametrize("share", [0.25, 0.5])
 def test_the_teacher_checks_a_share_and_feeds_the_cache_while_another_model_serves(tmp_path, frames, share):
-    srv = Server("fmnist-vgg", tmp_path / "state", tmp_path / "s.sock",
+    srv = build_server("fmnist-vgg", tmp_path / "state", tmp_path / "s.sock",
                  ServerConfig(teacher_share=share, cache_per_class=64), base="fmnist-cnn")
     srv.start()
     try:
@@ -74,7 +74,7 @@ def test_the_teacher_checks_a_share_and_feeds_the_cache_while_another_model_serv
 
 def test_a_refused_swap_is_an_event_and_changes_nothing(tmp_path, package_copy):
     (package_copy / "model.onnx").write_bytes(b"truncated")
-    srv = Server("fmnist-cnn", tmp_path / "state", tmp_path / "s.sock")
+    srv = build_server("fmnist-cnn", tmp_path / "state", tmp_path / "s.sock")
     try:
         before = srv.slot.current()
         ok, reason = srv.swap(str(package_copy))
@@ -90,7 +90,7 @@ def test_eight_socket_clients_through_twenty_swaps(tmp_path, frames, monkeypatch
     installs the model, so a swap that held requests up would fail here), and no request fails."""
     import service.model_slot as model_slot
 
-    srv = Server("fmnist-cnn", tmp_path / "state", tmp_path / "s.sock", ServerConfig(flush_seconds=0.2))
+    srv = build_server("fmnist-cnn", tmp_path / "state", tmp_path / "s.sock", ServerConfig(flush_seconds=0.2))
     versions = {}
     for name in ("fmnist-cnn", "fmnist-vgg"):
         m = load_model(name)
@@ -143,7 +143,7 @@ def test_eight_socket_clients_through_twenty_swaps(tmp_path, frames, monkeypatch
 
 
 def test_forget_samples_is_a_mutating_command(tmp_path, frames):
-    srv = Server("fmnist-cnn", tmp_path / "state", tmp_path / "s.sock")
+    srv = build_server("fmnist-cnn", tmp_path / "state", tmp_path / "s.sock")
     srv.start()
     try:
         for x in frames[:60]:
@@ -165,7 +165,7 @@ def test_teacher_counters_lose_nothing_under_eight_threads(tmp_path, frames, tin
     thread, and status read the three teacher counters one by one while the background thread
     changed them. 8 threads × 36 frames at share 0.5 pick exactly 144 frames: each is checked or
     skipped, never lost, and no status shows more inside than checked."""
-    srv = Server("fmnist-vgg", tmp_path / "state", tmp_path / "s.sock",
+    srv = build_server("fmnist-vgg", tmp_path / "state", tmp_path / "s.sock",
                  ServerConfig(teacher_share=0.5, background_queue=4, cache_per_class=16), base="fmnist-cnn")
     srv.start()
     done, torn = threading.Event(), []
@@ -200,7 +200,7 @@ def test_teacher_credit_and_skips_shared_by_eight_request_threads_are_exact(tmp_
     full-queue count) did ``+=`` on the Server from every request thread. On Python 3.8 (JetPack 5)
     a thread switch between the read and the write lost or doubled credit: 400,004 frames picked of
     400,000. Python 3.11 happens not to switch inside those lines, so there the old code passes."""
-    srv = Server("fmnist-vgg", tmp_path / "state", tmp_path / "s.sock",
+    srv = build_server("fmnist-vgg", tmp_path / "state", tmp_path / "s.sock",
                  ServerConfig(teacher_share=0.25, background_queue=1), base="fmnist-cnn")
     picked = []
 
@@ -220,7 +220,7 @@ def test_checks_of_frames_the_old_model_served_do_not_count_after_a_swap(tmp_pat
     """Regression: teacher checks still queued at a swap were counted after the counters were reset,
     so the new model was judged on frames the old one answered. They still count as teacher-origin
     class counts (what the base model saw), but not in the new model's checked/inside/disagreed."""
-    srv = Server("fmnist-vgg", tmp_path / "state", tmp_path / "s.sock",
+    srv = build_server("fmnist-vgg", tmp_path / "state", tmp_path / "s.sock",
                  ServerConfig(teacher_share=1.0, cache_per_class=16), base="fmnist-cnn")
     try:
         for x in frames[:30]:
@@ -246,7 +246,7 @@ def test_every_prediction_answered_during_stop_is_counted(tmp_path, frames):
     """Regression: stop() closed the class log while connection threads still served: a request that
     arrived during shutdown was answered and then counted into memory that was never flushed again.
     Eight paced clients run into a stop; every ok answer is a row in the class log."""
-    srv = Server("fmnist-cnn", tmp_path / "state", tmp_path / "s.sock", ServerConfig(flush_seconds=0.2))
+    srv = build_server("fmnist-cnn", tmp_path / "state", tmp_path / "s.sock", ServerConfig(flush_seconds=0.2))
     srv.start()
     answers = []
 
@@ -269,3 +269,23 @@ def test_every_prediction_answered_during_stop_is_counted(tmp_path, frames):
         t.join(60)
     assert not any(t.is_alive() for t in threads)
     assert sum(_served_total(srv.db_path).values()) == len(answers)
+
+
+def test_the_server_builds_nothing_and_registers_nothing_itself(tmp_path):
+    """One composition root: ``Server`` runs on the parts it is handed and registers no command;
+    ``build_server`` (the serving plane alone) registers exactly the commands the table gives the
+    serving plane, and ocapd's start adds the control plane's (``daemon.main``)."""
+    from service.commands import COMMANDS
+    from service.server import Server, serving_parts
+
+    parts = serving_parts("fmnist-cnn", tmp_path / "a", tmp_path / "a.sock")
+    srv = Server(parts)
+    assert srv.control is parts.control and srv.cache is parts.cache and srv.slot is parts.slot
+    assert parts.control.commands == {}
+    srv.stop()
+    served = {c.name for c in COMMANDS if not c.ocapd_only and not c.client_side}
+    alone = build_server("fmnist-cnn", tmp_path / "b", tmp_path / "b.sock")
+    try:
+        assert set(alone.control.commands) == served == set(alone.handlers())
+    finally:
+        alone.stop()

@@ -37,3 +37,19 @@ def tiny_switch_interval():
     sys.setswitchinterval(1e-6)
     yield
     sys.setswitchinterval(old)
+
+
+@pytest.fixture(scope="session")
+def small_data(tmp_path_factory) -> str:
+    """700 Fashion-MNIST training images per class as an .npz (its train split: 600 per class): the
+    ``ocap prune`` runs that check what the CLI writes stream 6,000 images through the base to pick
+    their samples, not 60,000 (built once per test session and worker)."""
+    import numpy as np
+
+    from ocap_core.data import load_dataset
+
+    train = load_dataset("fashion-mnist", "train")
+    idx = np.concatenate([np.flatnonzero(train.y == k)[:700] for k in range(10)])
+    path = tmp_path_factory.mktemp("data") / "small.npz"
+    np.savez(path, x=train.x[idx, :, :, 0], y=train.y[idx])
+    return str(path)

@@ -179,7 +179,7 @@ def test_import_class_names_that_do_not_match_the_outputs_are_refused_before_the
 
 
 @pytest.mark.slow
-def test_imported_user_model_prunes_and_evaluates(user_model):
+def test_imported_user_model_prunes_and_evaluates(user_model, small_data):
     """A user's own residual net, trained briefly on real Fashion-MNIST, goes import -> prune -> eval."""
     import importlib.util
 
@@ -203,7 +203,7 @@ def test_imported_user_model_prunes_and_evaluates(user_model):
     assert _import(user_model, arch="ResNet", weights="r.pt").returncode == 0
     out = user_model / "pruned"
     # 60 s of work (the default is 150): the search's levels, not its depth, are what this checks
-    r = run_cli("prune", "--model", str(user_model / "pkg"), "--classes", "1,8", "--keep-first", "0",
+    r = run_cli("prune", "--model", str(user_model / "pkg"), "--data", small_data, "--classes", "1,8", "--keep-first", "0",
                 "--epochs", "10", "--samples-per-class", "128", "--time-budget", "60", "--out", str(out), "--json")
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)

@@ -16,24 +16,14 @@ pytestmark = pytest.mark.torch
 
 
 @pytest.fixture(scope="module")
-def small_data(tmp_path_factory) -> str:
-    """700 Fashion-MNIST training images per class as an .npz (its train split: 600 per class): the runs
-    that check what the CLI writes stream 6,000 images through the base to pick samples, not 60,000."""
-    train = load_dataset("fashion-mnist", "train")
-    idx = np.concatenate([np.flatnonzero(train.y == k)[:700] for k in range(10)])
-    path = tmp_path_factory.mktemp("data") / "small.npz"
-    np.savez(path, x=train.x[idx, :, :, 0], y=train.y[idx])
-    return str(path)
-
-
-@pytest.fixture(scope="module")
-def pruned(tmp_path_factory):
+def pruned(tmp_path_factory, small_data):
     out = tmp_path_factory.mktemp("prune") / "cnn-79"
     # 2 points: 128 judged images cannot show much less (a level must keep loss + 1 SE within it), and
     # this is about what the CLI writes, not the search's quality (docs/benchmarks.md). A time budget that
     # never binds: with 40 s, a loaded 2-core machine trained each level one epoch and found no level
     # (the steps, up to 12 epochs each, and 10 polishing epochs bound the run instead)
-    r = run_cli("prune", "--model", "fmnist-cnn", "--classes", "9,7", "--levels", "2,4,8", "--time-budget", "900",
+    r = run_cli("prune", "--model", "fmnist-cnn", "--data", small_data, "--classes", "9,7", "--levels", "2,4,8",
+                "--time-budget", "900",
                 "--epochs", "10", "--max-loss", "2", "--samples-per-class", "128", "--out", str(out), "--json")
     assert r.returncode == 0, r.stderr
     return out, json.loads(r.stdout)

@@ -27,6 +27,11 @@ CYCLE_S = 300        # a whole cycle to probation takes ~100 s idle; more while 
 # gets the search of test_ocapd's config (a tighter budget raced the daemon's kill at the budget: the
 # search overruns its share).
 QUICK = ONE_STEP
+# A cycle about twice as fast as test_ocapd's (shorter windows, probation and drift window: stable after
+# ~4 s, not ~10 s; the whole cycle ~18 s, not ~30 s): each kill needs the cycle to reach its point, and
+# the recovery checked does not depend on how long the windows were.
+CYCLE = {"stability": {"window": "1.5s", "windows": "2", "min_predictions": "120", "check_interval": "0.5s"},
+         "probation": {"duration": "3s"}, "drift": {"window": "2s", "min_checks": "40"}}
 DAEMON_POINTS = [
     "cache.file_written", "cache.indexed", "classlog.flush", "policy.trigger", "policy.samples_written",
     "policy.worker_started", "policy.worker_done", "gate.loaded", "deploy.before_store", "store.copied",
@@ -114,7 +119,7 @@ def check_after_kill(tmp, flushed, replay):
 
 @pytest.mark.parametrize("point", DAEMON_POINTS)
 def test_kill_ocapd_at(tmp_path, images, point):
-    daemon = start(tmp_path, write_ini(tmp_path, personalize=QUICK), OCAP_FAULTS=f"{point}=kill")
+    daemon = start(tmp_path, write_ini(tmp_path, personalize=QUICK, **CYCLE), OCAP_FAULTS=f"{point}=kill")
     replay = feed(tmp_path, images)
     try:
         died_at, flushed = drive(tmp_path, daemon, replay, timeout=CYCLE_S)
@@ -128,7 +133,7 @@ def test_kill_ocapd_at(tmp_path, images, point):
 
 @pytest.mark.parametrize("point", WORKER_POINTS)
 def test_kill_the_worker_at(tmp_path, images, point):
-    daemon = start(tmp_path, write_ini(tmp_path, personalize={} if point == "worker.search" else QUICK),
+    daemon = start(tmp_path, write_ini(tmp_path, personalize={} if point == "worker.search" else QUICK, **CYCLE),
                    OCAP_FAULTS=f"{point}=kill")
     replay = feed(tmp_path, images)
     try:
@@ -150,8 +155,8 @@ def test_kill_the_worker_at(tmp_path, images, point):
 
 @pytest.mark.parametrize("seed", [1, 2, 3])
 def test_kill_ocapd_at_a_random_time(tmp_path, images, seed):
-    when = float(np.random.default_rng(seed).uniform(3, 25))      # the cycle reaches probation by ~25 s
-    daemon = start(tmp_path, write_ini(tmp_path, personalize=QUICK))
+    when = float(np.random.default_rng(seed).uniform(3, 18))      # the cycle reaches probation by ~18 s
+    daemon = start(tmp_path, write_ini(tmp_path, personalize=QUICK, **CYCLE))
     replay = feed(tmp_path, images)
     t0 = time.time()
     try:

@@ -107,7 +107,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--time-budget", type=float, default=0.0,
                    help="search seconds of work per run (0: the daemon's default; quick runs: 20)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")
-    p.add_argument("--minutes", type=float, help="soak: how long (default 130, quick 1)")
+    p.add_argument("--minutes", type=float, help="soak: how long (default 130, quick 0.5)")
     p.add_argument("--workers", type=int, default=2, help="runs in parallel (one process each)")
     p.add_argument("--out", default="docs/benchmarks.md", help="markdown file whose section is replaced")
     p.add_argument("--rows", help="resumable rows file: rows in it are skipped, tables built from all "

@@ -68,7 +68,7 @@ def _pct(ms: List[float]) -> Dict[str, float]:
 
 
 def run(quick: bool = False, clients: int = 16, rate: float = 20.0) -> Dict[str, Any]:
-    seconds = 45.0 if quick else 180.0
+    seconds = 30.0 if quick else 180.0
     test = load_dataset("fashion-mnist", "test")
     images = {k: test.x[test.y == k][:300] for k in range(10)}
     with tempfile.TemporaryDirectory() as tmp:

@@ -30,7 +30,7 @@ from .report import run_stamp
 # segment is a personalization cycle; 50 s holds stability, the worker, the gate and a probation on a busy
 # 2-core machine (a 3-class set and a fourth joining it gave one cycle per period: 56 in 130 min)
 MIX = "0:0.5,3:0.3,7:0.2@50s; 1:0.5,4:0.3,8:0.2@50s"
-QUICK_MINUTES, FULL_MINUTES = 1.0, 130.0
+QUICK_MINUTES, FULL_MINUTES = 0.5, 130.0
 GROWTH_TARGET = 0.02            # per-cycle RSS over the second half
 
 

@@ -15,6 +15,7 @@ daemon never saw, so the cached samples it fine-tuned on are not scored."""
 
 import argparse
 import logging
+import math
 import shutil
 import signal
 import sys
@@ -39,6 +40,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
+TEACHER_SHARE, MIN_CHECKS = 0.25, 100      # [drift]: the teacher's share of frames, checks a verdict needs
 DEMO_INI = """\
 # written by `ocap demo`: windows of seconds, a short fine-tuning budget
 [daemon]
@@ -83,9 +85,9 @@ min_speedup = 1.05
 latency_runs = 100
 
 [drift]
-teacher_share = 0.25
+teacher_share = {teacher_share}
 window = {drift_window}s
-min_checks = 100
+min_checks = {min_checks}
 max_outside_share = 0.10
 cooldown = {drift_cooldown}
 
@@ -107,8 +109,15 @@ def demo_config(work: Path, model: str, rate: float, speed: float = 1.0, epochs:
                            log_level=log_level, window=max(2, round(4 / speed)),
                            min_predictions=max(40, int(rate * 4 / speed * 0.5)), epochs=epochs, budget=budget,
                            wall_limit=max(wall_limit, budget), threads=threads or "auto", max_loss=max_loss, rule=rule, nice=nice, cooldown=cooldown,
-                           daily_cap=daily_cap, drift_cooldown=drift_cooldown, drift_window=max(3, round(6 / speed)),
-                           probation=max(5, round(15 / speed)))
+                           daily_cap=daily_cap, drift_cooldown=drift_cooldown, teacher_share=TEACHER_SHARE,
+                           min_checks=MIN_CHECKS, drift_window=drift_window(rate, speed), probation=max(5, round(15 / speed)))
+
+
+def drift_window(rate: float, speed: float) -> int:
+    """``[drift] window`` in seconds: 6 s shortened by ``speed``, but long enough to hold 1.5 times the
+    checks a drift verdict needs at ``rate`` frames per second (at speed 2 and 120 frames/s, 3 s held 90
+    of the 100 and the demo's drift was never declared)."""
+    return max(3, round(6 / speed), math.ceil(1.5 * MIN_CHECKS / (TEACHER_SHARE * rate)))
 
 
 BUSY_PHASES = ("personalizing", "gating", "probation")

@@ -2,8 +2,10 @@
 line before ocapd starts (the whole loop itself runs in tests/examples/test_digits.py and the README)."""
 
 import argparse
+import math
 import subprocess
 import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -71,3 +73,16 @@ def test_the_demo_worker_runs_at_the_niceness_and_limits_asked_for(tmp_path):
     r = subprocess.run([sys.executable, "-m", "ocap_cli", "demo", "--nice", "20"], capture_output=True, text=True,
                        cwd=str(ROOT))
     assert r.returncode == 2 and "--nice" in r.stderr
+
+
+@pytest.mark.parametrize("rate", [40.0, 120.0, 300.0])
+@pytest.mark.parametrize("speed", [1.0, 2.0, 4.0])
+def test_the_drift_window_holds_the_checks_a_drift_verdict_needs(rate, speed):
+    """At speed 2 and 120 frames/s the window held 90 teacher checks of the 100 a verdict needs, and the
+    demo never declared the drift it showed (the digits walk-through found it)."""
+    from daemon.demo import MIN_CHECKS, TEACHER_SHARE, demo_config, drift_window
+
+    window = drift_window(rate, speed)
+    assert window * TEACHER_SHARE * rate >= MIN_CHECKS * 1.5
+    assert window <= max(6, math.ceil(1.5 * MIN_CHECKS / (TEACHER_SHARE * rate)))    # no longer than needed
+    assert f"window = {window}s\nmin_checks = {MIN_CHECKS}" in demo_config(Path("/tmp/w"), "fmnist-cnn", rate, speed)

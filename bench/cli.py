@@ -70,7 +70,7 @@ def time_resnet20_prune(threads: int, seed: int) -> Dict[str, Any]:
     RSS (``wait4``'s rusage, so earlier children do not count), as a row of the rows file."""
     import tempfile
 
-    from daemon.cores import PASSIVE_OPENMP, THREAD_VARS
+    from ocap_daemon.cores import PASSIVE_OPENMP, THREAD_VARS
 
     env = dict(os.environ, **PASSIVE_OPENMP, **{v: str(threads) for v in THREAD_VARS})
     row: Dict[str, Any] = {"model": "fmnist-resnet20", "k": len(quality.PRUNE_CLI_CLASSES),

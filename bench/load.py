@@ -12,11 +12,11 @@ from typing import Any, Dict, List, Tuple
 
 import numpy as np
 
-from daemon.demo import demo_config
-from daemon.launch import start_ocapd, wait_until
 from ocap_core.data import load_dataset
-from service.client import Client, Unreachable
-from service.event_kinds import Event
+from ocap_daemon.demo import demo_config
+from ocap_daemon.launch import start_ocapd, wait_until
+from ocap_service.client import Client, Unreachable
+from ocap_service.event_kinds import Event
 
 from .report import figure, run_stamp
 

@@ -258,7 +258,7 @@ def run_subset(job: Dict[str, Any], emit: Callable[[Row], None]) -> None:
 def _child_env(threads: int) -> Dict[str, str]:
     """The benchmark's child: the repository on the path, its OpenMP threads wait passively (as the
     daemon's worker's do) so a busy box does not stall them."""
-    from daemon.cores import PASSIVE_OPENMP, THREAD_VARS
+    from ocap_daemon.cores import PASSIVE_OPENMP, THREAD_VARS
 
     root = Path(__file__).resolve().parent.parent
     env = dict(os.environ, PYTHONPATH=str(root) + os.pathsep + os.environ.get("PYTHONPATH", ""))

@@ -6,7 +6,7 @@
   throughput with and without ``ClassLog.add``, interleaved blocks);
 - swap under load: 16 clients while the model is swapped 5 times, failed requests and p99 latency of
   requests overlapping a swap vs the rest;
-- serving RSS of a ``python -m service`` process with a model loaded, and that no torch library is
+- serving RSS of a ``python -m ocap_service`` process with a model loaded, and that no torch library is
   mapped into it.
 """
 
@@ -20,12 +20,12 @@ from typing import Any, Dict, List, Sequence, Tuple
 
 import numpy as np
 
-from daemon.launch import start_daemon
 from ocap_core.data import load_dataset
 from ocap_core.preprocess import preprocess
-from service.class_log import ClassLog
-from service.client import Client
-from service.server import build_server
+from ocap_daemon.launch import start_daemon
+from ocap_service.class_log import ClassLog
+from ocap_service.client import Client
+from ocap_service.server import build_server
 
 from .report import figure, run_stamp
 
@@ -192,14 +192,14 @@ def class_log_cost(n: int) -> Dict[str, float]:
 
 # -- the serving process on its own ---------------------------------------------------------------------
 def serving_rss(model: str = "fmnist-cnn") -> Dict[str, Any]:
-    """RSS of ``python -m service`` with ``model`` loaded after 200 predictions, and whether any torch
+    """RSS of ``python -m ocap_service`` with ``model`` loaded after 200 predictions, and whether any torch
     library is mapped into the process."""
     import psutil
 
     frames = load_dataset("fashion-mnist", "test").x[:200]
     with tempfile.TemporaryDirectory() as tmp:
         sock = Path(tmp) / "s.sock"
-        args = ["service", "--model", model, "--state-dir", tmp, "--socket", str(sock), "--log-level", "WARNING"]
+        args = ["ocap_service", "--model", model, "--state-dir", tmp, "--socket", str(sock), "--log-level", "WARNING"]
         with start_daemon(args, sock, Path(tmp) / "service.log") as daemon, Client(sock) as c:
             for f in frames:
                 c.predict(f)

@@ -19,10 +19,10 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import psutil
 
-from daemon.demo import demo_config
-from daemon.launch import start_ocapd
-from service.client import Client, ServiceError
-from service.event_kinds import Event
+from ocap_daemon.demo import demo_config
+from ocap_daemon.launch import start_ocapd
+from ocap_service.client import Client, ServiceError
+from ocap_service.event_kinds import Event
 
 from .report import run_stamp
 

@@ -29,8 +29,8 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from service.client import Client
-from service.event_kinds import Event
+from ocap_service.client import Client
+from ocap_service.event_kinds import Event
 
 from .report import figure, run_stamp
 
@@ -118,7 +118,7 @@ class Cycles:
         self.notes: List[str] = []
 
     def _wait_event(self, kinds: Sequence[str], since: float, timeout: float) -> Optional[Dict[str, Any]]:
-        from daemon.launch import wait_until
+        from ocap_daemon.launch import wait_until
 
         said = [time.time()]
 
@@ -198,9 +198,9 @@ def swap_overlaps(reqs: Sequence[Request], events: Sequence[Dict[str, Any]]) -> 
 
 def run(quick: bool = False, log: Callable[[str], None] = lambda s: print(f"stress: {s}", file=sys.stderr,
                                                                            flush=True)) -> Dict[str, Any]:
-    from daemon.demo import demo_config
-    from daemon.launch import start_ocapd
     from ocap_core.data import load_dataset
+    from ocap_daemon.demo import demo_config
+    from ocap_daemon.launch import start_ocapd
 
     mode = QUICK if quick else FULL
     clients, cores = mode["clients"], os.cpu_count() or 1

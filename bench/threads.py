@@ -4,7 +4,7 @@ Each cell is a fresh process at nice 19, as the personalization worker runs: it 
 to half the channels of every group outside the residual stream, slices the head to three classes and
 times distillation epochs (``ocap_core.finetune``) on cached-size sets of Fashion-MNIST images, with 1
 thread or one per CPU, OpenMP spinning (libgomp's default) or waiting passively (what the worker sets,
-``daemon/cores.py``). Loads: idle (none added); ``busy``: one process per core busy half of every 20 ms at nice 0
+``ocap_daemon/cores.py``). Loads: idle (none added); ``busy``: one process per core busy half of every 20 ms at nice 0
 (a serving plane and other work: a core comes free and is taken back all the time); ``saturated``:
 one busy-loop process per core at nice 19 (background work at the worker's own priority). A busy loop at
 nice 0 leaves a nice-19 process about 1.5 % of a core (CFS weights 15 vs 1024), so no thread count helps
@@ -20,8 +20,8 @@ import time
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
-from daemon.cores import PASSIVE_OPENMP, THREAD_VARS, measure_idle_cores, usable_cpus, worker_threads
 from ocap_core import strict_json
+from ocap_daemon.cores import PASSIVE_OPENMP, THREAD_VARS, measure_idle_cores, usable_cpus, worker_threads
 
 from .report import run_stamp, targets_table
 
@@ -209,7 +209,7 @@ def markdown(res: Dict[str, Any], machine: str) -> str:
              "busy: one process per core busy 10 ms of every 20 ms at nice 0; "
              "saturated: one busy loop per core at nice 19. `default` is libgomp's spin-then-sleep wait, "
              "`PASSIVE` what the worker sets (OMP_WAIT_POLICY=PASSIVE, GOMP_SPINCOUNT=0, KMP_BLOCKTIME=0). "
-             "`auto` is what `[personalize] threads = auto` picks under that load (daemon/cores.py).", "",
+             "`auto` is what `[personalize] threads = auto` picks under that load (ocap_daemon/cores.py).", "",
              "| load | threads | OpenMP wait | s / epoch | min–max | epochs timed | 1-min load avg before | auto picks |",
              "|---|---|---|---|---|---|---|---|"]
     for r in rows:

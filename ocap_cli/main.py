@@ -27,7 +27,7 @@ def _add_bench(sub: Any) -> None:
 
 def build_parser() -> argparse.ArgumentParser:
     """Every ``ocap`` command: the algorithms', then bench, then demo."""
-    from daemon.demo import add_commands as add_demo
+    from ocap_daemon.demo import add_commands as add_demo
 
     parser, sub = core_cli.new_parser("ocap offline tools")
     core_cli.add_commands(sub)

@@ -16,8 +16,8 @@ verdict() {  # verdict EXIT -> passed / FAILED (exit N); pytest's 5 is "no tests
 }
 results=()
 stamp "lint: ruff and vermin (Python 3.8 syntax)"
-"$V311/bin/ruff" check ocap_core ocap_cli service daemon tests bench examples \
-    && "$V311/bin/vermin" --target=3.8- --violations --no-tips --eval-annotations -q ocap_core ocap_cli service daemon tests bench examples
+"$V311/bin/ruff" check ocap_core ocap_cli ocap_service ocap_daemon tests bench examples \
+    && "$V311/bin/vermin" --target=3.8- --violations --no-tips --eval-annotations -q ocap_core ocap_cli ocap_service ocap_daemon tests bench examples
 lint=$?
 results+=("lint: $([ $lint = 0 ] && echo passed || echo FAILED)")
 stamp "Python 3.11, every test (torch included), $WORKERS workers"

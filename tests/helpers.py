@@ -16,10 +16,10 @@ T = TypeVar("T")
 
 def wait_until(predicate: Callable[[], T], timeout: float = WAIT_S, interval: float = 0.05,
                what: str = "the condition") -> T:
-    """``daemon.launch.wait_until`` for tests: the first truthy value of ``predicate``, or an
+    """``ocap_daemon.launch.wait_until`` for tests: the first truthy value of ``predicate``, or an
     AssertionError naming ``what`` was awaited. Tests wait on the state they need instead of sleeping
     for a time a busy machine may outlast; the deadline is generous because only a failure reaches it."""
-    from daemon.launch import wait_until as launch_wait
+    from ocap_daemon.launch import wait_until as launch_wait
 
     try:
         return launch_wait(predicate, timeout, what, interval)
@@ -33,12 +33,12 @@ def subprocess_env() -> dict:
 
 
 def serve(state_dir: Path, sock: Path, *args: str) -> Tuple[subprocess.Popen, Path]:
-    """``python -m service ARGS`` on ``state_dir`` and ``sock`` (``daemon.launch.start_daemon``), returned
+    """``python -m ocap_service ARGS`` on ``state_dir`` and ``sock`` (``ocap_daemon.launch.start_daemon``), returned
     once it answers there; its log, in the failure if it exits first, is ``state_dir/service.log``."""
-    from daemon.launch import start_daemon
+    from ocap_daemon.launch import start_daemon
 
     Path(state_dir).mkdir(parents=True, exist_ok=True)
-    daemon = start_daemon(["service", "--state-dir", str(state_dir), "--socket", str(sock), *args], sock,
+    daemon = start_daemon(["ocap_service", "--state-dir", str(state_dir), "--socket", str(sock), *args], sock,
                           Path(state_dir) / "service.log", timeout=WAIT_S)
     return daemon.proc, sock
 
@@ -53,7 +53,7 @@ def run_cli(*args: str, env=None, timeout: float = 600) -> subprocess.CompletedP
 
 def exit_description(returncode: int) -> str:
     """How a process ended, in words: ``exit code 1``, or ``killed by SIGSEGV (signal 11)``."""
-    from daemon.supervisor import signal_name  # the name the daemon gives a dead worker's signal
+    from ocap_daemon.supervisor import signal_name  # the name the daemon gives a dead worker's signal
 
     if returncode < 0:
         return f"killed by {signal_name(-returncode)} (signal {-returncode})"

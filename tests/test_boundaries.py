@@ -34,7 +34,7 @@ def _loaded_after_import(modules: list, tops: tuple = ("torch",), then: str = ""
 
 
 def test_service_and_daemon_never_import_torch():
-    mods = _modules("service") + _modules("daemon")
+    mods = _modules("ocap_service") + _modules("ocap_daemon")
     assert len(mods) >= 4
     assert _loaded_after_import(mods) == []
 
@@ -47,19 +47,19 @@ def test_the_algorithms_package_and_its_cli_load_neither_the_control_plane_nor_t
     """Building ``python -m ocap_core``'s parser included; ``ocap demo`` and ``ocap bench`` are added by
     ``ocap_cli``, above the packages."""
     build = "import ocap_core.cli; ocap_core.cli.build_parser()"
-    assert _loaded_after_import(TORCH_FREE_CORE, ("daemon", "bench", "ocap_cli"), then=build) == []
+    assert _loaded_after_import(TORCH_FREE_CORE, ("ocap_daemon", "bench", "ocap_cli"), then=build) == []
 
 
 @pytest.mark.torch
 @pytest.mark.skipif(importlib.util.find_spec("torch") is None, reason="torch is not installed")
 def test_no_module_of_the_algorithms_package_loads_the_control_plane_or_the_benchmarks():
-    assert _loaded_after_import(_modules("ocap_core"), ("daemon", "bench", "ocap_cli")) == []
+    assert _loaded_after_import(_modules("ocap_core"), ("ocap_daemon", "bench", "ocap_cli")) == []
 
 
 def test_the_ocap_command_has_every_packages_commands_and_the_check_sees_them():
     """The detector works, and ``ocap_cli`` adds demo (the control plane) and bench (the benchmarks)."""
     loaded = _loaded_after_import(["ocap_cli"], ("daemon", "bench"), then="import ocap_cli; ocap_cli.build_parser()")
-    assert "daemon.demo" in loaded and "bench.cli" in loaded
+    assert "ocap_daemon.demo" in loaded and "bench.cli" in loaded
 
 
 @pytest.mark.torch

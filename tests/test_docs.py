@@ -63,8 +63,8 @@ def test_the_readmes_ocap_import_examples_use_the_current_flags():
 
 def test_the_readmes_ocapctl_commands_are_the_command_table():
     """README's list of ocapctl commands (the block of ``ocapctl ...`` lines under "The daemon") names
-    exactly the commands of service/commands.py, the table ocapctl and the socket are built from."""
-    from service.commands import COMMANDS
+    exactly the commands of ocap_service/commands.py, the table ocapctl and the socket are built from."""
+    from ocap_service.commands import COMMANDS
 
     text = (ROOT / "README.md").read_text(encoding="utf-8")
     listed = set()

@@ -49,7 +49,7 @@ def test_the_plot_is_well_formed_svg_with_one_dot_per_cycle():
 
 def test_the_soak_config_is_valid_and_lifts_the_cap_and_both_cooldowns(tmp_path):
     from bench.soak import soak_config
-    from daemon.config import load_config
+    from ocap_daemon.config import load_config
 
     ini = tmp_path / "ocap.ini"
     ini.write_text(soak_config(tmp_path, 300.0), encoding="utf-8")

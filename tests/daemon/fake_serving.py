@@ -1,4 +1,4 @@
-"""A stand-in for the serving plane's narrow face (``daemon/serving_plane.py``): the policy's unit tests
+"""A stand-in for the serving plane's narrow face (``ocap_daemon/serving_plane.py``): the policy's unit tests
 set what it reports (windows, cache fill, events, latency) and read what the policy asked of it (events
 recorded, models installed), with no onnxruntime, SQLite or socket. The same policy runs on the real
 ``Server`` in test_controller.py and ocapd's end-to-end tests."""

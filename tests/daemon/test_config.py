@@ -1,4 +1,4 @@
-"""daemon.config: unit parsers, the generated example file, conversions, and one-line errors for bad files."""
+"""ocap_daemon.config: unit parsers, the generated example file, conversions, and one-line errors for bad files."""
 
 import dataclasses
 import grp
@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from daemon.config import (
+from ocap_daemon.config import (
     EXIT_CONFIG,
     SCHEMA,
     SECTIONS,
@@ -20,13 +20,13 @@ from daemon.config import (
     section_keys,
     source_keys,
 )
-from daemon.errors import DaemonError
-from service.sources import SOURCES, parse_mix
+from ocap_daemon.errors import DaemonError
+from ocap_service.sources import SOURCES, parse_mix
 from tests.helpers import ROOT
 from tests.service.test_durations import ACCEPTED
 
 EXAMPLE = ROOT / "systemd" / "ocap.ini"
-REGENERATE = ("python -c 'import sys, daemon.config as c; sys.stdout.write(c.render_example())' "
+REGENERATE = ("python -c 'import sys, ocap_daemon.config as c; sys.stdout.write(c.render_example())' "
               "> systemd/ocap.ini")
 
 
@@ -44,7 +44,7 @@ def _no_path(cfg: Config) -> Config:
 
 @pytest.mark.parametrize("text, seconds", [(t, s) for t, s in ACCEPTED if s > 0])
 def test_an_ini_duration_and_a_mix_duration_read_alike(tmp_path, text, seconds):
-    """Issue 14: a mix took ``10m`` where an INI duration refused it; both use ``service.durations``
+    """Issue 14: a mix took ``10m`` where an INI duration refused it; both use ``ocap_service.durations``
     (its own tests: tests/service/test_durations.py)."""
     path = _write(tmp_path, f"[stability]\nwindow = {text}\n[source:r]\ntype = replay\nmix = 0:1@{text}\n"
                             f"[source:d]\ntype = directory\nspool = /srv/spool\ninterval = {text}\n")
@@ -375,7 +375,7 @@ def test_not_utf8(tmp_path):
 
 def test_defaults_do_not_touch_the_system(monkeypatch):
     # Config.defaults() neither reads a file nor opens the base model
-    import daemon.config as config
+    import ocap_daemon.config as config
 
     monkeypatch.setattr(config, "open_package", lambda *a, **k: pytest.fail("opened the base model"))
     assert Config.defaults().model.base == "fmnist-cnn"

@@ -14,16 +14,16 @@ from typing import Optional
 import numpy as np
 import pytest
 
-from daemon import gate, precision
-from daemon.config import Config
-from daemon.controller import Controller
-from daemon.deployer import Phase
-from daemon.main import control_plane, server_config
-from daemon.store import ModelStore
 from ocap_core.data import load_dataset
 from ocap_core.package import read_card, resolve_model
-from service.client import Client, CommandFailed
-from service.server import Server, build_server
+from ocap_daemon import gate, precision
+from ocap_daemon.config import Config
+from ocap_daemon.controller import Controller
+from ocap_daemon.deployer import Phase
+from ocap_daemon.main import control_plane, server_config
+from ocap_daemon.store import ModelStore
+from ocap_service.client import Client, CommandFailed
+from ocap_service.server import Server, build_server
 
 T0 = 1_000_000.0
 
@@ -329,7 +329,7 @@ def test_worker_crashes_back_off_doubling_then_hold_until_forced(rig):
     """A worker that dies of a signal (a native crash) would die the same way on the same job: each crash
     in a row doubles the wait (the 60-s cooldown, then 120 s), the third holds personalization until
     ``ocapctl personalize --now``, and every step says so in the event and the status line."""
-    from daemon.trigger import MAX_CRASHES
+    from ocap_daemon.trigger import MAX_CRASHES
 
     rig.observe_stable()
     waits = []

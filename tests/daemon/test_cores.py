@@ -1,9 +1,9 @@
-"""daemon.cores: the worker takes one thread per idle core (never more than are free, at least one, at
+"""ocap_daemon.cores: the worker takes one thread per idle core (never more than are free, at least one, at
 most the cap), from per-CPU load read out of /proc/stat with the load average as a floor."""
 
 import pytest
 
-from daemon.cores import (
+from ocap_daemon.cores import (
     busy_shares,
     idle_cores,
     measure_idle_cores,

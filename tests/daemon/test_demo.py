@@ -10,8 +10,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from daemon.demo import demo_mix
 from ocap_core.errors import OcapError
+from ocap_daemon.demo import demo_mix
 from tests.helpers import ROOT
 
 NAMES = [f"c{k}" for k in range(10)]
@@ -58,8 +58,8 @@ def test_data_that_does_not_fit_the_model_is_refused_before_ocapd_starts(tmp_pat
 
 
 def test_the_demo_worker_runs_at_the_niceness_and_limits_asked_for(tmp_path):
-    from daemon.config import load_config
-    from daemon.demo import demo_config
+    from ocap_daemon.config import load_config
+    from ocap_daemon.demo import demo_config
 
     for nice in (0, 19):
         ini = tmp_path / f"ocap-{nice}.ini"
@@ -80,7 +80,7 @@ def test_the_demo_worker_runs_at_the_niceness_and_limits_asked_for(tmp_path):
 def test_the_drift_window_holds_the_checks_a_drift_verdict_needs(rate, speed):
     """At speed 2 and 120 frames/s the window held 90 teacher checks of the 100 a verdict needs, and the
     demo never declared the drift it showed (the digits walk-through found it)."""
-    from daemon.demo import MIN_CHECKS, TEACHER_SHARE, demo_config, drift_window
+    from ocap_daemon.demo import MIN_CHECKS, TEACHER_SHARE, demo_config, drift_window
 
     window = drift_window(rate, speed)
     assert window * TEACHER_SHARE * rate >= MIN_CHECKS * 1.5

@@ -1,7 +1,7 @@
 """TensorRT engine housekeeping on real directories. This machine has no TensorRT, so the engines are
 stand-ins: files written where TensorRT writes them (one directory per model version)."""
 
-from daemon.engine_cache import sweep
+from ocap_daemon.engine_cache import sweep
 
 
 def _engines(root, *versions):

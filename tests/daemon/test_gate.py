@@ -7,10 +7,10 @@ import shutil
 import numpy as np
 import pytest
 
-from daemon.gate import GateConfig, check
 from ocap_core.data import load_dataset
 from ocap_core.package import read_card, write_card
-from service.model_slot import load_model
+from ocap_daemon.gate import GateConfig, check
+from ocap_service.model_slot import load_model
 from tests.daemon.test_store import corrupt
 
 

@@ -12,19 +12,19 @@ import weakref
 
 import pytest
 
-from daemon import gate
 from ocap_core.data import load_dataset
 from ocap_core.package import resolve_model
-from service.model_slot import load_model
+from ocap_daemon import gate
+from ocap_service.model_slot import load_model
 from tests.helpers import ROOT, subprocess_env
 
 JUDGE = """
 import gc, resource
 import psutil
-from daemon.gate import GateConfig, check
+from ocap_daemon.gate import GateConfig, check
 from ocap_core.data import load_dataset
 from ocap_core.package import resolve_model
-from service.model_slot import load_model
+from ocap_service.model_slot import load_model
 x = load_dataset("fashion-mnist", "test").x[:1024]
 base = load_model("fmnist-cnn")
 base.predict(x[:2])

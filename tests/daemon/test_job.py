@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from daemon.errors import DaemonError
-from daemon.job import Job
+from ocap_daemon.errors import DaemonError
+from ocap_daemon.job import Job
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -65,7 +65,7 @@ def test_a_missing_key_and_a_broken_file_are_named(tmp_path):
 
 
 def test_the_contract_and_the_engine_specs_load_without_torch():
-    code = ("import sys; import daemon.job, ocap_core.prune_spec, ocap_core.finetune_spec; "
+    code = ("import sys; import ocap_daemon.job, ocap_core.prune_spec, ocap_core.finetune_spec; "
             "print(sorted(m for m in ('torch', 'torchvision', 'torch_pruning') if m in sys.modules))")
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(ROOT), timeout=120)
     assert r.returncode == 0, r.stderr
@@ -75,7 +75,7 @@ def test_the_contract_and_the_engine_specs_load_without_torch():
 def test_the_samples_file_keeps_the_classes_training_first(tmp_path):
     import numpy as np
 
-    from daemon.job import read_samples, write_samples
+    from ocap_daemon.job import read_samples, write_samples
 
     x = np.arange(8 * 4, dtype=np.uint8).reshape(8, 2, 2)
     train, val = (x[:5], np.array([1, 2, 8, 1, 3])), (x[5:], np.array([8, 3, 1]))

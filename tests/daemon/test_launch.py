@@ -1,11 +1,11 @@
-"""``daemon.launch``: the one way the demo, the benchmarks and the tests start ``ocapd`` and wait for it."""
+"""``ocap_daemon.launch``: the one way the demo, the benchmarks and the tests start ``ocapd`` and wait for it."""
 
 import time
 
 import pytest
 
-from daemon.errors import DaemonError
-from daemon.launch import start_daemon, start_ocapd, wait_until
+from ocap_daemon.errors import DaemonError
+from ocap_daemon.launch import start_daemon, start_ocapd, wait_until
 from tests.daemon.test_ocapd import write_ini
 
 

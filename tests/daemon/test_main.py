@@ -1,4 +1,4 @@
-"""``daemon.main``'s log levels: at ``log_level = info`` the journal got an APScheduler line for every
+"""``ocap_daemon.main``'s log levels: at ``log_level = info`` the journal got an APScheduler line for every
 job run (the policy job runs every few seconds); those lines are below info now, and back at debug."""
 
 import logging
@@ -6,7 +6,7 @@ import threading
 
 import pytest
 
-from daemon.main import QUIET_LOGGERS, set_log_level
+from ocap_daemon.main import QUIET_LOGGERS, set_log_level
 
 
 @pytest.fixture

@@ -17,14 +17,14 @@ import pytest
 from prometheus_client.openmetrics.parser import text_string_to_metric_families as parse_openmetrics
 from prometheus_client.parser import text_string_to_metric_families as parse_prometheus
 
-from daemon.config import ConfigError, load_config
-from daemon.deployer import Phase
-from daemon.main import control_plane
-from daemon.metrics import DaemonCollector, Textfile, write_textfile
-from daemon.store import ModelStore
 from ocap_core.data import load_dataset
-from service.client import Client
-from service.server import build_server
+from ocap_daemon.config import ConfigError, load_config
+from ocap_daemon.deployer import Phase
+from ocap_daemon.main import control_plane
+from ocap_daemon.metrics import DaemonCollector, Textfile, write_textfile
+from ocap_daemon.store import ModelStore
+from ocap_service.client import Client
+from ocap_service.server import build_server
 from tests.daemon.test_controller import _config
 from tests.daemon.test_ocapd import start, write_ini
 from tests.helpers import ROOT, WAIT_S, subprocess_env, wait_until
@@ -146,7 +146,7 @@ def test_the_textfile_is_replaced_whole_with_mode_0644_under_the_daemons_umask(t
 def test_a_failing_write_is_logged_once_naming_the_file_and_recovers(tmp_path, caplog):
     path = tmp_path / "missing" / "ocap.prom"
     tf = Textfile(path, lambda: "ocap_a 1\n")
-    with caplog.at_level(logging.INFO, logger="daemon.metrics"):
+    with caplog.at_level(logging.INFO, logger="ocap_daemon.metrics"):
         assert not tf.write() and not tf.write()
         errors = [r for r in caplog.records if r.levelno == logging.ERROR]
         assert len(errors) == 1 and str(path) in errors[0].getMessage() and tf.error
@@ -207,7 +207,7 @@ def test_ocapd_answers_metrics_on_its_socket_and_writes_the_textfile(tmp_path):
         shutil.rmtree(str(moved.parent))
         wait_until(lambda: daemon.request("status")["metrics"]["error"], WAIT_S, what="a failed write in status")
         assert f"metrics textfile {moved} not written" in daemon.log_tail(20000)
-        human = subprocess.run([sys.executable, "-m", "service.ctl", "--socket", str(tmp_path / "s.sock"), "status"],
+        human = subprocess.run([sys.executable, "-m", "ocap_service.ctl", "--socket", str(tmp_path / "s.sock"), "status"],
                                capture_output=True, text=True, cwd=str(ROOT), env=subprocess_env(), timeout=60)
         assert f"metrics   textfile {moved} not written" in human.stdout, human.stdout + human.stderr
         with Client(tmp_path / "s.sock") as c:
@@ -221,7 +221,7 @@ def test_ocapctl_metrics_prints_the_scrape(tmp_path):
     try:
         out = {}
         for fmt in ("openmetrics", "prometheus"):
-            r = subprocess.run([sys.executable, "-m", "service.ctl", "--socket", str(tmp_path / "s.sock"), "metrics",
+            r = subprocess.run([sys.executable, "-m", "ocap_service.ctl", "--socket", str(tmp_path / "s.sock"), "metrics",
                                 "--format", fmt], capture_output=True, text=True, cwd=str(ROOT), env=subprocess_env(),
                                timeout=60)
             assert r.returncode == 0, r.stderr

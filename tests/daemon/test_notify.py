@@ -7,8 +7,8 @@ import socket
 import subprocess
 import sys
 
-from daemon.notify import ENV_KEYS, Notifier
-from daemon.supervisor import worker_env
+from ocap_daemon.notify import ENV_KEYS, Notifier
+from ocap_daemon.supervisor import worker_env
 
 
 def test_a_child_started_after_the_notifier_does_not_see_notify_socket(tmp_path, monkeypatch):

@@ -6,9 +6,9 @@ import shutil
 
 import pytest
 
-from daemon.precision import MIN_FRAMES, MIN_SPEEDUP, choose, decide
 from ocap_core.data import load_dataset
 from ocap_core.package import open_package, resolve_model
+from ocap_daemon.precision import MIN_FRAMES, MIN_SPEEDUP, choose, decide
 from tests.daemon.test_store import corrupt
 
 onnx_tools = pytest.mark.torch

@@ -8,15 +8,15 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
-from daemon.config import ConfigError, load_config
-from daemon.demo import providers_by_version
-from daemon.demo_report import write_report
-from daemon.gate import GateConfig, check
-from daemon.main import server_config
 from ocap_core.data import load_dataset
 from ocap_core.package import open_package, resolve_model
-from service.client import Client
-from service.server import ServerConfig, build_server
+from ocap_daemon.config import ConfigError, load_config
+from ocap_daemon.demo import providers_by_version
+from ocap_daemon.demo_report import write_report
+from ocap_daemon.gate import GateConfig, check
+from ocap_daemon.main import server_config
+from ocap_service.client import Client
+from ocap_service.server import ServerConfig, build_server
 from tests.daemon.test_ocapd import ctl, events, start, write_ini
 
 CPU_ONLY = "CUDAExecutionProvider" not in ort.get_available_providers()

@@ -6,12 +6,12 @@ import logging
 import types
 from pathlib import Path
 
-from daemon import stability
-from daemon.config import Config, load_config
-from daemon.main import QUIET_LOGGERS, RECENT_MARGIN, Daemon, recent_seconds, server_config
-from service.class_log import ClassLog
-from service.recent_counts import RecentCounts
-from service.server import ServerConfig, build_server
+from ocap_daemon import stability
+from ocap_daemon.config import Config, load_config
+from ocap_daemon.main import QUIET_LOGGERS, RECENT_MARGIN, Daemon, recent_seconds, server_config
+from ocap_service.class_log import ClassLog
+from ocap_service.recent_counts import RecentCounts
+from ocap_service.server import ServerConfig, build_server
 
 T0 = 1_000_000
 

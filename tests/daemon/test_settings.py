@@ -6,12 +6,12 @@ import dataclasses
 
 import pytest
 
-from daemon import settings
-from daemon.config import Config, ConfigError, _build, section_keys
-from daemon.errors import DaemonError
-from daemon.gate import GateConfig
-from daemon.stability import StabilityConfig
-from daemon.watch import DriftConfig, ProbationConfig
+from ocap_daemon import settings
+from ocap_daemon.config import Config, ConfigError, _build, section_keys
+from ocap_daemon.errors import DaemonError
+from ocap_daemon.gate import GateConfig
+from ocap_daemon.stability import StabilityConfig
+from ocap_daemon.watch import DriftConfig, ProbationConfig
 
 POLICIES = [("stability", StabilityConfig), ("gate", GateConfig), ("drift", DriftConfig),
             ("probation", ProbationConfig)]
@@ -61,7 +61,7 @@ def test_drift_margin_is_over_the_stable_baseline():
 
 @pytest.mark.parametrize("outside,drift", [(35, False), (40, False), (45, True)])
 def test_drift_is_judged_past_the_baseline_plus_the_margin(outside, drift):
-    from daemon.watch import drift_reason
+    from ocap_daemon.watch import drift_reason
 
     hist = {0: 100 - outside, 9: outside}
     why = drift_reason(hist, {0, 3}, 0, 100, DriftConfig(min_checks=50, max_outside_share=0.1), baseline=0.3)

@@ -1,4 +1,4 @@
-"""daemon.sources through real ``ocapd`` subprocesses (issue 13): at start and under ``--check-config``
+"""ocap_daemon.sources through real ``ocapd`` subprocesses (issue 13): at start and under ``--check-config``
 every source's files exist and fit the base model (one line naming section, key and file, exit 78, nothing
 touched), and a spool of wrong-sized images at run time is one event, not a traceback per frame."""
 
@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 from ocap_core.data import load_dataset
-from service.client import Client
+from ocap_service.client import Client
 from tests.daemon.test_ocapd import _env, events, start, write_ini
 from tests.helpers import ROOT, wait_until
 
@@ -20,7 +20,7 @@ WAIT_S = 120.0          # only a failing test waits this long: a loaded 2-core m
 
 
 def ocapd(ini: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "daemon.main", "--config", str(ini), *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "ocap_daemon.main", "--config", str(ini), *args], capture_output=True,
                           text=True, cwd=str(ROOT), env=_env(), timeout=120)
 
 

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from daemon.errors import DaemonError
-from daemon.stability import (
+from ocap_daemon.errors import DaemonError
+from ocap_daemon.stability import (
     OTHER,
     Stability,
     StabilityConfig,

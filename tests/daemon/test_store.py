@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from daemon.errors import DaemonError
-from daemon.store import ModelStore
 from ocap_core.package import open_package, read_card, resolve_model, write_card
+from ocap_daemon.errors import DaemonError
+from ocap_daemon.store import ModelStore
 
 
 def make_version(src: Path, dst: Path, version: str, created: str = "2026-01-01T00:00:00Z") -> Path:
@@ -139,7 +139,7 @@ def test_add_that_fails_at_the_rename_leaves_nothing_behind(store, package_copy,
     def fail(src, dst):
         raise OSError(28, "No space left on device")
 
-    monkeypatch.setattr("daemon.store.os.rename", fail)
+    monkeypatch.setattr("ocap_daemon.store.os.rename", fail)
     with pytest.raises(DaemonError, match="No space left"):
         store.add(package_copy)
     assert listing(store.models) == [] and store.versions() == []
@@ -169,7 +169,7 @@ def test_a_failed_pointer_write_keeps_the_old_pointer(store, package_copy, versi
     def fail(src, dst):
         raise OSError(5, "Input/output error")
 
-    monkeypatch.setattr("daemon.store.os.replace", fail)
+    monkeypatch.setattr("ocap_daemon.store.os.replace", fail)
     with pytest.raises(DaemonError, match="current"):
         store.set_current(version)
     assert store.current() == version

@@ -4,7 +4,7 @@ short of CPU. The real subprocess under these rules is in test_worker.py."""
 
 import pytest
 
-from daemon.supervisor import STARVED, WAIT_NOTE_AFTER_S, stop_reason, waiting_note
+from ocap_daemon.supervisor import STARVED, WAIT_NOTE_AFTER_S, stop_reason, waiting_note
 
 
 @pytest.mark.parametrize("budget,limit,elapsed,cpu,reason,starved", [

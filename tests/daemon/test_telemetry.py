@@ -10,7 +10,7 @@ from types import SimpleNamespace
 import psutil
 import pytest
 
-from daemon import telemetry
+from ocap_daemon import telemetry
 
 LIMITS = SimpleNamespace(max_temperature=80.0, min_free_memory=64 * 2 ** 20, max_serving_p99=0.05)
 
@@ -117,7 +117,7 @@ def test_jtop_with_every_sensor_offline_falls_through_to_sysfs(jtop_socket, ther
 def test_a_failing_jtop_is_dropped_for_good(jtop_socket, thermal, monkeypatch, caplog):
     mod = _stand_in_jtop(SENSORS, fails="The jtop.service is not active. Please run:\nsudo systemctl restart jtop.service")
     monkeypatch.setitem(sys.modules, "jtop", mod)
-    with caplog.at_level(logging.INFO, logger="daemon.telemetry"):
+    with caplog.at_level(logging.INFO, logger="ocap_daemon.telemetry"):
         assert telemetry.temperature(thermal) == 85.5
         assert telemetry.temperature(thermal) == 85.5
     assert mod.clients == 1                                   # not tried again: the fallback holds

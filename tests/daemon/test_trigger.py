@@ -7,9 +7,9 @@ import dataclasses
 
 import pytest
 
-from daemon.config import Config
-from daemon.trigger import DAY, MAX_CRASHES, Trigger
-from service.event_kinds import Event
+from ocap_daemon.config import Config
+from ocap_daemon.trigger import DAY, MAX_CRASHES, Trigger
+from ocap_service.event_kinds import Event
 from tests.daemon.fake_serving import FakeServing, Model
 
 MIX = {0: 500, 3: 300, 7: 200}

@@ -3,8 +3,8 @@ teacher checks or frames to judge."""
 
 import pytest
 
-from daemon.errors import DaemonError
-from daemon.watch import DriftConfig, ProbationConfig, Rates, drift_reason, probation_verdict
+from ocap_daemon.errors import DaemonError
+from ocap_daemon.watch import DriftConfig, ProbationConfig, Rates, drift_reason, probation_verdict
 
 DRIFT = DriftConfig(min_checks=100, max_outside_share=0.10, max_low_confidence=0.30)
 KEPT = frozenset({0, 3, 7})

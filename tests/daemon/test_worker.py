@@ -1,4 +1,4 @@
-"""The personalization worker as the daemon runs it: a real ``python -m daemon.worker`` subprocess at
+"""The personalization worker as the daemon runs it: a real ``python -m ocap_daemon.worker`` subprocess at
 low priority, progress as JSON lines, pause/resume by signals, kill, failures without partial output."""
 
 import json
@@ -13,10 +13,10 @@ import numpy as np
 import psutil
 import pytest
 
-from daemon.job import Job
-from daemon.supervisor import WorkerRun
 from ocap_core.data import load_dataset
 from ocap_core.package import open_package, resolve_model
+from ocap_daemon.job import Job
+from ocap_daemon.supervisor import WorkerRun
 from tests.helpers import wait_until
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
@@ -87,7 +87,7 @@ def test_with_quantize_int8_the_worker_also_writes_an_int8_child_calibrated_on_t
 
 
 def test_an_int8_child_that_cannot_be_made_is_reported_and_nothing_is_left(tmp_path, capsys):
-    from daemon.worker import quantize
+    from ocap_daemon.worker import quantize
 
     job = _job(tmp_path, quantize="int8")
     frames = load_dataset("fashion-mnist", "test").x[:12]          # fewer held-back frames than calibration needs
@@ -145,7 +145,7 @@ def test_a_worker_kept_waiting_outlasts_its_budget_and_stops_at_its_wall_limit(t
     """A worker that other processes leave no CPU: stopped from outside with SIGSTOP (not through
     ``pause``, whose time does not count), as a nice-19 worker beside busy cores nearly is. Its budget
     counts work, so waiting does not spend it; the wall limit ends the wait and says why."""
-    from daemon.supervisor import STARVED
+    from ocap_daemon.supervisor import STARVED
 
     run = WorkerRun(_job(tmp_path, epochs=500), tmp_path / "job", nice=NICE, threads=1, budget_s=2.0, wall_limit_s=6.0)
     os.kill(run.proc.pid, signal.SIGSTOP)
@@ -187,7 +187,7 @@ def test_started_line_reports_the_threads_chosen_from_idle_cores(tmp_path, cap):
 def test_a_bad_job_file_is_exit_2_with_the_key_named(tmp_path, key, value, message):
     job_file = tmp_path / "job.json"
     job_file.write_text(json.dumps(dict(_job(tmp_path).to_dict(), **{key: value})))
-    r = subprocess.run([sys.executable, "-m", "daemon.worker", str(job_file)], capture_output=True, text=True,
+    r = subprocess.run([sys.executable, "-m", "ocap_daemon.worker", str(job_file)], capture_output=True, text=True,
                        timeout=120, env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])))
     assert r.returncode == 2
     failed = json.loads(r.stdout.splitlines()[-1])

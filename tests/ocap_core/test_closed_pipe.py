@@ -54,10 +54,10 @@ def test_ocap_listings_and_help_into_a_closed_pipe(args):
 def test_ocapd_into_a_closed_pipe(tmp_path):
     ini = tmp_path / "ocap.ini"
     ini.write_text("")                        # the defaults: a valid file
-    r = run_into_closed_pipe("-m", "daemon.main", "--config", str(ini), "--check-config")
+    r = run_into_closed_pipe("-m", "ocap_daemon.main", "--config", str(ini), "--check-config")
     _quiet(r)
     assert r.returncode == EXIT_CLOSED_PIPE
-    _quiet(run_into_closed_pipe("-m", "daemon.main", "--help"))
+    _quiet(run_into_closed_pipe("-m", "ocap_daemon.main", "--help"))
 
 
 def test_an_open_pipe_gets_everything_and_exit_0(small_npz):

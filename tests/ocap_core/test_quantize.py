@@ -17,7 +17,7 @@ from ocap_core.data import load_dataset
 from ocap_core.errors import OcapError
 from ocap_core.package import open_package, read_card, write_card
 from ocap_core.quantize import QuantSpec, compare, cpu_flags, quantize_package, quantized_reason
-from service.model_slot import load_model
+from ocap_service.model_slot import load_model
 from tests.helpers import ROOT, run_cli, subprocess_env
 
 onnx_tools = pytest.mark.torch          # onnxruntime's quantization tools import onnx (the torch extra)

@@ -7,12 +7,12 @@ import shutil
 
 import pytest
 
-from daemon.errors import DaemonError
-from daemon.gate import GateConfig, check
-from daemon.store import ModelStore
 from ocap_core.data import load_dataset
 from ocap_core.package import read_card, resolve_model, write_card
-from service.server import build_server
+from ocap_daemon.errors import DaemonError
+from ocap_daemon.gate import GateConfig, check
+from ocap_daemon.store import ModelStore
+from ocap_service.server import build_server
 from tests.daemon.test_store import corrupt, make_version
 
 

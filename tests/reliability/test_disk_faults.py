@@ -4,9 +4,9 @@ daemon keeps serving every request, records an event, and a personalization fail
 
 import pytest
 
-from daemon.launch import wait_until
-from daemon.store import ModelStore
 from ocap_core.data import load_dataset
+from ocap_daemon.launch import wait_until
+from ocap_daemon.store import ModelStore
 from tests.daemon.test_ocapd import ONE_STEP, ctl, events, feed, start, wait_event, write_ini
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]

@@ -7,8 +7,8 @@ import numpy as np
 import pytest
 
 from ocap_core.data import load_dataset
-from service.client import Client
-from service.sources import DirectorySource
+from ocap_service.client import Client
+from ocap_service.sources import DirectorySource
 from tests.daemon.test_ocapd import start, write_ini
 
 
@@ -32,7 +32,7 @@ def spool(tmp_path):
 
 
 def test_links_pipes_oversized_and_misshapen_files_are_rejected_unread(tmp_path, spool):
-    from service.model_slot import load_model
+    from ocap_service.model_slot import load_model
 
     model = load_model("fmnist-cnn")
     seen = []

@@ -12,12 +12,12 @@ import time
 import numpy as np
 import pytest
 
-from daemon.errors import DaemonError
-from daemon.launch import wait_until
-from daemon.store import ModelStore
 from ocap_core.data import load_dataset
 from ocap_core.package import open_package, resolve_model
-from service.client import ServiceError
+from ocap_daemon.errors import DaemonError
+from ocap_daemon.launch import wait_until
+from ocap_daemon.store import ModelStore
+from ocap_service.client import ServiceError
 from tests.daemon.test_ocapd import ONE_STEP, ctl, events, feed, start, write_ini
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]

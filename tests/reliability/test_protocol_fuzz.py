@@ -1,4 +1,4 @@
-"""Protocol fuzzing against a real ``python -m service`` process: 10,000 (CI) or more random headers, payloads and
+"""Protocol fuzzing against a real ``python -m ocap_service`` process: 10,000 (CI) or more random headers, payloads and
 garbage lines (hypothesis). Each gets exactly one reply, an error unless the request was valid, the
 connection lives on, the server stays up, and its memory does not grow."""
 
@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from daemon.launch import start_daemon
+from ocap_daemon.launch import start_daemon
 
 pytestmark = pytest.mark.slow       # a live server under 10,000 hostile frames
 
@@ -22,7 +22,7 @@ EXAMPLES = int(os.environ.get("OCAP_FUZZ_EXAMPLES", "10000"))       # ocap bench
 def live(tmp_path_factory):
     d = tmp_path_factory.mktemp("fuzz")
     sock = d / "s.sock"
-    args = ["service", "--state-dir", str(d / "state"), "--socket", str(sock), "--log-level", "ERROR"]
+    args = ["ocap_service", "--state-dir", str(d / "state"), "--socket", str(sock), "--log-level", "ERROR"]
     daemon = start_daemon(args, sock, d / "service.log")
     yield {"sock": sock, "proc": daemon.proc, "rss": []}
     assert daemon.stop(timeout=30) == 0

@@ -6,9 +6,9 @@ import threading
 
 import pytest
 
-from service.class_log import ClassLog
-from service.db import SCHEMA_VERSION, open_db
-from service.errors import ServiceError
+from ocap_service.class_log import ClassLog
+from ocap_service.db import SCHEMA_VERSION, open_db
+from ocap_service.errors import ServiceError
 
 T0 = 1_000_000 * 60.0          # a minute boundary
 

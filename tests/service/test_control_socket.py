@@ -13,10 +13,10 @@ import numpy as np
 import pytest
 
 from ocap_core.data import load_dataset
-from service.client import Client, CommandFailed, Unreachable
-from service.control_socket import MAX_LINE, ControlServer, RequestError
-from service.errors import ServiceError
-from service.model_slot import ModelSlot, load_model
+from ocap_service.client import Client, CommandFailed, Unreachable
+from ocap_service.control_socket import MAX_LINE, ControlServer, RequestError
+from ocap_service.errors import ServiceError
+from ocap_service.model_slot import ModelSlot, load_model
 from tests.helpers import WAIT_S, wait_until
 
 
@@ -238,7 +238,7 @@ def test_stop_finishes_the_request_in_flight_and_closes_idle_connections(tmp_pat
     """stop() used to return while connection threads still ran: a request being handled finished
     after it (in the server: counted after the class log's last flush, so lost), and an idle client
     kept its connection until its idle timeout."""
-    import service.control_socket as control_socket
+    import ocap_service.control_socket as control_socket
 
     monkeypatch.setattr(control_socket, "STOP_GRACE", 10 * WAIT_S)    # stop() waits for the handler, however slow
     srv = ControlServer(tmp_path / "s.sock", idle_timeout=10 * WAIT_S)
@@ -271,10 +271,10 @@ def test_stop_finishes_the_request_in_flight_and_closes_idle_connections(tmp_pat
 
 
 def test_only_declared_commands_take_handlers(tmp_path):
-    """One table (service/commands.py): a handler for a name it does not declare is refused, naming the
+    """One table (ocap_service/commands.py): a handler for a name it does not declare is refused, naming the
     file; what a command needs (payload, rights) comes from the table, not from the registration."""
     srv = ControlServer(tmp_path / "s.sock")
-    with pytest.raises(ServiceError, match=r"no control command 'slow' is declared in service/commands.py"):
+    with pytest.raises(ServiceError, match=r"no control command 'slow' is declared in ocap_service/commands.py"):
         srv.register("slow", lambda req, _: {})
     srv.register("forget-samples", lambda req, _: {})
     assert srv.commands["forget-samples"].spec.mutating and not srv.commands["forget-samples"].spec.payload

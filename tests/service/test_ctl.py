@@ -1,4 +1,4 @@
-"""``ocapctl`` against a real ``python -m service`` socket: global flags work before and after the
+"""``ocapctl`` against a real ``python -m ocap_service`` socket: global flags work before and after the
 subcommand (``ocapctl classes --json`` was refused), and a closed stdout pipe ends it quietly."""
 
 import json
@@ -16,7 +16,7 @@ READ_ONLY = ["status", "classes", "models", "history", "metrics"]
 
 
 def _ctl(*args):
-    return subprocess.run([sys.executable, "-m", "service.ctl", *args], capture_output=True, text=True, cwd=str(ROOT),
+    return subprocess.run([sys.executable, "-m", "ocap_service.ctl", *args], capture_output=True, text=True, cwd=str(ROOT),
                           env=subprocess_env(), timeout=60)
 
 
@@ -53,8 +53,8 @@ def test_flags_after_the_subcommand_override_the_ones_before(sock):
 def test_the_parser_is_built_from_the_command_table(capsys):
     """Every declared command is a subcommand with its options, its help and the global flags; the
     help has no reST markup. In-process: ``main`` returns before it connects."""
-    from service.commands import COMMANDS
-    from service.ctl import main
+    from ocap_service.commands import COMMANDS
+    from ocap_service.ctl import main
 
     assert main(["--help"]) == 0
     top = capsys.readouterr().out
@@ -78,7 +78,7 @@ def test_a_control_plane_command_on_the_serving_plane_says_it_needs_ocapd(sock):
 
 @pytest.mark.parametrize("args", [["history"], ["--json", "status"], ["classes", "--json"]])
 def test_a_closed_stdout_pipe_ends_ocapctl_quietly(sock, args):
-    proc = subprocess.Popen([sys.executable, "-m", "service.ctl", "--socket", sock, *args], stdout=subprocess.PIPE,
+    proc = subprocess.Popen([sys.executable, "-m", "ocap_service.ctl", "--socket", sock, *args], stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, cwd=str(ROOT), env=subprocess_env())
     proc.stdout.close()                             # the reader is gone before ocapctl prints
     _, err = proc.communicate(timeout=60)
@@ -87,13 +87,13 @@ def test_a_closed_stdout_pipe_ends_ocapctl_quietly(sock, args):
 
 
 def test_an_unreachable_daemon_on_the_default_socket_points_at_socket(tmp_path):
-    from service.ctl import DEFAULT_SOCKET
+    from ocap_service.ctl import DEFAULT_SOCKET
 
     if os.path.exists(DEFAULT_SOCKET):
         pytest.skip(f"a daemon may be listening on {DEFAULT_SOCKET} here")
-    r = subprocess.run([sys.executable, "-m", "service.ctl", "status"], cwd=str(ROOT), capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "ocap_service.ctl", "status"], cwd=str(ROOT), capture_output=True,
                        text=True, timeout=60)
     assert r.returncode == 3 and "is ocapd running?" in r.stderr and "--socket" in r.stderr, r.stderr
-    r = subprocess.run([sys.executable, "-m", "service.ctl", "--socket", str(tmp_path / "none.sock"), "status"],
+    r = subprocess.run([sys.executable, "-m", "ocap_service.ctl", "--socket", str(tmp_path / "none.sock"), "status"],
                        cwd=str(ROOT), capture_output=True, text=True, timeout=60)
     assert r.returncode == 3 and "none.sock" in r.stderr and "is ocapd running?" not in r.stderr

@@ -1,11 +1,11 @@
-"""service.durations: the one duration syntax of ocapd's INI keys and of replay class mixes (issue 14:
+"""ocap_service.durations: the one duration syntax of ocapd's INI keys and of replay class mixes (issue 14:
 ``parse_mix`` took ``10m`` where the config refused it)."""
 
 import pytest
 
-from service.durations import SYNTAX, DurationError, parse_duration
-from service.errors import ServiceError
-from service.sources import parse_mix
+from ocap_service.durations import SYNTAX, DurationError, parse_duration
+from ocap_service.errors import ServiceError
+from ocap_service.sources import parse_mix
 
 ACCEPTED = [
     ("250ms", 0.25), ("10s", 10), ("30min", 1800), ("10m", 600), ("2h", 7200), ("1d", 86400), ("1.5h", 5400),

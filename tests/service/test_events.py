@@ -6,11 +6,11 @@ import threading
 import pytest
 
 from ocap_core.package import open_package, resolve_model
-from service.class_log import ClassLog
-from service.errors import ServiceError
-from service.event_kinds import Event
-from service.events import EventLog
-from service.model_table import ModelTable
+from ocap_service.class_log import ClassLog
+from ocap_service.errors import ServiceError
+from ocap_service.event_kinds import Event
+from ocap_service.events import EventLog
+from ocap_service.model_table import ModelTable
 from tests.service.threads import run_threads
 
 
@@ -96,7 +96,7 @@ def test_a_sqlite_without_json_functions_still_gets_counts(tmp_path, monkeypatch
     fails the way a build without JSON1 does."""
     import sqlite3
 
-    import service.events as events
+    import ocap_service.events as events
 
     ev = _mixed_events(tmp_path)
     want = ev.counts(["gate"], split="outcome")
@@ -118,7 +118,7 @@ def test_a_sqlite_without_json_functions_still_gets_counts(tmp_path, monkeypatch
 def test_a_kind_declared_nowhere_is_refused_naming_the_file(tmp_path):
     ClassLog(tmp_path / "ocap.db").close()              # makes the schema
     log = EventLog(tmp_path / "ocap.db")
-    with pytest.raises(ServiceError, match=r"no event kind 'deploy_fialed' is declared in service/event_kinds.py"):
+    with pytest.raises(ServiceError, match=r"no event kind 'deploy_fialed' is declared in ocap_service/event_kinds.py"):
         log.record("deploy_fialed", reason="typo")
     with pytest.raises(ServiceError, match="deploy_fialed"):
         log.recent(kinds=["deploy_fialed"])

@@ -11,8 +11,8 @@ import pytest
 
 from ocap_core.data import load_dataset
 from ocap_core.package import resolve_model
-from service.model_slot import PREDICT_CHUNK, load_model
-from service.server import ServerConfig, build_server
+from ocap_service.model_slot import PREDICT_CHUNK, load_model
+from ocap_service.server import ServerConfig, build_server
 
 
 @pytest.fixture(scope="module")

@@ -8,9 +8,9 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_prometheus
 
 from ocap_core.data import load_dataset
-from service.client import Client, CommandFailed
-from service.request_stats import LATENCY_BUCKETS_S, RequestStats
-from service.server import ServerConfig, build_server
+from ocap_service.client import Client, CommandFailed
+from ocap_service.request_stats import LATENCY_BUCKETS_S, RequestStats
+from ocap_service.server import ServerConfig, build_server
 from tests.helpers import WAIT_S
 
 SERVING_TYPES = {
@@ -136,7 +136,7 @@ def test_the_latency_histogram_buckets_include_their_bound():
 
 
 def test_class_log_totals_count_per_origin(tmp_path):
-    from service.class_log import ClassLog
+    from ocap_service.class_log import ClassLog
 
     log = ClassLog(tmp_path / "ocap.db", low_confidence=0.5)
     try:

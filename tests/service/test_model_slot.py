@@ -9,7 +9,7 @@ import pytest
 from ocap_core.data import load_dataset
 from ocap_core.errors import OcapError
 from ocap_core.package import open_package
-from service.model_slot import ModelSlot, load_model
+from ocap_service.model_slot import ModelSlot, load_model
 from tests.helpers import wait_until
 
 

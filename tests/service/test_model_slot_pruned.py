@@ -2,7 +2,7 @@
 for {Trouser, Bag} (tests/data/fmnist-cnn-1-8) swapped in over the shipped CNN, on real test images."""
 
 from ocap_core.data import load_dataset
-from service.model_slot import ModelSlot, load_model
+from ocap_service.model_slot import ModelSlot, load_model
 from tests.daemon.conftest import CANDIDATE_1_8
 
 

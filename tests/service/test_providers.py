@@ -16,9 +16,9 @@ from ocap_core import runtime
 from ocap_core.data import load_dataset
 from ocap_core.errors import OcapError
 from ocap_core.package import open_package
-from service.client import Client
-from service.model_slot import PREDICT_CHUNK, LoadedModel, load_model
-from service.server import ServerConfig, build_server
+from ocap_service.client import Client
+from ocap_service.model_slot import PREDICT_CHUNK, LoadedModel, load_model
+from ocap_service.server import ServerConfig, build_server
 from tests.helpers import ROOT, subprocess_env
 
 LEFT_OUT = "cuda: onnxruntime left it out"
@@ -81,7 +81,7 @@ def test_an_unknown_provider_stops_the_load():
 
 
 def _ctl_status(sock) -> str:
-    r = subprocess.run([sys.executable, "-m", "service.ctl", "--socket", str(sock), "status"], capture_output=True,
+    r = subprocess.run([sys.executable, "-m", "ocap_service.ctl", "--socket", str(sock), "status"], capture_output=True,
                        text=True, cwd=str(ROOT), env=subprocess_env(), timeout=60)
     assert r.returncode == 0, r.stderr
     return r.stdout

@@ -3,8 +3,8 @@ count lost when many threads add across second boundaries."""
 
 import itertools
 
-from service.class_log import ClassLog
-from service.recent_counts import RecentCounts
+from ocap_service.class_log import ClassLog
+from ocap_service.recent_counts import RecentCounts
 from tests.service.threads import run_threads
 
 

@@ -4,7 +4,7 @@ import itertools
 
 import pytest
 
-from service.request_stats import RequestStats
+from ocap_service.request_stats import RequestStats
 from tests.service.threads import run_threads
 
 

@@ -8,9 +8,9 @@ import pytest
 
 from ocap_core.data import load_dataset
 from ocap_core.selection import val_capacity
-from service.errors import ServiceError
-from service.model_slot import load_model
-from service.sample_cache import SampleCache
+from ocap_service.errors import ServiceError
+from ocap_service.model_slot import load_model
+from ocap_service.sample_cache import SampleCache
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""``python -m service`` as a real subprocess replaying Fashion-MNIST, driven by ``ocapctl`` over its real
+"""``python -m ocap_service`` as a real subprocess replaying Fashion-MNIST, driven by ``ocapctl`` over its real
 socket, stopped by SIGTERM; the class mix it replayed shows up in the SQLite log."""
 
 import json
@@ -12,19 +12,19 @@ import numpy as np
 import pytest
 
 from ocap_core.data import load_dataset
-from service.client import Client
-from service.errors import ServiceError
-from service.sources import ReplaySource, parse_mix
+from ocap_service.client import Client
+from ocap_service.errors import ServiceError
+from ocap_service.sources import ReplaySource, parse_mix
 from tests.helpers import ROOT, serve, subprocess_env, wait_until
 
 
 def _ctl(sock, *args):
-    return subprocess.run([sys.executable, "-m", "service.ctl", "--socket", str(sock), *args], capture_output=True,
+    return subprocess.run([sys.executable, "-m", "ocap_service.ctl", "--socket", str(sock), *args], capture_output=True,
                           text=True, cwd=str(ROOT), env=subprocess_env(), timeout=60)
 
 
 def _serve(tmp_path, *args):
-    """``python -m service`` on TMP/state and TMP/ocap.sock, once it answers there."""
+    """``python -m ocap_service`` on TMP/state and TMP/ocap.sock, once it answers there."""
     return serve(tmp_path / "state", tmp_path / "ocap.sock", *args)
 
 
@@ -151,7 +151,7 @@ def test_class_mix_schedule():
 def test_directory_source_handles_rejects_and_skips_partial_files(tmp_path, keep):
     from PIL import Image
 
-    from service.sources import DirectorySource
+    from ocap_service.sources import DirectorySource
 
     spool = tmp_path / "spool"
     spool.mkdir()

@@ -11,10 +11,10 @@ import numpy as np
 import pytest
 
 from ocap_core.data import load_dataset
-from service.client import Client
-from service.errors import ServiceError
-from service.model_slot import load_model
-from service.server import ServerConfig, build_server
+from ocap_service.client import Client
+from ocap_service.errors import ServiceError
+from ocap_service.model_slot import load_model
+from ocap_service.server import ServerConfig, build_server
 from tests.helpers import WAIT_S, wait_until
 from tests.service.threads import run_threads
 
@@ -88,7 +88,7 @@ def test_a_refused_swap_is_an_event_and_changes_nothing(tmp_path, package_copy):
 def test_eight_socket_clients_through_twenty_swaps(tmp_path, frames, monkeypatch):
     """Every swap's load overlaps requests by construction (it waits for new answers before it
     installs the model, so a swap that held requests up would fail here), and no request fails."""
-    import service.model_slot as model_slot
+    import ocap_service.model_slot as model_slot
 
     srv = build_server("fmnist-cnn", tmp_path / "state", tmp_path / "s.sock", ServerConfig(flush_seconds=0.2))
     versions = {}
@@ -274,9 +274,9 @@ def test_every_prediction_answered_during_stop_is_counted(tmp_path, frames):
 def test_the_server_builds_nothing_and_registers_nothing_itself(tmp_path):
     """One composition root: ``Server`` runs on the parts it is handed and registers no command;
     ``build_server`` (the serving plane alone) registers exactly the commands the table gives the
-    serving plane, and ocapd's start adds the control plane's (``daemon.main``)."""
-    from service.commands import COMMANDS
-    from service.server import Server, serving_parts
+    serving plane, and ocapd's start adds the control plane's (``ocap_daemon.main``)."""
+    from ocap_service.commands import COMMANDS
+    from ocap_service.server import Server, serving_parts
 
     parts = serving_parts("fmnist-cnn", tmp_path / "a", tmp_path / "a.sock")
     srv = Server(parts)

@@ -1,7 +1,7 @@
-"""service.sources: frames that do not fit the model are rejected as one event and a rate-limited log
+"""ocap_service.sources: frames that do not fit the model are rejected as one event and a rate-limited log
 line (issue 13: 32x32x3 images replayed into a 28x28x1 net logged 542 tracebacks in 11 s), data sets are
 checked against the model card, and replay mixes against the model's classes; the source registry
-(issue 14) is what ``python -m service``, ocapd's schema and the README's table are made from."""
+(issue 14) is what ``python -m ocap_service``, ocapd's schema and the README's table are made from."""
 
 import logging
 import os
@@ -15,12 +15,12 @@ import pytest
 
 from ocap_core.data import load_dataset
 from ocap_core.package import open_package
-from service.__main__ import build_parser
-from service.class_log import ClassLog
-from service.errors import ServiceError
-from service.events import EventLog
-from service.model_slot import load_model
-from service.sources import (
+from ocap_service.__main__ import build_parser
+from ocap_service.class_log import ClassLog
+from ocap_service.errors import ServiceError
+from ocap_service.events import EventLog
+from ocap_service.model_slot import load_model
+from ocap_service.sources import (
     CHOICE,
     DURATION,
     FLOAT,
@@ -60,7 +60,7 @@ def _events(tmp_path):
 
 
 def _rejection_lines(caplog):
-    return [r for r in caplog.records if r.name == "service.sources" and "rejected" in r.getMessage()]
+    return [r for r in caplog.records if r.name == "ocap_service.sources" and "rejected" in r.getMessage()]
 
 
 def _put(spool, name, image):
@@ -80,7 +80,7 @@ def test_a_spool_of_wrong_sized_images_is_one_event_and_one_line_per_interval(tm
     now = [100.0]
     rejects = RejectedFrames("spool", events, interval=2.0, clock=lambda: now[0])
     src = DirectorySource(spool, model.predict, tmp_path / "rejected", tmp_path / "done", rejects=rejects)
-    caplog.set_level(logging.WARNING, logger="service.sources")
+    caplog.set_level(logging.WARNING, logger="ocap_service.sources")
     assert src.scan() == 35
     assert src.frames == 5 and src.rejected == 30                           # serving went on for the good ones
     assert len(list((tmp_path / "rejected").iterdir())) == 30 and len(list((tmp_path / "done").iterdir())) == 5
@@ -122,7 +122,7 @@ def test_replaying_images_that_do_not_fit_logs_no_traceback_per_frame(tmp_path, 
     images = np.random.default_rng(1).integers(0, 255, (20, 32, 32, 3), dtype=np.uint8)
     labels = np.arange(20) % 10
     events = _events(tmp_path)
-    caplog.set_level(logging.WARNING, logger="service.sources")
+    caplog.set_level(logging.WARNING, logger="ocap_service.sources")
     src = ReplaySource(images, labels, _counting(lambda img: model.predict(img[None]), 60), 400,
                        parse_mix("0:1,5:1@1m", 10), rejects=RejectedFrames("replay-test", events))
     src.start()
@@ -138,7 +138,7 @@ def test_an_unexpected_error_logs_its_traceback_once_per_interval(tmp_path, capl
     def sink(_):
         raise RuntimeError("the runtime broke")
 
-    caplog.set_level(logging.WARNING, logger="service.sources")
+    caplog.set_level(logging.WARNING, logger="ocap_service.sources")
     src = ReplaySource(np.zeros((4, 28, 28, 1), np.uint8), np.arange(4), _counting(sink, 30), 500,
                        parse_mix("0:1@1m", 10))
     src.start()
@@ -226,7 +226,7 @@ def test_python_m_service_has_a_flag_for_every_option(stype):
 
 def test_the_readme_table_of_sources_is_what_the_registry_renders():
     readme = (ROOT / "README.md").read_text(encoding="utf-8")
-    assert render_markdown() in readme, "paste service.sources.render_markdown() into README.md"
+    assert render_markdown() in readme, "paste ocap_service.sources.render_markdown() into README.md"
 
 
 @pytest.mark.parametrize("stype, option, text, fragment", [
@@ -308,5 +308,5 @@ def test_python_m_service_names_the_flag_of_a_bad_source_option(tmp_path, argv, 
                         str(tmp_path / "s.sock"), *[a.format(tmp=tmp_path) for a in argv]],
                        capture_output=True, text=True, cwd=str(ROOT), env=_env(), timeout=120)
     line = r.stderr.strip().splitlines()[-1]               # after the server's log lines
-    assert r.returncode == 1 and line.startswith("python -m service: ") and fragment.format(tmp=tmp_path) in line, \
+    assert r.returncode == 1 and line.startswith("python -m ocap_service: ") and fragment.format(tmp=tmp_path) in line, \
         r.stderr

@@ -1,8 +1,8 @@
 """The serving plane as the control plane sees it: the handful of things the policy (trigger, controller,
 deployer, status, metrics) reads from and asks of ``ocap_service.server.Server``, and nothing else. The policy
-is written against this face, so its unit tests run on a stand-in (tests/daemon/fake_serving.py) with an
+is written against this face, so its unit tests run on a stand-in (tests/ocap_daemon/fake_serving.py) with an
 injected clock, without onnxruntime; the composition root (``ocap_daemon.main``) alone reaches the server's
-parts (its socket, metrics registry, status parts). ``tests/daemon/test_serving_plane.py`` checks that
+parts (its socket, metrics registry, status parts). ``tests/ocap_daemon/test_serving_plane.py`` checks that
 the policy's modules use only these names and that ``Server`` has each of them."""
 
 from typing import Dict

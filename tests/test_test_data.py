@@ -7,8 +7,8 @@ import importlib.util
 import pytest
 
 from ocap_core.package import open_package
-from tests.daemon.conftest import CANDIDATE_1_8
 from tests.helpers import ROOT
+from tests.ocap_daemon.conftest import CANDIDATE_1_8
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 

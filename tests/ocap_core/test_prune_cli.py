@@ -140,7 +140,7 @@ def test_prune_data_labels_outside_the_models_classes(tmp_path):
 
 
 def test_pruning_a_pruned_model_is_refused(tmp_path):
-    from tests.daemon.conftest import CANDIDATE_1_8  # a pruned package the engine made
+    from tests.ocap_daemon.conftest import CANDIDATE_1_8  # a pruned package the engine made
 
     r = cli("prune", "--model", str(CANDIDATE_1_8), "--classes", "8", "--out", str(tmp_path / "x"))
     assert r.returncode == 1 and "always prune from a base model" in r.stderr

@@ -13,7 +13,7 @@ from ocap_daemon.errors import DaemonError
 from ocap_daemon.gate import GateConfig, check
 from ocap_daemon.store import ModelStore
 from ocap_service.server import build_server
-from tests.daemon.test_store import corrupt, make_version
+from tests.ocap_daemon.test_store import corrupt, make_version
 
 
 def _truncated(d):

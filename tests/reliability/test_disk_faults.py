@@ -7,7 +7,7 @@ import pytest
 from ocap_core.data import load_dataset
 from ocap_daemon.launch import wait_until
 from ocap_daemon.store import ModelStore
-from tests.daemon.test_ocapd import ONE_STEP, ctl, events, feed, start, wait_event, write_ini
+from tests.ocap_daemon.test_ocapd import ONE_STEP, ctl, events, feed, start, wait_event, write_ini
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 CASES = [

@@ -9,7 +9,7 @@ import pytest
 from ocap_core.data import load_dataset
 from ocap_service.client import Client
 from ocap_service.sources import DirectorySource
-from tests.daemon.test_ocapd import start, write_ini
+from tests.ocap_daemon.test_ocapd import start, write_ini
 
 
 @pytest.fixture

@@ -18,7 +18,7 @@ from ocap_daemon.errors import DaemonError
 from ocap_daemon.launch import wait_until
 from ocap_daemon.store import ModelStore
 from ocap_service.client import ServiceError
-from tests.daemon.test_ocapd import ONE_STEP, ctl, events, feed, start, write_ini
+from tests.ocap_daemon.test_ocapd import ONE_STEP, ctl, events, feed, start, write_ini
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 CYCLE_S = 300        # a whole cycle to probation takes ~100 s idle; more while other work shares the cores

@@ -13,8 +13,8 @@ from prometheus_client.openmetrics.parser import text_string_to_metric_families 
 from prometheus_client.parser import text_string_to_metric_families as parse_prometheus
 
 from ocap_core.data import load_dataset
-from tests.daemon.test_ocapd import ONE_STEP, events, feed, start, wait_event, write_ini
 from tests.helpers import WAIT_S, wait_until
+from tests.ocap_daemon.test_ocapd import ONE_STEP, events, feed, start, wait_event, write_ini
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 

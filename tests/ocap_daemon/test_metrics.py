@@ -25,9 +25,9 @@ from ocap_daemon.metrics import DaemonCollector, Textfile, write_textfile
 from ocap_daemon.store import ModelStore
 from ocap_service.client import Client
 from ocap_service.server import build_server
-from tests.daemon.test_controller import _config
-from tests.daemon.test_ocapd import start, write_ini
 from tests.helpers import ROOT, WAIT_S, subprocess_env, wait_until
+from tests.ocap_daemon.test_controller import _config
+from tests.ocap_daemon.test_ocapd import start, write_ini
 
 DAEMON_TYPES = {"ocap_phase": "stateset", "ocap_worker_state": "stateset", "ocap_personalization_paused": "gauge",
                 "ocap_personalizations_started": "counter", "ocap_personalizations": "counter",

@@ -1,4 +1,4 @@
-"""The trigger's start conditions on a stand-in serving plane (tests/daemon/fake_serving.py) and an
+"""The trigger's start conditions on a stand-in serving plane (tests/ocap_daemon/fake_serving.py) and an
 injected clock: no onnxruntime, no sleeps, milliseconds per case. Each case sets what the serving plane
 reports and checks the trigger's verdict and the reason it gives; the same trigger runs on a real Server
 in test_controller.py."""
@@ -10,7 +10,7 @@ import pytest
 from ocap_daemon.config import Config
 from ocap_daemon.trigger import DAY, MAX_CRASHES, Trigger
 from ocap_service.event_kinds import Event
-from tests.daemon.fake_serving import FakeServing, Model
+from tests.ocap_daemon.fake_serving import FakeServing, Model
 
 MIX = {0: 500, 3: 300, 7: 200}
 

@@ -5,7 +5,7 @@ import itertools
 import pytest
 
 from ocap_service.request_stats import RequestStats
-from tests.service.threads import run_threads
+from tests.ocap_service.threads import run_threads
 
 
 def test_rates_and_percentiles():

@@ -5,7 +5,7 @@ import itertools
 
 from ocap_service.class_log import ClassLog
 from ocap_service.recent_counts import RecentCounts
-from tests.service.threads import run_threads
+from tests.ocap_service.threads import run_threads
 
 
 def test_windows_and_series():

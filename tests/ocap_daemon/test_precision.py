@@ -9,7 +9,7 @@ import pytest
 from ocap_core.data import load_dataset
 from ocap_core.package import open_package, resolve_model
 from ocap_daemon.precision import MIN_FRAMES, MIN_SPEEDUP, choose, decide
-from tests.daemon.test_store import corrupt
+from tests.ocap_daemon.test_store import corrupt
 
 onnx_tools = pytest.mark.torch
 

@@ -13,8 +13,8 @@ import pytest
 
 from ocap_core.data import load_dataset
 from ocap_service.client import Client
-from tests.daemon.test_ocapd import _env, events, start, write_ini
 from tests.helpers import ROOT, wait_until
+from tests.ocap_daemon.test_ocapd import _env, events, start, write_ini
 
 WAIT_S = 120.0          # only a failing test waits this long: a loaded 2-core machine is slow, not stuck
 

@@ -17,7 +17,7 @@ from ocap_daemon.gate import GateConfig, check
 from ocap_daemon.main import server_config
 from ocap_service.client import Client
 from ocap_service.server import ServerConfig, build_server
-from tests.daemon.test_ocapd import ctl, events, start, write_ini
+from tests.ocap_daemon.test_ocapd import ctl, events, start, write_ini
 
 CPU_ONLY = "CUDAExecutionProvider" not in ort.get_available_providers()
 

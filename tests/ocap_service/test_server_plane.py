@@ -16,7 +16,7 @@ from ocap_service.errors import ServiceError
 from ocap_service.model_slot import load_model
 from ocap_service.server import ServerConfig, build_server
 from tests.helpers import WAIT_S, wait_until
-from tests.service.threads import run_threads
+from tests.ocap_service.threads import run_threads
 
 
 @pytest.fixture(scope="module")

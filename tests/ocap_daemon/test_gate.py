@@ -11,7 +11,7 @@ from ocap_core.data import load_dataset
 from ocap_core.package import read_card, write_card
 from ocap_daemon.gate import GateConfig, check
 from ocap_service.model_slot import load_model
-from tests.daemon.test_store import corrupt
+from tests.ocap_daemon.test_store import corrupt
 
 
 @pytest.fixture(scope="module")

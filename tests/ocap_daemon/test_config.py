@@ -23,7 +23,7 @@ from ocap_daemon.config import (
 from ocap_daemon.errors import DaemonError
 from ocap_service.sources import SOURCES, parse_mix
 from tests.helpers import ROOT
-from tests.service.test_durations import ACCEPTED
+from tests.ocap_service.test_durations import ACCEPTED
 
 EXAMPLE = ROOT / "systemd" / "ocap.ini"
 REGENERATE = ("python -c 'import sys, ocap_daemon.config as c; sys.stdout.write(c.render_example())' "
@@ -45,7 +45,7 @@ def _no_path(cfg: Config) -> Config:
 @pytest.mark.parametrize("text, seconds", [(t, s) for t, s in ACCEPTED if s > 0])
 def test_an_ini_duration_and_a_mix_duration_read_alike(tmp_path, text, seconds):
     """Issue 14: a mix took ``10m`` where an INI duration refused it; both use ``ocap_service.durations``
-    (its own tests: tests/service/test_durations.py)."""
+    (its own tests: tests/ocap_service/test_durations.py)."""
     path = _write(tmp_path, f"[stability]\nwindow = {text}\n[source:r]\ntype = replay\nmix = 0:1@{text}\n"
                             f"[source:d]\ntype = directory\nspool = /srv/spool\ninterval = {text}\n")
     cfg = load_config(path)

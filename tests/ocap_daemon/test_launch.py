@@ -6,7 +6,7 @@ import pytest
 
 from ocap_daemon.errors import DaemonError
 from ocap_daemon.launch import start_daemon, start_ocapd, wait_until
-from tests.daemon.test_ocapd import write_ini
+from tests.ocap_daemon.test_ocapd import write_ini
 
 
 def test_wait_until_returns_the_first_truthy_value_and_names_what_it_waited_for():

@@ -11,7 +11,7 @@ from ocap_service.errors import ServiceError
 from ocap_service.event_kinds import Event
 from ocap_service.events import EventLog
 from ocap_service.model_table import ModelTable
-from tests.service.threads import run_threads
+from tests.ocap_service.threads import run_threads
 
 
 def test_events_newest_first_by_kind(tmp_path):

@@ -19,8 +19,8 @@ from ocap_core.package import open_package, resolve_model
 from ocap_daemon.demo_replay import Replay
 from ocap_daemon.launch import DaemonProcess, start_ocapd, wait_until
 from ocap_daemon.store import ModelStore
-from tests.daemon.test_store import corrupt, make_version
 from tests.helpers import ROOT, WAIT_S
+from tests.ocap_daemon.test_store import corrupt, make_version
 
 FAST = {
     "log": {"flush_interval": "1s"},

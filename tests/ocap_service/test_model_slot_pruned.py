@@ -3,7 +3,7 @@ for {Trouser, Bag} (tests/data/fmnist-cnn-1-8) swapped in over the shipped CNN, 
 
 from ocap_core.data import load_dataset
 from ocap_service.model_slot import ModelSlot, load_model
-from tests.daemon.conftest import CANDIDATE_1_8
+from tests.ocap_daemon.conftest import CANDIDATE_1_8
 
 
 def test_pruned_outputs_map_to_base_class_ids():

@@ -159,10 +159,11 @@ class Trigger:
             self._held_wait = None
             return False, f"cache holds {held_n}/{floor} held-back samples of {stability.format_set(classes)}", plan
         if held_n < target and not force:
-            left = self._target_wait_left(held_n, now)
-            if left > 0:
+            quiet, deadline = self._target_wait_left(held_n, now)
+            if min(quiet, deadline) > 0:
                 return False, (f"cache holds {held_n}/{target} held-back samples of {stability.format_set(classes)}"
-                               f" (going ahead with fewer in {left:.0f} s at the latest)"), plan
+                               f" (going ahead with fewer once none arrive for {quiet:.0f} s, in "
+                               f"{deadline:.0f} s at the latest)"), plan
         if now < self.cooldown_until and not force:
             backoff = f" (backing off after {self.last_crash})" if self.crashes else ""
             return False, f"cooling down for {self.cooldown_until - now:.0f} s more{backoff}", plan
@@ -176,12 +177,14 @@ class Trigger:
             return False, busy, plan
         return True, st.describe(), plan
 
-    def _target_wait_left(self, held_n: int, now: float) -> float:
-        """Seconds the trigger still waits for the held-back target: while held-back images keep
-        arriving (each new one restarts one stability span), at most ``TARGET_WAIT_SPANS`` spans after the
-        floor was reached. A first search at the floor shows only levels that lost almost nothing: the
-        demo's first attempt under load judged 1.5x at -0.36 pp over budget, the second, with more
-        images, accepted 3x. A source with few distinct images stops adding them: one span, then go."""
+    def _target_wait_left(self, held_n: int, now: float) -> Tuple[float, float]:
+        """(seconds until no new held-back image for one stability span, seconds until the deadline): the
+        trigger waits for the held-back target while held-back images keep arriving (each new one restarts
+        the span), at most ``TARGET_WAIT_SPANS`` spans after the floor was reached (a deadline that only
+        counts down: the demo's countdown reset with every new image). A first search at the floor shows
+        only levels that lost almost nothing: the demo's first attempt under load judged 1.5x at -0.36 pp
+        over budget, the second, with more images, accepted 3x. A source with few distinct images stops
+        adding them: one span, then go."""
         c = self._config().stability
         span = c.window * c.windows
         if self._held_wait is None:
@@ -190,4 +193,4 @@ class Trigger:
         if held_n > last:
             grew, last = now, held_n
             self._held_wait = (since, grew, last)
-        return min(grew + span, since + TARGET_WAIT_SPANS * span) - now
+        return grew + span - now, since + TARGET_WAIT_SPANS * span - now

@@ -58,7 +58,7 @@ def test_no_module_of_the_algorithms_package_loads_the_control_plane_or_the_benc
 
 def test_the_ocap_command_has_every_packages_commands_and_the_check_sees_them():
     """The detector works, and ``ocap_cli`` adds demo (the control plane) and bench (the benchmarks)."""
-    loaded = _loaded_after_import(["ocap_cli"], ("daemon", "bench"), then="import ocap_cli; ocap_cli.build_parser()")
+    loaded = _loaded_after_import(["ocap_cli"], ("ocap_daemon", "bench"), then="import ocap_cli; ocap_cli.build_parser()")
     assert "ocap_daemon.demo" in loaded and "bench.cli" in loaded
 
 

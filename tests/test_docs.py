@@ -10,7 +10,7 @@ import pytest
 from tests.helpers import ROOT
 
 DOCS = [ROOT / "README.md", *sorted((ROOT / "docs").glob("*.md"))]
-TOP = ("ocap_core", "service", "daemon", "tests", "bench", "examples", "scripts", "systemd", "docs", "bin")
+TOP = ("ocap_core", "ocap_cli", "ocap_service", "ocap_daemon", "tests", "bench", "examples", "scripts", "systemd", "docs", "bin")
 LINK = re.compile(r"\]\(([^)\s]+)\)")
 # a Markdown file named anywhere, or a path that starts at the repository root or above a file's folder
 PATH = re.compile(r"(?<![\w/.$-])((?:\.\./)+[\w./-]+|(?:" + "|".join(TOP) + r")/[\w./-]*\w|[\w./-]*\w\.md)\b")

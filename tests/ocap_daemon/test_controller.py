@@ -233,7 +233,8 @@ def test_above_the_floor_the_trigger_waits_for_the_target_one_stability_span_at_
     held = sum(rig.server.cache.counts()["val"].get(k, 0) for k in (1, 8))
     assert floor <= held < target, (floor, held, target)        # 8 points: a floor of a few dozen images
     ok, why, _ = rig.ctl.trigger.evaluate()
-    assert not ok and f"{held}/{target} held-back samples" in why and "going ahead with fewer in 20 s" in why
+    assert not ok and f"{held}/{target} held-back samples" in why, why
+    assert "going ahead with fewer once none arrive for 20 s, in 80 s at the latest" in why, why
     rig.observe_stable()        # one stability span later, the same images again: no new held-back ones
     assert sum(rig.server.cache.counts()["val"].get(k, 0) for k in (1, 8)) < target
     ok, why, _ = rig.ctl.trigger.evaluate()
@@ -251,8 +252,8 @@ def test_while_held_back_images_still_arrive_the_trigger_waits_up_to_four_spans(
         return sum(rig.server.cache.counts()["val"].get(k, 0) for k in (1, 8))
 
     ok, why, _ = rig.ctl.trigger.evaluate()                # the floor is reached now: the wait starts
-    assert not ok and f"in {span:.0f} s at the latest" in why, why
-    waited, offset = 0.0, 300
+    assert not ok and f"in {4 * span:.0f} s at the latest" in why, why
+    waited, offset, deadlines = 0.0, 300, []
     while True:                 # a few new held-back images every window: each restarts the span ...
         before = held()
         rig.feed([1, 8], 150)                               # seen before: the set stays stable
@@ -266,7 +267,11 @@ def test_while_held_back_images_still_arrive_the_trigger_waits_up_to_four_spans(
         if ok:
             break
         assert waited < 4 * span and "held-back samples" in why, (waited, why)
+        assert f"none arrive for {span:.0f} s," in why, why                   # the span restarted ...
+        deadlines.append(float(why.split(" s at the latest")[0].rsplit(" ", 1)[1]))
     assert waited >= 4 * span - 1e-9, waited            # ... up to four spans after the floor, then go
+    # the deadline said counts down with the clock, whatever arrives (it reset with every image)
+    assert deadlines == [4 * span - rig.cfg.stability.window * (i + 1) for i in range(len(deadlines))], deadlines
 
 
 def test_a_gated_candidate_serves_the_session_the_gate_loaded_and_passes_probation(rig, deployed):

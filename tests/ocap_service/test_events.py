@@ -133,7 +133,7 @@ def test_writers_and_readers_name_kinds_through_the_registry():
     from tests.helpers import ROOT
 
     bare = re.compile(r"""(record|_trouble)\(\s*["']""")
-    offenders = [f"{p.relative_to(ROOT)}:{i}" for d in ("service", "daemon", "bench")
+    offenders = [f"{p.relative_to(ROOT)}:{i}" for d in ("ocap_service", "ocap_daemon", "bench")
                  for p in sorted((ROOT / d).glob("*.py"))
                  for i, line in enumerate(p.read_text(encoding="utf-8").splitlines(), 1) if bare.search(line)]
     assert offenders == []

@@ -174,11 +174,11 @@ def test_directory_source_handles_rejects_and_skips_partial_files(tmp_path, keep
 
 def test_a_source_that_cannot_start_is_a_clear_error(tmp_path):
     """Without OpenCV (not a dependency) or without a camera, the server says so and exits 1."""
-    r = subprocess.run([sys.executable, "-m", "service", "--state-dir", str(tmp_path), "--socket",
+    r = subprocess.run([sys.executable, "-m", "ocap_service", "--state-dir", str(tmp_path), "--socket",
                         str(tmp_path / "s.sock"), "--source", "camera", "--camera", "7"], capture_output=True,
                        text=True, cwd=str(ROOT), env=subprocess_env(), timeout=120)
     assert r.returncode == 1 and ("needs OpenCV" in r.stderr or "camera '7' cannot be opened" in r.stderr), r.stderr
-    r = subprocess.run([sys.executable, "-m", "service", "--state-dir", str(tmp_path), "--socket",
+    r = subprocess.run([sys.executable, "-m", "ocap_service", "--state-dir", str(tmp_path), "--socket",
                         str(tmp_path / "s.sock"), "--source", "directory"], capture_output=True, text=True,
                        cwd=str(ROOT), env=subprocess_env(), timeout=120)
     assert r.returncode == 1 and "--spool" in r.stderr
@@ -206,7 +206,7 @@ def test_replay_of_an_image_folder_is_in_the_models_class_space(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-    r = subprocess.run([sys.executable, "-m", "service", "--state-dir", str(tmp_path / "state2"), "--socket",
+    r = subprocess.run([sys.executable, "-m", "ocap_service", "--state-dir", str(tmp_path / "state2"), "--socket",
                         str(tmp_path / "s2.sock"), "--source", "replay", "--data", str(tmp_path / "odd"),
                         "--split", "all"], capture_output=True, text=True, cwd=str(ROOT), env=subprocess_env(), timeout=120)
     line = r.stderr.strip()

@@ -7,7 +7,7 @@ import torch
 from ocap_core.build import load_model
 from ocap_core.package import open_package
 from ocap_core.runtime import open_session
-from tests.helpers import run_cli
+from tests.helpers import cli, run_cli
 
 pytestmark = pytest.mark.torch
 
@@ -76,7 +76,7 @@ def user_model(tmp_path):
 
 
 def _import(d, *extra, arch="Net", weights="w.pt"):
-    return run_cli("import", "--arch", f"{d}/net.py:{arch}", "--weights", str(d / weights), "--input-shape", "1,28,28",
+    return cli("import", "--arch", f"{d}/net.py:{arch}", "--weights", str(d / weights), "--input-shape", "1,28,28",
                    "--mean", "0.286", "--std", "0.353", "--classes", str(d / "names.txt"), "--out", str(d / "pkg"),
                    *extra)
 
@@ -93,7 +93,7 @@ def test_import_round_trip_then_eval(user_model):
     with torch.no_grad():
         ref = model(torch.from_numpy(x)).numpy()
     assert np.abs(open_session(pkg.onnx_path).run(["logits"], {"input": x})[0] - ref).max() <= 1e-4
-    r = run_cli("eval", "--model", str(user_model / "pkg"), "--json", "--latency-runs", "5")
+    r = cli("eval", "--model", str(user_model / "pkg"), "--json", "--latency-runs", "5")
     assert r.returncode == 0, r.stderr
     assert 0.0 <= json.loads(r.stdout)["accuracy"] <= 1.0
 
@@ -112,14 +112,14 @@ def test_import_needs_features_module_without_a_linear_head(user_model):
 
 
 def test_import_wrong_input_shape(user_model):
-    r = run_cli("import", "--arch", f"{user_model}/net.py:Net", "--weights", str(user_model / "w.pt"),
+    r = cli("import", "--arch", f"{user_model}/net.py:Net", "--weights", str(user_model / "w.pt"),
                 "--input-shape", "3,28,28", "--mean", "0,0,0", "--std", "1,1,1", "--classes",
                 str(user_model / "names.txt"), "--out", str(user_model / "pkg"), "--arch-kwargs", '{"width": 6}')
     assert r.returncode == 1 and "fails on input shape [3, 28, 28]" in r.stderr
 
 
 def _import_with(d, *flags, names="names.txt", weights="w.pt", kwargs='{"width": 6}', arch="Net"):
-    return run_cli("import", "--arch", f"{d}/net.py:{arch}", "--weights", str(d / weights), "--input-shape", "1,28,28",
+    return cli("import", "--arch", f"{d}/net.py:{arch}", "--weights", str(d / weights), "--input-shape", "1,28,28",
                    "--classes", str(d / names), "--out", str(d / "pkg"), "--arch-kwargs", kwargs, *flags)
 
 
@@ -202,9 +202,11 @@ def test_imported_user_model_prunes_and_evaluates(user_model, small_data):
     torch.save(net.state_dict(), user_model / "r.pt")
     assert _import(user_model, arch="ResNet", weights="r.pt").returncode == 0
     out = user_model / "pruned"
-    # 60 s of work (the default is 150): the search's levels, not its depth, are what this checks
+    # 60 s of work (the default is 150): the search's levels, not its depth, are what this checks; 3 points
+    # (from the 7,000 images, 128 per class: 1.97x at -0.20 pp had a standard error that put it over 1)
     r = run_cli("prune", "--model", str(user_model / "pkg"), "--data", small_data, "--classes", "1,8", "--keep-first", "0",
-                "--epochs", "10", "--samples-per-class", "128", "--time-budget", "60", "--out", str(out), "--json")
+                "--epochs", "10", "--samples-per-class", "128", "--time-budget", "60", "--max-loss", "3",
+                "--out", str(out), "--json")
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     assert summary["class_ids"] == [1, 8] and summary["mac_reduction"] > 1.2, summary

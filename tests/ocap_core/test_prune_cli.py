@@ -17,16 +17,19 @@ pytestmark = pytest.mark.torch
 
 @pytest.fixture(scope="module")
 def pruned(tmp_path_factory, small_data):
-    out = tmp_path_factory.mktemp("prune") / "cnn-79"
-    # 2 points: 128 judged images cannot show much less (a level must keep loss + 1 SE within it), and
-    # this is about what the CLI writes, not the search's quality (docs/benchmarks.md). A time budget that
-    # never binds: with 40 s, a loaded 2-core machine trained each level one epoch and found no level
-    # (the steps, up to 12 epochs each, and 10 polishing epochs bound the run instead)
-    r = run_cli("prune", "--model", "fmnist-cnn", "--data", small_data, "--classes", "9,7", "--levels", "2,4,8",
-                "--time-budget", "900",
-                "--epochs", "10", "--max-loss", "2", "--samples-per-class", "128", "--out", str(out), "--json")
-    assert r.returncode == 0, r.stderr
-    return out, json.loads(r.stdout)
+    def build(d):
+        # 2 points: 128 judged images cannot show much less (a level must keep loss + 1 SE within it),
+        # and this is about what the CLI writes, not the search's quality (docs/benchmarks.md). A time
+        # budget that never binds: with 40 s, a loaded 2-core machine trained each level one epoch and
+        # found no level (the steps, up to 12 epochs each, and 10 polishing epochs bound the run instead)
+        r = run_cli("prune", "--model", "fmnist-cnn", "--data", small_data, "--classes", "9,7",
+                    "--levels", "2,4,8", "--time-budget", "900", "--epochs", "10", "--max-loss", "2",
+                    "--samples-per-class", "128", "--out", str(d / "cnn-79"), "--json")
+        assert r.returncode == 0, r.stderr
+        (d / "summary.json").write_text(r.stdout)
+
+    d = built_once(tmp_path_factory, "prune-cnn-79", build)
+    return d / "cnn-79", json.loads((d / "summary.json").read_text())
 
 
 @pytest.mark.slow

@@ -16,11 +16,14 @@ pytestmark = [pytest.mark.torch, pytest.mark.slow]
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
-    out = tmp_path_factory.mktemp("train") / "tiny"
-    r = run_cli("train", "--model", "test_cnn", "--epochs", "2", "--max-train-images", "4000", "--threads", "2",
-                "--out", str(out), "--json", "--quiet")
-    assert r.returncode == 0, r.stderr
-    return out, json.loads(r.stdout)
+    def build(d):
+        r = run_cli("train", "--model", "test_cnn", "--epochs", "2", "--max-train-images", "4000",
+                    "--threads", "2", "--out", str(d / "tiny"), "--json", "--quiet")
+        assert r.returncode == 0, r.stderr
+        (d / "summary.json").write_text(r.stdout)
+
+    d = built_once(tmp_path_factory, "train-tiny", build)
+    return d / "tiny", json.loads((d / "summary.json").read_text())
 
 
 def test_short_training_beats_chance_by_a_wide_margin(trained):

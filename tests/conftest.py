@@ -1,12 +1,9 @@
 """Shared fixtures. Test modules that declare ``pytestmark = pytest.mark.torch`` are not collected
 where torch is not installed (the Python 3.8 torch-free run also deselects them with -m 'not torch')."""
 
-import fcntl
 import importlib.util
-import os
 import re
 import shutil
-from pathlib import Path
 
 import pytest
 
@@ -19,23 +16,6 @@ def pytest_ignore_collect(collection_path, config):
         return None
     text = collection_path.read_text(encoding="utf-8")
     return True if re.search(r"^pytestmark = .*pytest\.mark\.torch", text, re.M) else None
-
-
-def built_once(tmp_path_factory, name: str, build) -> Path:
-    """The directory ``build(directory)`` filled, built once per test run: under pytest-xdist the first
-    worker to ask builds it while the others wait on a lock and then reuse it (a module fixture is
-    otherwise built again by every worker that runs one of the module's tests). Treat it as read-only."""
-    base = tmp_path_factory.getbasetemp()
-    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
-    target = root / f"once-{name}"
-    with open(root / f"once-{name}.lock", "w") as lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)
-        if not (target / ".built").exists():
-            shutil.rmtree(target, ignore_errors=True)
-            target.mkdir()
-            build(target)
-            (target / ".built").touch()
-    return target
 
 
 @pytest.fixture

@@ -1,6 +1,8 @@
 """Helpers shared by tests (import as ``from tests.helpers import ...``)."""
 
+import fcntl
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -94,3 +96,20 @@ def cli(*args: str) -> subprocess.CompletedProcess:
         except SystemExit as e:                     # argparse's usage errors
             code = e.code if isinstance(e.code, int) else 2
     return subprocess.CompletedProcess(["ocap", *args], code, out.getvalue(), err.getvalue())
+
+
+def built_once(tmp_path_factory, name: str, build) -> Path:
+    """The directory ``build(directory)`` filled, built once per test run: under pytest-xdist the first
+    worker to ask builds it while the others wait on a lock and then reuse it (a module fixture is
+    otherwise built again by every worker that runs one of the module's tests). Treat it as read-only."""
+    base = tmp_path_factory.getbasetemp()
+    root = base.parent if os.environ.get("PYTEST_XDIST_WORKER") else base
+    target = root / f"once-{name}"
+    with open(root / f"once-{name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not (target / ".built").exists():
+            shutil.rmtree(target, ignore_errors=True)
+            target.mkdir()
+            build(target)
+            (target / ".built").touch()
+    return target

@@ -10,7 +10,7 @@ import pytest
 from ocap_core.build import load_model
 from ocap_core.data import load_dataset
 from ocap_core.package import open_package
-from tests.helpers import cli, run_cli
+from tests.helpers import built_once, cli, run_cli
 
 pytestmark = pytest.mark.torch
 

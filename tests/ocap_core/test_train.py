@@ -9,7 +9,7 @@ from ocap_core.data import load_dataset
 from ocap_core.package import open_package
 from ocap_core.preprocess import preprocess
 from ocap_core.train import augment
-from tests.helpers import run_cli
+from tests.helpers import built_once, run_cli
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 

@@ -29,8 +29,11 @@ def save_package(model: nn.Module, out: Path, *, name: str, input_spec: InputSpe
                  parent: Optional[str] = None, metrics: Optional[Dict[str, Any]] = None,
                  provenance: Optional[Dict[str, Any]] = None, features_module: Optional[str] = None,
                  extra_files: Optional[Dict[str, Path]] = None, overwrite: bool = False,
-                 parity_inputs: Optional[torch.Tensor] = None) -> ModelPackage:
+                 parity_inputs: Optional[torch.Tensor] = None,
+                 cascade: Optional[Dict[str, Any]] = None) -> ModelPackage:
     """Export ``model`` into a new package directory ``out`` (written aside, then renamed into place).
+    ``cascade`` (``cascade.cascade_entry``) makes it a specialist served with the base as its fallback
+    (``extra_files`` then carries the base's ONNX file as fallback.onnx).
 
     ``arch`` ({"name", "kwargs"}) makes a torch form (weights.pt) that ``load_model`` can rebuild; the
     ONNX form is always written and must match torch within 1e-4 on ``parity_inputs`` (default: 64
@@ -72,10 +75,14 @@ def save_package(model: nn.Module, out: Path, *, name: str, input_spec: InputSpe
                        "onnx_parity_scaled_diff": scaled, "onnx_bytes": (tmp / ONNX).stat().st_size}
         all_metrics.update(metrics or {})
         digests = {f: file_sha256(tmp / f) for f in files}
-        card = Card(name=name, version=f"{name}-{digests[ONNX][:12]}", input=input_spec,
+        version = f"{name}-{digests[ONNX][:12]}"
+        if cascade is not None:
+            from .cascade_package import cascade_version
+            version = cascade_version(version, cascade["tau"])
+        card = Card(name=name, version=version, input=input_spec,
                     class_names=list(class_names), class_ids=ids, files=digests,
                     outputs=["logits", "features"], features_dim=int(feats.shape[1]), arch=arch, parent=parent,
-                    metrics=all_metrics, provenance=dict(provenance or {}))
+                    metrics=all_metrics, provenance=dict(provenance or {}), cascade=cascade)
         write_card(tmp, card)
         if out.exists():
             shutil.rmtree(out)

@@ -127,10 +127,14 @@ def cmd_eval(args: argparse.Namespace) -> int:
         b = res["base"]
         print(f"  base {b['model']}: accuracy {b['accuracy']:.4f}, restricted to these classes "
               f"{b['restricted_accuracy']:.4f}, {b['macs'] / res['macs']:.2f}x the MACs")
-    print(f"  MACs {res['macs']:,}   params {res['params']:,}")
+    if "fallback_share" in res:
+        print(f"  cascade: the base ({res['fallback']}) answered {100 * res['fallback_share']:.1f}% of the images "
+              f"(top probability under {res['tau']:.3f}); MACs and latency below are per image, expected")
+    print(f"  MACs {res['macs']:,.0f}   params {res['params']:,}")
     if "latency_ms" in res:
-        print(f"  onnxruntime CPU batch-1 latency {res['latency_ms']:.3f} ms median, "
-              f"{res['latency_p90_ms']:.3f} ms p90 ({res['latency_threads']} thread(s))")
+        p90 = f", {res['latency_p90_ms']:.3f} ms p90" if "latency_p90_ms" in res else ""
+        print(f"  onnxruntime CPU batch-1 latency {res['latency_ms']:.3f} ms median{p90} "
+              f"({res['latency_threads']} thread(s))")
     for k, acc in res["per_class"].items():
         print(f"    {k:>3} {res['class_names'][k]:<16} " + ("no images" if acc is None else f"{acc:.4f}"))
     return EXIT_OK
@@ -216,7 +220,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
                  mixup=args.mixup, seed=args.seed)
     levels = tuple(parse_floats(args.levels, "--levels")) if args.levels else DEFAULT_LEVELS
     search = SearchSpec(max_loss=args.max_loss, levels=levels, time_budget=args.time_budget,
-                        remove_blocks=not args.keep_blocks)
+                        remove_blocks=not args.keep_blocks, cascade=args.cascade)
     spec = PruneSpec(scorer=args.scorer, rule=args.rule, search=search, min_per_class=args.min_per_class,
                      labels=args.labels, grouping=args.grouping,
                      keep_share=args.keep_share, slope=args.slope, images_per_class=args.images_per_class,
@@ -237,17 +241,28 @@ def cmd_prune(args: argparse.Namespace) -> int:
                "macs": m["macs"], "params": m["params"], "mac_reduction": m["mac_reduction"],
                "param_reduction": m["param_reduction"], "val_agreement": m["val_agreement"],
                "samples": card.provenance["samples"], "timings": res.timings,
-               "search": card.provenance.get("search")}
+               "search": card.provenance.get("search"),
+               "cascade": None if card.cascade is None else
+               {k: m[k] for k in ("tau", "fallback_share", "macs_per_frame", "mac_reduction_per_frame",
+                                  "cascade_loss_pp", "cost_per_frame")}}
     if args.json:
         _print_json(summary)
     else:
         print(f"wrote {res.package.path} ({card.version}): classes {card.class_ids}, {m['mac_reduction']:.2f}x fewer "
               f"MACs ({m['macs']:,}), {m['param_reduction']:.2f}x fewer params, validation agreement "
               f"{m['val_agreement']:.4f}")
+        if card.cascade is not None:
+            print(f"  with the base as fallback below confidence {m['tau']:.3f}: {100 * m['fallback_share']:.1f} % of "
+                  f"held-back frames fall back, {m['mac_reduction_per_frame']:.2f}x fewer MACs per frame, "
+                  f"{m['cost_per_frame']:.2f}x the base's time per frame")
         for row in (card.provenance.get("search") or {}).get("path", []):
+            c = row.get("cascade") or {}
+            how = ("accepted" + (" as a cascade" if row.get("accepted_as") == "cascade" else "")) if row["accepted"] \
+                else "over budget"
+            extra = (f"; with fallback: {100 * c['fallback_share']:.0f} % fall back, -{c['loss_pp']:.2f} pp, "
+                     f"{c['cost']:.2f}x the base's time") if c.get("tau") is not None else ""
             print(f"  level {row['level']:>5}x: {row['mac_reduction']:6.2f}x fewer MACs, agreement "
-                  f"{row['agreement']:.4f} (-{row['loss_pp']:.2f} pp), {row['seconds']:.1f} s, "
-                  f"{'accepted' if row['accepted'] else 'over budget'}")
+                  f"{row['agreement']:.4f} (-{row['loss_pp']:.2f} pp){extra}, {row['seconds']:.1f} s, {how}")
     return EXIT_OK
 
 
@@ -300,9 +315,13 @@ def _stage_printer(ev: Dict[str, Any]) -> None:
     if ev["event"] == "stage":
         print(f"  {ev['stage']:<9} {ev['seconds']:7.2f} s", file=sys.stderr)
     elif ev["event"] == "search_level":
+        c = ev.get("cascade") or {}
+        fb = (f"  with fallback: {100 * c['fallback_share']:.0f}% fall back, -{c['loss_pp']:.2f} pp, "
+              f"{c['cost']:.2f}x the base's time" if c.get("tau") is not None else
+              "  with fallback: none within" if c else "")
+        how = "ok" + (" as a cascade" if ev.get("accepted_as") == "cascade" else "") if ev["accepted"] else "over budget"
         print(f"  level {ev['level']:>5}x  {ev['mac_reduction']:6.2f}x fewer MACs  agreement {ev['agreement']:.4f}  "
-              f"{ev['epochs']:>2} epochs  {ev['seconds']:6.1f} s  {'ok' if ev['accepted'] else 'over budget'}",
-              file=sys.stderr)
+              f"{ev['epochs']:>2} epochs  {ev['seconds']:6.1f} s{fb}  {how}", file=sys.stderr)
 
 
 # ---------------------------------------------------------------- argument table
@@ -398,6 +417,9 @@ def _add_prune(p: argparse.ArgumentParser) -> None:
                    help="prune residual-stream channels too (default when searching)")
     p.add_argument("--keep-blocks", action="store_true",
                    help="never remove a residual block whose channels the search left at their floor")
+    p.add_argument("--no-cascade", dest="cascade", action="store_false",
+                   help="a specialist alone: never hand the frames it doubts to the base (default: the search "
+                        "also tries each candidate with the base as its fallback and keeps the cheapest)")
     p.add_argument("--keep-stream", dest="prune_stream", action="store_const", const=False,
                    help="keep residual-stream channels whole (default of the reference rules)")
     p.add_argument("--min-width", type=int, help="channels every layer keeps at least (default 2 searching, else 1)")

@@ -4,6 +4,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
+from .cascade import FALLBACK_ONNX, cost_per_frame, falls_back, macs_per_frame
 from .data import Dataset
 from .errors import OcapError
 from .package import ModelPackage
@@ -60,6 +61,14 @@ def evaluate_package(pkg: ModelPackage, test: Dataset, classes: Optional[Sequenc
     if logits.shape[1] != len(ids):
         raise OcapError(f"{pkg.onnx_path} has {logits.shape[1]} outputs, its card lists {len(ids)} class_ids")
     pred = ids[logits.argmax(1)]
+    back = None
+    if card.cascade is not None:               # the base answers the frames the specialist doubts
+        fb_card = card.fallback_card()
+        fb_sess = open_session(pkg.path / FALLBACK_ONNX, threads=threads)
+        p = np.exp(logits - logits.max(1, keepdims=True))
+        back = falls_back(p / p.sum(1, keepdims=True), float(card.cascade["tau"]))
+        if back.any():
+            pred[back] = np.asarray(fb_card.class_ids)[run_batches(fb_sess, x[back])["logits"].argmax(1)]
     correct = pred == data.y
     out: Dict[str, Any] = {
         "model": card.name, "version": card.version, "classes": cls, "images": int(len(data)),
@@ -68,7 +77,7 @@ def evaluate_package(pkg: ModelPackage, test: Dataset, classes: Optional[Sequenc
         "class_names": {str(k): card.class_names[k] for k in cls},
         "macs": card.metrics.get("macs"), "params": card.metrics.get("params"),
     }
-    if classes is not None and set(cls) <= set(card.class_ids):
+    if classes is not None and set(cls) <= set(card.class_ids) and back is None:
         cols = [card.class_ids.index(k) for k in cls]
         out["restricted_accuracy"] = float((np.asarray(cls)[logits[:, cols].argmax(1)] == data.y).mean())
     if latency_runs:
@@ -76,4 +85,23 @@ def evaluate_package(pkg: ModelPackage, test: Dataset, classes: Optional[Sequenc
         out["latency_ms"] = lat["median_ms"]
         out["latency_p90_ms"] = lat["p90_ms"]
         out["latency_threads"] = threads
+    if back is not None:
+        out.update(_cascade_figures(card, back, out, fb_sess if latency_runs else None, x))
     return out
+
+
+def _cascade_figures(card: Any, back: np.ndarray, out: Dict[str, Any], fb_sess: Any, x: np.ndarray) -> Dict[str, Any]:
+    """A cascade's figures on these images: the share its base answered, and ``macs`` (and the
+    latency) as expected per frame, so that a script dividing MACs compares what a frame costs."""
+    share = float(back.mean())
+    base_macs = card.metrics.get("base_macs")
+    res: Dict[str, Any] = {"tau": float(card.cascade["tau"]), "fallback_share": share,
+                           "fallback": card.cascade["fallback"]["version"], "specialist_macs": out["macs"]}
+    if out["macs"] is not None and base_macs is not None:
+        res["macs"] = macs_per_frame(out["macs"], base_macs, share)
+    if fb_sess is not None:
+        base_ms = measure_latency(fb_sess, x[:1], runs=200)["median_ms"]
+        res.update(specialist_latency_ms=out["latency_ms"], base_latency_ms=base_ms,
+                   latency_ms=cost_per_frame(out["latency_ms"], base_ms, share),
+                   specialist_latency_p90_ms=out.pop("latency_p90_ms"))
+    return res

@@ -53,6 +53,10 @@ class Card:
     metrics: Dict[str, Any] = field(default_factory=dict)
     provenance: Dict[str, Any] = field(default_factory=dict)
     format: int = FORMAT_VERSION
+    # a specialist served with its base as the fallback (ocap_core/cascade.py): {"tau", "rule", "fallback":
+    # {"name", "version", "sha256", "class_ids", "outputs"}}; the base's ONNX file is the package's
+    # fallback.onnx. None: the model answers every frame itself
+    cascade: Optional[Dict[str, Any]] = None
 
     def __post_init__(self) -> None:
         n = len(self.class_names)
@@ -64,6 +68,36 @@ class Card:
             raise OcapError(f"card {self.name!r}: class_ids must be in ascending base-id order, got {self.class_ids}")
         if "logits" not in self.outputs:
             raise OcapError(f"card {self.name!r}: outputs must include 'logits', got {self.outputs}")
+        if self.cascade is not None:
+            self._check_cascade(self.cascade)
+
+    def _check_cascade(self, c: Any) -> None:
+        from .cascade import FALLBACK_ONNX, RULE
+
+        where = f"card {self.name!r}: cascade"
+        if not isinstance(c, dict) or not isinstance(c.get("fallback"), dict):
+            raise OcapError(f"{where} must be an object with a 'fallback' object, got {c!r}")
+        tau, fb = c.get("tau"), c["fallback"]
+        if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 <= tau <= 1:
+            raise OcapError(f"{where}: tau must be a number in [0, 1], got {tau!r}")
+        if c.get("rule", RULE) != RULE:
+            raise OcapError(f"{where}: unknown rule {c.get('rule')!r} (this ocap knows {RULE!r})")
+        ids = fb.get("class_ids")
+        if not isinstance(ids, list) or not set(self.class_ids) <= {k for k in ids if isinstance(k, int)}:
+            raise OcapError(f"{where}: the fallback's class_ids {ids!r} must include the model's {self.class_ids}")
+        if any(not isinstance(k, int) or not 0 <= k < len(self.class_names) for k in ids):
+            raise OcapError(f"{where}: the fallback's class_ids {ids!r} must be in 0..{len(self.class_names) - 1}")
+        if FALLBACK_ONNX not in self.files or fb.get("sha256") != self.files[FALLBACK_ONNX]:
+            raise OcapError(f"{where}: the fallback's sha256 must be that of the package's {FALLBACK_ONNX}")
+
+    def fallback_card(self) -> "Card":
+        """A cascade's base as a card of its own (its ONNX file is the package's fallback.onnx)."""
+        if self.cascade is None:
+            raise OcapError(f"card {self.name!r} ({self.version}) is not a cascade: it has no fallback")
+        fb = self.cascade["fallback"]
+        return Card(name=str(fb.get("name", self.name)), version=str(fb.get("version", self.parent or "base")),
+                    input=self.input, class_names=list(self.class_names), class_ids=[int(k) for k in fb["class_ids"]],
+                    files={ONNX: fb["sha256"]}, outputs=list(fb.get("outputs", ["logits"])), arch=self.arch)
 
     @property
     def num_outputs(self) -> int:
@@ -76,6 +110,7 @@ class Card:
             "input": self.input.to_dict(), "class_names": list(self.class_names),
             "class_ids": list(self.class_ids), "outputs": list(self.outputs),
             "features_dim": self.features_dim, "metrics": self.metrics, "provenance": self.provenance,
+            **({"cascade": self.cascade} if self.cascade is not None else {}),
         }
 
     @classmethod
@@ -90,7 +125,8 @@ class Card:
                        class_ids=[int(k) for k in d["class_ids"]], files=dict(d["files"]),
                        outputs=list(d.get("outputs", ["logits"])), features_dim=d.get("features_dim"),
                        arch=d.get("arch"), parent=d.get("parent"), created=str(d.get("created", "")),
-                       metrics=dict(d.get("metrics") or {}), provenance=dict(d.get("provenance") or {}))
+                       metrics=dict(d.get("metrics") or {}), provenance=dict(d.get("provenance") or {}),
+                       cascade=d.get("cascade"))
         except KeyError as e:
             raise OcapError(f"{where}: missing key {e.args[0]!r}") from e
         except OcapError as e:

@@ -20,6 +20,8 @@ import torch
 import torch.nn as nn
 
 from .build import PRUNING_FILE, load_model, save_package, write_pruning
+from .cascade import FALLBACK_ONNX, cascade_entry, cascade_metrics
+from .cascade_judge import CascadeJudge
 from .errors import OcapError
 from .evaluate import check_classes
 from .finetune import finetune
@@ -207,8 +209,14 @@ def personalize(base_pkg: ModelPackage, samples: Samples, classes: Sequence[int]
     if spec.rule == "search" and not spec.match_widths and not spec.target_macs:
         levels = level_masks(base, pm_base, table, cls, spec, classifier, shape, class_freqs)
         stage("select")
+        judge = None
+        if spec.search.cascade and base_pkg.has_onnx:
+            def judge(x_stop: torch.Tensor, x_judge: torch.Tensor) -> CascadeJudge:
+                return CascadeJudge(x_stop, predict_logits(base, x_stop), x_judge, predict_logits(base, x_judge), cls,
+                                    base_pkg.onnx_path, shape, classifier, spec.search.max_loss,
+                                    spec.search.confidence_z, spec.search.measure)
         searched = search(base, classifier, shape, cls, levels, x_tr, t_tr, x_val, t_val, spec.search,
-                          spec.finetune, teacher=teacher_k, y=y_tr, y_val=y_val, progress=progress)
+                          spec.finetune, teacher=teacher_k, y=y_tr, y_val=y_val, progress=progress, cascade=judge)
         keep, history, student = searched.masks, searched.history, searched.model
         stage("search")
         tuned = {"path": searched.path, "stopped": searched.stopped, "level": searched.level,
@@ -255,14 +263,20 @@ def personalize(base_pkg: ModelPackage, samples: Samples, classes: Sequence[int]
     metrics = {"base_macs": base_macs, "base_params": count_params(base), "mac_reduction": base_macs / macs,
                "param_reduction": count_params(base) / params, "val_agreement": agreement(student, x_val, t_val),
                "val_expected_agreement": soft_agreement(student, x_val, t_val), "val_images": int(len(val_idx))}
+    chosen = searched.cascade if searched else None
+    extra: Dict[str, Path] = {}
+    if chosen is not None:
+        metrics.update(cascade_metrics(chosen, base_macs, macs))
+        extra[FALLBACK_ONNX] = base_pkg.onnx_path
     with tempfile.TemporaryDirectory() as tmp:
-        hist_file = write_pruning(Path(tmp) / PRUNING_FILE, card.arch, num_classes, history,
-                                  searched.removed_blocks if searched else [])
+        extra[PRUNING_FILE] = write_pruning(Path(tmp) / PRUNING_FILE, card.arch, num_classes, history,
+                                            searched.removed_blocks if searched else [])
         parity = x_all[np.concatenate([train_idx, val_idx])[:64]]
         pkg = save_package(student, Path(out), name=name or Path(out).name, input_spec=card.input,
                            class_names=card.class_names, arch=dict(card.arch), class_ids=cls, parent=card.version,
-                           metrics=metrics, provenance=provenance, extra_files={PRUNING_FILE: hist_file},
-                           parity_inputs=parity if len(parity) else None)
+                           metrics=metrics, provenance=provenance, extra_files=extra,
+                           parity_inputs=parity if len(parity) else None,
+                           cascade=None if chosen is None else cascade_entry(card, chosen["tau"]))
     stage("export")
     pkg.card.provenance["timings"] = timings
     from .build import update_metrics

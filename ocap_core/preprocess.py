@@ -96,12 +96,19 @@ def parse_scale(text: str) -> float:
     return value
 
 
-def preprocess(images: np.ndarray, spec: InputSpec) -> np.ndarray:
-    """uint8 images (N x H x W, N x H x W x C, or one H x W [x C]) -> float32 N x C x H x W."""
+def as_batch(images: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """Images as given to ``preprocess``, one image made a batch of one (N x H x W [x C])."""
     x = np.asarray(images)
-    c, h, w = spec.shape
+    _, h, w = spec.shape
     if x.ndim == 2 or (x.ndim == 3 and x.shape[-1] in (1, 3) and x.shape[:2] == (h, w)):
         x = x[None]
+    return x
+
+
+def preprocess(images: np.ndarray, spec: InputSpec) -> np.ndarray:
+    """uint8 images (N x H x W, N x H x W x C, or one H x W [x C]) -> float32 N x C x H x W."""
+    x = as_batch(images, spec)
+    c, h, w = spec.shape
     if x.ndim == 3:
         x = x[..., None]
     if x.ndim != 4 or x.shape[1:3] != (h, w):

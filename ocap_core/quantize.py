@@ -163,6 +163,9 @@ def quantize_package(parent: ModelPackage, frames: np.ndarray, out: Path, spec: 
     card = parent.card
     if not parent.has_onnx:
         raise OcapError(f"model package {parent.path} has no {ONNX} to quantize")
+    if card.cascade is not None:
+        raise OcapError(f"model package {parent.path} ({card.version}) is a cascade (a specialist with the base "
+                        f"as its fallback): INT8 copies of cascades are not made; the FP32 cascade serves")
     why = quantized_reason(parent)
     if why:
         raise OcapError(f"model package {parent.path} ({card.version}) is already INT8: {why}")

@@ -209,6 +209,7 @@ class SearchResult:
     stopped: str = ""
     polish: Dict[str, Any] = field(default_factory=dict)
     removed_blocks: List[str] = field(default_factory=list)    # replaced by nn.Identity after the history
+    cascade: Optional[Dict[str, Any]] = None   # the chosen point as a cascade (``CascadeJudge.point``), or None
 
 
 def agreement(model: nn.Module, x: torch.Tensor, teacher_k: torch.Tensor) -> float:
@@ -269,15 +270,20 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
            x_tr: torch.Tensor, t_tr: torch.Tensor, x_val: torch.Tensor, t_val: torch.Tensor, spec: SearchSpec,
            ft: FinetuneSpec, teacher: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
            y: Optional[torch.Tensor] = None, y_val: Optional[torch.Tensor] = None,
-           progress: Optional[Progress] = None, measure: Optional[Callable[[nn.Module], float]] = None
-           ) -> SearchResult:
+           progress: Optional[Progress] = None, measure: Optional[Callable[[nn.Module], float]] = None,
+           cascade: Optional[Callable[[torch.Tensor, torch.Tensor], Any]] = None) -> SearchResult:
     """Walk ``spec.levels`` (progressive pruning, distillation at each step) and return the smallest
     candidate whose held-back agreement with the restricted teacher (``t_tr`` / ``t_val``: base logits at
     the K classes) loses at most ``spec.max_loss`` points. Raises OcapError when no level is within.
     ``measure`` (model -> agreement in [0, 1]) replaces that agreement, e.g. to test the policy.
 
     The held-back images are split in two: early stopping picks each step's weights on one half, the
-    levels are judged on the other, so the verdict comes from images that chose nothing."""
+    levels are judged on the other, so the verdict comes from images that chose nothing.
+
+    ``cascade`` (the two halves -> a ``CascadeJudge``) also judges each candidate with the base as its
+    fallback: a level passes when the candidate alone keeps the budget, or the cascade does at a
+    measured cost per frame below the best point's so far; the result is the cheapest point measured
+    (alone, or a cascade with its threshold)."""
     clock = WorkClock()                                      # budget in work (ocap_core/work_clock.py)
     x_stop, t_stop, x_judge, t_judge = x_val[0::2], t_val[0::2], x_val[1::2], t_val[1::2]
     yv_stop = None if y_val is None else y_val[0::2]
@@ -287,6 +293,7 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
         raise OcapError(f"unknown agreement measure {spec.measure!r}; choose from {', '.join(MEASURES)}")
     if measure is None:
         check_judgeable(len(x_judge), spec)
+    casc = cascade(x_stop, x_judge) if cascade is not None else None
 
     def judge(model: nn.Module) -> Tuple[float, float, float]:
         """Agreement on the judged half, its standard error (0 for a given ``measure``), and the
@@ -301,6 +308,7 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
     start, start_hist = prune_copy(base, classifier, shape, full, classes)
     cur = (start, start_hist, full, 1.0, judge(start)[0])   # model, history, masks, level, agreement
     best: Optional[Tuple[nn.Module, List[list], Masks, float, float]] = None
+    best_cost, best_cascade = float("inf"), None            # per frame, in units of the base's latency
     path: List[Dict[str, Any]] = []
     stopped = "ladder"
     last_failed: Optional[Tuple[nn.Module, List[list]]] = None
@@ -315,7 +323,7 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
         """Prune the accepted candidate to ``masks`` (or take ``cand``: with ``retry``, a candidate at
         these masks that missed the budget, trained ``spec.retry_factor`` times longer; with ``blocks``,
         the accepted one without those blocks) and judge it."""
-        nonlocal cur, best, last_failed, reached
+        nonlocal cur, best, last_failed, reached, best_cost, best_cascade
         ts = time.perf_counter()
         model, hist = cand if cand is not None else prune_further(cur[0], classifier, shape, cur[2], masks)
         f = spec.retry_factor if retry else 1
@@ -332,6 +340,16 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
                "accepted": ok,
                "hard_agreement": round(hard, 5), "retry": retry,
                "epochs": len(res.history) - 1, "stopped": res.stopped, "seconds": round(time.perf_counter() - ts, 2)}
+        cost, as_cascade = 0.0, None
+        if casc is not None:
+            point = casc.point(res.model, macs)
+            row["cascade"] = point
+            cheaper = point["accepted"] and point["cost"] < min(best_cost, 1.0)
+            if ok:
+                cost = point["alone_cost"]
+            elif cheaper:
+                ok, cost, as_cascade = True, point["cost"], point
+            row["accepted"], row["accepted_as"] = ok, ("alone" if as_cascade is None else "cascade") if ok else None
         if blocks:
             row["removed_blocks"] = list(blocks)
         path.append(row)
@@ -342,7 +360,8 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
         if ok:
             cur = (res.model, cur[1] + hist, masks, level, agree)
             reached = row["mac_reduction"]
-            best = cur
+            if casc is None or cost < best_cost:
+                best, best_cost, best_cascade = cur, cost, as_cascade
             removed.extend(blocks)
         else:
             last_failed = (res.model, hist)
@@ -403,6 +422,12 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
         after = judge(res.model)[0]
         polish = {"epochs": len(res.history) - 1, "stopped": res.stopped, "agreement": round(after, 5),
                   "seconds": round(res.seconds, 2)}
-        if after >= agree:
+        if best_cascade is not None:
+            # the threshold was chosen for the weights before polishing: choose it again, keep the cheaper
+            point = casc.point(res.model, count_macs(res.model, shape))
+            polish["cascade"] = point
+            if point["accepted"] and point["cost"] <= best_cascade["cost"]:
+                model, agree, best_cascade = res.model, after, point
+        elif after >= agree:
             model, agree = res.model, after
-    return SearchResult(model, hist, masks, level, agree, path, stopped, polish, removed)
+    return SearchResult(model, hist, masks, level, agree, path, stopped, polish, removed, best_cascade)

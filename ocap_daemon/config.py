@@ -298,6 +298,7 @@ SCHEMA: Tuple[Key, ...] = (
     _k("personalize", "min_free_memory", SIZE, "512MB", "No run starts with less free memory than this.", ">= 0"),
     _k("personalize", "max_serving_p99", DURATION, "50ms", "No run starts while the 99th percentile serving latency is above this (at most 10s: 50m would be minutes).", "(0, 10s]"),
     _k("personalize", "quantize", CHOICE, "off", "int8: also an INT8 copy of each candidate; it serves if within max_loss of its FP32 parent and faster here.", choices="off|int8"),
+    _k("personalize", "cascade", BOOL, "yes", "Also try each candidate with the base answering the frames it doubts; keep the cheapest."),
 
     *_declared_keys("gate", GateConfig),
 
@@ -383,6 +384,7 @@ class PersonalizeConfig:
     min_free_memory: int
     max_serving_p99: float
     quantize: str               # off | int8 (ocap_daemon/precision.py decides which one the gate judges)
+    cascade: bool               # the search may choose a specialist with the base as its fallback
 
 
 @dataclass(frozen=True)

@@ -137,7 +137,7 @@ class Controller:
                   class_freqs=dict(plan.class_freqs), out=str(job_dir / "candidate"), scorer=p.scorer,
                   rule=p.rule, max_loss=p.max_loss, epochs=p.epochs, time_budget=max(1.0, SEARCH_SHARE * p.time_budget),
                   min_per_class=min(MIN_PER_CLASS, p.min_samples_per_class), threads=p.threads,
-                  name=f"{self.server.base.card.name}-k{len(plan.classes)}", quantize=p.quantize)
+                  name=f"{self.server.base.card.name}-k{len(plan.classes)}", quantize=p.quantize, cascade=p.cascade)
         self._pending_baseline = plan.outside_share
         self.trigger.started()
         self.worker = self._start_run(job, job_dir, nice=p.nice, threads=p.threads, budget_s=p.time_budget,

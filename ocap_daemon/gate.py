@@ -11,7 +11,8 @@ from typing import Any, Dict, Optional
 
 import numpy as np
 
-from ocap_core.agreement import expected_agreement, restricted_softmax
+from ocap_core.agreement import restricted_softmax
+from ocap_core.cascade import answer_costs
 from ocap_core.errors import OcapError
 from ocap_core.runtime import trim_heap
 from ocap_core.search_spec import DEFAULT_MAX_LOSS
@@ -98,9 +99,13 @@ def _check(candidate_dir: str, served: LoadedModel, teacher: LoadedModel, images
     # many, ``with_outside``): against the teacher's answer among the kept classes
     cols = [list(teacher.card.class_ids).index(k) for k in kept]
     probs = restricted_softmax(tp.probs, cols)
-    student = cand.predict(images).class_ids
-    hard = float(np.mean(student == np.asarray(kept)[probs.argmax(1)]))
-    agreement = expected_agreement(probs, np.searchsorted(kept, student))
+    answered = cand.predict(images)
+    student = answered.class_ids
+    # a cascade's base answers the frames its specialist doubts: there it serves the base's own answer,
+    # which costs nothing against the base (ALGORITHMS.md §12)
+    back = np.zeros(len(student), bool) if answered.fell_back is None else answered.fell_back
+    hard = float(np.mean((student == np.asarray(kept)[probs.argmax(1)]) | back))
+    agreement = 1.0 - float(np.where(back, 0.0, answer_costs(probs, student, kept)).mean())
     frames = images[np.arange(cfg.latency_runs) % len(images)]
     cand_ms, served_ms = [], []
     for half in np.array_split(frames, 4):       # interleaved, so both see the same machine state
@@ -113,6 +118,8 @@ def _check(candidate_dir: str, served: LoadedModel, teacher: LoadedModel, images
                "hard_agreement": round(hard, 4),
                "candidate_ms": round(float(np.median(cand_ms)), 4), "served_ms": round(float(np.median(served_ms)), 4),
                "speedup": speedup, "macs": cand.card.metrics.get("macs"),
+               **({} if answered.fell_back is None else
+                  {"fallback_share": round(float(np.mean(answered.fell_back)), 4), "tau": cand.tau}),
                "min_agreement": cfg.min_agreement, "min_speedup": cfg.min_speedup}
     if agreement < cfg.min_agreement:
         return Verdict(False, f"agrees with the teacher on {100 * agreement:.1f}% of {len(images)} held-back "

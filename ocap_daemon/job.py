@@ -79,6 +79,7 @@ class Job:
     seed: int = 0
     name: Optional[str] = None
     quantize: str = "off"               # "int8": also an INT8 child of the candidate (``int8_out``)
+    cascade: bool = True                # the search may choose a specialist with the base as its fallback
 
     def __post_init__(self) -> None:
         for key in ("base", "samples", "out", "scorer"):
@@ -100,6 +101,8 @@ class Job:
             raise DaemonError(f"job: class_freqs = {self.class_freqs!r}: expected class id -> share")
         if self.name is not None and not isinstance(self.name, str):
             raise DaemonError(f"job: name = {self.name!r}: expected a string")
+        if not isinstance(self.cascade, bool):
+            raise DaemonError(f"job: cascade = {self.cascade!r}: expected true or false")
         if self.quantize not in QUANTIZE:
             raise DaemonError(f"job: quantize = {self.quantize!r}: expected one of {', '.join(QUANTIZE)}")
 
@@ -167,7 +170,8 @@ class Job:
         try:
             return PruneSpec(scorer=self.scorer, rule=self.rule, min_per_class=self.min_per_class,
                              threads=max(1, self.threads), seed=self.seed,
-                             search=SearchSpec(max_loss=self.max_loss, time_budget=self.time_budget or DEFAULT_TIME_BUDGET),
+                             search=SearchSpec(max_loss=self.max_loss, time_budget=self.time_budget or DEFAULT_TIME_BUDGET,
+                                               cascade=self.cascade),
                              finetune=FinetuneSpec(epochs=self.epochs, time_budget=0.0 if search else self.time_budget,
                                                    seed=self.seed))
         except OcapError as e:

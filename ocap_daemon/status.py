@@ -34,9 +34,11 @@ def status_line(ctl: "Controller") -> str:
     parts = [ctl.phase.value + (" (paused)" if ctl.paused else "")]
     served = server.served
     if served is not server.base:
-        red = (served.card.metrics or {}).get("mac_reduction")
+        m = served.card.metrics or {}
+        red = m.get("mac_reduction_per_frame") or m.get("mac_reduction")
+        per = " per frame, the base answering what it doubts" if served.base is not None else ""
         parts.append(f"serving {served.version} for {format_set(served.class_ids)}"
-                     + (f" ({red:.1f}x fewer MACs)" if red else ""))
+                     + (f" ({red:.1f}x fewer MACs{per})" if red else ""))
         pb = ctl.probation
         if pb is not None:
             parts.append(f"probation {pb.seconds_left(cfg.probation.duration, ctl.clock()):.0f} s left")

@@ -22,9 +22,11 @@ log = logging.getLogger(__name__)
 ORIGINS = ("served", "teacher")
 Key = Tuple[int, str, str, int]
 
-_UPSERT = ("INSERT INTO counts (minute, model_version, origin, class_id, n, conf_sum, lowconf_n) "
-           "VALUES (?, ?, ?, ?, ?, ?, ?) ON CONFLICT (minute, model_version, origin, class_id) DO UPDATE SET "
-           "n = n + excluded.n, conf_sum = conf_sum + excluded.conf_sum, lowconf_n = lowconf_n + excluded.lowconf_n")
+_UPSERT = ("INSERT INTO counts (minute, model_version, origin, class_id, n, conf_sum, lowconf_n, fallback_n) "
+           "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (minute, model_version, origin, class_id) DO UPDATE SET "
+           "n = n + excluded.n, conf_sum = conf_sum + excluded.conf_sum, lowconf_n = lowconf_n + excluded.lowconf_n, "
+           "fallback_n = fallback_n + excluded.fallback_n")
+FIELDS = 4          # per pending key: count, confidence sum, low-confidence count, answers by a cascade's base
 
 
 class ClassLog:
@@ -42,14 +44,16 @@ class ClassLog:
         # predictions and low-confidence ones per origin since start (the metrics' counters); under _lock
         self._totals: Dict[str, Dict[int, int]] = {o: {} for o in ORIGINS}
         self._low_totals: Dict[str, int] = dict.fromkeys(ORIGINS, 0)
+        self._fallback_totals: Dict[int, int] = {}       # served answers a cascade's base gave, per class
         self._lock = threading.Lock()
         self._write_lock = threading.Lock()
         self.last_flush: Optional[float] = None
         self.recent = RecentCounts(recent_seconds, clock)     # per second, in memory, for the policy checks
 
     def add(self, class_ids: Sequence[int], confidences: Sequence[float], model_version: str,
-            origin: str = "served", ts: Optional[float] = None) -> None:
-        """Count predictions made at ``ts`` (default now)."""
+            origin: str = "served", ts: Optional[float] = None, fell_back: Optional[Sequence[bool]] = None) -> None:
+        """Count predictions made at ``ts`` (default now); ``fell_back``: per prediction, whether a
+        cascade's base gave it."""
         if origin not in ORIGINS:
             raise ServiceError(f"origin must be one of {ORIGINS}, got {origin!r}")
         now = self._clock() if ts is None else ts
@@ -58,17 +62,22 @@ class ClassLog:
         ids = [int(k) for k in (class_ids.tolist() if hasattr(class_ids, "tolist") else class_ids)]
         confs = confidences.tolist() if hasattr(confidences, "tolist") else confidences
         low, n_low = self.low_confidence, 0
+        backs = [False] * len(ids) if fell_back is None else \
+            [bool(b) for b in (fell_back.tolist() if hasattr(fell_back, "tolist") else fell_back)]
         with self._lock:
             pending = self._pending      # read under the lock: flush swaps in a new dict
             totals = self._totals[origin]
-            for k, c in zip(ids, confs):
-                row = pending.setdefault((minute, model_version, origin, k), [0, 0.0, 0])
+            for k, c, back in zip(ids, confs, backs):
+                row = pending.setdefault((minute, model_version, origin, k), [0, 0.0, 0, 0])
                 is_low = c < low
                 row[0] += 1
                 row[1] += c
                 row[2] += is_low
                 n_low += is_low
                 totals[k] = totals.get(k, 0) + 1
+                if back:
+                    row[3] += 1
+                    self._fallback_totals[k] = self._fallback_totals.get(k, 0) + 1
             self._low_totals[origin] += n_low
         self.recent.add(int(now), origin, ids, n_low)
 
@@ -76,8 +85,11 @@ class ClassLog:
         """Per origin, the predictions per class and the low-confidence ones counted since this log was
         made (in memory: they start at zero with the process, as a Prometheus counter may)."""
         with self._lock:
-            return {o: {"classes": dict(sorted(self._totals[o].items())), "low_confidence": self._low_totals[o]}
-                    for o in ORIGINS}
+            out = {o: {"classes": dict(sorted(self._totals[o].items())), "low_confidence": self._low_totals[o]}
+                   for o in ORIGINS}
+            if self._fallback_totals:
+                out["served"]["fallback"] = dict(sorted(self._fallback_totals.items()))
+            return out
 
     def flush(self) -> int:
         """Write the counts gathered since the last flush in one transaction; returns rows written.
@@ -88,7 +100,7 @@ class ClassLog:
             if not pending:
                 self.last_flush = self._clock()
                 return 0
-            rows = [(*key, int(v[0]), v[1], int(v[2])) for key, v in pending.items()]
+            rows = [(*key, int(v[0]), v[1], int(v[2]), int(v[3])) for key, v in pending.items()]
             try:
                 with transaction(self._db) as conn:
                     conn.executemany(_UPSERT, rows)
@@ -96,8 +108,8 @@ class ClassLog:
             except (sqlite3.Error, OSError) as e:
                 with self._lock:
                     for key, v in pending.items():
-                        row = self._pending.setdefault(key, [0, 0.0, 0])
-                        for i in range(3):
+                        row = self._pending.setdefault(key, [0, 0.0, 0, 0])
+                        for i in range(FIELDS):
                             row[i] += v[i]
                 raise ServiceError(f"flushing class counts to {self.path} failed: {e}") from e
             self.last_flush = self._clock()
@@ -132,6 +144,18 @@ class ClassLog:
         rows = read_rows(self.path, "SELECT model_version, SUM(n), SUM(conf_sum), SUM(lowconf_n) FROM counts WHERE origin = ? "
                           "GROUP BY model_version", [origin])
         return {v: {"n": int(n), "mean_confidence": c / n, "low_confidence_share": lo / n} for v, n, c, lo in rows}
+
+    def fallback(self, minutes: int, model_version: Optional[str] = None, now: Optional[float] = None
+                 ) -> Dict[int, Tuple[int, int]]:
+        """Per class over the last ``minutes`` minutes (flushed): (served answers, those a cascade's base
+        gave). A share that rises is an early drift signal: frames the specialist is unsure of."""
+        end = int((self._clock() if now is None else now) // 60)
+        sql = "SELECT class_id, SUM(n), SUM(fallback_n) FROM counts WHERE origin = 'served' AND minute > ? AND minute <= ?"
+        args: list = [end - minutes, end]
+        if model_version is not None:
+            sql += " AND model_version = ?"
+            args.append(model_version)
+        return {int(k): (int(n), int(b)) for k, n, b in read_rows(self.path, sql + " GROUP BY class_id ORDER BY class_id", args)}
 
     def retain(self, keep_minutes: int, now: Optional[float] = None) -> int:
         """Delete rows older than ``keep_minutes``; returns how many went."""

@@ -40,6 +40,12 @@ def _status(res: Dict[str, Any]) -> str:
              f"providers {_providers(m)}",
              f"uptime    {res['uptime_s']:.0f} s, {res['requests']} requests ({res['failed']} failed), "
              f"{rate['10s']:.1f}/s last 10 s, {rate['60s']:.1f}/s last minute"]
+    fb = res.get("fallback")
+    if fb:
+        share = "no frames yet" if fb["share"] is None else f"{100 * fb['share']:.1f}% of {fb['frames']} frames"
+        per = ", ".join(f"{k}:{100 * c['fell_back'] / c['frames']:.0f}%" for k, c in fb["per_class"].items() if c["frames"])
+        lines.append(f"fallback  base answers below confidence {fb['tau']:.3f}: {share} in the last {fb['minutes']} min"
+                     + (f" (per class {per})" if per else ""))
     if lat["p50"] is not None:
         lines.append(f"latency   p50 {lat['p50']:.2f} ms, p90 {lat['p90']:.2f} ms, p99 {lat['p99']:.2f} ms")
     t = res.get("teacher")

@@ -29,6 +29,9 @@ MIGRATIONS: List[List[str]] = [
         "CREATE TABLE samples (id INTEGER PRIMARY KEY, class_id INTEGER NOT NULL, confidence REAL, score REAL, "
         "split TEXT NOT NULL, path TEXT NOT NULL, bytes INTEGER NOT NULL, created REAL NOT NULL)",
     ],
+    [   # a cascade's answers given by its base (ocap_core/cascade.py)
+        "ALTER TABLE counts ADD COLUMN fallback_n INTEGER NOT NULL DEFAULT 0",
+    ],
 ]
 SCHEMA_VERSION = len(MIGRATIONS)
 

@@ -120,6 +120,10 @@ def _predictions(totals: Dict[str, Dict[str, Any]], names: List[str]) -> Iterato
                   "and the base model's checks while a pruned model serves (origin teacher).",
                   ["origin", "class_id", "class"],
                   [(o, k, name, t["classes"].get(k, 0)) for o, t in totals.items() for k, name in enumerate(names)])
+    fallback = totals["served"].get("fallback", {})
+    yield counter("fallback_predictions", "Served answers given by a cascade's base (the specialist was unsure: "
+                  "top probability under its threshold) per class, since start; a share that rises is early drift.",
+                  ["class_id", "class"], [(k, name, fallback.get(k, 0)) for k, name in enumerate(names)])
     yield counter("low_confidence_predictions", "Predictions whose top probability was under [log] low_confidence.",
                   ["origin"], [(o, t["low_confidence"]) for o, t in totals.items()])
 

@@ -6,6 +6,7 @@ finishes on it while a swap installs the new one; the old session is released wh
 request drops its reference. Swaps are single-flight; a failed load leaves the current model serving.
 """
 
+import dataclasses
 import logging
 import os
 import threading
@@ -16,9 +17,10 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
+from ocap_core.cascade import FALLBACK_ONNX, falls_back
 from ocap_core.errors import OcapError
-from ocap_core.package import Card, open_package
-from ocap_core.preprocess import preprocess
+from ocap_core.package import ONNX, Card, open_package
+from ocap_core.preprocess import as_batch, preprocess
 from ocap_core.runtime import PROVIDERS, open_session_with_fallback, short_names
 
 from . import faults
@@ -42,6 +44,7 @@ class Predictions:
     features: Optional[np.ndarray]
     model_version: str
     probs: Optional[np.ndarray] = None      # softmax over the model's outputs (card.class_ids order)
+    fell_back: Optional[np.ndarray] = None  # a cascade's: per image, whether its base answered it
 
 
 @dataclass(frozen=True)
@@ -55,6 +58,8 @@ class LoadedModel:
     loaded_at: float = field(default_factory=time.time)
     asked: Tuple[str, ...] = ()         # the short names asked for, in order
     fallback: str = ""                  # why it got less than asked ("" when it got what it asked for)
+    base: Optional["LoadedModel"] = None    # a cascade's fallback: answers the frames the model doubts
+    tau: float = 0.0                        # ... those whose top softmax probability is below this
 
     @property
     def version(self) -> str:
@@ -83,8 +88,15 @@ class LoadedModel:
         p = np.exp(logits - logits.max(1, keepdims=True))
         p /= p.sum(1, keepdims=True)
         top = p.argmax(1)
-        return Predictions(np.asarray(self.card.class_ids)[top], p[np.arange(len(top)), top],
-                           out[1] if len(out) > 1 else None, self.version, p)
+        ids, conf = np.asarray(self.card.class_ids)[top], p[np.arange(len(top)), top]
+        back = None
+        if self.base is not None:
+            back = falls_back(p, self.tau)
+            if back.any():
+                fb = self.base.predict(as_batch(images, self.card.input)[back])
+                ids, conf = ids.copy(), conf.copy()
+                ids[back], conf[back] = fb.class_ids, fb.confidence
+        return Predictions(ids, conf, out[1] if len(out) > 1 else None, self.version, p, back)
 
     def _run(self, want: List[str], feed: Dict[str, np.ndarray]) -> List[np.ndarray]:
         try:
@@ -112,9 +124,11 @@ def _engine_dir(root: Optional[str], version: str, providers: Sequence[str]) -> 
 
 def load_model(path: str, providers: Sequence[str] = ("cpu",), threads: int = 1,
                trt_cache_dir: Optional[str] = None, trt_fp16: bool = True, warmup: int = 3,
-               on_fallback: Optional[Callable[[Dict[str, Any]], None]] = None) -> LoadedModel:
+               on_fallback: Optional[Callable[[Dict[str, Any]], None]] = None,
+               shared_base: Optional[LoadedModel] = None) -> LoadedModel:
     """Verify the package's digests, open its ONNX file and run ``warmup`` batch-1 inferences, then one
-    of ``PREDICT_CHUNK`` frames.
+    of ``PREDICT_CHUNK`` frames. A cascade's base (its fallback.onnx) is loaded beside it, unless
+    ``shared_base`` (the server's base model) is that very file: then it answers for both.
 
     Providers fall back: one that fails to load is dropped and the session made with the rest, down to
     the CPU (``open_session_with_fallback``); onnxruntime also skips a provider it lacks without saying
@@ -122,29 +136,46 @@ def load_model(path: str, providers: Sequence[str] = ("cpu",), threads: int = 1,
     keeps what it asked for, what it got and why (``fallback``), the load goes on, and ``on_fallback``
     is called once with ``{"model", "asked", "got", "error"}`` (the server records it as an event)."""
     pkg = open_package(path)
-    trt_cache_dir = _engine_dir(trt_cache_dir, pkg.card.version, providers)
-    session, failed = open_session_with_fallback(pkg.onnx_path, threads=threads, providers=providers,
+    how = dict(providers=providers, threads=threads, trt_cache_dir=trt_cache_dir, trt_fp16=trt_fp16, warmup=warmup,
+               on_fallback=on_fallback)
+    model = _load_session(pkg.card, pkg.path, pkg.onnx_path, **how)
+    if pkg.card.cascade is None:
+        return model
+    sha = pkg.card.cascade["fallback"]["sha256"]
+    if shared_base is not None and shared_base.card.files.get(ONNX) == sha and shared_base.base is None:
+        base = shared_base
+    else:
+        base = _load_session(pkg.card.fallback_card(), pkg.path, pkg.path / FALLBACK_ONNX, **how)
+    return dataclasses.replace(model, base=base, tau=float(pkg.card.cascade["tau"]))
+
+
+def _load_session(card: Card, where: Path, onnx_path: Path, providers: Sequence[str], threads: int,
+                  trt_cache_dir: Optional[str], trt_fp16: bool, warmup: int,
+                  on_fallback: Optional[Callable[[Dict[str, Any]], None]]) -> LoadedModel:
+    """``load_model``'s work for one ONNX file of a verified package at ``where`` described by ``card``."""
+    trt_cache_dir = _engine_dir(trt_cache_dir, card.version, providers)
+    session, failed = open_session_with_fallback(onnx_path, threads=threads, providers=providers,
                                                  trt_cache_dir=trt_cache_dir, trt_fp16=trt_fp16)
     got = tuple(session.get_providers())
     left_out = [p for p in providers if PROVIDERS[p] not in got and not any(f.startswith(p + ":") for f in failed)]
     why = failed + [f"{p}: onnxruntime left it out (not in this build, or its libraries did not load)" for p in left_out]
     fallback = "; ".join(why)
     if fallback:
-        log.warning("model %s asked for providers %s but runs on %s: %s", pkg.card.version, list(providers),
+        log.warning("model %s asked for providers %s but runs on %s: %s", card.version, list(providers),
                     short_names(got), fallback)
     else:
-        log.info("model %s runs on %s", pkg.card.version, short_names(got))
-    model = LoadedModel(pkg.card, pkg.path, session, got, asked=tuple(providers), fallback=fallback)
-    c, h, w = pkg.card.input.shape
+        log.info("model %s runs on %s", card.version, short_names(got))
+    model = LoadedModel(card, Path(where), session, got, asked=tuple(providers), fallback=fallback)
+    c, h, w = card.input.shape
     blank = np.zeros((h, w) if c == 1 else (h, w, c), np.uint8)
     try:
-        logits = session.run(["logits"], {session.get_inputs()[0].name: preprocess(blank, pkg.card.input)})[0]
+        logits = session.run(["logits"], {session.get_inputs()[0].name: preprocess(blank, card.input)})[0]
     except Exception as e:  # onnxruntime's own error types: the card's input does not fit the ONNX file
-        raise OcapError(f"model {pkg.card.version} at {pkg.path}: the card's input {pkg.card.input.shape} does not "
+        raise OcapError(f"model {card.version} at {onnx_path}: the card's input {card.input.shape} does not "
                         f"fit the ONNX file: {e}") from e
-    if logits.shape[-1] != len(pkg.card.class_ids):
-        raise OcapError(f"model {pkg.card.version} at {pkg.path}: the ONNX file has {logits.shape[-1]} outputs but "
-                        f"the card names {len(pkg.card.class_ids)} classes {list(pkg.card.class_ids)}")
+    if logits.shape[-1] != len(card.class_ids):
+        raise OcapError(f"model {card.version} at {onnx_path}: the ONNX file has {logits.shape[-1]} outputs but "
+                        f"the card names {len(card.class_ids)} classes {list(card.class_ids)}")
     for _ in range(warmup):
         model.predict(blank)
     if warmup:
@@ -209,4 +240,5 @@ class ModelSlot:
         """The served model's card summary and the swap count, from one reading."""
         m, swaps = self._serving
         return {"version": m.version, "name": m.card.name, "class_ids": m.class_ids, "providers": short_names(m.providers),
-                "asked": list(m.asked), "fallback": m.fallback, "loaded_at": m.loaded_at, "swaps": swaps}
+                "asked": list(m.asked), "fallback": m.fallback, "loaded_at": m.loaded_at, "swaps": swaps,
+                "cascade": None if m.base is None else {"tau": m.tau, "base": m.base.version}}

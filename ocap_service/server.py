@@ -114,10 +114,10 @@ def serving_parts(model: str, state_dir: Path, socket_path: Path, config: Server
                          recent_seconds=cfg.recent_seconds, clock=clock)
     events = EventLog(db)
     how = load_args(cfg, events)
-    served = load_model(model, **how)
-    same_dir = base is None or Path(resolve_model(base)).resolve() == Path(served.path).resolve()
-    teacher = served if same_dir else load_model(str(base), **how)
-    if teacher.version == served.version:
+    same_dir = base is None or Path(resolve_model(base)).resolve() == Path(resolve_model(model)).resolve()
+    teacher = None if same_dir else load_model(str(base), **how)
+    served = load_model(model, shared_base=teacher, **how)    # a cascade's fallback: the base's session
+    if teacher is None or teacher.version == served.version:
         teacher = served                        # the base serves: no second session, no teacher
     cache = SampleCache(Path(cache_dir or state_dir / "cache"), db, per_class=cfg.cache_per_class,
                         val_share=cfg.cache_val_share, quota_bytes=cfg.cache_quota, selector=cfg.selector)
@@ -192,8 +192,9 @@ class Server:
         return load_model(path, **self.load_args())
 
     def load_args(self) -> Dict[str, Any]:
-        """How this server loads a model (``load_args``); the gate loads candidates with these too."""
-        return load_args(self.config, self.events)
+        """How this server loads a model (``load_args``, and a cascade's fallback shares the base
+        model's session); the gate loads candidates with these too."""
+        return dict(load_args(self.config, self.events), shared_base=self.base)
 
     # -- what the control plane uses -----------------------------------------------------------
     @property
@@ -298,7 +299,7 @@ class Server:
             self.stats.record_failure()
             raise
         self.stats.record(len(pred.class_ids), (time.perf_counter() - t0) * 1e3)
-        self.class_log.add(pred.class_ids, pred.confidence, pred.model_version)
+        self.class_log.add(pred.class_ids, pred.confidence, pred.model_version, fell_back=pred.fell_back)
         if model is self.base:
             if pred.features is not None:
                 for i in range(len(images)):
@@ -468,6 +469,7 @@ class Server:
         teacher = self.teacher
         tc = self.teacher_counts()
         return {"model": self.slot.describe(), "base": self.base.version, "uptime_s": time.time() - self.started,
+                "fallback": self._fallback_status(),
                 "requests": s["frames"], "failed": s["failed"], "rate_per_s": s["rate_per_s"],
                 "latency_ms": s["latency_ms"],
                 "teacher": None if teacher is None else {
@@ -477,6 +479,18 @@ class Server:
                 "cache_bytes": self.cache.bytes, "cache_quota": self.cache.quota, "cache_per_class": self.cache.per_class,
                 "background_skipped": self.background_skipped, "last_flush": self.class_log.last_flush,
                 **{k: part() for k, part in self._status_parts.items()}}
+
+    def _fallback_status(self, minutes: int = 5) -> Optional[Dict[str, Any]]:
+        """While a cascade serves: how many of its answers of the last ``minutes`` (flushed) its base
+        gave, overall and per class."""
+        served = self.slot.current()
+        if served.base is None:
+            return None
+        rows = self.class_log.fallback(minutes, model_version=served.version)
+        n, back = sum(a for a, _ in rows.values()), sum(b for _, b in rows.values())
+        return {"minutes": minutes, "tau": served.tau, "frames": n, "fell_back": back,
+                "share": back / n if n else None,
+                "per_class": {str(k): {"frames": a, "fell_back": b} for k, (a, b) in rows.items()}}
 
     def _classes(self, req: Dict[str, Any], _: Optional[bytes]) -> Dict[str, Any]:
         minutes = req.get("minutes", 60)

@@ -2,8 +2,10 @@
 where torch is not installed (the Python 3.8 torch-free run also deselects them with -m 'not torch')."""
 
 import importlib.util
+import json
 import re
 import shutil
+from pathlib import Path
 
 import pytest
 
@@ -16,6 +18,21 @@ def pytest_ignore_collect(collection_path, config):
         return None
     text = collection_path.read_text(encoding="utf-8")
     return True if re.search(r"^pytestmark = .*pytest\.mark\.torch", text, re.M) else None
+
+
+DURATIONS = Path(__file__).resolve().parent / "durations.json"
+
+
+def pytest_collection_modifyitems(config, items):
+    """Longest tests first (tests/durations.json, written by scripts/test_durations.py), the rest in the
+    order collected: with pytest-xdist's load scheduling, handing out a test or two at a time
+    (scripts/test.sh), a long test starts early instead of holding one worker after the others finish."""
+    try:
+        seconds = json.loads(DURATIONS.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return
+    order = {id(item): i for i, item in enumerate(items)}
+    items.sort(key=lambda item: (-seconds.get(item.nodeid, 0.0), order[id(item)]))
 
 
 @pytest.fixture

@@ -56,7 +56,8 @@ def test_candidate_card_records_how_it_was_made(pruned):
     assert path[0]["level"] == 2 and all(p["level"] in (2, 4, 8) or not p["accepted"] or p is path[-1] for p in path)
     assert all(a["macs"] > b["macs"] for a, b in zip(path, path[1:]) if a["accepted"])
     chosen = [p for p in path if p["accepted"]][-1]
-    assert chosen["level"] == prov["search"]["level"] and chosen["loss_pp"] + chosen["loss_se_pp"] <= 2.0
+    judged = chosen["cascade"] if chosen.get("accepted_as") == "cascade" else chosen     # alone, or with fallback
+    assert chosen["level"] == prov["search"]["level"] and judged["loss_pp"] + judged["loss_se_pp"] <= 2.0
     assert card.metrics["mac_reduction"] >= chosen["level"] and 0.9 <= card.metrics["val_agreement"] <= 1
     assert card.metrics["onnx_parity_max_abs_diff"] <= 1e-4
     assert card.metrics["macs"] * card.metrics["mac_reduction"] == pytest.approx(card.metrics["base_macs"])
@@ -101,6 +102,34 @@ def test_iterative_cap_rounds_shrink_and_replay(tmp_path, small_data):
     head_macs = (10 - 2) * card.features_dim
     assert card.metrics["macs"] == rounds[-1]["macs"] - head_macs
     _rebuilds_in_torch(out)
+
+
+@pytest.mark.slow
+def test_a_confusable_set_gets_a_cascade_that_serves_and_evaluates(tmp_path, small_data):
+    """Shirt / T-shirt / pullover at 3x and 6x: the specialist alone misses a 1-point budget, with the
+    base answering the frames it doubts it keeps it; the package carries the base, loads in the serving
+    plane with it, and ``ocap eval`` reports the fallback share and MACs per frame."""
+    from ocap_service.model_slot import load_model as serve
+
+    out = tmp_path / "c026"
+    r = run_cli("prune", "--model", "fmnist-cnn", "--data", small_data, "--classes", "0,2,6", "--levels", "3,6",
+                "--time-budget", "900", "--epochs", "4", "--max-loss", "1", "--samples-per-class", "200",
+                "--out", str(out), "--json")
+    assert r.returncode == 0, r.stderr
+    summary = json.loads(r.stdout)
+    rows = [p for p in summary["search"]["path"] if p["accepted_as"] == "cascade"]
+    assert rows and all(p["loss_pp"] + p["loss_se_pp"] > 1 for p in rows), summary["search"]   # alone: over
+    assert all(p["cascade"]["cost"] < 1 and p["cascade"]["loss_pp"] + p["cascade"]["loss_se_pp"] <= 1 for p in rows)
+    c = summary["cascade"]
+    assert 0 < c["fallback_share"] < 1 and c["mac_reduction_per_frame"] > 1.2, c
+    pkg = open_package(str(out))
+    assert pkg.card.cascade["fallback"]["version"] == open_package("fmnist-cnn").card.version
+    assert load_model(pkg) is not None                             # the specialist rebuilds in torch
+    assert serve(str(out)).base is not None
+    res = cli("eval", "--model", str(out), "--json", "--latency-runs", "5")
+    assert res.returncode == 0, res.stderr
+    ev = json.loads(res.stdout)
+    assert 0 < ev["fallback_share"] < 1 and ev["macs"] > ev["specialist_macs"]
 
 
 def _refuse(constant):

@@ -190,6 +190,48 @@ def test_search_returns_the_smallest_level_within_budget_and_its_path(fmnist):
     assert e.value.path and not any(p["accepted"] for p in e.value.path)      # what was tried, for the record
 
 
+class StandInCascade:
+    """What the search asks of a cascade judge (``point``), with a known cost curve: the specialist at r
+    times fewer MACs costs 1/r of the base's time, and a fallback share that grows with r (a stand-in for
+    the policy's test; tests/ocap_core/test_cascade.py and the CLI test judge real cascades)."""
+
+    def __init__(self, base_macs, share_of):
+        self.base_macs, self.share_of, self.seen = base_macs, share_of, []
+
+    def point(self, model, macs):
+        r = self.base_macs / macs
+        share = self.share_of(r)
+        self.seen.append(r)
+        return {"accepted": share < 1, "tau": 0.9, "fallback_share": share, "loss_pp": 0.5, "loss_se_pp": 0.1,
+                "latency_ms": 1 / r, "base_latency_ms": 1.0, "alone_cost": 1 / r, "cost": 1 / r + share}
+
+
+def test_with_a_fallback_the_search_keeps_the_cheapest_point_and_stops_when_cost_rises(fmnist):
+    """Alone, every level is over budget; as a cascade each is within, at a cost per frame that falls
+    to about 3x and rises beyond: the levels are accepted as cascades while they get cheaper, and the
+    result is the cheapest of them with its threshold."""
+    cls = [1, 8]
+    model, shape, clf, (x_tr, t_tr, x_val, t_val), levels, base_macs = _setup(fmnist, cls)
+    judge = StandInCascade(base_macs, lambda r: 0.05 * r * r / 4)
+    res = search(model, clf, shape, cls, levels, x_tr, t_tr, x_val, t_val,
+                 SearchSpec(max_loss=1.0, levels=(1.5, 2.0, 3.0, 4.0, 6.0), time_budget=3600, step_epochs=1,
+                            polish=False, retry_factor=1),
+                 FinetuneSpec(epochs=1), measure=lambda m: 0.95, cascade=lambda xs, xj: judge)
+    costs = [p["cascade"]["cost"] for p in res.path]
+    kinds = [p["accepted_as"] for p in res.path]
+    assert all(k in ("cascade", None) for k in kinds) and kinds[0] == "cascade"
+    best = min(c for c, k in zip(costs, kinds) if k)
+    assert res.cascade is not None and res.cascade["cost"] == best
+    refused = kinds.index(None)                                               # the first that cost more
+    assert costs[refused] >= min(costs[:refused]) and res.stopped == "over_budget"
+    assert all(p["loss_pp"] > 1.0 for p in res.path)                          # alone: every level over
+    # no fallback wanted: a search without one raises, as it did
+    with pytest.raises(OcapError, match="no operating point"):
+        search(model, clf, shape, cls, levels, x_tr, t_tr, x_val, t_val,
+               SearchSpec(max_loss=1.0, levels=(1.5,), time_budget=3600, step_epochs=1, polish=False),
+               FinetuneSpec(epochs=1), measure=lambda m: 0.95)
+
+
 def test_too_few_images_names_every_short_class():
     names = [f"c{i}" for i in range(10)]
     check_enough({1: 40, 3: 40}, 32, names)

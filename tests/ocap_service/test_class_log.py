@@ -87,3 +87,25 @@ def test_bad_input_and_a_newer_schema_are_refused(tmp_path):
     (tmp_path / "junk.db").write_bytes(b"not a database at all" * 100)
     with pytest.raises(ServiceError, match="junk.db"):
         open_db(tmp_path / "junk.db")
+
+
+def test_a_cascades_fallback_answers_are_counted_per_class_and_an_older_file_is_migrated(tmp_path):
+    """A file made by schema 1 (no fallback column) keeps its counts, gains the column at 0, and then
+    counts which answers a cascade's base gave."""
+    from ocap_service.db import MIGRATIONS
+
+    con = sqlite3.connect(str(tmp_path / "ocap.db"))
+    for sql in MIGRATIONS[0]:
+        con.execute(sql)
+    con.execute("INSERT INTO counts VALUES (?, 'v0', 'served', 4, 5, 4.0, 1)", (int(T0 // 60),))
+    con.execute("PRAGMA user_version=1")
+    con.commit()
+    con.close()
+    log = ClassLog(tmp_path / "ocap.db", clock=lambda: T0 + 30)
+    log.add([4, 4, 6], [0.9, 0.6, 0.95], "v1", fell_back=[True, False, True])
+    log.add([6], [0.5], "v1")
+    assert log.totals()["served"]["fallback"] == {4: 1, 6: 1}
+    log.flush()
+    assert log.fallback(1) == {4: (7, 1), 6: (2, 1)}
+    assert log.fallback(1, model_version="v0") == {4: (5, 0)}
+    log.close()

@@ -289,3 +289,38 @@ def test_the_server_builds_nothing_and_registers_nothing_itself(tmp_path):
         assert set(alone.control.commands) == served == set(alone.handlers())
     finally:
         alone.stop()
+
+
+def test_a_cascade_serves_with_the_base_session_and_logs_who_answered(tmp_path, frames):
+    """A specialist for {Trouser, Bag} with the shipped CNN as fallback, swapped in over the base: it
+    shares the base's session, its doubted frames (dresses, mostly) are answered by the base with any
+    class, and the class log, metrics and status say how many."""
+    from ocap_core.cascade_package import with_fallback
+    from ocap_core.package import open_package
+
+    pkg = with_fallback(open_package("tests/data/fmnist-cnn-1-8"), open_package("fmnist-cnn"), 0.9, tmp_path / "c")
+    srv = build_server("fmnist-cnn", tmp_path / "state", tmp_path / "s.sock", ServerConfig(teacher_share=0.0))
+    srv.start()
+    try:
+        ok, why = srv.slot.swap(str(pkg.path), **srv.load_args())
+        assert ok, why
+        served = srv.slot.current()
+        assert served.base is srv.base and served.tau == 0.9          # no second session of the base
+        alone = load_model("tests/data/fmnist-cnn-1-8").predict(frames)
+        want_back = alone.confidence < 0.9
+        ids = alone.class_ids.copy()
+        ids[want_back] = srv.base.predict(frames[want_back]).class_ids
+        got = np.concatenate([srv.infer(frames[i:i + 7]).class_ids for i in range(0, len(frames), 7)])
+        assert got.tolist() == ids.tolist() and 3 in got.tolist()    # a dress is answered as a dress
+        srv.class_log.flush()
+        per_class = srv.class_log.fallback(5, model_version=served.version)
+        assert sum(b for _, b in per_class.values()) == int(want_back.sum()) > 0
+        assert sum(n for n, _ in per_class.values()) == len(frames)
+        with Client(srv.control.path) as c:
+            status = c.call("status")
+            text = c.call("metrics", format="prometheus")["text"]
+        assert status["fallback"]["fell_back"] == int(want_back.sum()) and status["model"]["cascade"]["tau"] == 0.9
+        line = [x for x in text.splitlines() if x.startswith('ocap_fallback_predictions_total{class="Dress"')]
+        assert line and float(line[0].split()[-1]) == int((ids[want_back] == 3).sum())
+    finally:
+        srv.stop()

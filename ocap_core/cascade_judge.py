@@ -1,0 +1,86 @@
+"""What a search candidate is worth as a cascade (ALGORITHMS.md §12): its threshold chosen on one half
+of the held-back frames, its end-to-end loss read on the other, and its cost measured on this machine
+as the specialist's batch-1 latency plus the fallback share of the base's, in units of the base's."""
+
+import logging
+import tempfile
+from pathlib import Path
+from typing import Any, Dict, Sequence
+
+import numpy as np
+import torch
+import torch.nn as nn
+
+from .agreement import agreement_costs
+from .cascade import at_threshold, choose_threshold
+from .export import export_onnx
+from .runtime import open_session, paired_latency
+
+log = logging.getLogger(__name__)
+LATENCY_RUNS = 100
+
+
+class CascadeJudge:
+    """Judges candidates of one search as cascades with the base as fallback.
+
+    ``t_stop_full`` / ``t_judge_full``: the base's logits over all its classes on the two halves of the
+    held-back frames (the search's early-stopping half chooses the threshold, its judged half gives the
+    verdict); ``classes``: the observed classes (the reference is the base restricted to them);
+    ``base_onnx``: the base's ONNX file, timed beside each candidate."""
+
+    def __init__(self, x_stop: torch.Tensor, t_stop_full: torch.Tensor, x_judge: torch.Tensor,
+                 t_judge_full: torch.Tensor, classes: Sequence[int], base_onnx: Path, shape: Sequence[int],
+                 classifier: str, max_loss: float, z: float, measure: str = "soft") -> None:
+        self.classes, self.shape, self.classifier = list(classes), tuple(shape), classifier
+        self.max_loss, self.z, self.measure = max_loss, z, measure
+        self.x = {"stop": x_stop, "judge": x_judge}
+        # the restricted base's softmax over the K classes, per half: the reference where the
+        # specialist answers; where the base answers, the cascade serves the base's own answer (over all
+        # its classes), which costs nothing against the base
+        self.ref = {half: torch.softmax(t[:, self.classes].double(), 1).numpy()
+                    for half, t in (("stop", t_stop_full), ("judge", t_judge_full))}
+        self.base_cost = {half: np.zeros(len(r)) for half, r in self.ref.items()}
+        self.base_session = open_session(Path(base_onnx))
+        self.one = x_judge[:1].numpy() if len(x_judge) else np.zeros((1,) + self.shape, np.float32)
+        self._latency: Dict[int, Dict[str, float]] = {}
+
+    def _specialist(self, model: nn.Module, half: str):
+        from .train import predict_logits
+
+        p = torch.softmax(predict_logits(model, self.x[half]).double(), 1).numpy()
+        idx = p.argmax(1)
+        soft = agreement_costs(self.ref[half], idx)
+        hard = (idx != self.ref[half].argmax(1)).astype(np.float64)
+        return p.max(1), soft if self.measure == "soft" else hard
+
+    def latency(self, model: nn.Module, macs: int) -> Dict[str, float]:
+        """Batch-1, one-thread latency of ``model`` and of the base, timed call by call in turn
+        (``paired_latency``), in ms; once per MAC count (a retried level keeps its shape)."""
+        if macs not in self._latency:
+            with tempfile.TemporaryDirectory() as tmp:
+                path = Path(tmp) / "candidate.onnx"
+                export_onnx(model, self.shape, path, classifier=self.classifier, features=False)
+                session = open_session(path)
+                spec_ms, base_ms = paired_latency([session, self.base_session], self.one, runs=LATENCY_RUNS)
+                del session
+            self._latency[macs] = {"latency_ms": round(spec_ms, 4), "base_latency_ms": round(base_ms, 4)}
+        return self._latency[macs]
+
+    def point(self, model: nn.Module, macs: int) -> Dict[str, Any]:
+        """The model alone and as a cascade: the cascade's threshold, fallback share and loss on the
+        judged half, whether it keeps the budget (``accepted``), and the measured cost per frame of
+        both, in units of the base's latency (``cost``: the cascade's, ``alone_cost``: the
+        specialist's)."""
+        conf_s, cost_s = self._specialist(model, "stop")
+        chosen = choose_threshold(conf_s, cost_s, self.base_cost["stop"], self.max_loss, self.z)
+        lat = self.latency(model, macs)
+        ratio = lat["latency_ms"] / max(lat["base_latency_ms"], 1e-9)
+        out: Dict[str, Any] = dict(lat, alone_cost=round(ratio, 4))
+        if chosen is None:
+            return dict(out, accepted=False, tau=None, cost=None)
+        conf_j, cost_j = self._specialist(model, "judge")
+        judged = at_threshold(conf_j, cost_j, self.base_cost["judge"], chosen.tau)
+        out.update(judged.to_dict(), accepted=judged.within(self.max_loss, self.z),
+                   cost=round(ratio + judged.share, 4))
+        return out
+

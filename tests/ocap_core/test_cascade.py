@@ -1,0 +1,115 @@
+"""A specialist with the base as its fallback (torch-free): the threshold rule, what answers cost,
+cascade packages made from the checked-in candidate and the shipped CNN, and ``ocap eval`` of one."""
+
+import json
+
+import numpy as np
+import pytest
+
+from ocap_core.cascade import (
+    FALLBACK_ONNX,
+    answer_costs,
+    at_threshold,
+    choose_threshold,
+    cost_per_frame,
+    falls_back,
+    macs_per_frame,
+)
+from ocap_core.cascade_package import with_fallback
+from ocap_core.data import load_dataset
+from ocap_core.errors import OcapError
+from ocap_core.evaluate import evaluate_package
+from ocap_core.package import Card, open_package
+from tests.helpers import cli
+
+CANDIDATE = "tests/data/fmnist-cnn-1-8"
+
+
+def test_falls_back_below_the_threshold_only():
+    p = np.array([[0.9, 0.1], [0.6, 0.4], [0.5, 0.5]])
+    assert falls_back(p, 0.0).tolist() == [False, False, False]          # the specialist alone
+    assert falls_back(p, 0.6).tolist() == [False, False, True]
+    assert falls_back(p, 1.01).tolist() == [True, True, True]
+
+
+def test_answer_costs_charge_a_class_outside_the_kept_ones_in_full():
+    ref = np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])                  # the base restricted to {1, 8}
+    costs = answer_costs(ref, np.array([1, 1, 3]), [1, 8])
+    assert costs == pytest.approx([0.0, 0.4, 0.6])                        # agree; hesitant miss; outside
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_the_chosen_threshold_is_the_lowest_that_keeps_the_budget(seed):
+    rng = np.random.default_rng(seed)
+    n = 400
+    conf = rng.uniform(0.5, 1.0, n)
+    spec = (rng.uniform(0, 1, n) > conf).astype(float)      # the specialist misses where it is unsure
+    base = np.zeros(n)                                      # the base is the reference
+    pt = choose_threshold(conf, spec, base, max_loss=2.0, z=1.0, margins=(1.0,))
+    assert pt is not None and pt.loss_pp + 2 * pt.loss_se_pp <= 2.0 + 1e-9
+    assert 0 < pt.share < 1 and pt == at_threshold(conf, spec, base, pt.tau)
+    lower = np.sort(conf[conf < pt.tau])[-1]                # one frame fewer falling back misses the margin
+    worse = at_threshold(conf, spec, base, lower)
+    assert worse.loss_pp + 2 * worse.loss_se_pp > 2.0
+    assert choose_threshold(conf, spec, spec, max_loss=2.0) is None       # a fallback no better cannot help
+    # too few frames for the margin: the largest margin they allow
+    few = choose_threshold(conf[:60], spec[:60], base[:60], max_loss=2.0)
+    assert few is not None and few.loss_pp + 2 * few.loss_se_pp > 2.0 >= few.loss_pp + few.loss_se_pp - 1e-9
+    alone = choose_threshold(conf, np.zeros(n), base, max_loss=2.0)
+    assert alone.tau == 0 and alone.share == 0                           # a good specialist needs no fallback
+
+
+def test_cost_and_macs_per_frame():
+    assert cost_per_frame(0.1, 0.5, 0.2) == pytest.approx(0.2)
+    assert macs_per_frame(1e6, 8e6, 0.25) == pytest.approx(3e6)
+
+
+@pytest.fixture(scope="module")
+def cascade(tmp_path_factory):
+    out = tmp_path_factory.mktemp("cascade") / "c"
+    return with_fallback(open_package(CANDIDATE), open_package("fmnist-cnn"), 0.9, out)
+
+
+def test_a_cascade_package_carries_the_base_and_verifies(cascade):
+    base = open_package("fmnist-cnn").card
+    c = cascade.card
+    assert c.cascade["fallback"]["version"] == base.version and c.cascade["tau"] == 0.9
+    assert c.files[FALLBACK_ONNX] == base.files["model.onnx"] and c.version.endswith("-c0900")
+    fb = c.fallback_card()
+    assert fb.class_ids == list(range(10)) and fb.version == base.version
+    again = Card.from_dict(json.loads((cascade.path / "card.json").read_text()))
+    assert again.cascade == c.cascade
+
+
+@pytest.mark.parametrize("change,message", [
+    (lambda d: d["cascade"].update(tau=1.5), "tau must be a number in [0, 1]"),
+    (lambda d: d["cascade"]["fallback"].update(class_ids=[0, 2]), "must include the model's [1, 8]"),
+    (lambda d: d["cascade"]["fallback"].update(sha256="0" * 64), "sha256 must be that of the package's fallback.onnx"),
+    (lambda d: d["cascade"].update(rule="entropy"), "unknown rule 'entropy'"),
+])
+def test_bad_cascade_cards_are_refused_by_name(cascade, change, message):
+    d = json.loads((cascade.path / "card.json").read_text())
+    change(d)
+    with pytest.raises(OcapError, match="cascade") as e:
+        Card.from_dict(d, where="x/card.json")
+    assert message in str(e.value)
+
+
+def test_a_cascade_of_a_cascade_is_refused(cascade, tmp_path):
+    with pytest.raises(OcapError, match="is a cascade already"):
+        with_fallback(cascade, open_package("fmnist-cnn"), 0.5, tmp_path / "x")
+    assert not (tmp_path / "x").exists()
+
+
+def test_eval_of_a_cascade_reports_its_fallback_share_and_expected_macs(cascade):
+    test = load_dataset("fashion-mnist", "test")
+    res = evaluate_package(cascade, test, [1, 8], latency_runs=20)
+    alone = evaluate_package(open_package(CANDIDATE), test, [1, 8], latency_runs=0)
+    base_macs = cascade.card.metrics["base_macs"]
+    assert 0 < res["fallback_share"] < 0.2 and res["specialist_macs"] == alone["macs"]
+    assert res["macs"] == pytest.approx(alone["macs"] + res["fallback_share"] * base_macs)
+    assert res["latency_ms"] > res["specialist_latency_ms"] and "restricted_accuracy" not in res
+    # the base answers the frames the specialist doubts, over all ten classes
+    assert res["accuracy"] != alone["accuracy"]
+    r = cli("eval", "--model", str(cascade.path), "--classes", "1,8", "--latency-runs", "5")
+    assert r.returncode == 0 and "cascade: the base (fmnist-cnn-" in r.stdout, r.stdout + r.stderr

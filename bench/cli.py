@@ -103,7 +103,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--methods", help="comma-separated methods (default: all but the exploratory ocap-first)")
     p.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs per run")
     p.add_argument("--samples-per-class", type=int, default=256)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the class subsets, samples and training")
     p.add_argument("--time-budget", type=float, default=0.0,
                    help="search seconds of work per run (0: the daemon's default; quick runs: 20)")
     p.add_argument("--threads", type=int, default=1, help="torch threads per run")

@@ -4,8 +4,9 @@ applies the rule, the search and the gate choose and judge it by the same functi
 The specialist (a pruned model over the K observed classes) answers a frame when its top softmax
 probability is at least ``tau``; otherwise the base answers with its whole head, so a frame of a class
 the device has not seen lately is still answered (and counted) by the full model. ``tau = 0`` is the
-specialist alone. The reference is the base: restricted to the K classes where the specialist answers
-(as for a specialist alone), itself where it answers, at no loss. Confusable class sets are where this pays: the frames a small model gets wrong are
+specialist alone. The reference is the base restricted to the K classes: where the specialist answers,
+as for a specialist alone; where the base answers, its answer is the reference's whenever it names a
+kept class, and otherwise costs the mass it puts on the kept classes (``fallback_costs``). Confusable class sets are where this pays: the frames a small model gets wrong are
 mostly the ones it is unsure of.
 """
 
@@ -41,6 +42,24 @@ def answer_costs(teacher_k_probs: np.ndarray, class_ids: np.ndarray, kept: Seque
         out = out.copy()
         out[inside] = agreement_costs(p[inside], idx[inside])
     return out
+
+
+def fallback_costs(full_probs: np.ndarray, kept_columns: Sequence[int], hard: bool = False) -> np.ndarray:
+    """What the base's own answer costs per frame where it answers, against the base restricted to the
+    kept classes (``full_probs``: its softmax over all its outputs; ``kept_columns``: the kept classes'
+    columns). Where its top class is a kept one, that is the restricted base's answer too: nothing.
+    Where it is another class, the mass it puts on the kept classes: the chance, by the base's own
+    judgement, that the frame is of a kept class, which its answer then misses (``hard``: a whole miss
+    when that is the larger part). A well-trained base is sure of the frames it sends elsewhere; one
+    that is not makes its answers there cost what they risk."""
+    p = np.asarray(full_probs, np.float64)
+    if len(p) == 0:
+        return np.zeros(0)
+    cols = list(kept_columns)
+    inside = np.isin(p.argmax(1), cols)
+    mass = p[:, cols].sum(1)
+    risk = (mass >= 0.5).astype(np.float64) if hard else mass
+    return np.where(inside, 0.0, risk)
 
 
 @dataclass(frozen=True)

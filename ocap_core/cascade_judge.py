@@ -12,7 +12,7 @@ import torch
 import torch.nn as nn
 
 from .agreement import agreement_costs
-from .cascade import at_threshold, choose_threshold
+from .cascade import at_threshold, choose_threshold, fallback_costs
 from .export import export_onnx
 from .runtime import open_session, paired_latency
 
@@ -34,12 +34,13 @@ class CascadeJudge:
         self.classes, self.shape, self.classifier = list(classes), tuple(shape), classifier
         self.max_loss, self.z, self.measure = max_loss, z, measure
         self.x = {"stop": x_stop, "judge": x_judge}
-        # the restricted base's softmax over the K classes, per half: the reference where the
-        # specialist answers; where the base answers, the cascade serves the base's own answer (over all
-        # its classes), which costs nothing against the base
-        self.ref = {half: torch.softmax(t[:, self.classes].double(), 1).numpy()
-                    for half, t in (("stop", t_stop_full), ("judge", t_judge_full))}
-        self.base_cost = {half: np.zeros(len(r)) for half, r in self.ref.items()}
+        # per half: the restricted base's softmax over the K classes (the reference where the specialist
+        # answers) and what the base's own answers cost where it answers (``fallback_costs``)
+        self.ref, self.base_cost = {}, {}
+        for half, t in (("stop", t_stop_full), ("judge", t_judge_full)):
+            self.ref[half] = torch.softmax(t[:, self.classes].double(), 1).numpy()
+            full = torch.softmax(t.double(), 1).numpy()
+            self.base_cost[half] = fallback_costs(full, self.classes, hard=measure != "soft")
         self.base_session = open_session(Path(base_onnx))
         self.one = x_judge[:1].numpy() if len(x_judge) else np.zeros((1,) + self.shape, np.float32)
         self._latency: Dict[int, Dict[str, float]] = {}

@@ -60,17 +60,19 @@ def cmd_models(args: argparse.Namespace) -> int:
                      "test_accuracy": m.get("test_accuracy"), "macs": m.get("macs"), "params": m.get("params"),
                      "path": str(pkg.path)})
     archs: List[str] = []
-    try:
-        from .zoo import list_archs
-        archs = list_archs()
-    except ImportError:
-        pass
+    if args.archs:                    # the zoo needs torch, seconds to import: only when asked
+        try:
+            from .zoo import list_archs
+            archs = [a for a in list_archs() if not a.startswith("test_")]     # test_*: the suite's own
+        except ImportError:
+            raise OcapError("--archs lists the architectures `ocap train` builds, which needs torch: "
+                            "pip install 'ocap[torch]'") from None
     if args.json:
-        _print_json({"models": rows, "architectures": archs})
+        _print_json(dict({"models": rows}, **({"architectures": archs} if args.archs else {})))
         return EXIT_OK
     print(f"{'name':<20} {'arch':<14} {'test acc':>8} {'MACs':>12} {'params':>9}  version")
     for r in rows:
-        acc = f"{r['test_accuracy']:.4f}" if r["test_accuracy"] is not None else "-"
+        acc = f"{100 * r['test_accuracy']:.2f} %" if r["test_accuracy"] is not None else "-"
         print(f"{r['name']:<20} {str(r['arch']):<14} {acc:>8} {r['macs']:>12,} {r['params']:>9,}  {r['version']}")
     if archs:
         print("\narchitectures for `ocap train --model`: " + ", ".join(archs) + ", tv:NAME, file.py:Class")
@@ -329,6 +331,7 @@ def _stage_printer(ev: Dict[str, Any]) -> None:
 def _add_models(p: argparse.ArgumentParser) -> None:
     p.add_argument("--json", action="store_true", help="print one JSON object")
     p.add_argument("--no-verify", dest="verify", action="store_false", help="skip the sha256 checks")
+    p.add_argument("--archs", action="store_true", help="also list the architectures `ocap train` builds (needs torch)")
 
 
 def _add_train(p: argparse.ArgumentParser) -> None:
@@ -339,7 +342,7 @@ def _add_train(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="package name (default: the --out directory's name)")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--lr", type=float, default=0.1, help="peak learning rate of the one-cycle schedule")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the initialization, shuffling and augmentation")
     p.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     p.add_argument("--max-train-images", type=int, default=0, help="train on a seeded subset (0: all)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
@@ -407,7 +410,7 @@ def _add_prune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--mixup", type=float, default=0.0,
                    help="mixup distillation: Beta(a, a) blends of cached images, labelled by the base (0: off)")
     p.add_argument("--threads", type=int, default=2)
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the sample selection, pruning and fine-tuning")
     p.add_argument("--keep-share", type=float, help="activation scorer's share r (default: per family)")
     p.add_argument("--slope", type=float, help="activation scorer's LeakyReLU slope (default: per family)")
     p.add_argument("--images-per-class", type=int, help="images per class to score on (default: per family)")
@@ -417,9 +420,9 @@ def _add_prune(p: argparse.ArgumentParser) -> None:
                    help="prune residual-stream channels too (default when searching)")
     p.add_argument("--keep-blocks", action="store_true",
                    help="never remove a residual block whose channels the search left at their floor")
-    p.add_argument("--no-cascade", dest="cascade", action="store_false",
-                   help="a specialist alone: never hand the frames it doubts to the base (default: the search "
-                        "also tries each candidate with the base as its fallback and keeps the cheapest)")
+    p.add_argument("--cascade", action="store_true",
+                   help="also try each candidate with the base answering the frames it is unsure of, and keep "
+                        "the cheapest point measured: alone or with that fallback (experimental)")
     p.add_argument("--keep-stream", dest="prune_stream", action="store_const", const=False,
                    help="keep residual-stream channels whole (default of the reference rules)")
     p.add_argument("--min-width", type=int, help="channels every layer keeps at least (default 2 searching, else 1)")
@@ -453,7 +456,7 @@ def _add_quantize(p: argparse.ArgumentParser) -> None:
     p.add_argument("--name", help="package name (default: the model's name + '-int8')")
     p.add_argument("--threads", type=int, default=1, help="onnxruntime threads when timing")
     p.add_argument("--latency-runs", type=int, default=200, help="timed batch-1 runs of each model (0: skip)")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the images chosen for calibration")
     p.add_argument("--json", action="store_true", help="print one JSON object")
 
 
@@ -480,9 +483,22 @@ def new_parser(description: str) -> Tuple[argparse.ArgumentParser, Any]:
     return parser, sub
 
 
+class DefaultsFormatter(argparse.HelpFormatter):
+    """Help that shows each option's default, unless its help already says it or there is none to say
+    (None, a switch's False)."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        text = action.help or ""
+        default = action.default
+        if ("default" in text or default is None or default is False or default is argparse.SUPPRESS
+                or not action.option_strings):
+            return text
+        return f"{text} (default {default})" if text else f"default {default}"
+
+
 def add_command(sub: Any, name: str, add: AddArguments, handler: Handler, help_text: str) -> None:
     """One ``ocap NAME`` command: its arguments (``add``) and the function that runs it."""
-    p = sub.add_parser(name, help=help_text, description=help_text)
+    p = sub.add_parser(name, help=help_text, description=help_text, formatter_class=DefaultsFormatter)
     add(p)
     p.set_defaults(handler=handler)
 

@@ -80,6 +80,8 @@ def evaluate_package(pkg: ModelPackage, test: Dataset, classes: Optional[Sequenc
     if classes is not None and set(cls) <= set(card.class_ids) and back is None:
         cols = [card.class_ids.index(k) for k in cls]
         out["restricted_accuracy"] = float((np.asarray(cls)[logits[:, cols].argmax(1)] == data.y).mean())
+        out["restricted_accuracy_means"] = ("accuracy with the argmax over these classes only: the model told "
+                                            "which classes occur (the reference of a pruned model)")
     if latency_runs:
         lat = measure_latency(sess, x[:1], runs=latency_runs)
         out["latency_ms"] = lat["median_ms"]

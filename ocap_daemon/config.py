@@ -8,13 +8,14 @@ restart-loop on a typo. Unknown sections and keys are errors, not warnings.
 """
 
 import configparser
+import difflib
 import logging
 import math
 import re
 from dataclasses import dataclass
 from decimal import Decimal
 from pathlib import Path
-from typing import Any, Callable, Dict, List, Optional, Tuple, Union
+from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple, Union
 
 from ocap_core.errors import OcapError
 from ocap_core.package import Card, open_package
@@ -40,7 +41,36 @@ _NO_DEFAULT_SECTION = "\n"          # a name no header can have: a [DEFAULT] sec
 
 
 class ConfigError(DaemonError):
-    """An invalid configuration; the one-line message names file, section, key, value and what is allowed."""
+    """An invalid configuration; each line of the message names file, section, key, value and what is
+    allowed (one line per problem: a file is checked whole, so every problem shows at once)."""
+
+
+class _Problems:
+    """The problems found in one file, gathered so that all of them are reported together."""
+
+    def __init__(self) -> None:
+        self.lines: List[str] = []
+
+    def add(self, message: str) -> None:
+        self.lines.extend(line for line in str(message).splitlines() if line not in self.lines)
+
+    def check(self, fn: Callable[..., Any], *args: Any) -> Any:
+        """``fn(*args)``, or None with its ConfigError's problems noted."""
+        try:
+            return fn(*args)
+        except ConfigError as e:
+            self.add(str(e))
+            return None
+
+    def raise_any(self) -> None:
+        if self.lines:
+            raise ConfigError("\n".join(self.lines))
+
+
+def nearest(word: str, choices: Sequence[str]) -> str:
+    """'; did you mean X?' for the closest of ``choices`` to a misspelt ``word`` ('' when none is close)."""
+    close = difflib.get_close_matches(word, list(choices), n=1, cutoff=0.75)
+    return f"; did you mean {close[0]!r}?" if close else ""
 
 
 # ---- units -------------------------------------------------------------------------------------------
@@ -298,7 +328,7 @@ SCHEMA: Tuple[Key, ...] = (
     _k("personalize", "min_free_memory", SIZE, "512MB", "No run starts with less free memory than this.", ">= 0"),
     _k("personalize", "max_serving_p99", DURATION, "50ms", "No run starts while the 99th percentile serving latency is above this (at most 10s: 50m would be minutes).", "(0, 10s]"),
     _k("personalize", "quantize", CHOICE, "off", "int8: also an INT8 copy of each candidate; it serves if within max_loss of its FP32 parent and faster here.", choices="off|int8"),
-    _k("personalize", "cascade", BOOL, "yes", "Also try each candidate with the base answering the frames it doubts; keep the cheapest."),
+    _k("personalize", "cascade", BOOL, "no", "Also try each candidate with the base answering the frames it doubts; keep the cheapest."),
 
     *_declared_keys("gate", GateConfig),
 
@@ -502,12 +532,14 @@ def _read_ini(text: str, name: str) -> Dict[str, Dict[str, str]]:
 
 def _plain_section(section: str, raw: Dict[str, str], name: str) -> Any:
     keys = section_keys(section)
+    problems = _Problems()
     for key, value in raw.items():
         if key not in keys:
-            raise ConfigError(f"{name}: [{section}] {key} = {value!r}: unknown key "
-                              f"([{section}] has {', '.join(keys)})")
-    values = {k.name: _convert(k, raw.get(k.name, k.default or ""), f"{name}: [{section}] {k.name}")
+            problems.add(f"{name}: [{section}] {key} = {value!r}: unknown key{nearest(key, list(keys))} "
+                         f"([{section}] has {', '.join(keys)})")
+    values = {k.name: problems.check(_convert, k, raw.get(k.name, k.default or ""), f"{name}: [{section}] {k.name}")
               for k in keys.values()}
+    problems.raise_any()
     return _SECTION_CLASSES[section](**values)
 
 
@@ -545,29 +577,34 @@ def _source(section: str, raw: Dict[str, str], name: str, state_dir: Path) -> So
 
 def _build(raw: Dict[str, Dict[str, str]], name: str, path: Optional[Path]) -> Config:
     """Parsed sections -> Config: unknown sections and keys, types, ranges and cross-key rules."""
+    problems = _Problems()
     for section in raw:
         if section not in SECTIONS and not section.startswith(SOURCE_PREFIX):
-            raise ConfigError(f"{name}: [{section}]: unknown section (known: {', '.join(SECTIONS)}, "
-                              f"{SOURCE_PREFIX}NAME)")
-    parts = {s: _plain_section(s, raw.get(s, {}), name) for s in SECTIONS}
+            problems.add(f"{name}: [{section}]: unknown section{nearest(section, list(SECTIONS))} (known: "
+                         f"{', '.join(SECTIONS)}, {SOURCE_PREFIX}NAME)")
+    parts = {s: problems.check(_plain_section, s, raw.get(s, {}), name) for s in SECTIONS}
     p = parts["personalize"]
-    if p.min_samples_per_class > p.samples_per_class:
-        raise ConfigError(f"{name}: [personalize] min_samples_per_class = {str(p.min_samples_per_class)!r}: "
-                          f"expected at most samples_per_class ({p.samples_per_class})")
-    if p.wall_limit < p.time_budget:
+    if p is not None and p.min_samples_per_class > p.samples_per_class:
+        problems.add(f"{name}: [personalize] min_samples_per_class = {str(p.min_samples_per_class)!r}: "
+                     f"expected at most samples_per_class ({p.samples_per_class})")
+    if p is not None and p.wall_limit < p.time_budget:
         given = raw.get("personalize", {})
         limit, budget = (given.get(k, settings.default_text(DURATION, getattr(p, k))) for k in ("wall_limit", "time_budget"))
-        raise ConfigError(f"{name}: [personalize] wall_limit = {limit!r}: expected at least time_budget ({budget})")
-    parts["gate"] = parts["gate"].resolved(p.max_loss)          # auto: from the loss budget
-    textfile = parts["metrics"].textfile
+        problems.add(f"{name}: [personalize] wall_limit = {limit!r}: expected at least time_budget ({budget})")
+    if p is not None and parts["gate"] is not None:
+        parts["gate"] = parts["gate"].resolved(p.max_loss)          # auto: from the loss budget
+    textfile = parts["metrics"].textfile if parts["metrics"] is not None else None
     if textfile is not None and not textfile.name.endswith(".prom"):
-        raise ConfigError(f"{name}: [metrics] textfile = {str(textfile)!r}: expected a file name ending in .prom "
-                          "(node_exporter's textfile collector reads only those)")
+        problems.add(f"{name}: [metrics] textfile = {str(textfile)!r}: expected a file name ending in .prom "
+                     "(node_exporter's textfile collector reads only those)")
     sources = {}
-    for section, items in raw.items():
-        if section.startswith(SOURCE_PREFIX):
-            s = _source(section, items, name, parts["daemon"].state_dir)
-            sources[s.name] = s
+    if parts["daemon"] is not None:
+        for section, items in raw.items():
+            if section.startswith(SOURCE_PREFIX):
+                s = problems.check(_source, section, items, name, parts["daemon"].state_dir)
+                if s is not None:
+                    sources[s.name] = s
+    problems.raise_any()
     return Config(sources=sources, path=path, **parts)
 
 
@@ -590,7 +627,7 @@ def _check_textfile(cfg: Config, name: str) -> None:
 
 
 def load_config(path: Union[str, Path]) -> Config:
-    """Read, validate and convert an INI file; any problem is a one-line ``ConfigError``."""
+    """Read, validate and convert an INI file; its problems are one ``ConfigError``, a line each."""
     path = Path(path)
     name = str(path)
     try:
@@ -604,8 +641,10 @@ def load_config(path: Union[str, Path]) -> Config:
     except OSError as e:
         raise ConfigError(_one_line(f"{name}: cannot read: {e.strerror or e}")) from None
     cfg = _build(_read_ini(text, name), name, path)
-    _check_base(cfg, name)          # what the sources read, and their fit to the model: ocap_daemon.sources
-    _check_textfile(cfg, name)
+    problems = _Problems()
+    problems.check(_check_base, cfg, name)  # what the sources read, and their fit to the model: ocap_daemon.sources
+    problems.check(_check_textfile, cfg, name)
+    problems.raise_any()
     log.debug("configuration %s: %d source(s)", name, len(cfg.sources))
     return cfg
 

@@ -97,7 +97,7 @@ duration = {probation}s
 
 
 def demo_config(work: Path, model: str, rate: float, speed: float = 1.0, epochs: int = 15, budget: float = 160.0,
-                threads: int = 0, log_level: str = "warning", max_loss: float = 1.0, rule: str = "search",
+                threads: int = 0, log_level: str = "info", max_loss: float = 1.0, rule: str = "search",
                 nice: int = 19, cooldown: str = "20s", daily_cap: int = 4, drift_cooldown: str = "60s",
                 wall_limit: float = 3600.0) -> str:
     """The demo's INI for a daemon in ``work`` fed ``rate`` frames per second: windows of seconds.
@@ -459,7 +459,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--max-seconds", type=float, default=270.0,
                    help="give up on the loop after this long, or up to 1.5 times it while the daemon is still "
                         "personalizing, gating or on probation; also the worker's wall limit")
-    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--seed", type=int, default=0, help="seed of the replayed frames, the sampling and the worker")
     p.add_argument("--report", "--out", dest="report",
                    help="report directory (default: report/ in the work directory the demo prints)")
     p.add_argument("--keep", action="store_true", help="keep the daemon's state and cache directories")

@@ -12,7 +12,7 @@ from typing import Any, Dict, Optional
 import numpy as np
 
 from ocap_core.agreement import restricted_softmax
-from ocap_core.cascade import answer_costs
+from ocap_core.cascade import answer_costs, fallback_costs
 from ocap_core.errors import OcapError
 from ocap_core.runtime import trim_heap
 from ocap_core.search_spec import DEFAULT_MAX_LOSS
@@ -101,11 +101,12 @@ def _check(candidate_dir: str, served: LoadedModel, teacher: LoadedModel, images
     probs = restricted_softmax(tp.probs, cols)
     answered = cand.predict(images)
     student = answered.class_ids
-    # a cascade's base answers the frames its specialist doubts: there it serves the base's own answer,
-    # which costs nothing against the base (ALGORITHMS.md §12)
+    # a cascade's base answers the frames its specialist doubts, with any of its classes: what that costs
+    # against the reference is ``fallback_costs`` (as the worker's search judged it)
     back = np.zeros(len(student), bool) if answered.fell_back is None else answered.fell_back
-    hard = float(np.mean((student == np.asarray(kept)[probs.argmax(1)]) | back))
-    agreement = 1.0 - float(np.where(back, 0.0, answer_costs(probs, student, kept)).mean())
+    hard = float(np.mean(np.where(back, fallback_costs(tp.probs, cols, hard=True) == 0,
+                                  student == np.asarray(kept)[probs.argmax(1)])))
+    agreement = 1.0 - float(np.where(back, fallback_costs(tp.probs, cols), answer_costs(probs, student, kept)).mean())
     frames = images[np.arange(cfg.latency_runs) % len(images)]
     cand_ms, served_ms = [], []
     for half in np.array_split(frames, 4):       # interleaved, so both see the same machine state

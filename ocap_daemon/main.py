@@ -275,16 +275,27 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return quiet_on_closed_pipe(lambda: _main(argv))
 
 
-def _main(argv: Optional[Sequence[str]]) -> int:
+def build_parser() -> argparse.ArgumentParser:
+    """``ocapd``'s parser."""
     ap = argparse.ArgumentParser(prog="ocapd", description="the ocap daemon")
     ap.add_argument("--config", default=DEFAULT_CONFIG, help=f"INI file (default {DEFAULT_CONFIG})")
-    ap.add_argument("--check-config", action="store_true", help="validate the config file and exit")
-    args = ap.parse_args(argv)
+    ap.add_argument("--check-config", action="store_true",
+                    help="validate the config file, report every problem in it, and exit")
+    return ap
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
+    args = build_parser().parse_args(argv)
     try:
         cfg = load_config(Path(args.config))
         replay_data = check_sources(cfg)
     except ConfigError as e:
-        print(f"ocapd: {e}", file=sys.stderr)
+        lines = str(e).splitlines()
+        if len(lines) > 1:
+            print(f"ocapd: {len(lines)} problems in the configuration:", *(f"  {x}" for x in lines), sep="\n",
+                  file=sys.stderr)
+        else:
+            print(f"ocapd: {e}", file=sys.stderr)
         return EXIT_CONFIG
     if args.check_config:
         print(f"ocapd: {args.config} is valid")

@@ -134,12 +134,8 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     return quiet_on_closed_pipe(lambda: _main(argv))
 
 
-def _main(argv: Optional[Sequence[str]]) -> int:
-    from ocap_core.data import read_image
-    from ocap_core.errors import OcapError
-
-    from .client import Client, CommandFailed, Unreachable
-
+def build_parser() -> argparse.ArgumentParser:
+    """``ocapctl``'s parser, a subcommand per declared command (``ocap_service/commands.py``)."""
     ap = argparse.ArgumentParser(prog="ocapctl", description=(__doc__ or "").replace("``", ""))
     ap.add_argument("--socket", default=DEFAULT_SOCKET, help=f"control socket (default {DEFAULT_SOCKET})")
     ap.add_argument("--json", action="store_true", help="print the result as JSON")
@@ -163,6 +159,16 @@ def _main(argv: Optional[Sequence[str]]) -> int:
             else:
                 group.add_argument("--" + a.name.replace("_", "-"), type=a.type, default=a.default,
                                    choices=list(a.choices) or None, help=f"{a.help} (default {a.default})")
+    return ap
+
+
+def _main(argv: Optional[Sequence[str]]) -> int:
+    from ocap_core.data import read_image
+    from ocap_core.errors import OcapError
+
+    from .client import Client, CommandFailed, Unreachable
+
+    ap = build_parser()
     try:
         args = ap.parse_args(argv)
     except SystemExit as e:

@@ -3,6 +3,7 @@ where torch is not installed (the Python 3.8 torch-free run also deselects them 
 
 import importlib.util
 import json
+import os
 import re
 import shutil
 from pathlib import Path
@@ -10,6 +11,16 @@ from pathlib import Path
 import pytest
 
 pytest_plugins = ["tests.crash_report"]
+
+# OpenMP threads that sleep when idle, as the daemon's worker runs (ocap_daemon/cores.py): set before torch
+# loads, here and in every subprocess a test starts. Test workers share the cores, and torch's default
+# threads spin 300,000 times before they sleep: three `ocap prune` runs at once on 2 cores took 49 s
+# spinning, 16 s passive.
+from ocap_daemon.cores import PASSIVE_OPENMP  # noqa: E402
+
+for _var, _value in PASSIVE_OPENMP.items():
+    os.environ.setdefault(_var, _value)
+
 HAVE_TORCH = importlib.util.find_spec("torch") is not None
 
 

@@ -6,6 +6,7 @@ whole loop (deploy, probation, drift revert) with no failed request."""
 import json
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
@@ -50,3 +51,6 @@ def test_a_users_model_and_data_end_to_end(tmp_path):
     assert summary["failed"] == 0 and summary["requests"] > 1000
     assert summary["drift_class"] not in summary["classes"]
     assert (tmp_path / "report" / "report.md").exists()
+    # the daemon's log, which the README says the work directory keeps, has what a user would read there
+    log = (Path(summary["work_dir"]) / "ocapd.log").read_text()
+    assert "INFO" in log and "serving" in log, log[-2000:]

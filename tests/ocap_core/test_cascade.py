@@ -12,6 +12,7 @@ from ocap_core.cascade import (
     at_threshold,
     choose_threshold,
     cost_per_frame,
+    fallback_costs,
     falls_back,
     macs_per_frame,
 )
@@ -36,6 +37,15 @@ def test_answer_costs_charge_a_class_outside_the_kept_ones_in_full():
     ref = np.array([[0.8, 0.2], [0.3, 0.7], [0.6, 0.4]])                  # the base restricted to {1, 8}
     costs = answer_costs(ref, np.array([1, 1, 3]), [1, 8])
     assert costs == pytest.approx([0.0, 0.4, 0.6])                        # agree; hesitant miss; outside
+
+
+def test_the_bases_own_answer_costs_only_where_it_names_another_class_and_doubts_it():
+    full = np.array([[0.7, 0.2, 0.1, 0.0],       # names kept class 0: the restricted base's answer too
+                     [0.05, 0.05, 0.9, 0.0],     # sure it is class 2 (not kept): little at risk
+                     [0.3, 0.1, 0.6, 0.0]])      # class 2, but 0.4 on the kept ones
+    assert fallback_costs(full, [0, 1]) == pytest.approx([0.0, 0.1, 0.4])
+    assert fallback_costs(full, [0, 1], hard=True).tolist() == [0.0, 0.0, 0.0]
+    assert fallback_costs(np.array([[0.25, 0.3, 0.45, 0.0]]), [0, 1], hard=True).tolist() == [1.0]
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])

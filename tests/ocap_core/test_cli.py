@@ -98,6 +98,15 @@ def test_models_lists_the_shipped_packages():
     r = cli("models", "--json")
     assert r.returncode == 0, r.stderr
     assert [m["name"] for m in json.loads(r.stdout)["models"]] == SHIPPED
+    assert "architectures" not in json.loads(r.stdout)           # the zoo needs torch: only with --archs
+    text = cli("models").stdout
+    assert "92.25 %" in text and "0.9225" not in text, text       # fmnist-cnn's test accuracy, as the README has it
+
+
+@pytest.mark.torch
+def test_models_archs_lists_what_train_builds_but_not_the_suites_own():
+    archs = json.loads(cli("models", "--archs", "--json").stdout)["architectures"]
+    assert "resnet20" in archs and not any(a.startswith("test_") for a in archs)
 
 
 def _commands(module: str) -> list:

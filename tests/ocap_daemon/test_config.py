@@ -384,3 +384,17 @@ def test_defaults_do_not_touch_the_system(monkeypatch):
 def test_shipped_base_model_name_loads(tmp_path):
     cfg = load_config(_write(tmp_path, "[model]\nbase = fmnist-resnet20\n"))
     assert cfg.model.base == "fmnist-resnet20"
+
+
+def test_every_problem_of_a_file_is_reported_at_once_with_the_nearest_key(tmp_path):
+    """A bad value in [stability] hid a misspelt key in [personalize] until the first was fixed."""
+    path = _write(tmp_path, "[stability]\nwindow = banana\n[personalize]\nmax_los = 2\nepochs = -1\n[gatee]\nx = 1\n")
+    with pytest.raises(ConfigError) as e:
+        load_config(path)
+    lines = str(e.value).splitlines()
+    assert len(lines) == 4, lines
+    assert any("[stability] window = 'banana'" in x for x in lines)
+    assert any("max_los = '2': unknown key; did you mean 'max_loss'?" in x for x in lines)
+    assert any("[personalize] epochs" in x for x in lines)
+    assert any("[gatee]: unknown section; did you mean 'gate'?" in x for x in lines)
+    assert all(x.startswith(str(path)) for x in lines)

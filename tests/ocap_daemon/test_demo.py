@@ -86,3 +86,33 @@ def test_the_drift_window_holds_the_checks_a_drift_verdict_needs(rate, speed):
     assert window * TEACHER_SHARE * rate >= MIN_CHECKS * 1.5
     assert window <= max(6, math.ceil(1.5 * MIN_CHECKS / (TEACHER_SHARE * rate)))    # no longer than needed
     assert f"window = {window}s\nmin_checks = {MIN_CHECKS}" in demo_config(Path("/tmp/w"), "fmnist-cnn", rate, speed)
+
+
+def test_the_demo_report_names_classes_shows_the_search_and_cuts_details_at_words(tmp_path):
+    """Plots with class names, the search's levels and staggered event labels; event details cut at a
+    word, not mid-word."""
+    pytest.importorskip("matplotlib")
+    from ocap_core.package import resolve_model
+    from ocap_daemon.demo_report import _class_names, _cut, write_report
+    from ocap_service.event_kinds import Event
+
+    path = str(resolve_model("fmnist-cnn"))
+    rows = [dict(model=m, version="v", classes=[0, 3, 7], accuracy=a, macs=macs, latency_ms=0.2, size_mb=0.5,
+                 path=path) for m, a, macs in (("base", 0.91, 21.9e6), ("base, told", 0.95, 21.9e6),
+                                              ("personalized", 0.945, 4e6))]
+    summary = dict(classes=[0, 3, 7], drift_class=9, requests=6, failed=0, served_by_daemon=6, models=rows,
+                   search={"max_loss": 1.0, "stopped": "ladder",
+                           "path": [{"mac_reduction": 2.0, "loss_pp": 0.2, "accepted": True},
+                                    {"mac_reduction": 5.5, "loss_pp": 0.6, "accepted": True},
+                                    {"mac_reduction": 8.0, "loss_pp": 2.5, "accepted": False}]})
+    t0 = 1000.0
+    requests = [(t0 + i, 0, k, 0.9, True, 1.0) for i, k in enumerate([0, 3, 7, 0, 9, 9])]
+    long = "word " * 60
+    events = [{"ts": t0 + i, "kind": k, "detail": {"why": long}} for i, k in
+              enumerate([Event.PERSONALIZE_STARTED, Event.GATE, Event.DEPLOY, Event.PROBATION_PASSED, Event.DRIFT])]
+    text = write_report(tmp_path / "r", summary, requests, events, t0, t0 + 4).read_text(encoding="utf-8")
+    assert _class_names(summary)[3] == "Dress"
+    assert (tmp_path / "r" / "frequencies.png").stat().st_size > 10_000
+    assert (tmp_path / "r" / "accuracy_vs_macs.png").stat().st_size > 10_000
+    assert "why=word word" in text and " …" in text and "wor …" not in text
+    assert _cut("a b c", 200) == "a b c" and _cut("alpha beta gamma", 12) == "alpha beta …"

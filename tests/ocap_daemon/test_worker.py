@@ -161,7 +161,11 @@ def test_a_worker_kept_waiting_outlasts_its_budget_and_stops_at_its_wall_limit(t
 
 
 @pytest.mark.parametrize("cap", [None, 0, "auto", 1])
-def test_started_line_reports_the_threads_chosen_from_idle_cores(tmp_path, cap):
+def test_started_line_reports_the_threads_chosen_from_idle_cores(tmp_path, cap, monkeypatch):
+    from ocap_daemon.cores import PASSIVE_OPENMP
+
+    for var in PASSIVE_OPENMP:             # the suite's own setting (tests/conftest.py): the worker must set them
+        monkeypatch.delenv(var, raising=False)
     job = _job(tmp_path).to_dict()
     job["samples"] = str(tmp_path / "absent.npz")          # fails right after it starts
     if cap is None:

@@ -40,7 +40,7 @@ _garbage = st.binary(min_size=1, max_size=300).filter(lambda b: b.replace(b"\n",
 
 @settings(max_examples=EXAMPLES, deadline=None, suppress_health_check=list(HealthCheck))
 @given(header=_headers, payload=st.binary(max_size=3000), garbage=st.none() | _garbage)
-def test_random_frames_get_one_reply_each_and_the_server_stays_up(live, header, payload, garbage):
+def one_frame(live, header, payload, garbage):
     """Any header, any payload (announced with its true length, as the protocol frames it) or a line of
     garbage (blank lines get no reply, by design)."""
     with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as s:
@@ -66,8 +66,10 @@ def test_random_frames_get_one_reply_each_and_the_server_stays_up(live, header, 
     live["rss"].append(psutil.Process(live["proc"].pid).memory_info().rss)
 
 
-def test_memory_did_not_grow(live):
-    """Runs after the fuzz test (file order): RSS over the last half of the cases vs the first tenth."""
+def test_random_frames_get_one_reply_each_the_server_stays_up_and_its_memory_does_not_grow(live):
+    """The cases, then RSS over the last half of them vs the first tenth (one test: the server, its
+    memory readings and the verdict on them belong to one worker)."""
+    one_frame(live)
     rss = live["rss"]
     assert len(rss) >= EXAMPLES // 2, len(rss)
     early = max(rss[len(rss) // 10: len(rss) // 5])

@@ -191,6 +191,7 @@ def _latency_ms(model_dir: str, x: np.ndarray, runs: int = 300, mean: bool = Fal
 
 
 FASHION = ("fashion-mnist", "fmnist")
+AFTER_REVERT_S = 8.0
 DEFAULT_MIX = ([0, 3, 7], [0.5, 0.3, 0.2], 9)          # Fashion-MNIST: T-shirt, dress, sneaker; then boot
 MIN_IMAGES = 4                                       # per demo class: half replayed, half held out to score
 
@@ -314,7 +315,8 @@ def run_demo(args: argparse.Namespace) -> int:
             else:
                 gave_up = _why_not(daemon, passed, args.max_seconds * 0.7)
                 print(("\n" if is_tty else "") + f"no drift shown: {gave_up}")
-            _serve_after(replay, time.time(), seconds=2.0)
+            # after the revert, a few seconds of the drifted mix served by the base: the report's plot shows it
+            _serve_after(replay, time.time(), seconds=AFTER_REVERT_S if reverted is not None else 2.0)
         finally:
             replay.stop()
         events = daemon.events()

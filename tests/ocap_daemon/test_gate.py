@@ -76,3 +76,20 @@ def test_a_model_already_loaded_is_judged_as_it_is(candidate, base, held, tmp_pa
     loaded = load_model(str(candidate))
     v = check(str(tmp_path / "not-loaded-again"), base, base, held[0], GateConfig(0.9, 1.0, 20), loaded=loaded)
     assert v.passed and v.model is loaded, v.reason
+
+
+def test_a_cascade_is_judged_end_to_end_and_its_base_answers_what_it_doubts(candidate, base, held, tmp_path):
+    """The same specialist with the base as fallback: on frames of its classes mixed with others (as
+    the held-back cache holds them), the frames it doubts go to the base, whose answers cost only what
+    they risk, so it agrees with the teacher more than alone; the figures say how many fell back."""
+    from ocap_core.cascade_package import with_fallback
+    from ocap_core.package import open_package
+
+    frames = np.concatenate([held[0][:150], held[1][:30]])
+    pkg = with_fallback(open_package(str(candidate)), open_package("fmnist-cnn"), 0.95, tmp_path / "c")
+    alone = check(str(candidate), base, base, frames, GateConfig(0.0, 1.0, 60))
+    both = check(str(pkg.path), base, base, frames, GateConfig(0.0, 1.0, 60), shared_base=base)
+    assert load_model(str(pkg.path), shared_base=base).base is base    # the server's base session answers for it
+    assert 0 < both.figures["fallback_share"] < 1 and both.figures["tau"] == 0.95
+    assert both.figures["agreement"] > alone.figures["agreement"]
+    assert "fallback_share" not in alone.figures

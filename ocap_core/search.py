@@ -343,6 +343,8 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
         cost, as_cascade = 0.0, None
         if casc is not None:
             point = casc.point(res.model, macs)
+            if point.get("tau") is not None:
+                point["macs_per_frame"] = int(round(macs + point["fallback_share"] * levels_of.base_macs))
             row["cascade"] = point
             cheaper = point["accepted"] and point["cost"] < min(best_cost, 1.0)
             if ok:

@@ -235,6 +235,29 @@ def demo_mix(y: np.ndarray, args: argparse.Namespace, class_names: Sequence[str]
     return classes, shares, extra
 
 
+def data_cannot_show(max_loss: float, replayed: Dict[int, int]) -> str:
+    """Why the distinct images replayed of the observed classes (``replayed``: class -> count) cannot
+    support a search within ``max_loss`` points, or "". The cache holds back a share of distinct frames
+    (a hash of their pixels) and the search judges on half of those: too few, and the daemon would
+    observe until the demo gave up."""
+    from ocap_core.agreement import judged_images_needed, smallest_loss_shown
+    from ocap_service.server import ServerConfig
+
+    if max_loss <= 0:
+        return ""
+    share = ServerConfig().cache_val_share
+    held = int(sum(n * share for n in replayed.values()))
+    floor = 2 * judged_images_needed(max_loss)
+    if held >= floor:
+        return ""
+    shown = smallest_loss_shown(held // 2)
+    return (f"the demo replays {sum(replayed.values())} distinct images of the observed classes, of which about "
+            f"{held} would be held back to judge the search (on half of them), and a {max_loss:g}-point budget "
+            f"needs {floor}: use a data set with about {2 * int(np.ceil(floor / share))} images of these classes (the "
+            f"demo replays half of them and scores on the other half), or "
+            f"allow --max-loss {np.ceil(shown * 2) / 2:g} (what {held // 2} judged images can show)")
+
+
 def parse_ids(text: str, flag: str) -> List[int]:
     try:
         return [int(v) for v in text.split(",") if v.strip()]
@@ -268,6 +291,10 @@ def run_demo(args: argparse.Namespace) -> int:
         replay_x[k] = test.x[idx[: len(idx) // 2]]
         held.extend(idx[len(idx) // 2:].tolist())
     held_idx = np.asarray(sorted(held))
+    short = data_cannot_show(args.max_loss, {k: len(replay_x[k]) for k in classes})
+    if short:
+        print(f"ocap demo: {args.data}: {short}", file=sys.stderr)
+        return 2
     work = Path(tempfile.mkdtemp(prefix="ocap-demo-"))
     out = Path(args.report) if args.report else work / "report"
     out.mkdir(parents=True, exist_ok=True)

@@ -24,6 +24,18 @@ def test_eval_with_classes_adds_restricted_accuracy():
     res = json.loads(r.stdout)
     assert res["classes"] == [0, 3, 7] and res["images"] == 3000
     assert res["restricted_accuracy"] >= res["accuracy"]
+    assert "argmax over these classes only" in res["restricted_accuracy_means"]      # the JSON says it too
+
+
+def test_every_option_of_the_demo_says_its_default_and_what_it_is():
+    r = cli("demo", "--help")
+    assert r.returncode == 0
+    text = " ".join(r.stdout.split("options:", 1)[1].split())
+    for flag, default in (("--rate", "120.0"), ("--budget", "160.0"), ("--max-loss", "1.0"), ("--seed", "0"),
+                          ("--threads", "0"), ("--max-seconds", "270.0")):
+        after = text[text.index(f"{flag} {flag.strip('-').replace('-', '_').upper()}"):]
+        assert f"(default {default})" in after[:400], (flag, after[:400])
+    assert "--seed SEED seed of" in text
 
 
 def test_eval_text_output():

@@ -120,6 +120,7 @@ def test_a_confusable_set_gets_a_cascade_that_serves_and_evaluates(tmp_path, sma
     rows = [p for p in summary["search"]["path"] if p["accepted_as"] == "cascade"]
     assert rows and all(p["loss_pp"] + p["loss_se_pp"] > 2 for p in rows), summary["search"]   # alone: over
     assert all(p["cascade"]["cost"] < 1 and p["cascade"]["loss_pp"] + p["cascade"]["loss_se_pp"] <= 2 for p in rows)
+    assert all(p["macs"] < p["cascade"]["macs_per_frame"] < p["macs"] * p["mac_reduction"] for p in rows)
     c = summary["cascade"]
     assert 0 < c["fallback_share"] < 1 and c["mac_reduction_per_frame"] > 1.2, c
     pkg = open_package(str(out))

@@ -338,6 +338,7 @@ SCHEMA: Tuple[Key, ...] = (
 
     _k("privacy", "cache_quota", SIZE, "256MB", "Sample cache disk cap; per kept class: samples_per_class, and twice as many held back (~150 KB each at 224x224 RGB).", ">= 1MB"),
     _k("privacy", "after_personalize", CHOICE, "keep", "What happens to cached samples after a successful run.", choices="keep|purge"),
+    _k("privacy", "held_back_share", FLOAT, "0.2", "Share of distinct frames held back to judge candidates (by a hash of their pixels).", "(0, 0.9]"),
 
     _k("store", "keep_versions", INT, "5", "Personalized model versions kept on disk (the base model is always kept).", ">= 1"),
 
@@ -423,6 +424,7 @@ class PrivacyConfig:
 
     cache_quota: int
     after_personalize: str
+    held_back_share: float      # of distinct frames, held back for judging (ocap_service.sample_cache)
 
 
 @dataclass(frozen=True)

@@ -41,6 +41,9 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TEACHER_SHARE, MIN_CHECKS = 0.25, 100      # [drift]: the teacher's share of frames, checks a verdict needs
+# [privacy] held_back_share: the demo replays 500 distinct images a class, and at the default 0.2 its
+# search judged about 150 frames, where one frame is 0.67 pp of a 1-point budget
+HELD_BACK_SHARE = 0.4
 DEMO_INI = """\
 # written by `ocap demo`: windows of seconds, a short fine-tuning budget
 [daemon]
@@ -93,6 +96,9 @@ cooldown = {drift_cooldown}
 
 [probation]
 duration = {probation}s
+
+[privacy]
+held_back_share = {held_back_share}
 """
 
 
@@ -110,7 +116,8 @@ def demo_config(work: Path, model: str, rate: float, speed: float = 1.0, epochs:
                            min_predictions=max(40, int(rate * 4 / speed * 0.5)), epochs=epochs, budget=budget,
                            wall_limit=max(wall_limit, budget), threads=threads or "auto", max_loss=max_loss, rule=rule, nice=nice, cooldown=cooldown,
                            daily_cap=daily_cap, drift_cooldown=drift_cooldown, teacher_share=TEACHER_SHARE,
-                           min_checks=MIN_CHECKS, drift_window=drift_window(rate, speed), probation=max(5, round(15 / speed)))
+                           min_checks=MIN_CHECKS, drift_window=drift_window(rate, speed), probation=max(5, round(15 / speed)),
+                           held_back_share=HELD_BACK_SHARE)
 
 
 def drift_window(rate: float, speed: float) -> int:
@@ -241,11 +248,10 @@ def data_cannot_show(max_loss: float, replayed: Dict[int, int]) -> str:
     (a hash of their pixels) and the search judges on half of those: too few, and the daemon would
     observe until the demo gave up."""
     from ocap_core.agreement import judged_images_needed, smallest_loss_shown
-    from ocap_service.server import ServerConfig
 
     if max_loss <= 0:
         return ""
-    share = ServerConfig().cache_val_share
+    share = HELD_BACK_SHARE
     held = int(sum(n * share for n in replayed.values()))
     floor = 2 * judged_images_needed(max_loss)
     if held >= floor:

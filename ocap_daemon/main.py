@@ -63,6 +63,7 @@ def server_config(cfg: Config) -> ServerConfig:
                         flush_seconds=cfg.log.flush_interval, low_confidence=cfg.log.low_confidence,
                         recent_seconds=recent_seconds(cfg),
                         cache_per_class=cfg.personalize.samples_per_class, cache_quota=cfg.privacy.cache_quota,
+                        cache_val_share=cfg.privacy.held_back_share,
                         teacher_share=cfg.drift.teacher_share, max_connections=cfg.daemon.max_connections,
                         max_payload=cfg.daemon.max_payload,
                         allowed_gids=frozenset() if cfg.daemon.group is None else frozenset([cfg.daemon.group]))

@@ -398,3 +398,11 @@ def test_every_problem_of_a_file_is_reported_at_once_with_the_nearest_key(tmp_pa
     assert any("[personalize] epochs" in x for x in lines)
     assert any("[gatee]: unknown section; did you mean 'gate'?" in x for x in lines)
     assert all(x.startswith(str(path)) for x in lines)
+
+
+def test_the_held_back_share_reaches_the_sample_cache(tmp_path):
+    from ocap_daemon.main import server_config
+
+    cfg = load_config(_write(tmp_path, "[privacy]\nheld_back_share = 0.4\n"))
+    assert cfg.privacy.held_back_share == 0.4 and server_config(cfg).cache_val_share == 0.4
+    assert server_config(load_config(_write(tmp_path, ""))).cache_val_share == 0.2

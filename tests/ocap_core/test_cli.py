@@ -1,4 +1,5 @@
 import json
+import re
 import subprocess
 import sys
 
@@ -30,7 +31,7 @@ def test_eval_with_classes_adds_restricted_accuracy():
 def test_every_option_of_the_demo_says_its_default_and_what_it_is():
     r = cli("demo", "--help")
     assert r.returncode == 0
-    text = " ".join(r.stdout.split("options:", 1)[1].split())
+    text = " ".join(re.split(r"^(?:options|optional arguments):", r.stdout, maxsplit=1, flags=re.M)[1].split())   # 3.10+ | 3.8
     for flag, default in (("--rate", "120.0"), ("--budget", "160.0"), ("--max-loss", "1.0"), ("--seed", "0"),
                           ("--threads", "0"), ("--max-seconds", "270.0")):
         after = text[text.index(f"{flag} {flag.strip('-').replace('-', '_').upper()}"):]

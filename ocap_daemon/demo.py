@@ -33,6 +33,7 @@ from ocap_service.event_kinds import Event
 
 from .errors import DaemonError
 from .launch import DaemonProcess, start_ocapd, wait_until
+from .status import cut_words
 from .supervisor import STARVED
 
 if TYPE_CHECKING:
@@ -327,7 +328,7 @@ def run_demo(args: argparse.Namespace) -> int:
         except Exception:                  # the daemon is starting or stopping
             return
         line = f"[{time.time() - t_start:5.0f} s] {d['status_line']}"
-        print(("\r" + line[:150].ljust(150)) if is_tty else line, end="" if is_tty else "\n", flush=True)
+        print(("\r" + cut_words(line, 150).ljust(150)) if is_tty else line, end="" if is_tty else "\n", flush=True)
 
     with daemon:
         mix1 = dict(zip(classes, shares))
@@ -382,6 +383,7 @@ def run_demo(args: argparse.Namespace) -> int:
                "served_by_daemon": status["requests"], "deployed": bool(deployed),
                "probation": passed["kind"] if passed else None, "drift_reverted": reverted is not None,
                "models": rows, "classes": classes, "drift_class": extra, "work_dir": str(work), "gave_up": gave_up,
+               "retried": _retried(events, deployed),
                "search": _search_of(rows[-1]["path"]) if deployed else None, "nice": args.nice}
     _print_summary(summary)
     from .demo_report import write_report
@@ -438,6 +440,19 @@ def _search_of(model_dir: str) -> Optional[Dict[str, Any]]:
             "stopped": prov["search"]["stopped"]}
 
 
+def _retried(events: List[Dict[str, Any]], deployed: List[Dict[str, Any]]) -> List[str]:
+    """Why each personalization before the first deploy did not end in one (a run that failed, a
+    candidate the gate refused): the daemon tried again after its cooldown."""
+    end = deployed[0]["ts"] if deployed else float("inf")
+    out = []
+    for e in events:
+        if e["ts"] < end and e["kind"] == Event.PERSONALIZE_FAILED:
+            out.append(str(e["detail"].get("reason") or e["detail"].get("error") or e["detail"].get("state", "failed")))
+        elif e["ts"] < end and e["kind"] == Event.GATE and not e["detail"].get("passed"):
+            out.append(f"the gate refused the candidate: {e['detail'].get('reason', '')}")
+    return out
+
+
 def _print_summary(s: Dict[str, Any]) -> None:
     print(f"\nobserved classes {s['classes']} (accuracy on {s['models'][0]['images']} held-out test images of them)")
     print(f"{'model':<22}{'accuracy':>9}{'MACs':>12}{'latency':>11}{'size':>9}")
@@ -452,6 +467,9 @@ def _print_summary(s: Dict[str, Any]) -> None:
         if "fallback_share" in p:
             print(f"  a cascade: the base answered the {100 * p['fallback_share']:.1f}% of frames the specialist "
                   f"({p['specialist_macs'] / 1e6:.2f} M MACs) was unsure of (top probability under {p['tau']:.3f})")
+        for why in s.get("retried") or []:
+            print(f"an earlier try did not deploy ({cut_words(why.splitlines()[0] if why else why, 160)}); the daemon "
+                  "tried again after its cooldown")
         if s.get("search"):
             print("operating point searched within " + f"{s['search']['max_loss']:g} pp: " + ", ".join(
                 f"{r['mac_reduction']:.1f}x -{r['loss_pp']:.2f} pp {'ok' if r['accepted'] else 'over'}"

@@ -7,6 +7,8 @@ from typing import Any, Dict, List
 
 from ocap_service.event_kinds import Event
 
+from .status import cut_words
+
 
 def _class_names(summary: Dict[str, Any]) -> List[str]:
     """The base label space's names (from the first model's card), or none when it cannot be read."""
@@ -54,7 +56,8 @@ def _plots(out: Path, summary: Dict[str, Any], requests: List[tuple], events: Li
     ax.set_ylabel("predictions per second")
     ax.set_title(f"What the daemon answered: classes {summary['classes']} observed, class "
                  f"{summary['drift_class']} joins later (drift)", pad=12 + 11 * LABEL_LEVELS, fontsize=10)
-    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="predicted class", title_fontsize=7)
+    if classes:
+        ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0), title="predicted class", title_fontsize=7)
     fig.tight_layout()
     fig.savefig(out / "frequencies.png", dpi=110)
     plt.close(fig)
@@ -62,8 +65,8 @@ def _plots(out: Path, summary: Dict[str, Any], requests: List[tuple], events: Li
     rows = summary["models"]
     for r in rows:
         ax.scatter(r["macs"] / 1e6, 100 * r["accuracy"], s=36, zorder=3)
-        ax.annotate(r["model"], (r["macs"] / 1e6, 100 * r["accuracy"]), fontsize=8, xytext=(5, -10),
-                    textcoords="offset points")
+        ax.annotate(r["model"], (r["macs"] / 1e6, 100 * r["accuracy"]), fontsize=8, xytext=(6, 5),
+                    textcoords="offset points", zorder=4)
     search = summary.get("search") or {}
     if len(rows) == 3 and search.get("path"):
         # the levels the search tried: its held-back loss read against the accuracy of the base told the classes
@@ -72,7 +75,9 @@ def _plots(out: Path, summary: Dict[str, Any], requests: List[tuple], events: Li
         ax.plot([p[0] for p in pts], [p[1] for p in pts], color="0.6", lw=1, zorder=1)
         for x, y, ok in pts:
             ax.scatter(x, y, marker="o" if ok else "x", color="0.4", s=20, zorder=2)
-        ax.plot([], [], color="0.6", marker="o", lw=1, label="search levels (held-back loss; x: over budget)")
+        ax.plot([], [], color="0.6", marker="o", lw=1,
+                label="the search's levels, estimated: the told base's accuracy\nless each level's loss on held-back "
+                      "frames (x: over budget)")
         ax.legend(fontsize=7, loc="lower right")
     ax.margins(x=0.25, y=0.15)
     ax.set_xlabel("MACs per frame (M)")
@@ -84,14 +89,6 @@ def _plots(out: Path, summary: Dict[str, Any], requests: List[tuple], events: Li
     return ["frequencies.png", "accuracy_vs_macs.png"]
 
 
-def _cut(text: str, limit: int = 200) -> str:
-    """``text`` cut at a word boundary before ``limit`` characters, with an ellipsis when cut."""
-    if len(text) <= limit:
-        return text
-    head = text[:limit]
-    return (head[:head.rfind(" ")] if " " in head else head).rstrip(",;") + " …"
-
-
 def write_report(out: Path, summary: Dict[str, Any], requests: List[tuple], events: List[Dict[str, Any]],
                  t0: float, t_drift: float) -> Path:
     out.mkdir(parents=True, exist_ok=True)
@@ -101,7 +98,9 @@ def write_report(out: Path, summary: Dict[str, Any], requests: List[tuple], even
              f"{t_drift - t0:.0f} s. {summary['requests']} requests sent, {summary['failed']} failed; the daemon "
              f"served {summary['served_by_daemon']} frames. Accuracy is on held-out test images of the observed "
              "classes that were never replayed to the daemon; latency p50 is the demo's own batch-1 measurement on the "
-             "CPU, and the last column the execution providers ocapd served each model on.", "",
+             "CPU, and the last column the execution providers ocapd served each model on. In the plot of "
+             "predictions, the classes outside the observed ones drop to zero while the personalized model serves: "
+             "it answers only those; the base, back after the drift, answers all.", "",
              "| model | version | classes | accuracy | MACs | latency p50 | ONNX size | ocapd ran it on |",
              "|---|---|---|---|---|---|---|---|"]
     for r in summary["models"]:
@@ -112,7 +111,7 @@ def write_report(out: Path, summary: Dict[str, Any], requests: List[tuple], even
     for e in events:
         if e["ts"] >= t0 and e["kind"] != Event.PERSONALIZE_PROGRESS:
             detail = ", ".join(f"{k}={v}" for k, v in e["detail"].items() if k not in ("timings", "metrics"))
-            lines.append(f"| {e['ts'] - t0:.0f} | {e['kind']} | {_cut(detail)} |")
+            lines.append(f"| {e['ts'] - t0:.0f} | {e['kind']} | {cut_words(detail)} |")
     path = out / "report.md"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
     return path

@@ -27,6 +27,14 @@ def describe(ctl: "Controller") -> Dict[str, Any]:
             "last_outcome": ctl.last_outcome}
 
 
+def cut_words(text: str, limit: int = 200) -> str:
+    """``text`` cut at a word boundary before ``limit`` characters, with an ellipsis when cut."""
+    if len(text) <= limit:
+        return text
+    head = text[:limit]
+    return (head[:head.rfind(" ")] if " " in head else head).rstrip(",;:") + " …"
+
+
 def status_line(ctl: "Controller") -> str:
     """One line: the phase, then what serves (and its probation and drift figures) or what the trigger
     waits for, then the last outcome or the running worker's step."""
@@ -53,7 +61,7 @@ def status_line(ctl: "Controller") -> str:
     worker, outcome = ctl.worker, ctl.last_outcome
     if worker is None and outcome and ctl.phase is Phase.OBSERVING:
         wait = ctl.trigger.cooldown_left()
-        parts.append(f"last: {outcome[:160]}" + (f" (next try in {wait:.0f} s at the earliest)" if wait > 0 else ""))
+        parts.append(f"last: {cut_words(outcome, 160)}" + (f" (next try in {wait:.0f} s at the earliest)" if wait > 0 else ""))
     if worker is not None:
         last = worker.last
         if last.get("event") == "search_level":

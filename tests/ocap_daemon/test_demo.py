@@ -93,7 +93,8 @@ def test_the_demo_report_names_classes_shows_the_search_and_cuts_details_at_word
     word, not mid-word."""
     pytest.importorskip("matplotlib")
     from ocap_core.package import resolve_model
-    from ocap_daemon.demo_report import _class_names, _cut, write_report
+    from ocap_daemon.demo_report import _class_names, write_report
+    from ocap_daemon.status import cut_words
     from ocap_service.event_kinds import Event
 
     path = str(resolve_model("fmnist-cnn"))
@@ -115,7 +116,7 @@ def test_the_demo_report_names_classes_shows_the_search_and_cuts_details_at_word
     assert (tmp_path / "r" / "frequencies.png").stat().st_size > 10_000
     assert (tmp_path / "r" / "accuracy_vs_macs.png").stat().st_size > 10_000
     assert "why=word word" in text and " …" in text and "wor …" not in text
-    assert _cut("a b c", 200) == "a b c" and _cut("alpha beta gamma", 12) == "alpha beta …"
+    assert cut_words("a b c", 200) == "a b c" and cut_words("alpha beta gamma", 12) == "alpha beta …"
 
 
 def test_a_data_set_too_small_for_the_budget_is_refused_at_the_start_with_what_would_do():

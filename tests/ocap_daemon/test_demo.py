@@ -120,14 +120,14 @@ def test_the_demo_report_names_classes_shows_the_search_and_cuts_details_at_word
 
 
 def test_a_data_set_too_small_for_the_budget_is_refused_at_the_start_with_what_would_do():
-    """720 images of three classes (360 replayed): too few held back to judge a 1-point budget; the
+    """1,500 images of three classes (750 replayed): too few held back to judge a 1-point budget; the
     demo says so before ocapd starts, with the images or the budget that would do."""
     from ocap_core.agreement import judged_images_needed
     from ocap_daemon.demo import data_cannot_show
 
-    why = data_cannot_show(1.0, {0: 120, 3: 120, 7: 120})
+    why = data_cannot_show(1.0, {0: 250, 3: 250, 7: 250})
     assert "a 1-point budget needs" in why and "--max-loss" in why, why
     allowed = float(why.split("--max-loss ")[1].split()[0])
-    assert data_cannot_show(allowed, {0: 120, 3: 120, 7: 120}) == ""        # what it suggests is enough
+    assert data_cannot_show(allowed, {0: 250, 3: 250, 7: 250}) == ""        # what it suggests is enough
     assert data_cannot_show(1.0, {0: 500, 3: 500, 7: 500}) == ""            # the README's demo: enough
     assert str(2 * judged_images_needed(1.0)) in why

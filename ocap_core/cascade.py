@@ -6,12 +6,12 @@ probability is at least ``tau``; otherwise the base answers with its whole head,
 the device has not seen lately is still answered (and counted) by the full model. ``tau = 0`` is the
 specialist alone. The reference is the base restricted to the K classes: where the specialist answers,
 as for a specialist alone; where the base answers, its answer is the reference's whenever it names a
-kept class, and otherwise costs the mass it puts on the kept classes (``fallback_costs``). Confusable class sets are where this pays: the frames a small model gets wrong are
-mostly the ones it is unsure of.
+kept class, and otherwise costs the mass it puts on the kept classes (``fallback_costs``). Confusable
+class sets are where this pays: the frames a small model gets wrong are mostly the ones it is unsure of.
 """
 
 from dataclasses import dataclass
-from typing import Any, Dict, Optional, Sequence, Tuple
+from typing import Any, Dict, Optional, Sequence
 
 import numpy as np
 
@@ -126,12 +126,6 @@ def cost_per_frame(specialist_ms: float, base_ms: float, share: float) -> float:
 def macs_per_frame(specialist_macs: float, base_macs: float, share: float) -> float:
     """Expected MACs per frame of the cascade (what ``ocap eval`` reports as ``macs``)."""
     return float(specialist_macs + share * base_macs)
-
-
-def combine(specialist_ids: np.ndarray, specialist_conf: np.ndarray, base_ids: np.ndarray,
-            base_conf: np.ndarray, back: np.ndarray) -> Tuple[np.ndarray, np.ndarray]:
-    """The served answers: the base's class id and confidence where ``back``, the specialist's elsewhere."""
-    return np.where(back, base_ids, specialist_ids), np.where(back, base_conf, specialist_conf)
 
 
 def cascade_entry(base_card: Any, tau: float) -> Dict[str, Any]:

@@ -24,6 +24,7 @@ import torch.nn as nn
 
 from .agreement import agreement_costs, judged_images_needed, smallest_loss_shown, standard_error
 from .blocks import remove_blocks, residual_blocks
+from .cascade import macs_per_frame
 from .errors import OcapError
 from .finetune import FinetuneSpec, finetune
 from .measure import count_macs
@@ -344,7 +345,7 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
         if casc is not None:
             point = casc.point(res.model, macs)
             if point.get("tau") is not None:
-                point["macs_per_frame"] = int(round(macs + point["fallback_share"] * levels_of.base_macs))
+                point["macs_per_frame"] = int(round(macs_per_frame(macs, levels_of.base_macs, point["fallback_share"])))
             row["cascade"] = point
             cheaper = point["accepted"] and point["cost"] < min(best_cost, 1.0)
             if ok:

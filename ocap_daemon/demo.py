@@ -37,6 +37,8 @@ from .status import cut_words
 from .supervisor import STARVED
 
 if TYPE_CHECKING:
+    from ocap_service.model_slot import LoadedModel
+
     from .demo_replay import Replay
 
 log = logging.getLogger(__name__)
@@ -185,18 +187,15 @@ def _restricted_accuracy(model_dir: str, x: np.ndarray, y: np.ndarray, classes: 
     return float(np.mean(np.asarray(classes)[logits[:, cols].argmax(1)] == y))
 
 
-def _latency_ms(model_dir: str, x: np.ndarray, runs: int = 300, mean: bool = False) -> float:
-    """Batch-1 latency over ``runs`` frames of ``x``: the median, or (a cascade, whose base answers some
-    frames) the mean, what a frame costs on average."""
-    from ocap_service.model_slot import load_model
-
-    m = load_model(model_dir)
+def _latency_ms(m: "LoadedModel", x: np.ndarray, runs: int = 300) -> float:
+    """Batch-1 latency of ``m`` over ``runs`` frames of ``x``: the median, or (a cascade, whose base
+    answers some frames) the mean, what a frame costs on average."""
     times = []
     for i in range(runs):
         t0 = time.perf_counter()
         m.predict(x[i % len(x)])
         times.append((time.perf_counter() - t0) * 1e3)
-    return float(np.mean(times) if mean else np.median(times))
+    return float(np.mean(times) if m.base is not None else np.median(times))
 
 
 FASHION = ("fashion-mnist", "fmnist")
@@ -402,19 +401,20 @@ def run_demo(args: argparse.Namespace) -> int:
 
 def _model_row(name: str, model_dir: str, x: np.ndarray, y: np.ndarray) -> Dict[str, Any]:
     from ocap_core.cascade import macs_per_frame
-    from ocap_core.package import open_package
+    from ocap_core.package import ONNX
     from ocap_service.model_slot import load_model
 
-    pkg = open_package(model_dir)
-    pred = load_model(model_dir).predict(x)
-    row = {"model": name, "version": pkg.card.version, "classes": pkg.card.class_ids, "path": model_dir,
-           "accuracy": float(np.mean(pred.class_ids == y)), "macs": pkg.card.metrics.get("macs"),
-           "latency_ms": _latency_ms(model_dir, x, mean=pred.fell_back is not None),
-           "size_mb": pkg.onnx_path.stat().st_size / 2 ** 20, "images": int(len(y))}
+    model = load_model(model_dir)                  # verifies the package once
+    card = model.card
+    pred = model.predict(x)
+    row = {"model": name, "version": card.version, "classes": card.class_ids, "path": model_dir,
+           "accuracy": float(np.mean(pred.class_ids == y)), "macs": card.metrics.get("macs"),
+           "latency_ms": _latency_ms(model, x), "size_mb": (model.path / ONNX).stat().st_size / 2 ** 20,
+           "images": int(len(y))}
     if pred.fell_back is not None:          # a cascade: what a frame of these costs, its base included
         share = float(np.mean(pred.fell_back))
-        row.update(fallback_share=share, tau=float(pkg.card.cascade["tau"]), specialist_macs=row["macs"],
-                   macs=macs_per_frame(row["macs"], pkg.card.metrics["base_macs"], share))
+        row.update(fallback_share=share, tau=model.tau, specialist_macs=row["macs"],
+                   macs=macs_per_frame(row["macs"], card.metrics["base_macs"], share))
     return row
 
 

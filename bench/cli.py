@@ -40,6 +40,24 @@ def _given(args: argparse.Namespace, flag: str) -> bool:
     return any(a == flag or a.startswith(flag + "=") for a in getattr(args, "argv", None) or [])
 
 
+def named_subsets(text: str) -> Dict[int, List[List[int]]]:
+    """``--classes``: subsets separated by ';', class ids by ',' -> {K: [subsets of K classes]}."""
+    out: Dict[int, List[List[int]]] = {}
+    for part in (p.strip() for p in text.split(";")):
+        if not part:
+            continue
+        try:
+            subset = sorted({int(c) for c in part.split(",")})
+        except ValueError:
+            raise OcapError(f"--classes: {part!r} is not comma-separated class ids") from None
+        if len(subset) < 2 or min(subset) < 0:
+            raise OcapError(f"--classes: {part!r} needs two or more distinct class ids >= 0")
+        out.setdefault(len(subset), []).append(subset)
+    if not out:
+        raise OcapError(f"--classes: no class subset in {text!r}")
+    return out
+
+
 def quality_settings(args: argparse.Namespace) -> Dict[str, Any]:
     """What a row depends on (rows made with other settings are not resumed or tabled): full runs use
     the daemon's budgets (SearchSpec's defaults), quick runs a short search over a few levels."""
@@ -100,6 +118,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--models", help="comma-separated shipped models (default: all four)")
     p.add_argument("--ks", default="2,3,5", help="numbers of observed classes")
     p.add_argument("--subsets", type=int, default=4, help="class subsets per K")
+    p.add_argument("--classes", help="quality: these class subsets instead of --ks and --subsets, e.g. "
+                                     "'0,2,6;2,4,6' (each sorted; a K of its own per size)")
     p.add_argument("--methods", help="comma-separated methods (default: all but the exploratory ocap-first)")
     p.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs per run")
     p.add_argument("--samples-per-class", type=int, default=256)
@@ -158,6 +178,9 @@ def run_quality(args: argparse.Namespace) -> int:
     before = quality.read_rows(path)
     done = quality.current(before, settings)
     chosen = QUICK["subsets"] if args.quick else None
+    if args.classes and not args.quick:
+        chosen = named_subsets(args.classes)
+        ks = sorted(chosen)
     jobs = quality.pending(quality.plan(models, ks, subsets, methods, settings, chosen), done)
     if args.report_only:
         if path is None:

@@ -2,12 +2,13 @@
 applies the rule, the search and the gate choose and judge it by the same functions.
 
 The specialist (a pruned model over the K observed classes) answers a frame when its top softmax
-probability is at least ``tau``; otherwise the base answers with its whole head, so a frame of a class
-the device has not seen lately is still answered (and counted) by the full model. ``tau = 0`` is the
-specialist alone. The reference is the base restricted to the K classes: where the specialist answers,
-as for a specialist alone; where the base answers, its answer is the reference's whenever it names a
-kept class, and otherwise costs the mass it puts on the kept classes (``fallback_costs``). Confusable
-class sets are where this pays: the frames a small model gets wrong are mostly the ones it is unsure of.
+probability is at least ``tau``; otherwise the base answers with its whole head, weighted by the class
+mix the device saw (``fallback_answer``), so a frame of a class the device has not seen lately is still
+answered (and counted) by the full model when the base is sure of it. ``tau = 0`` is the specialist
+alone. The reference is the base restricted to the K classes: where the specialist answers, as for a
+specialist alone; where the base answers, its answer is the reference's whenever it names a kept
+class, and otherwise costs the mass it puts on the kept classes (``fallback_costs``). Confusable class
+sets are where this pays: the frames a small model gets wrong are mostly the ones it is unsure of.
 """
 
 from dataclasses import dataclass
@@ -44,19 +45,46 @@ def answer_costs(teacher_k_probs: np.ndarray, class_ids: np.ndarray, kept: Seque
     return out
 
 
-def fallback_costs(full_probs: np.ndarray, kept_columns: Sequence[int], hard: bool = False) -> np.ndarray:
-    """What the base's own answer costs per frame where it answers, against the base restricted to the
-    kept classes (``full_probs``: its softmax over all its outputs; ``kept_columns``: the kept classes'
-    columns). Where its top class is a kept one, that is the restricted base's answer too: nothing.
-    Where it is another class, the mass it puts on the kept classes: the chance, by the base's own
-    judgement, that the frame is of a kept class, which its answer then misses (``hard``: a whole miss
-    when that is the larger part). A well-trained base is sure of the frames it sends elsewhere; one
-    that is not makes its answers there cost what they risk."""
+MIN_OUTSIDE_SHARE = 0.01     # the least share of frames of other classes a fallback's prior assumes
+
+
+def outside_weight(outside_share: float, kept: int, classes: int) -> float:
+    """The prior odds of one class outside the ``kept`` ones against one kept class, in the mix the
+    device saw (``outside_share``: the share of its frames the base sent to other classes, at least
+    ``MIN_OUTSIDE_SHARE``): what the base's softmax, trained on every class equally often, is weighted
+    by where it answers for a specialist (``fallback_answer``). 1 weighs every class alike."""
+    if classes <= kept or kept < 1:
+        return 1.0
+    share = min(max(float(outside_share), MIN_OUTSIDE_SHARE), 0.5)
+    return (share / (classes - kept)) / ((1.0 - share) / kept)
+
+
+def fallback_answer(full_probs: np.ndarray, kept_columns: Sequence[int], weight: float) -> np.ndarray:
+    """The column the base answers with, per frame, where it answers for a specialist: its softmax with
+    every class outside the kept ones weighted by ``weight`` (``outside_weight``). The device has seen
+    the kept classes lately, so a frame of another class is a priori rare: the base answers with one
+    only when it is that much surer of it (a boot among T-shirts still is), and otherwise with its best
+    kept class, which is what the restricted base answers. Its whole head, unweighted, lost 4-6 pp on
+    confusable sets (a pullover answered as a coat); weighted, 0.2-0.5 pp (ALGORITHMS.md §12)."""
+    p = np.asarray(full_probs, np.float64)
+    w = np.full(p.shape[1] if p.ndim == 2 else 0, float(weight))
+    w[list(kept_columns)] = 1.0
+    return (p * w).argmax(1) if len(p) else np.zeros(0, np.int64)
+
+
+def fallback_costs(full_probs: np.ndarray, kept_columns: Sequence[int], weight: float = 1.0,
+                   hard: bool = False) -> np.ndarray:
+    """What the base's own answer (``fallback_answer`` with ``weight``) costs per frame where it
+    answers, against the base restricted to the kept classes (``full_probs``: its softmax over all its
+    outputs; ``kept_columns``: the kept classes' columns). A kept class is the restricted base's answer
+    too: nothing. Another class costs the mass the base puts on the kept classes: the chance, by the
+    base's own judgement, that the frame is of a kept class, which its answer then misses (``hard``: a
+    whole miss when that is the larger part)."""
     p = np.asarray(full_probs, np.float64)
     if len(p) == 0:
         return np.zeros(0)
     cols = list(kept_columns)
-    inside = np.isin(p.argmax(1), cols)
+    inside = np.isin(fallback_answer(p, cols, weight), cols)
     mass = p[:, cols].sum(1)
     risk = (mass >= 0.5).astype(np.float64) if hard else mass
     return np.where(inside, 0.0, risk)
@@ -128,10 +156,11 @@ def macs_per_frame(specialist_macs: float, base_macs: float, share: float) -> fl
     return float(specialist_macs + share * base_macs)
 
 
-def cascade_entry(base_card: Any, tau: float) -> Dict[str, Any]:
+def cascade_entry(base_card: Any, tau: float, weight: float = 1.0) -> Dict[str, Any]:
     """The card's ``cascade`` object for a specialist of ``base_card`` (a ``package.Card``) with
-    threshold ``tau``: the package carries the base's ONNX file as ``FALLBACK_ONNX``, the same bytes."""
-    return {"rule": RULE, "tau": float(tau),
+    threshold ``tau`` and the base's ``outside_weight``: the package carries the base's ONNX file as
+    ``FALLBACK_ONNX``, the same bytes."""
+    return {"rule": RULE, "tau": float(tau), "outside_weight": float(weight),
             "fallback": {"name": base_card.name, "version": base_card.version, "sha256": base_card.files["model.onnx"],
                          "class_ids": list(base_card.class_ids), "outputs": list(base_card.outputs)}}
 

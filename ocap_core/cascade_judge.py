@@ -26,11 +26,12 @@ class CascadeJudge:
     ``t_stop_full`` / ``t_judge_full``: the base's logits over all its classes on the two halves of the
     held-back frames (the search's early-stopping half chooses the threshold, its judged half gives the
     verdict); ``classes``: the observed classes (the reference is the base restricted to them);
-    ``base_onnx``: the base's ONNX file, timed beside each candidate."""
+    ``base_onnx``: the base's ONNX file, timed beside each candidate; ``weight``: the base's
+    ``outside_weight`` where it answers (``fallback_answer``)."""
 
     def __init__(self, x_stop: torch.Tensor, t_stop_full: torch.Tensor, x_judge: torch.Tensor,
                  t_judge_full: torch.Tensor, classes: Sequence[int], base_onnx: Path, shape: Sequence[int],
-                 classifier: str, max_loss: float, z: float, measure: str = "soft") -> None:
+                 classifier: str, max_loss: float, z: float, measure: str = "soft", weight: float = 1.0) -> None:
         self.classes, self.shape, self.classifier = list(classes), tuple(shape), classifier
         self.max_loss, self.z, self.measure = max_loss, z, measure
         self.x = {"stop": x_stop, "judge": x_judge}
@@ -40,7 +41,7 @@ class CascadeJudge:
         for half, t in (("stop", t_stop_full), ("judge", t_judge_full)):
             self.ref[half] = torch.softmax(t[:, self.classes].double(), 1).numpy()
             full = torch.softmax(t.double(), 1).numpy()
-            self.base_cost[half] = fallback_costs(full, self.classes, hard=measure != "soft")
+            self.base_cost[half] = fallback_costs(full, self.classes, weight, hard=measure != "soft")
         self.base_session = open_session(Path(base_onnx))
         self.one = x_judge[:1].numpy() if len(x_judge) else np.zeros((1,) + self.shape, np.float32)
         self._latency: Dict[int, Dict[str, float]] = {}

@@ -21,9 +21,10 @@ def cascade_version(specialist_version: str, tau: float) -> str:
 
 
 def with_fallback(specialist: ModelPackage, base: ModelPackage, tau: float, out: Path,
-                  metrics: Optional[Dict[str, Any]] = None) -> ModelPackage:
-    """Write ``specialist`` served with ``base`` as its fallback below top probability ``tau`` into the
-    new directory ``out`` (written aside, then renamed into place)."""
+                  metrics: Optional[Dict[str, Any]] = None, weight: float = 1.0) -> ModelPackage:
+    """Write ``specialist`` served with ``base`` as its fallback below top probability ``tau`` (the
+    base's other classes weighted by ``weight``, ``cascade.outside_weight``) into the new directory
+    ``out`` (written aside, then renamed into place)."""
     out = Path(out)
     if out.exists():
         raise OcapError(f"output {out} already exists; choose a new directory")
@@ -48,7 +49,7 @@ def with_fallback(specialist: ModelPackage, base: ModelPackage, tau: float, out:
         files = dict(specialist.card.files, **{FALLBACK_ONNX: base.card.files[ONNX]})
         card = replace(specialist.card, version=cascade_version(specialist.card.version, tau), files=files,
                        metrics=dict(specialist.card.metrics, **(metrics or {}), tau=float(tau)),
-                       cascade=cascade_entry(base.card, tau))
+                       cascade=cascade_entry(base.card, tau, weight))
         write_card(tmp, card)
         open_package(str(tmp))                      # the digests hold: nothing half-made is renamed in
         tmp.rename(out)

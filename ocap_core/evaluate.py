@@ -4,7 +4,7 @@ from typing import Any, Dict, List, Optional, Sequence
 
 import numpy as np
 
-from .cascade import FALLBACK_ONNX, cost_per_frame, falls_back, macs_per_frame
+from .cascade import FALLBACK_ONNX, cost_per_frame, fallback_answer, falls_back, macs_per_frame
 from .data import Dataset
 from .errors import OcapError
 from .package import ModelPackage
@@ -68,7 +68,11 @@ def evaluate_package(pkg: ModelPackage, test: Dataset, classes: Optional[Sequenc
         p = np.exp(logits - logits.max(1, keepdims=True))
         back = falls_back(p / p.sum(1, keepdims=True), float(card.cascade["tau"]))
         if back.any():
-            pred[back] = np.asarray(fb_card.class_ids)[run_batches(fb_sess, x[back])["logits"].argmax(1)]
+            fb_logits = run_batches(fb_sess, x[back])["logits"]
+            q = np.exp(fb_logits - fb_logits.max(1, keepdims=True))
+            kept = [fb_card.class_ids.index(k) for k in card.class_ids]
+            answer = fallback_answer(q / q.sum(1, keepdims=True), kept, float(card.cascade.get("outside_weight", 1.0)))
+            pred[back] = np.asarray(fb_card.class_ids)[answer]
     correct = pred == data.y
     out: Dict[str, Any] = {
         "model": card.name, "version": card.version, "classes": cls, "images": int(len(data)),

@@ -191,7 +191,7 @@ def finetune(student: nn.Module, x: torch.Tensor, teacher_logits: torch.Tensor, 
         if len(x_val) and bad >= spec.patience:
             stopped = "early_stop"
             break
-        if spec.time_budget and clock.elapsed() > spec.time_budget:
+        if any(limit and clock.elapsed() > limit for limit in (spec.time_budget, spec.time_cap)):
             stopped = "time_budget"
             break
     if len(x_val):

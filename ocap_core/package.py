@@ -53,7 +53,8 @@ class Card:
     metrics: Dict[str, Any] = field(default_factory=dict)
     provenance: Dict[str, Any] = field(default_factory=dict)
     format: int = FORMAT_VERSION
-    # a specialist served with its base as the fallback (ocap_core/cascade.py): {"tau", "rule", "fallback":
+    # a specialist served with its base as the fallback (ocap_core/cascade.py): {"tau", "rule",
+    # "outside_weight" (1 when absent), "fallback":
     # {"name", "version", "sha256", "class_ids", "outputs"}}; the base's ONNX file is the package's
     # fallback.onnx. None: the model answers every frame itself
     cascade: Optional[Dict[str, Any]] = None
@@ -80,6 +81,9 @@ class Card:
         tau, fb = c.get("tau"), c["fallback"]
         if isinstance(tau, bool) or not isinstance(tau, (int, float)) or not 0 <= tau <= 1:
             raise OcapError(f"{where}: tau must be a number in [0, 1], got {tau!r}")
+        weight = c.get("outside_weight", 1.0)
+        if isinstance(weight, bool) or not isinstance(weight, (int, float)) or not 0 < weight <= 1:
+            raise OcapError(f"{where}: outside_weight must be a number in (0, 1], got {weight!r}")
         if c.get("rule", RULE) != RULE:
             raise OcapError(f"{where}: unknown rule {c.get('rule')!r} (this ocap knows {RULE!r})")
         ids = fb.get("class_ids")

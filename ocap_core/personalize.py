@@ -20,7 +20,7 @@ import torch
 import torch.nn as nn
 
 from .build import PRUNING_FILE, load_model, save_package, write_pruning
-from .cascade import FALLBACK_ONNX, cascade_entry, cascade_metrics
+from .cascade import FALLBACK_ONNX, cascade_entry, cascade_metrics, outside_weight
 from .cascade_judge import CascadeJudge
 from .errors import OcapError
 from .evaluate import check_classes
@@ -211,10 +211,14 @@ def personalize(base_pkg: ModelPackage, samples: Samples, classes: Sequence[int]
         stage("select")
         judge = None
         if spec.search.cascade and base_pkg.has_onnx:
+            # the base answers for the specialist weighted by the class mix: the share of the held-back
+            # frames (a random reservoir of the stream) it sends to other classes
+            weight = outside_weight(float((~mine[val_idx]).mean()) if len(val_idx) else 0.0, len(cls), num_classes)
+
             def judge(x_stop: torch.Tensor, x_judge: torch.Tensor) -> CascadeJudge:
                 return CascadeJudge(x_stop, predict_logits(base, x_stop), x_judge, predict_logits(base, x_judge), cls,
                                     base_pkg.onnx_path, shape, classifier, spec.search.max_loss,
-                                    spec.search.confidence_z, spec.search.measure)
+                                    spec.search.confidence_z, spec.search.measure, weight)
         searched = search(base, classifier, shape, cls, levels, x_tr, t_tr, x_val, t_val, spec.search,
                           spec.finetune, teacher=teacher_k, y=y_tr, y_val=y_val, progress=progress, cascade=judge)
         keep, history, student = searched.masks, searched.history, searched.model
@@ -276,7 +280,7 @@ def personalize(base_pkg: ModelPackage, samples: Samples, classes: Sequence[int]
                            class_names=card.class_names, arch=dict(card.arch), class_ids=cls, parent=card.version,
                            metrics=metrics, provenance=provenance, extra_files=extra,
                            parity_inputs=parity if len(parity) else None,
-                           cascade=None if chosen is None else cascade_entry(card, chosen["tau"]))
+                           cascade=None if chosen is None else cascade_entry(card, chosen["tau"], weight))
     stage("export")
     pkg.card.provenance["timings"] = timings
     from .build import update_metrics

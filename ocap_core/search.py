@@ -22,7 +22,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
-from .agreement import agreement_costs, judged_images_needed, smallest_loss_shown, standard_error
+from .agreement import agreement_costs, judged_images_needed, smallest_budget, standard_error
 from .blocks import remove_blocks, residual_blocks
 from .cascade import macs_per_frame
 from .errors import OcapError
@@ -243,6 +243,9 @@ def judge_costs(model: nn.Module, x: torch.Tensor, teacher_k: torch.Tensor) -> D
 MEASURES = ("soft", "hard")
 
 
+# a point replaces the cheapest so far only when its measured cost is this much lower: paired timings of
+# the same models differ by a few percent from run to run, and the same images should give the same point
+COST_MARGIN = 0.05
 MIN_STEP = 1.2             # a midpoint closer than this to the accepted reduction is not worth a step...
 MIN_HALVED_STEP = 1.1      # ...unless rounding put the first one on the masks that failed
 
@@ -256,15 +259,18 @@ def midpoint(accepted: float, failed: float, min_step: float = MIN_STEP) -> Opti
 
 
 def check_judgeable(n: int, spec: SearchSpec) -> None:
-    """Refuse a search whose judged half is too small to show any level within ``spec.max_loss``
-    (every level would fail after minutes of fine-tuning), saying how many images it needs."""
-    if smallest_loss_shown(n, spec.confidence_z) <= spec.max_loss:
+    """Refuse a search whose judged half is too small for a verdict within ``spec.max_loss``
+    (``judged_images_needed``: every level would fail after minutes of fine-tuning, or pass on a
+    single image), saying how many images it needs."""
+    need = judged_images_needed(spec.max_loss, spec.confidence_z) if spec.max_loss > 0 else None
+    if need is not None and n >= need:
         return
-    need = judged_images_needed(spec.max_loss, spec.confidence_z) if spec.max_loss > 0 else float("inf")
-    raise OcapError(f"{n} held-back images judge the search (half of those held back), and so few can only "
-                    f"show a loss of at least {smallest_loss_shown(n, spec.confidence_z):.1f} points: a "
-                    f"{spec.max_loss:g}-point budget needs about {need} ({2 * need} held back); collect more "
-                    f"images of the observed classes or allow a larger loss budget (--max-loss, [personalize] max_loss)")
+    allowed = smallest_budget(n, spec.confidence_z)
+    raise OcapError(f"{n} held-back images judge the search (half of those held back): a "
+                    f"{spec.max_loss:g}-point budget needs {need if need else 'more than any number of'} "
+                    f"({2 * need if need else 'as many'} held back), enough that no single image decides whether a "
+                    f"level keeps it; collect more images of the observed classes or allow a loss budget of "
+                    f"{math.ceil(allowed * 2) / 2:g} points (--max-loss, [personalize] max_loss)")
 
 
 def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequence[int], levels_of: LevelMasks,
@@ -330,7 +336,7 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
         f = spec.retry_factor if retry else 1
         res = finetune(model, x_tr, t_tr, x_stop, t_stop,
                        replace(ft, epochs=spec.step_epochs * f, patience=spec.step_patience * f,
-                               time_budget=max(1.0, left() / 3), recalibrate=not retry),
+                               time_budget=0.0, time_cap=max(1.0, left()), recalibrate=not retry),
                        y=y, y_val=yv_stop, teacher=teacher)
         agree, se, hard = judge(res.model)
         loss = 100.0 * (1.0 - agree)
@@ -347,7 +353,7 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
             if point.get("tau") is not None:
                 point["macs_per_frame"] = int(round(macs_per_frame(macs, levels_of.base_macs, point["fallback_share"])))
             row["cascade"] = point
-            cheaper = point["accepted"] and point["cost"] < min(best_cost, 1.0)
+            cheaper = point["accepted"] and point["cost"] < min(best_cost, 1.0) * (1.0 - COST_MARGIN)
             if ok:
                 cost = point["alone_cost"]
             elif cheaper:
@@ -363,9 +369,9 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
         if ok:
             cur = (res.model, cur[1] + hist, masks, level, agree)
             reached = row["mac_reduction"]
-            if casc is None or cost < best_cost:
+            if casc is None or cost < best_cost * (1.0 - COST_MARGIN):
                 best, best_cost, best_cascade = cur, cost, as_cascade
-            removed.extend(blocks)
+                removed.extend(blocks)             # the blocks step prunes the best point: they go with it
         else:
             last_failed = (res.model, hist)
         return ok
@@ -416,12 +422,13 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
                                f"base restricted to classes {list(classes)} (tried {tried})", path)
     blocks = levels_of.blocks_at_floor(best[2]) if spec.remove_blocks else []
     if blocks and left() > 0:            # fewer operators: what channel pruning cannot take away
+        cur = best                       # (the ladder may have gone past the cheapest point: prune that one)
         step(best[3], best[2], (remove_blocks(copy.deepcopy(best[0]), blocks), []), blocks=blocks)
     model, hist, masks, level, agree = best
     polish: Dict[str, Any] = {}
     if spec.polish and left() > 1:
-        res = finetune(model, x_tr, t_tr, x_stop, t_stop, replace(ft, time_budget=left()), y=y, y_val=yv_stop,
-                       teacher=teacher)
+        res = finetune(model, x_tr, t_tr, x_stop, t_stop, replace(ft, time_budget=0.0, time_cap=left()), y=y,
+                       y_val=yv_stop, teacher=teacher)
         after = judge(res.model)[0]
         polish = {"epochs": len(res.history) - 1, "stopped": res.stopped, "agreement": round(after, 5),
                   "seconds": round(res.seconds, 2)}

@@ -16,12 +16,14 @@ MIN_PER_CLASS = 32          # fewer training images of an observed class: refuse
 class SearchSpec:
     """The loss budget in points of held-back agreement with the base restricted to the observed
     classes (``measure``: expected under the teacher's softmax, or argmax counts), the ladder of
-    MAC-reduction levels, the time budget of the whole search in seconds of work (fine-tuning
-    included; ``work_clock``), and the fine-tuning of each step."""
+    MAC-reduction levels, a safety cap on the whole search in seconds of work (fine-tuning included;
+    ``work_clock``), and the fine-tuning of each step. The search's work is counted in epochs (each
+    step's, then the polish's ``FinetuneSpec.epochs``), never in time: the same images and seed give the
+    same operating point on an idle and on a busy machine, unless the cap is hit (the card says so)."""
 
     max_loss: float = DEFAULT_MAX_LOSS
     levels: Tuple[float, ...] = DEFAULT_LEVELS
-    time_budget: float = DEFAULT_TIME_BUDGET
+    time_budget: float = DEFAULT_TIME_BUDGET   # a cap: the search stops there, and says so ("time_budget")
     step_epochs: int = 12
     step_patience: int = 4
     retry_factor: int = 3         # a level over budget is trained this many times longer once (1: no retry)

@@ -106,9 +106,9 @@ def _check(candidate_dir: str, served: LoadedModel, teacher: LoadedModel, images
     # a cascade's base answers the frames its specialist doubts, with any of its classes: what that costs
     # against the reference is ``fallback_costs`` (as the worker's search judged it)
     back = np.zeros(len(student), bool) if answered.fell_back is None else answered.fell_back
-    hard = float(np.mean(np.where(back, fallback_costs(tp.probs, cols, hard=True) == 0,
+    hard = float(np.mean(np.where(back, fallback_costs(tp.probs, cols, cand.outside_weight, hard=True) == 0,
                                   student == np.asarray(kept)[probs.argmax(1)])))
-    agreement = 1.0 - float(np.where(back, fallback_costs(tp.probs, cols), answer_costs(probs, student, kept)).mean())
+    agreement = 1.0 - float(np.where(back, fallback_costs(tp.probs, cols, cand.outside_weight), answer_costs(probs, student, kept)).mean())
     frames = images[np.arange(cfg.latency_runs) % len(images)]
     cand_ms, served_ms = [], []
     for half in np.array_split(frames, 4):       # interleaved, so both see the same machine state

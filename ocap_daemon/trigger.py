@@ -36,9 +36,9 @@ class Plan:
 
 def held_back_needed(p: PersonalizeConfig, classes: int = 1) -> Tuple[int, int]:
     """(floor, target): held-back images of ``classes`` kept classes a search needs (it judges on half).
-    The floor shows ``max_loss`` at all; the target shows a candidate that lost half of it (at the floor
-    only levels that lost nothing pass: the demo stopped at 2.5x with 3x at -0.51 pp judged on 99
-    images), as far as the reservoir holds that many. Above the floor the trigger waits for the target
+    The floor judges ``max_loss`` with no single image deciding (``judged_images_needed``); the target
+    judges half of it so, as far as the reservoir holds that many (on fewer, a level's verdict turns on
+    a few images: the README demo went 1.56x or 4.00x on the same frames). Above the floor the trigger waits for the target
     while images still arrive (``Trigger._target_wait_left``)."""
     if p.rule != "search" or p.max_loss <= 0:
         return 0, 0

@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from ocap_core.cascade import FALLBACK_ONNX, falls_back
+from ocap_core.cascade import FALLBACK_ONNX, fallback_answer, falls_back
 from ocap_core.errors import OcapError
 from ocap_core.package import ONNX, Card, open_package
 from ocap_core.preprocess import as_batch, preprocess
@@ -60,6 +60,7 @@ class LoadedModel:
     fallback: str = ""                  # why it got less than asked ("" when it got what it asked for)
     base: Optional["LoadedModel"] = None    # a cascade's fallback: answers the frames the model doubts
     tau: float = 0.0                        # ... those whose top softmax probability is below this
+    outside_weight: float = 1.0             # ... weighing its classes outside this model's (``fallback_answer``)
 
     @property
     def version(self) -> str:
@@ -94,8 +95,10 @@ class LoadedModel:
             back = falls_back(p, self.tau)
             if back.any():
                 fb = self.base.predict(as_batch(images, self.card.input)[back])
+                base_ids = self.base.class_ids
+                col = fallback_answer(fb.probs, [base_ids.index(k) for k in self.card.class_ids], self.outside_weight)
                 ids, conf = ids.copy(), conf.copy()
-                ids[back], conf[back] = fb.class_ids, fb.confidence
+                ids[back], conf[back] = np.asarray(base_ids)[col], fb.probs[np.arange(len(col)), col]
         return Predictions(ids, conf, out[1] if len(out) > 1 else None, self.version, p, back)
 
     def _run(self, want: List[str], feed: Dict[str, np.ndarray]) -> List[np.ndarray]:
@@ -146,7 +149,8 @@ def load_model(path: str, providers: Sequence[str] = ("cpu",), threads: int = 1,
         base = shared_base
     else:
         base = _load_session(pkg.card.fallback_card(), pkg.path, pkg.path / FALLBACK_ONNX, **how)
-    return dataclasses.replace(model, base=base, tau=float(pkg.card.cascade["tau"]))
+    return dataclasses.replace(model, base=base, tau=float(pkg.card.cascade["tau"]),
+                               outside_weight=float(pkg.card.cascade.get("outside_weight", 1.0)))
 
 
 def _load_session(card: Card, where: Path, onnx_path: Path, providers: Sequence[str], threads: int,

@@ -2,6 +2,7 @@
 rows file (tiny rows written here; no torch)."""
 
 import json
+from dataclasses import replace
 
 import pytest
 
@@ -153,7 +154,8 @@ def test_ocap_first_is_the_search_with_the_first_conv_prunable_down_to_8_channel
     base = PruneSpec()
     s = method_spec("ocap-first", base, None)
     assert (s.rule, s.scorer, s.keep_first, s.min_width) == (base.rule, base.scorer, 0, 8)
-    assert method_spec("ocap", base, None) is base
+    assert method_spec("ocap", base, None) == replace(base, search=replace(base.search, cascade=False))
+    assert method_spec("cascade", base, None) == replace(base, search=replace(base.search, cascade=True))
 
 
 def test_report_only_rebuilds_the_section_from_the_rows_and_runs_nothing(tmp_path, capsys):

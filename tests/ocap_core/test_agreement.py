@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 
 from ocap_core.agreement import (
+    MIN_DISAGREEMENTS,
     agreement_costs,
     expected_agreement,
     judged_images_needed,
@@ -47,8 +48,24 @@ def test_costs_and_their_standard_error():
     assert standard_error(np.zeros(500)) < standard_error(np.zeros(50))
 
 
-@pytest.mark.parametrize("max_loss", [0.5, 1.0, 2.0, 5.0])
-def test_judged_images_needed_is_the_fewest_that_can_show_the_budget(max_loss):
-    n = judged_images_needed(max_loss)
-    assert smallest_loss_shown(n) <= max_loss < smallest_loss_shown(n - 1)
-    assert judged_images_needed(1.0) == 99          # what the search's refusal and ocapd's trigger wait for
+@pytest.mark.parametrize("max_loss", [0.5, 1.0, 2.0, 5.0, 40.0])
+@pytest.mark.parametrize("z", [1.0, 4.0])
+def test_judged_images_needed_fit_several_disagreements_in_the_budget(max_loss, z):
+    n = judged_images_needed(max_loss, z)
+    assert smallest_loss_shown(n, z) <= max_loss                     # the budget can be shown at all ...
+    assert 100.0 * MIN_DISAGREEMENTS / n <= max_loss + 1e-9           # ... and no single image decides it
+    # and no fewer would do both
+    assert smallest_loss_shown(n - 1, z) > max_loss or 100.0 * MIN_DISAGREEMENTS / (n - 1) > max_loss + 1e-9
+
+
+def test_judged_images_needed_by_the_trigger():
+    assert judged_images_needed(1.0) == 300          # what the search's refusal and ocapd's trigger wait for
+    assert judged_images_needed(1.0, z=4.0) > 300    # a stricter bound: showing the budget at all binds
+
+
+@pytest.mark.parametrize("n", [1, 10, 99, 150, 300, 1000])
+def test_the_smallest_budget_n_images_judge_is_judged_images_needed_turned_round(n):
+    from ocap_core.agreement import smallest_budget
+
+    budget = smallest_budget(n)
+    assert judged_images_needed(budget) <= n < judged_images_needed(budget * 0.99)

@@ -12,9 +12,12 @@ from ocap_core.cascade import (
     at_threshold,
     choose_threshold,
     cost_per_frame,
+    MIN_OUTSIDE_SHARE,
+    fallback_answer,
     fallback_costs,
     falls_back,
     macs_per_frame,
+    outside_weight,
 )
 from ocap_core.cascade_package import with_fallback
 from ocap_core.data import load_dataset
@@ -46,6 +49,22 @@ def test_the_bases_own_answer_costs_only_where_it_names_another_class_and_doubts
     assert fallback_costs(full, [0, 1]) == pytest.approx([0.0, 0.1, 0.4])
     assert fallback_costs(full, [0, 1], hard=True).tolist() == [0.0, 0.0, 0.0]
     assert fallback_costs(np.array([[0.25, 0.3, 0.45, 0.0]]), [0, 1], hard=True).tolist() == [1.0]
+
+
+def test_the_outside_weight_is_the_prior_odds_of_one_other_class_against_one_kept():
+    # 3 kept classes of 10, 5 % of frames sent elsewhere: (0.05 / 7) / (0.95 / 3)
+    assert outside_weight(0.05, 3, 10) == pytest.approx((0.05 / 7) / (0.95 / 3))
+    assert outside_weight(0.0, 3, 10) == outside_weight(MIN_OUTSIDE_SHARE, 3, 10) > 0    # never none at all
+    assert outside_weight(0.3, 10, 10) == 1.0 and outside_weight(0.9, 1, 10) <= 1.0
+
+
+def test_the_base_names_another_class_only_when_it_is_that_much_surer():
+    full = np.array([[0.3, 0.1, 0.6, 0.0],       # another class, not 50x surer than kept class 0
+                     [0.01, 0.0, 0.99, 0.0],     # 99x surer: a frame of another class indeed
+                     [0.2, 0.5, 0.3, 0.0]])
+    assert fallback_answer(full, [0, 1], 1.0).tolist() == [2, 2, 1]      # the whole head, unweighted
+    assert fallback_answer(full, [0, 1], 0.02).tolist() == [0, 2, 1]
+    assert fallback_costs(full, [0, 1], 0.02) == pytest.approx([0.0, 0.01, 0.0])
 
 
 @pytest.mark.parametrize("seed", [0, 1, 2])
@@ -96,6 +115,7 @@ def test_a_cascade_package_carries_the_base_and_verifies(cascade):
     (lambda d: d["cascade"]["fallback"].update(class_ids=[0, 2]), "must include the model's [1, 8]"),
     (lambda d: d["cascade"]["fallback"].update(sha256="0" * 64), "sha256 must be that of the package's fallback.onnx"),
     (lambda d: d["cascade"].update(rule="entropy"), "unknown rule 'entropy'"),
+    (lambda d: d["cascade"].update(outside_weight=0), "outside_weight must be a number in (0, 1]"),
 ])
 def test_bad_cascade_cards_are_refused_by_name(cascade, change, message):
     d = json.loads((cascade.path / "card.json").read_text())

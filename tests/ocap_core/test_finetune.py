@@ -82,6 +82,23 @@ def test_early_stopping_and_time_budget(teacher_and_data):
     assert res.stopped == "time_budget" and len(res.history) == 2
 
 
+def test_a_time_cap_only_stops_the_same_schedule(teacher_and_data):
+    """The search's budgets count epochs: a cap that is not hit trains the very weights of no cap at all
+    (a budget would shorten the learning-rate schedule to what fits, so the result would follow the load)."""
+    teacher, x, _ = teacher_and_data
+    with torch.no_grad():
+        t = teacher(x)[:, CLASSES]
+    runs = [finetune(_student(teacher), x[:200], t[:200], x[400:], t[400:], FinetuneSpec(epochs=3, time_cap=cap))
+            for cap in (0.0, 3600.0)]
+    assert [r.stopped for r in runs] == ["epochs", "epochs"]
+    for name, value in runs[0].model.state_dict().items():
+        assert torch.equal(value, runs[1].model.state_dict()[name]), name
+    res = finetune(_student(teacher), x[:200], t[:200], x[400:], t[400:], FinetuneSpec(epochs=50, time_cap=1e-6))
+    assert res.stopped == "time_budget" and len(res.history) == 2
+    with pytest.raises(OcapError, match="fine-tuning spec"):
+        FinetuneSpec(time_cap=-1)
+
+
 def test_bn_recalibration_matches_batch_statistics():
     model = torch.nn.Sequential(torch.nn.Conv2d(1, 3, 1), torch.nn.BatchNorm2d(3))
     x = torch.randn(64, 1, 4, 4) * 3 + 2

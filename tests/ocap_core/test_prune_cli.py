@@ -18,12 +18,12 @@ pytestmark = pytest.mark.torch
 @pytest.fixture(scope="module")
 def pruned(tmp_path_factory, small_data):
     def build(d):
-        # 2 points: 128 judged images cannot show much less (a level must keep loss + 1 SE within it),
-        # and this is about what the CLI writes, not the search's quality (docs/benchmarks.md). A time
+        # 3 points: about 120 judged images judge no less (``judged_images_needed``), and this is about
+        # what the CLI writes, not the search's quality (docs/benchmarks.md). A time
         # budget that never binds: with 40 s, a loaded 2-core machine trained each level one epoch and
         # found no level (the steps, up to 12 epochs each, and 10 polishing epochs bound the run instead)
         r = run_cli("prune", "--model", "fmnist-cnn", "--data", small_data, "--classes", "9,7",
-                    "--levels", "2,4,8", "--time-budget", "900", "--epochs", "10", "--max-loss", "2",
+                    "--levels", "2,4,8", "--time-budget", "900", "--epochs", "10", "--max-loss", "3",
                     "--samples-per-class", "128", "--out", str(d / "cnn-79"), "--json")
         assert r.returncode == 0, r.stderr
         (d / "summary.json").write_text(r.stdout)

@@ -247,10 +247,13 @@ def test_bad_search_specs_are_refused(bad):
 
 
 def test_too_few_judged_images_for_the_budget_are_refused_before_any_training():
-    check_judgeable(99, SearchSpec(max_loss=1.0))
-    with pytest.raises(OcapError, match=r"42 held-back images .* at least 2\.3 points: a 1-point budget needs about 99"):
-        check_judgeable(42, SearchSpec(max_loss=1.0))
-    check_judgeable(42, SearchSpec(max_loss=2.5))
+    check_judgeable(300, SearchSpec(max_loss=1.0))
+    with pytest.raises(OcapError, match=r"299 held-back images .* a 1-point budget needs 300 \(600 held back\).*"
+                                        r"a loss budget of 1\.5 points"):
+        check_judgeable(299, SearchSpec(max_loss=1.0))
+    with pytest.raises(OcapError, match=r"42 held-back images .* loss budget of 7\.5 points"):
+        check_judgeable(42, SearchSpec(max_loss=2.5))
+    check_judgeable(42, SearchSpec(max_loss=7.5))       # what the refusal offered holds
 
 
 @pytest.mark.parametrize("accepted, failed, expected", [(1.54, 2.46, 1.946), (1.565, 2.138, None), (1.0, 1.5, 1.225),

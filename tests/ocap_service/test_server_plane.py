@@ -291,14 +291,18 @@ def test_the_server_builds_nothing_and_registers_nothing_itself(tmp_path):
         alone.stop()
 
 
-def test_a_cascade_serves_with_the_base_session_and_logs_who_answered(tmp_path, frames):
+@pytest.mark.parametrize("weight", [1.0, 0.02])
+def test_a_cascade_serves_with_the_base_session_and_logs_who_answered(tmp_path, frames, weight):
     """A specialist for {Trouser, Bag} with the shipped CNN as fallback, swapped in over the base: it
     shares the base's session, its doubted frames (dresses, mostly) are answered by the base with any
-    class, and the class log, metrics and status say how many."""
+    class, weighted by the class mix (``weight``: one of another class against one kept), and the class
+    log, metrics and status say how many."""
+    from ocap_core.cascade import fallback_answer
     from ocap_core.cascade_package import with_fallback
     from ocap_core.package import open_package
 
-    pkg = with_fallback(open_package("tests/data/fmnist-cnn-1-8"), open_package("fmnist-cnn"), 0.9, tmp_path / "c")
+    pkg = with_fallback(open_package("tests/data/fmnist-cnn-1-8"), open_package("fmnist-cnn"), 0.9, tmp_path / "c",
+                        weight=weight)
     srv = build_server("fmnist-cnn", tmp_path / "state", tmp_path / "s.sock", ServerConfig(teacher_share=0.0))
     srv.start()
     try:
@@ -309,9 +313,13 @@ def test_a_cascade_serves_with_the_base_session_and_logs_who_answered(tmp_path, 
         alone = load_model("tests/data/fmnist-cnn-1-8").predict(frames)
         want_back = alone.confidence < 0.9
         ids = alone.class_ids.copy()
-        ids[want_back] = srv.base.predict(frames[want_back]).class_ids
+        base_probs = srv.base.predict(frames[want_back]).probs
+        ids[want_back] = fallback_answer(base_probs, [1, 8], weight)
         got = np.concatenate([srv.infer(frames[i:i + 7]).class_ids for i in range(0, len(frames), 7)])
         assert got.tolist() == ids.tolist() and 3 in got.tolist()    # a dress is answered as a dress
+        # weighed by the mix, the base names a kept class for the frames it is not sure enough are others
+        kept_instead = (ids[want_back] != base_probs.argmax(1)).sum()
+        assert (kept_instead == 0) if weight == 1.0 else (kept_instead > 0), kept_instead
         srv.class_log.flush()
         per_class = srv.class_log.fallback(5, model_version=served.version)
         assert sum(b for _, b in per_class.values()) == int(want_back.sum()) > 0

@@ -47,8 +47,8 @@ def judged_images_needed(max_loss: float, z: float = 1.0) -> int:
 def smallest_budget(n: int, z: float = 1.0) -> float:
     """The smallest loss budget, in points, that ``n`` judged images can judge (``judged_images_needed``
     turned round): what to suggest to a user whose data is short."""
-    n = max(0, int(n))
-    return max(smallest_loss_shown(n, z), 100.0 * MIN_DISAGREEMENTS / n if n else float("inf"))
+    n = int(n)
+    return max(smallest_loss_shown(n, z), 100.0 * MIN_DISAGREEMENTS / n) if n > 0 else float("inf")
 
 
 def _fewest_showing(max_loss: float, z: float) -> int:

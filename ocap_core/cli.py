@@ -420,9 +420,9 @@ def _add_prune(p: argparse.ArgumentParser) -> None:
                    help="prune residual-stream channels too (default when searching)")
     p.add_argument("--keep-blocks", action="store_true",
                    help="never remove a residual block whose channels the search left at their floor")
-    p.add_argument("--cascade", action="store_true",
-                   help="also try each candidate with the base answering the frames it is unsure of, and keep "
-                        "the cheapest point measured: alone or with that fallback (experimental)")
+    p.add_argument("--no-cascade", dest="cascade", action="store_false",
+                   help="judge each candidate alone only (by default the search also tries it with the base "
+                        "answering the frames it is unsure of, and keeps the cheapest point measured)")
     p.add_argument("--keep-stream", dest="prune_stream", action="store_const", const=False,
                    help="keep residual-stream channels whole (default of the reference rules)")
     p.add_argument("--min-width", type=int, help="channels every layer keeps at least (default 2 searching, else 1)")

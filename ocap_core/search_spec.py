@@ -31,7 +31,7 @@ class SearchSpec:
     measure: str = "soft"         # agreement judged by the teacher's softmax (soft) or by argmax (hard)
     confidence_z: float = 1.0     # a level passes when its loss plus this many standard errors is in budget
     remove_blocks: bool = True    # try the chosen candidate without its residual blocks left at their floor
-    cascade: bool = False         # also judge each candidate with the base as its fallback (ocap_core/cascade.py)
+    cascade: bool = True          # also judge each candidate with the base as its fallback (ocap_core/cascade.py)
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_loss <= 100:

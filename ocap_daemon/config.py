@@ -328,7 +328,7 @@ SCHEMA: Tuple[Key, ...] = (
     _k("personalize", "min_free_memory", SIZE, "512MB", "No run starts with less free memory than this.", ">= 0"),
     _k("personalize", "max_serving_p99", DURATION, "50ms", "No run starts while the 99th percentile serving latency is above this (at most 10s: 50m would be minutes).", "(0, 10s]"),
     _k("personalize", "quantize", CHOICE, "off", "int8: also an INT8 copy of each candidate; it serves if within max_loss of its FP32 parent and faster here.", choices="off|int8"),
-    _k("personalize", "cascade", BOOL, "no", "Also try each candidate with the base answering the frames it doubts; keep the cheapest."),
+    _k("personalize", "cascade", BOOL, "yes", "Also try each candidate with the base answering the frames it doubts; keep the cheapest (no: a specialist alone)."),
 
     *_declared_keys("gate", GateConfig),
 

@@ -260,8 +260,9 @@ def data_cannot_show(max_loss: float, replayed: Dict[int, int]) -> str:
     return (f"the demo replays {sum(replayed.values())} distinct images of the observed classes, of which about "
             f"{held} would be held back to judge the search (on half of them), and a {max_loss:g}-point budget "
             f"needs {floor}: use a data set with about {2 * int(np.ceil(floor / share))} images of these classes (the "
-            f"demo replays half of them and scores on the other half), or "
-            f"allow --max-loss {np.ceil(shown * 2) / 2:g} (what {held // 2} judged images can show)")
+            f"demo replays half of them and scores on the other half)"
+            + (f", or allow --max-loss {np.ceil(shown * 2) / 2:g} (what {held // 2} judged images can judge)"
+               if shown <= 100 else ""))
 
 
 def parse_ids(text: str, flag: str) -> List[int]:

@@ -79,7 +79,7 @@ class Job:
     seed: int = 0
     name: Optional[str] = None
     quantize: str = "off"               # "int8": also an INT8 child of the candidate (``int8_out``)
-    cascade: bool = False               # the search may choose a specialist with the base as its fallback
+    cascade: bool = True                # the search may choose a specialist with the base as its fallback
 
     def __post_init__(self) -> None:
         for key in ("base", "samples", "out", "scorer"):

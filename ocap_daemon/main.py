@@ -28,7 +28,7 @@ from .deployer import Deployer
 from .errors import DaemonError
 from .metrics import DaemonCollector, Textfile
 from .notify import Notifier
-from .sources import Checked, build_sources, check_sources
+from .sources import Checked, build_sources, check_sources, replay_shortfalls
 from .store import ModelStore
 from .supervisor import WorkerRun
 from .trigger import Trigger
@@ -298,11 +298,16 @@ def _main(argv: Optional[Sequence[str]]) -> int:
         else:
             print(f"ocapd: {e}", file=sys.stderr)
         return EXIT_CONFIG
+    short = replay_shortfalls(cfg, replay_data)
     if args.check_config:
+        for line in short:
+            print(f"ocapd: warning: {line}", file=sys.stderr)
         print(f"ocapd: {args.config} is valid")
         return EXIT_OK
     logging.basicConfig(level=cfg.daemon.log_level.upper(), stream=sys.stderr,
                         format="%(levelname)s %(name)s: %(message)s")
+    for line in short:
+        log.warning("%s", line)
     set_log_level(cfg.daemon.log_level)
     limit_malloc_arenas()
     return Daemon(cfg, replay_data).run()

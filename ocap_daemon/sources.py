@@ -13,7 +13,10 @@ not fit at run time (a wrong-sized image in a spool directory) is moved aside an
 """
 
 import logging
+import math
 from typing import Any, Dict, List
+
+import numpy as np
 
 from ocap_core.package import Card, open_package
 from ocap_service.server import Server
@@ -47,6 +50,37 @@ def check_sources(cfg: Config) -> Checked:
         except OptionError as e:
             raise _error(cfg, src, e) from None
     return checked
+
+
+def replay_shortfalls(cfg: Config, checked: Checked) -> List[str]:
+    """Why replayed data cannot support a search within ``[personalize] max_loss``, one line per source
+    and class set of its mix (none when another kind of source brings new frames, or nothing is
+    searched): the cache holds back a share of distinct frames and the search judges on half of them
+    (``judged_images_needed``); with too few the daemon would observe and never personalize. Each line
+    says what would do: more images, or the budget the images can judge."""
+    from ocap_core.agreement import judged_images_needed, smallest_budget
+
+    p = cfg.personalize
+    if (not cfg.sources or any(s.type != "replay" for s in cfg.sources.values()) or not p.enabled
+            or p.rule != "search" or p.max_loss <= 0):
+        return []
+    floor, share = 2 * judged_images_needed(p.max_loss), cfg.privacy.held_back_share
+    out: List[str] = []
+    for name, got in checked.items():
+        labels = got["dataset"].y
+        for ids, probs, _ in got["schedule"]:
+            classes = sorted({int(k) for k, q in zip(ids, probs) if q > 0})
+            n = int(np.isin(labels, classes).sum())
+            held = int(n * share)
+            allowed = smallest_budget(held // 2)
+            line = (f"[{SOURCE_PREFIX}{name}] replays {n} images of classes {classes}, of which about {held} would be "
+                    f"held back ([privacy] held_back_share = {share:g}), and a {p.max_loss:g}-point budget "
+                    f"([personalize] max_loss) is judged on {floor // 2} of {floor} held back: the daemon would "
+                    f"observe them and never personalize; replay {math.ceil(floor / share)} or more images of these "
+                    f"classes" + (f", or allow max_loss = {math.ceil(2 * allowed) / 2:g}" if allowed <= 100 else ""))
+            if held < floor and line not in out:
+                out.append(line)
+    return out
 
 
 def build_sources(cfg: Config, server: Server, checked: Checked) -> List[ThreadSource]:

@@ -8,11 +8,11 @@ import pytest
 
 from ocap_core.cascade import (
     FALLBACK_ONNX,
+    MIN_OUTSIDE_SHARE,
     answer_costs,
     at_threshold,
     choose_threshold,
     cost_per_frame,
-    MIN_OUTSIDE_SHARE,
     fallback_answer,
     fallback_costs,
     falls_back,

@@ -114,7 +114,7 @@ def test_a_confusable_set_gets_a_cascade_that_serves_and_evaluates(tmp_path, sma
     out = tmp_path / "c026"
     r = run_cli("prune", "--model", "fmnist-cnn", "--data", small_data, "--classes", "0,2,6", "--levels", "3,6",
                 "--time-budget", "900", "--epochs", "4", "--max-loss", "2", "--samples-per-class", "200",
-                "--cascade", "--out", str(out), "--json")
+                "--out", str(out), "--json")
     assert r.returncode == 0, r.stderr
     summary = json.loads(r.stdout)
     rows = [p for p in summary["search"]["path"] if p["accepted_as"] == "cascade"]

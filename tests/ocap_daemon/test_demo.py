@@ -131,3 +131,10 @@ def test_a_data_set_too_small_for_the_budget_is_refused_at_the_start_with_what_w
     assert data_cannot_show(allowed, {0: 250, 3: 250, 7: 250}) == ""        # what it suggests is enough
     assert data_cannot_show(1.0, {0: 500, 3: 500, 7: 500}) == ""            # the README's demo: enough
     assert str(2 * judged_images_needed(1.0)) in why
+
+
+def test_a_handful_of_images_is_refused_without_an_impossible_budget():
+    from ocap_daemon.demo import data_cannot_show
+
+    why = data_cannot_show(1.0, {0: 2, 3: 2, 7: 2})
+    assert "use a data set with about" in why and "--max-loss" not in why, why

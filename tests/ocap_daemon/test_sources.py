@@ -195,3 +195,23 @@ def test_a_mix_is_checked_against_the_models_own_classes(tmp_path):
     r = ocapd(write_ini(tmp_path, model=model, **{"source:r": {"type": "replay"}}), "--check-config")
     assert r.returncode == 78 and "[source:r] data = 'fashion-mnist'" in r.stderr
     assert "images are 28x28 (1 channel), the model rgb12 takes 32x32 (3 channels)" in r.stderr
+
+
+def test_a_replay_too_small_for_the_budget_is_said_at_the_start(tmp_path):
+    """Issue 26: 1,500 images of three classes hold back about 300, and a 1-point budget is judged on
+    300 of 600: ocapd says so under --check-config (still valid: it serves) with what would do, and the
+    budget it suggests is enough."""
+    test = load_dataset("fashion-mnist", "test")
+    idx = np.concatenate([np.flatnonzero(test.y == k)[:500] for k in (0, 3, 7)])
+    data = tmp_path / "small.npz"
+    np.savez(data, x=test.x[idx, :, :, 0], y=test.y[idx])
+    source = {"type": "replay", "data": str(data), "split": "all", "mix": "0:5,3:3,7:2@1m"}
+    r = ocapd(write_ini(tmp_path, personalize={"max_loss": "1.0"}, **{"source:r": source}), "--check-config")
+    assert r.returncode == 0 and "valid" in r.stdout, r.stderr
+    line = r.stderr.strip()
+    assert line.startswith("ocapd: warning: [source:r] replays 1500 images of classes [0, 3, 7]") and "\n" not in line
+    assert "about 300 would be held back" in line and "judged on 300 of 600 held back" in line, line
+    assert "replay 3000 or more images" in line, line
+    allowed = line.split("allow max_loss = ")[1].split()[0]
+    r = ocapd(write_ini(tmp_path, personalize={"max_loss": allowed}, **{"source:r": source}), "--check-config")
+    assert r.returncode == 0 and "warning" not in r.stderr, r.stderr

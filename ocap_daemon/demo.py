@@ -454,6 +454,22 @@ def _retried(events: List[Dict[str, Any]], deployed: List[Dict[str, Any]]) -> Li
     return out
 
 
+def level_text(row: Dict[str, Any]) -> str:
+    """One level of the search's path for the summary: its MAC reduction and loss alone, and where the
+    base answered the frames it doubted, how many and what that lost (a cascade within the budget
+    that was not cheaper than the point already found is not taken)."""
+    head = f"{row['mac_reduction']:.1f}x -{row['loss_pp']:.2f} pp"
+    c = row.get("cascade") or {}
+    fell = f"{100 * c.get('fallback_share', 0.0):.0f}% to the base -{c.get('loss_pp', 0.0):.2f} pp"
+    if row.get("accepted_as") == "cascade":
+        return f"{head}, with {fell} ok"
+    if row["accepted"]:
+        return f"{head} ok"
+    if c.get("accepted"):
+        return f"{head} over, with {fell} not cheaper"
+    return f"{head} over"
+
+
 def _print_summary(s: Dict[str, Any]) -> None:
     print(f"\nobserved classes {s['classes']} (accuracy on {s['models'][0]['images']} held-out test images of them)")
     print(f"{'model':<22}{'accuracy':>9}{'MACs':>12}{'latency':>11}{'size':>9}")
@@ -473,8 +489,7 @@ def _print_summary(s: Dict[str, Any]) -> None:
                   "tried again after its cooldown")
         if s.get("search"):
             print("operating point searched within " + f"{s['search']['max_loss']:g} pp: " + ", ".join(
-                f"{r['mac_reduction']:.1f}x -{r['loss_pp']:.2f} pp {'ok' if r['accepted'] else 'over'}"
-                for r in s["search"]["path"]))
+                level_text(r) for r in s["search"]["path"]))
     else:
         print("no personalized model was deployed (see the events in the report)")
     if s.get("gave_up"):

@@ -225,3 +225,27 @@ def test_loop_pays_is_judged_on_the_readme_demo_as_is_and_busy():
     assert "2,4,6 as is: no" in markdown(rows, "m", quick=False)
     rows[2] = run("0,3,7", "one core busy", 2.5)
     assert "Personalization pays: MISSED" in markdown(rows, "m", quick=False)
+
+
+def test_the_readme_demo_is_judged_on_deploying_one_ladder_step_run_after_run():
+    from bench.loop import ladder_step, markdown, point, same_point
+
+    def run(reduction, level, cascade=False):
+        pers = {"accuracy": 0.97, "macs": 300 / reduction, "latency_ms": 0.1}
+        if cascade:
+            pers.update(specialist_macs=pers["macs"], macs=pers["macs"] * 1.2, fallback_share=0.04)
+        path = [{"level": 1.5, "mac_reduction": 1.54, "accepted": True},
+                {"level": level, "mac_reduction": reduction, "accepted": True},
+                {"level": 16.0, "mac_reduction": 17.0, "accepted": False}]
+        return {"subset": "0,3,7", "load": "as is", "requests": 10, "failed": 0, "deployed": True,
+                "probation": "probation_passed", "drift_reverted": True, "wall_s": 200.0, "search": {"path": path},
+                "models": [{"accuracy": 0.93, "macs": 300, "latency_ms": 0.3},
+                           {"accuracy": 0.978, "macs": 300, "latency_ms": 0.3}, pers]}
+
+    runs = [run(3.03, 3.0), run(3.03, 3.0), run(4.31, 4.0, cascade=True), run(3.6, 3.61)]
+    assert [ladder_step(r) for r in runs] == [2, 2, 3, 2]          # 1.5, 2, 3, 4...: a midpoint counts below
+    assert same_point(runs) and point(runs[2]) == "4.31× + 4.0% to the base" and point(runs[0]) == "3.03× alone"
+    assert "Same operating point: MET" in markdown(runs, "m", quick=False)
+    runs.append(run(6.8, 6.0))
+    assert not same_point(runs) and "Same operating point: MISSED" in markdown(runs, "m", quick=False)
+    assert ladder_step(dict(runs[0], models=runs[0]["models"][:2])) is None

@@ -138,3 +138,17 @@ def test_a_handful_of_images_is_refused_without_an_impossible_budget():
 
     why = data_cannot_show(1.0, {0: 2, 3: 2, 7: 2})
     assert "use a data set with about" in why and "--max-loss" not in why, why
+
+
+@pytest.mark.parametrize("row, text", [
+    ({"mac_reduction": 3.03, "loss_pp": 0.57, "accepted": True, "accepted_as": "alone"}, "3.0x -0.57 pp ok"),
+    ({"mac_reduction": 2.5, "loss_pp": 0.86, "accepted": True, "accepted_as": "cascade",
+      "cascade": {"accepted": True, "fallback_share": 0.059, "loss_pp": 0.005}}, "2.5x -0.86 pp, with 6% to the base -0.01 pp ok"),
+    ({"mac_reduction": 4.31, "loss_pp": 0.65, "accepted": False,
+      "cascade": {"accepted": True, "fallback_share": 0.044, "loss_pp": 0.039}}, "4.3x -0.65 pp over, with 4% to the base -0.04 pp not cheaper"),
+    ({"mac_reduction": 4.31, "loss_pp": 2.0, "accepted": False, "cascade": {"accepted": False}}, "4.3x -2.00 pp over"),
+])
+def test_the_summary_says_how_each_level_fared_alone_and_as_a_cascade(row, text):
+    from ocap_daemon.demo import level_text
+
+    assert level_text(row) == text

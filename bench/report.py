@@ -134,6 +134,68 @@ def judge(rows: List[Dict[str, Any]], prune: Optional[Dict[str, Any]]) -> List[T
     return out
 
 
+CASCADE_SHARE = 0.95       # issue 26, K <= 3, all models: within ACC_DROP_PP on this share of subsets ...
+CASCADE_MACS = 5.0         # ... median MACs per frame reduction ...
+CASCADE_SPEEDUP = 2.5      # ... and median served (end-to-end, batch-1) speedup
+CONFUSABLE = ([0, 2, 6], [2, 4, 6], [0, 2, 3, 4, 6])
+CONFUSABLE_MACS = 2.0      # the confusable sets, every model: MACs per frame reduction within ACC_DROP_PP
+
+
+def per_frame(row: Dict[str, Any]) -> float:
+    """MAC reduction per frame (a cascade's base counted on the frames it answers); 1x without a candidate."""
+    return 1.0 if "error" in row else float(row.get("mac_reduction_per_frame", row["mac_reduction"]))
+
+
+def cascade_targets(rows: List[Dict[str, Any]]) -> List[Tuple[str, str, str]]:
+    """(target, measured, MET / MISSED / no data) for issue 26's targets, from the ``cascade`` rows:
+    the search that may choose a cascade."""
+    casc = _rows(rows, method="cascade")
+    small = [r for r in casc if r["k"] <= 3]
+    out = []
+    within = [r for r in small if "error" not in r and r["delta_pp"] >= -ACC_DROP_PP]
+    share = len(within) / len(small) if small else None
+    out.append((f"K ≤ 3, all models: test accuracy ≥ restricted base − {ACC_DROP_PP:g} pp on ≥ {CASCADE_SHARE:.0%} of "
+                "subsets", f"{len(within)}/{len(small)} subsets" if small else NO_DATA,
+                _status(None if share is None else share >= CASCADE_SHARE)))
+    med = _median(per_frame(r) for r in small)
+    out.append((f"K ≤ 3: median MAC reduction per frame ≥ {CASCADE_MACS:g}×",
+                f"median {_f(med, '.2f', '×')} over {len(small)} subsets" if small else NO_DATA,
+                _status(None if med is None else med >= CASCADE_MACS)))
+    speed = _median(r["served_speedup"] for r in _ok(small) if "served_speedup" in r)
+    out.append((f"K ≤ 3: median served speedup (batch 1, one thread, end to end) ≥ {CASCADE_SPEEDUP:g}×",
+                f"median {_f(speed, '.2f', '×')}" if speed is not None else NO_DATA,
+                _status(None if speed is None else speed >= CASCADE_SPEEDUP)))
+    hard = [r for r in casc if r["classes"] in [list(c) for c in CONFUSABLE]]
+    good = [r for r in hard if "error" not in r and r["delta_pp"] >= -ACC_DROP_PP and per_frame(r) >= CONFUSABLE_MACS]
+    out.append((f"confusable sets {', '.join('{' + ','.join(map(str, c)) + '}' for c in CONFUSABLE)}, every model: "
+                f"≥ {CONFUSABLE_MACS:g}× fewer MACs per frame within {ACC_DROP_PP:g} pp",
+                f"{len(good)}/{len(hard)} (model, set) pairs" if hard else NO_DATA,
+                _status(None if not hard else len(good) == len(hard))))
+    return out
+
+
+def cascade_rows(rows: List[Dict[str, Any]]) -> List[str]:
+    """Per subset, the search alone (``ocap``) beside the search that may choose a cascade: test Δ,
+    MACs per frame, fallback share, served speedup."""
+    lines = ["| model | classes | ocap Δ pp | ocap MACs ÷ | cascade Δ pp | network MACs ÷ | fallback share | MACs ÷ per frame "
+             "| served × (ocap) | served × (cascade) |", "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in sorted(_rows(rows, method="cascade"), key=lambda r: (r["model"], r["k"], r["classes"])):
+        o = next(iter(_rows(rows, method="ocap", model=r["model"], classes=r["classes"])), None)
+
+        def cells(x, keys):
+            if x is None:
+                return ["–"] * len(keys)
+            if "error" in x:
+                return ["no candidate"] + [""] * (len(keys) - 1)
+            return [k(x) for k in keys]
+        ocap = cells(o, [lambda x: f"{x['delta_pp']:+.2f}", lambda x: f"{per_frame(x):.2f}"])
+        casc = cells(r, [lambda x: f"{x['delta_pp']:+.2f}", lambda x: f"{x['mac_reduction']:.2f}",
+                         lambda x: f"{100 * x.get('fallback_share', 0.0):.1f} %", lambda x: f"{per_frame(x):.2f}"])
+        speed = [_f(x.get("served_speedup") if x and "error" not in x else None) for x in (o, r)]
+        lines.append(f"| {r['model']} | {_cls(r)} | " + " | ".join(ocap + casc + speed) + " |")
+    return lines
+
+
 def comparisons(rows: List[Dict[str, Any]]) -> List[Tuple[str, int, Optional[float], Optional[float],
                                                          Optional[float], Optional[float]]]:
     """Per method against the class-aware search on the same (model, classes): (method, subsets, mean
@@ -201,6 +263,15 @@ def quality_markdown(rows: List[Dict[str, Any]], settings: Dict[str, Any], machi
     lines += [f"| {t} | {m} | **{s}** |" for t, m, s in verdicts]
     lines += ["", f"{sum(s == 'MET' for _, _, s in verdicts)} of {len(verdicts)} targets met; a target without data "
               "counts as not met."]
+    if any(r["method"] == "cascade" for r in rows):
+        casc = cascade_targets(rows)
+        lines += ["", "### With the base as a fallback (`cascade`, issue 26)", "",
+                  "| target | measured | status |", "|---|---|---|"]
+        lines += [f"| {t} | {m} | **{s}** |" for t, m, s in casc]
+        lines += ["", "Per subset: *network MACs ÷* is the specialist's own, *MACs ÷ per frame* counts the base on the "
+                  "test frames it answered; *served ×* is the base's time per frame over the model's, both served by "
+                  "`ocap_service` (preprocessing, softmax and, for a cascade, the base's run included), batch 1, one "
+                  "thread, timed in turn on the same test frames.", ""] + cascade_rows(rows)
     misses = accuracy_misses(rows)
     if misses:
         lines += ["", "Subsets that missed the accuracy target:", ""] + [f"- {m}" for m in misses]

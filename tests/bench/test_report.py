@@ -249,3 +249,25 @@ def test_the_readme_demo_is_judged_on_deploying_one_ladder_step_run_after_run():
     runs.append(run(6.8, 6.0))
     assert not same_point(runs) and "Same operating point: MISSED" in markdown(runs, "m", quick=False)
     assert ladder_step(dict(runs[0], models=runs[0]["models"][:2])) is None
+
+
+def test_the_cascade_targets_read_per_frame_figures_and_count_a_missing_candidate_as_a_miss():
+    from bench.report import cascade_rows, cascade_targets
+
+    def row(model, classes, method, delta, per_frame, speed, error=False):
+        if error:
+            return {"model": model, "k": len(classes), "classes": classes, "method": method, "error": "none"}
+        return {"model": model, "k": len(classes), "classes": classes, "method": method, "delta_pp": delta,
+                "mac_reduction": per_frame * 1.3, "mac_reduction_per_frame": per_frame, "served_speedup": speed,
+                "fallback_share": 0.1}
+
+    rows = [row("m", [0, 2, 6], "cascade", -0.4, 2.6, 1.5), row("m", [0, 2, 6], "ocap", -1.2, 2.46, 1.5),
+            row("m", [1, 8], "cascade", -0.2, 9.0, 3.0), row("m", [0, 2, 3, 4, 6], "cascade", 0.0, 1.5, 1.1, error=True)]
+    got = {t.split(":")[0]: (m, s) for t, m, s in cascade_targets(rows)}
+    assert got["K ≤ 3, all models"] == ("2/2 subsets", "MET")
+    assert got["K ≤ 3"][0].startswith("median") and any(s == "MET" for m, s in got.values())
+    confusable = [v for k, v in got.items() if k.startswith("confusable")][0]
+    assert confusable == ("1/2 (model, set) pairs", "MISSED")          # {0,2,3,4,6} found nothing
+    table = "\n".join(cascade_rows(rows))
+    assert "| m | 0,2,6 | -1.20 | 2.46 | -0.40 | 3.38 | 10.0 % | 2.60 | 1.50 | 1.50 |" in table
+    assert "| m | 0,2,3,4,6 | – | – | no candidate |" in table

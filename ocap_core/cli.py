@@ -17,7 +17,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 from . import strict_json
 from .errors import OcapError
 from .preprocess import DEFAULT_PRESET, INPUT_PRESETS
-from .search_spec import DEFAULT_TIME_BUDGET
+from .search_spec import DEFAULT_TIME_BUDGET, DEFAULT_WORK_EPOCHS
 
 log = logging.getLogger("ocap")
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -221,7 +221,7 @@ def cmd_prune(args: argparse.Namespace) -> int:
     ft = replace(FinetuneSpec(), epochs=args.epochs, time_budget=0.0 if searching else args.time_budget, lr=args.lr,
                  mixup=args.mixup, seed=args.seed)
     levels = tuple(parse_floats(args.levels, "--levels")) if args.levels else DEFAULT_LEVELS
-    search = SearchSpec(max_loss=args.max_loss, levels=levels, time_budget=args.time_budget,
+    search = SearchSpec(max_loss=args.max_loss, levels=levels, time_budget=args.time_budget, work_epochs=args.work_epochs,
                         remove_blocks=not args.keep_blocks, cascade=args.cascade)
     spec = PruneSpec(scorer=args.scorer, rule=args.rule, search=search, min_per_class=args.min_per_class,
                      labels=args.labels, grouping=args.grouping,
@@ -404,8 +404,11 @@ def _add_prune(p: argparse.ArgumentParser) -> None:
     p.add_argument("--samples-per-class", type=int, default=256)
     p.add_argument("--epochs", type=int, default=30, help="fine-tuning epochs (early-stopped on validation)")
     p.add_argument("--time-budget", type=float, default=DEFAULT_TIME_BUDGET,
-                   help="seconds of work (wall time not spent waiting for a core) of all fine-tuning, the search "
-                        "included (default: the daemon's)")
+                   help="seconds of work (wall time not spent waiting for a core) of all fine-tuning; for the "
+                        "search a safety cap, since its work is counted in epochs (--work-epochs)")
+    p.add_argument("--work-epochs", type=int, default=DEFAULT_WORK_EPOCHS,
+                   help="the search's work: epochs of fine-tuning in all, its steps and the polish included (the "
+                        "same images and seed give the same model on a busy machine)")
     p.add_argument("--lr", type=float, default=0.01, help="fine-tuning learning rate")
     p.add_argument("--mixup", type=float, default=0.0,
                    help="mixup distillation: Beta(a, a) blends of cached images, labelled by the base (0: off)")

@@ -224,7 +224,7 @@ def personalize(base_pkg: ModelPackage, samples: Samples, classes: Sequence[int]
         keep, history, student = searched.masks, searched.history, searched.model
         stage("search")
         tuned = {"path": searched.path, "stopped": searched.stopped, "level": searched.level,
-                 "polish": searched.polish, "removed_blocks": searched.removed_blocks}
+                 "polish": searched.polish, "removed_blocks": searched.removed_blocks, "epochs": searched.epochs}
     else:
         if spec.target_macs:               # fixed budget, any scorer
             keep = level_masks(base, pm_base, table, cls, spec, classifier, shape, class_freqs).at(spec.target_macs, exact=True)

@@ -211,6 +211,7 @@ class SearchResult:
     polish: Dict[str, Any] = field(default_factory=dict)
     removed_blocks: List[str] = field(default_factory=list)    # replaced by nn.Identity after the history
     cascade: Optional[Dict[str, Any]] = None   # the chosen point as a cascade (``CascadeJudge.point``), or None
+    epochs: int = 0                            # fine-tuning epochs the search trained in all (its work)
 
 
 def agreement(model: nn.Module, x: torch.Tensor, teacher_k: torch.Tensor) -> float:
@@ -322,22 +323,34 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
     removed: List[str] = []
     reached = 1.0                                            # the accepted candidate's MAC reduction
 
+    used = 0                                                 # epochs trained, steps and polish
+
     def left() -> float:
         return spec.time_budget - clock.elapsed()
+
+    def epochs_left() -> int:
+        return spec.work_epochs - used
+
+    def out_of() -> str:
+        """Why the search can train no more ("" while it can): its work is spent, or (a safety cap
+        that a busy machine can reach first) its time."""
+        return "work_budget" if epochs_left() <= 0 else "time_budget" if left() <= 0 else ""
 
     def step(level: float, masks: Masks, cand: Optional[Tuple[nn.Module, List[list]]] = None, retry: bool = False,
              blocks: Sequence[str] = ()) -> bool:
         """Prune the accepted candidate to ``masks`` (or take ``cand``: with ``retry``, a candidate at
         these masks that missed the budget, trained ``spec.retry_factor`` times longer; with ``blocks``,
         the accepted one without those blocks) and judge it."""
-        nonlocal cur, best, last_failed, reached, best_cost, best_cascade
+        nonlocal cur, best, last_failed, reached, best_cost, best_cascade, used
         ts = time.perf_counter()
         model, hist = cand if cand is not None else prune_further(cur[0], classifier, shape, cur[2], masks)
         f = spec.retry_factor if retry else 1
         res = finetune(model, x_tr, t_tr, x_stop, t_stop,
-                       replace(ft, epochs=spec.step_epochs * f, patience=spec.step_patience * f,
-                               time_budget=0.0, time_cap=max(1.0, left()), recalibrate=not retry),
+                       replace(ft, epochs=max(1, min(spec.step_epochs * f, epochs_left())),
+                               patience=spec.step_patience * f, time_budget=0.0, time_cap=max(1.0, left()),
+                               recalibrate=not retry),
                        y=y, y_val=yv_stop, teacher=teacher)
+        used += len(res.history) - 1
         agree, se, hard = judge(res.model)
         loss = 100.0 * (1.0 - agree)
         macs = count_macs(res.model, shape)
@@ -381,8 +394,8 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
 
     failed_masks: Optional[Masks] = None                    # of the level that stopped the ladder
     for level in spec.levels:
-        if left() <= 0:
-            stopped = "time_budget"
+        if out_of():
+            stopped = out_of()
             break
         masks = levels_of.at(level)
         if masks is None:
@@ -394,16 +407,16 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
         if step(level, masks):
             continue
         # fine-tuning, not the masks, is what usually fails first: train the same candidate longer once
-        # (only with the time the first try took left: a retry cut short by the budget trains less, not more)
-        if (spec.retry_factor > 1 and left() > path[-1]["seconds"] and last_failed is not None
-                and step(level, masks, last_failed, retry=True)):
+        # (only with its epochs left: a retry cut short by the budget trains less, not more)
+        if (spec.retry_factor > 1 and epochs_left() >= spec.step_epochs * spec.retry_factor and not out_of()
+                and last_failed is not None and step(level, masks, last_failed, retry=True)):
             continue
         failed_masks = masks
         break
     if failed_masks is not None:
         stopped = "over_budget"
         mid = midpoint(reached, path[-1]["mac_reduction"])
-        while mid is not None and left() > 0:
+        while mid is not None and not out_of():
             masks = levels_of.at(mid)
             if masks is None:
                 break
@@ -421,14 +434,16 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
         raise NoOperatingPoint(f"no operating point keeps held-back agreement within {spec.max_loss} points of the "
                                f"base restricted to classes {list(classes)} (tried {tried})", path)
     blocks = levels_of.blocks_at_floor(best[2]) if spec.remove_blocks else []
-    if blocks and left() > 0:            # fewer operators: what channel pruning cannot take away
+    if blocks and not out_of():          # fewer operators: what channel pruning cannot take away
         cur = best                       # (the ladder may have gone past the cheapest point: prune that one)
         step(best[3], best[2], (remove_blocks(copy.deepcopy(best[0]), blocks), []), blocks=blocks)
     model, hist, masks, level, agree = best
     polish: Dict[str, Any] = {}
-    if spec.polish and left() > 1:
-        res = finetune(model, x_tr, t_tr, x_stop, t_stop, replace(ft, time_budget=0.0, time_cap=left()), y=y,
+    if spec.polish and left() > 1 and epochs_left() > 0:
+        res = finetune(model, x_tr, t_tr, x_stop, t_stop,
+                       replace(ft, epochs=min(ft.epochs, epochs_left()), time_budget=0.0, time_cap=left()), y=y,
                        y_val=yv_stop, teacher=teacher)
+        used += len(res.history) - 1
         after = judge(res.model)[0]
         polish = {"epochs": len(res.history) - 1, "stopped": res.stopped, "agreement": round(after, 5),
                   "seconds": round(res.seconds, 2)}
@@ -440,4 +455,4 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
                 model, agree, best_cascade = res.model, after, point
         elif after >= agree:
             model, agree = res.model, after
-    return SearchResult(model, hist, masks, level, agree, path, stopped, polish, removed, best_cascade)
+    return SearchResult(model, hist, masks, level, agree, path, stopped, polish, removed, best_cascade, used)

@@ -318,7 +318,7 @@ SCHEMA: Tuple[Key, ...] = (
     _k("personalize", "samples_per_class", INT, "256", "Cached samples per kept class used for fine-tuning.", ">= 8"),
     _k("personalize", "min_samples_per_class", INT, "64", "Fewest cached samples per kept class before a run may start (<= samples_per_class).", ">= 2"),
     _k("personalize", "epochs", INT, "30", "Fine-tuning epochs of the chosen model (early-stopped on held-back samples).", ">= 1"),
-    _k("personalize", "time_budget", DURATION, "5min", "A run that has worked this long is stopped and discarded; the search gets half. Waiting for a busy core is not work.", "> 0"),
+    _k("personalize", "time_budget", DURATION, "20min", "A run that has worked this long is stopped and discarded; the search, whose work is epochs, half. Waiting is not work.", "> 0"),
     _k("personalize", "wall_limit", DURATION, "1h", "A run still going after this long, waiting included, is stopped and discarded (at least time_budget).", "> 0"),
     _k("personalize", "cooldown", DURATION, "1h", "Least time between the start of two runs.", ">= 0"),
     _k("personalize", "daily_cap", INT, "4", "Most automatic runs per day (0: none).", ">= 0"),

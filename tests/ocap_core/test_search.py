@@ -340,3 +340,18 @@ def test_the_search_rounds_wide_layers_to_8_and_leaves_narrow_ones_free(fmnist, 
             assert g.root in levels.protected or n == g.width or n % 8 == 0 or n < 8, (level, g.root, n)
             narrow += n < 8
     assert narrow > 0                               # some layer went below 8 on the way up
+
+
+def test_the_search_ends_when_its_epochs_are_spent_whatever_the_time(fmnist):
+    """Work, not time, ends a search: a budget of 5 epochs at 2 a step trains 2 + 2 + 1 (the last step
+    gets what is left) and stops with ``work_budget``, however long they took; no polish is left."""
+    cls = [1, 8]
+    model, shape, clf, (x_tr, t_tr, x_val, t_val), levels, base_macs = _setup(fmnist, cls)
+    ss = SearchSpec(max_loss=1.0, levels=(1.5, 2.0, 3.0, 4.0, 6.0), time_budget=3600, work_epochs=5, step_epochs=2,
+                    step_patience=10)
+    res = search(model, clf, shape, cls, levels, x_tr, t_tr, x_val, t_val, ss, FinetuneSpec(epochs=3),
+                 measure=lambda m: 0.999)
+    assert [p["epochs"] for p in res.path] == [2, 2, 1] and res.stopped == "work_budget" and res.epochs == 5
+    assert res.polish == {}
+    with pytest.raises(OcapError):
+        SearchSpec(work_epochs=0)

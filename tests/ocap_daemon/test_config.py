@@ -209,7 +209,7 @@ device = /dev/video0
     p = cfg.personalize
     assert p.enabled is False and p.scorer == "ocap-freq" and p.nice == 0 and p.min_free_memory == 65536
     assert p.max_serving_p99 == pytest.approx(0.02) and p.max_temperature == 71.5
-    assert p.samples_per_class == 256 and p.time_budget == 300.0 and p.cooldown == 3600.0 and p.wall_limit == 3600.0
+    assert p.samples_per_class == 256 and p.time_budget == 1200.0 and p.cooldown == 3600.0 and p.wall_limit == 3600.0
     assert p.rule == "search" and p.max_loss == 1.0 and p.quantize == "int8" and d.personalize.quantize == "off"
     assert cfg.gate.min_agreement == pytest.approx(1 - 2 * p.max_loss / 100)     # auto: from the loss budget
     assert cfg.privacy.cache_quota == 2 ** 30 and cfg.privacy.after_personalize == "purge"
@@ -310,7 +310,7 @@ BAD = [
     ("min-samples-above-samples", "[personalize]\nsamples_per_class = 32\n",
      ["[personalize] min_samples_per_class", "'64'", "samples_per_class (32)"]),
     ("wall-limit-below-budget", "[personalize]\nwall_limit = 2min\n",
-     ["[personalize] wall_limit", "'2min'", "at least time_budget (5min)"]),
+     ["[personalize] wall_limit", "'2min'", "at least time_budget (20min)"]),
     ("budget-above-default-wall-limit", "[personalize]\ntime_budget = 2h\n",
      ["[personalize] wall_limit", "'1h'", "at least time_budget (2h)"]),
     ("unknown-group", "[daemon]\ngroup = no-such-group-ocap\n",

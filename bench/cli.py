@@ -204,7 +204,9 @@ def run_quality(args: argparse.Namespace) -> int:
     prune = next((r for r in rows if r["method"] == quality.PRUNE_CLI), None)
     rows = [r for r in rows if r["method"] != quality.PRUNE_CLI]
     out = Path(args.out)
-    plot = out.parent / ("quality-quick.png" if args.quick else "quality.png")
+    # a run of named subsets (--classes) has a section and plot of its own beside the full run's
+    section = "quality-quick" if args.quick else "quality-named" if args.classes else "quality"
+    plot = out.parent / f"{section}.png"
     report.plot_quality(rows, plot)
     shown = {
         "mode": "quick" if args.quick else "full (the daemon's budgets)",
@@ -222,8 +224,9 @@ def run_quality(args: argparse.Namespace) -> int:
     if others:
         notes += f" {others} row(s) of that file were made with other settings and are left out."
     md = report.quality_markdown(rows, shown, quality.machine(), _versions(), prune, plot.name, notes=notes.strip(),
-                                 crashed=crashed, title="Personalization quality" + (", quick" if args.quick else ""))
-    report.replace_section(out, "quality-quick" if args.quick else "quality", md)
+                                 crashed=crashed, title="Personalization quality" + (", quick" if args.quick else
+                                                                                    ", named subsets" if args.classes else ""))
+    report.replace_section(out, section, md)
     print(f"wrote {out} and {plot} ({len(rows)} rows{f', {len(crashed)} crashed' if crashed else ''})",
           file=sys.stderr)
     return 0

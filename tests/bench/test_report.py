@@ -271,3 +271,13 @@ def test_the_cascade_targets_read_per_frame_figures_and_count_a_missing_candidat
     table = "\n".join(cascade_rows(rows))
     assert "| m | 0,2,6 | -1.20 | 2.46 | -0.40 | 3.38 | 10.0 % | 2.60 | 1.50 | 1.50 |" in table
     assert "| m | 0,2,3,4,6 | – | – | no candidate |" in table
+
+
+def test_named_subsets_are_grouped_by_size_and_bad_ones_are_refused():
+    from bench.cli import named_subsets
+    from ocap_core.errors import OcapError
+
+    assert named_subsets("0,2,6; 6,4,2 ;0,2,3,4,6;") == {3: [[0, 2, 6], [2, 4, 6]], 5: [[0, 2, 3, 4, 6]]}
+    for bad, why in (("0,x", "not comma-separated"), ("3", "two or more"), (";", "no class subset")):
+        with pytest.raises(OcapError, match=why):
+            named_subsets(bad)

@@ -50,7 +50,7 @@ EVERY_MODEL = ("ocap", "cascade", "ocap-first")        # run on every model; the
 # variants explored beside the comparisons: run when --methods names them, not by a full run
 # (ocap-first over 24 CNN and ResNet-20 subsets: median 1.79x -> 2.11x fewer MACs, misses 2 -> 5)
 EXPLORATORY = ("ocap-first",)
-QUICK_METHODS = ["ocap", "cascade", "l1", "ocap+truth", "ocap+random-select"]
+QUICK_METHODS = ["ocap", "cascade", "l1", "ocap+truth"]
 MATCHED = ("l1", "random")                  # need the class-aware search's MAC reduction
 PRUNE_CLI = "prune-cli"                     # the row of the timed whole `ocap prune`
 PRUNE_CLI_CLASSES = [0, 2, 9]

@@ -11,16 +11,18 @@ def _row(load, epochs, wall, levels=(1.5, 2.0, 3.0), accepted=(True, True, False
             "stopped": "over_budget"}
 
 
-@pytest.mark.parametrize("busy_epochs,verdict", [(40, "MET"), (32, "MET"), (31, "MISSED"), (20, "MISSED")])
-def test_the_loaded_search_must_keep_the_idle_ones_epochs(busy_epochs, verdict):
-    res = {"rows": [_row("idle", 40, 70.0), _row("busy", busy_epochs, 140.0)], "budget": 60.0, "nice": 19,
-           "quick": False, "seed": 0}
+@pytest.mark.parametrize("busy,verdict", [({}, "MET"), ({"epochs": 39}, "MISSED"), ({"mac_reduction": 2.46}, "MISSED"),
+                                          ({"accepted": [True, False, False]}, "MISSED"),
+                                          ({"val_agreement": 0.9913}, "MISSED")])
+def test_the_loaded_search_must_be_the_idle_one_done_later(busy, verdict):
+    res = {"rows": [_row("idle", 40, 70.0), dict(_row("busy", 40, 140.0), **busy)], "budget": 160, "nice": 19,
+           "quick": False, "seed": 0, "max_loss": 1.0}
     [(target, measured, got)] = judge(res)
-    assert got == verdict and target.startswith("busy") and f"{busy_epochs} vs 40" in measured
+    assert got == verdict and target.startswith("busy: the same search") and f"{busy.get('epochs', 40)} vs 40" in measured
     assert "2.00× the wall time" in measured
     text = markdown(res, "2 cores")
-    assert "| busy | 140 | 60 | 1.5 → 2 → 3✗ | " + str(busy_epochs) + " | 2.01× | 0.9912 | over_budget | 1.00 |" in text
-    assert f"| {verdict} |" in text and "--time-budget 60" in text and "nice 19" in text
+    assert "| busy | 140 | 60 | " in text and "| idle | 70 | 60 | 1.5 → 2 → 3✗ | 40 | 2.01× | 0.9912 |" in text
+    assert f"| {verdict} |" in text and "--work-epochs 160 --time-budget 600" in text and "nice 19" in text
 
 
 def test_without_both_runs_there_is_no_verdict():

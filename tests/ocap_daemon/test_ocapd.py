@@ -322,8 +322,11 @@ def test_a_corrupt_current_model_starts_on_last_good(tmp_path):
 
 @pytest.mark.slow
 def test_personalization_waits_for_enough_held_back_images_to_show_the_budget(tmp_path, images):
-    """A 0.2-point budget needs 499 judged images, 998 held back: more than this cache holds back (192 per
-    class), so the trigger waits and says so, instead of starting a search that must fail."""
+    """A 0.2-point budget needs 1,500 judged images, 3,000 held back (``judged_images_needed``): more than
+    this cache holds back (192 per class), so the trigger waits and says so, instead of starting a search
+    that must fail."""
+    from ocap_core.agreement import judged_images_needed
+
     daemon = start(tmp_path, write_ini(tmp_path, personalize={"max_loss": "0.2"}))
     replay = feed(tmp_path, images)
     try:
@@ -332,7 +335,8 @@ def test_personalization_waits_for_enough_held_back_images_to_show_the_budget(tm
             return reason if "held-back samples" in reason else None
 
         reason = wait_until(waiting_reason, 240, "the trigger to wait for held-back samples", interval=1.0)
-        assert reason.startswith("cache holds ") and reason.endswith("/998 held-back samples of {0,3,7}"), reason
+        floor = 2 * judged_images_needed(0.2)
+        assert reason.startswith("cache holds ") and reason.endswith(f"/{floor} held-back samples of {{0,3,7}}"), reason
         assert "personalize_started" not in [k for k, _ in events(tmp_path)]
     finally:
         replay.stop()

@@ -44,9 +44,12 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 TEACHER_SHARE, MIN_CHECKS = 0.25, 100      # [drift]: the teacher's share of frames, checks a verdict needs
-# [privacy] held_back_share: the demo replays 500 distinct images of each class, and a 1-point budget
-# is judged on 300 (``judged_images_needed``), 600 held back: more than the default 0.2 of them
-HELD_BACK_SHARE = 0.55
+# [privacy] held_back_share: the default 0.2 at least, more where the data needs it (``held_back_share``):
+# the demo replays 500 distinct images of each class, and a 1-point budget is judged on 300, 600 held back
+HELD_BACK_SHARE = 0.2
+MAX_HELD_BACK_SHARE = 0.55
+HELD_BACK_MARGIN = 1.15     # the split is a hash of each image: hold back this much more than the floor
+MIN_TRAIN_PER_CLASS = 48    # [personalize] min_samples_per_class of the demo's config
 DEMO_INI = """\
 # written by `ocap demo`: windows of seconds, a short fine-tuning budget
 [daemon]
@@ -75,7 +78,7 @@ check_interval = 1s
 [personalize]
 max_loss = {max_loss}
 samples_per_class = 128
-min_samples_per_class = 48
+min_samples_per_class = {min_train}
 epochs = {epochs}
 time_budget = {budget}s
 wall_limit = {wall_limit}s
@@ -108,19 +111,19 @@ held_back_share = {held_back_share}
 def demo_config(work: Path, model: str, rate: float, speed: float = 1.0, epochs: int = 15, budget: float = 160.0,
                 threads: int = 0, log_level: str = "info", max_loss: float = 1.0, rule: str = "search",
                 nice: int = 19, cooldown: str = "20s", daily_cap: int = 4, drift_cooldown: str = "60s",
-                wall_limit: float = 3600.0) -> str:
+                wall_limit: float = 3600.0, held_back: float = HELD_BACK_SHARE) -> str:
     """The demo's INI for a daemon in ``work`` fed ``rate`` frames per second: windows of seconds.
     ``threads`` 0 lets the worker take one per idle core; ``rule``, ``nice``, ``cooldown``,
     ``daily_cap`` and ``wall_limit`` (at least ``budget``) are the ``[personalize]`` keys (the
     benchmarks' short cycles use the fixed rule, the soak's many cycles lift the cap), ``drift_cooldown``
-    is ``[drift] cooldown``."""
+    is ``[drift] cooldown``, ``held_back`` ``[privacy] held_back_share`` (``held_back_share``)."""
     return DEMO_INI.format(state=work / "state", cache=work / "cache", socket=work / "ocap.sock", model=model,
                            log_level=log_level, window=max(2, round(4 / speed)),
                            min_predictions=max(40, int(rate * 4 / speed * 0.5)), epochs=epochs, budget=budget,
                            wall_limit=max(wall_limit, budget), threads=threads or "auto", max_loss=max_loss, rule=rule, nice=nice, cooldown=cooldown,
                            daily_cap=daily_cap, drift_cooldown=drift_cooldown, teacher_share=TEACHER_SHARE,
                            min_checks=MIN_CHECKS, drift_window=drift_window(rate, speed), probation=max(5, round(15 / speed)),
-                           held_back_share=HELD_BACK_SHARE)
+                           held_back_share=held_back, min_train=MIN_TRAIN_PER_CLASS)
 
 
 def drift_window(rate: float, speed: float) -> int:
@@ -242,26 +245,50 @@ def demo_mix(y: np.ndarray, args: argparse.Namespace, class_names: Sequence[str]
     return classes, shares, extra
 
 
+def held_back_share(max_loss: float, replayed: Dict[int, int]) -> float:
+    """``[privacy] held_back_share`` for the distinct images replayed of the observed classes
+    (``replayed``: class -> count): the default, or enough more that the cache holds back what the
+    budget is judged on (``judged_images_needed``, twice, with a margin for the hash split), at most
+    ``MAX_HELD_BACK_SHARE``: the rest must still fill each class's training samples."""
+    from ocap_core.agreement import judged_images_needed
+
+    total = sum(replayed.values())
+    if max_loss <= 0 or total <= 0:
+        return HELD_BACK_SHARE
+    need = HELD_BACK_MARGIN * 2 * judged_images_needed(max_loss) / total
+    return round(min(MAX_HELD_BACK_SHARE, max(HELD_BACK_SHARE, need)), 3)
+
+
 def data_cannot_show(max_loss: float, replayed: Dict[int, int]) -> str:
     """Why the distinct images replayed of the observed classes (``replayed``: class -> count) cannot
     support a search within ``max_loss`` points, or "". The cache holds back a share of distinct frames
-    (a hash of their pixels) and the search judges on half of those: too few, and the daemon would
-    observe until the demo gave up."""
+    (a hash of their pixels; ``held_back_share``) and the search judges on half of those; the others
+    train, at least ``MIN_TRAIN_PER_CLASS`` of each class. Too few, and the daemon would observe until
+    the demo gave up."""
     from ocap_core.agreement import judged_images_needed, smallest_budget
 
     if max_loss <= 0:
         return ""
-    share = HELD_BACK_SHARE
-    held = int(sum(n * share for n in replayed.values()))
+    share = held_back_share(max_loss, replayed)
+    total = sum(replayed.values())
+    held = int(total * share)
     floor = 2 * judged_images_needed(max_loss)
-    if held >= floor:
+    fewest = min(replayed.values()) if replayed else 0
+    train_short = fewest * (1.0 - share) < MIN_TRAIN_PER_CLASS
+    if held >= floor and not train_short:
         return ""
-    shown = smallest_budget(held // 2)
-    return (f"the demo replays {sum(replayed.values())} distinct images of the observed classes, of which about "
+    if train_short and held >= floor:
+        return (f"the demo replays as few as {fewest} distinct images of an observed class; holding back "
+                f"{share:.0%} of them to judge a {max_loss:g}-point budget leaves fewer than the "
+                f"{MIN_TRAIN_PER_CLASS} each class needs to train on: use a data set with more images of these "
+                f"classes, or allow a larger --max-loss")
+    most = int(total * (1.0 - MIN_TRAIN_PER_CLASS / max(fewest, 1))) if fewest > MIN_TRAIN_PER_CLASS else 0
+    shown = smallest_budget(min(held, most) // 2)
+    return (f"the demo replays {total} distinct images of the observed classes, of which about "
             f"{held} would be held back to judge the search (on half of them), and a {max_loss:g}-point budget "
-            f"needs {floor}: use a data set with about {2 * int(np.ceil(floor / share))} images of these classes (the "
-            f"demo replays half of them and scores on the other half)"
-            + (f", or allow --max-loss {np.ceil(shown * 2) / 2:g} (what {held // 2} judged images can judge)"
+            f"needs {floor}: use a data set with about {2 * int(np.ceil(HELD_BACK_MARGIN * floor / MAX_HELD_BACK_SHARE))} "
+            f"images of these classes (the demo replays half of them and scores on the other half)"
+            + (f", or allow --max-loss {np.ceil(shown * 2) / 2:g} (what {min(held, most) // 2} judged images can judge)"
                if shown <= 100 else ""))
 
 
@@ -298,7 +325,8 @@ def run_demo(args: argparse.Namespace) -> int:
         replay_x[k] = test.x[idx[: len(idx) // 2]]
         held.extend(idx[len(idx) // 2:].tolist())
     held_idx = np.asarray(sorted(held))
-    short = data_cannot_show(args.max_loss, {k: len(replay_x[k]) for k in classes})
+    replayed = {k: len(replay_x[k]) for k in classes}
+    short = data_cannot_show(args.max_loss, replayed)
     if short:
         print(f"ocap demo: {args.data}: {short}", file=sys.stderr)
         return 2
@@ -311,7 +339,8 @@ def run_demo(args: argparse.Namespace) -> int:
     ini.write_text(demo_config(work, model, args.rate, speed, args.epochs, args.budget, args.threads,
                                max_loss=args.max_loss, nice=args.nice,
                                # a worker kept waiting ends, saying so, before the demo gives up (1.5x)
-                               wall_limit=args.max_seconds), encoding="utf-8")
+                               wall_limit=args.max_seconds, held_back=held_back_share(args.max_loss, replayed)),
+                   encoding="utf-8")
     # SIGTERM (a kill, a CI timeout) must reach the `with daemon` below, or the daemon outlives the demo
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
     t_start = time.time()

@@ -152,3 +152,14 @@ def test_the_summary_says_how_each_level_fared_alone_and_as_a_cascade(row, text)
     from ocap_daemon.demo import level_text
 
     assert level_text(row) == text
+
+
+def test_the_demo_holds_back_what_the_budget_needs_and_leaves_enough_to_train():
+    from ocap_daemon.demo import HELD_BACK_SHARE, MAX_HELD_BACK_SHARE, data_cannot_show, held_back_share
+
+    fashion = {0: 500, 3: 500, 7: 500}
+    assert HELD_BACK_SHARE < held_back_share(1.0, fashion) < MAX_HELD_BACK_SHARE      # 600 of 1,500, and a margin
+    assert held_back_share(5.0, fashion) == HELD_BACK_SHARE                           # the default is enough
+    digits = {5: 90, 6: 91, 9: 91}
+    assert "fewer than the 48 each class needs to train on" in data_cannot_show(5.0, digits)
+    assert data_cannot_show(7.5, digits) == ""

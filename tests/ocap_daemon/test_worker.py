@@ -64,8 +64,8 @@ def test_a_job_makes_a_candidate_and_reports_progress(tmp_path):
     assert seen[0]["threads"] == 1 and seen[0]["threads_cap"] == 1 and run.describe()["threads"] == 1
     assert {e["stage"] for e in seen if e["event"] == "stage"} >= {"load", "score", "select", "search", "export"}
     # the operating point the search chose is the candidate, and its path is in the result
-    path = run.result["search"]["path"]
-    assert path and run.result["metrics"]["mac_reduction"] >= max(p["level"] for p in path if p["accepted"])
+    path = run.result["search"]["path"]      # the cheapest point measured: alone or as a cascade
+    assert any(abs(run.result["metrics"]["mac_reduction"] - p["mac_reduction"]) < 0.01 for p in path if p["accepted"])
     assert oct(os.stat(tmp_path / "job" / "job.json").st_mode & 0o777) == "0o600"
 
 

@@ -65,13 +65,11 @@ def evaluate_package(pkg: ModelPackage, test: Dataset, classes: Optional[Sequenc
     if card.cascade is not None:               # the base answers the frames the specialist doubts
         fb_card = card.fallback_card()
         fb_sess = open_session(pkg.path / FALLBACK_ONNX, threads=threads)
-        p = np.exp(logits - logits.max(1, keepdims=True))
-        back = falls_back(p / p.sum(1, keepdims=True), float(card.cascade["tau"]))
+        back = falls_back(_softmax(logits), float(card.cascade["tau"]))
         if back.any():
-            fb_logits = run_batches(fb_sess, x[back])["logits"]
-            q = np.exp(fb_logits - fb_logits.max(1, keepdims=True))
             kept = [fb_card.class_ids.index(k) for k in card.class_ids]
-            answer = fallback_answer(q / q.sum(1, keepdims=True), kept, float(card.cascade.get("outside_weight", 1.0)))
+            answer = fallback_answer(_softmax(run_batches(fb_sess, x[back])["logits"]), kept,
+                                     float(card.cascade.get("outside_weight", 1.0)))
             pred[back] = np.asarray(fb_card.class_ids)[answer]
     correct = pred == data.y
     out: Dict[str, Any] = {
@@ -94,6 +92,11 @@ def evaluate_package(pkg: ModelPackage, test: Dataset, classes: Optional[Sequenc
     if back is not None:
         out.update(_cascade_figures(card, back, out, fb_sess if latency_runs else None, x))
     return out
+
+
+def _softmax(logits: np.ndarray) -> np.ndarray:
+    p = np.exp(logits - logits.max(1, keepdims=True))
+    return p / p.sum(1, keepdims=True)
 
 
 def _cascade_figures(card: Any, back: np.ndarray, out: Dict[str, Any], fb_sess: Any, x: np.ndarray) -> Dict[str, Any]:

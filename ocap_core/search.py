@@ -394,8 +394,9 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
 
     failed_masks: Optional[Masks] = None                    # of the level that stopped the ladder
     for level in spec.levels:
-        if out_of():
-            stopped = out_of()
+        why = out_of()
+        if why:
+            stopped = why
             break
         masks = levels_of.at(level)
         if masks is None:

@@ -18,11 +18,13 @@ from typing import Any, Dict, List
 
 import numpy as np
 
+from ocap_core.agreement import smallest_budget
 from ocap_core.package import Card, open_package
 from ocap_service.server import Server
 from ocap_service.sources import SOURCES, OptionError, RejectedFrames, SourceContext, ThreadSource
 
 from .config import SOURCE_PREFIX, Config, ConfigError, SourceConfig
+from .trigger import held_back_needed
 
 log = logging.getLogger(__name__)
 Checked = Dict[str, Dict[str, Any]]         # each source's options with what its check loaded, by name
@@ -58,13 +60,10 @@ def replay_shortfalls(cfg: Config, checked: Checked) -> List[str]:
     searched): the cache holds back a share of distinct frames and the search judges on half of them
     (``judged_images_needed``); with too few the daemon would observe and never personalize. Each line
     says what would do: more images, or the budget the images can judge."""
-    from ocap_core.agreement import judged_images_needed, smallest_budget
-
     p = cfg.personalize
-    if (not cfg.sources or any(s.type != "replay" for s in cfg.sources.values()) or not p.enabled
-            or p.rule != "search" or p.max_loss <= 0):
+    floor, share = held_back_needed(p)[0], cfg.privacy.held_back_share      # 0: nothing is searched
+    if not cfg.sources or any(s.type != "replay" for s in cfg.sources.values()) or not p.enabled or not floor:
         return []
-    floor, share = 2 * judged_images_needed(p.max_loss), cfg.privacy.held_back_share
     out: List[str] = []
     for name, got in checked.items():
         labels = got["dataset"].y

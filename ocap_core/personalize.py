@@ -215,10 +215,9 @@ def personalize(base_pkg: ModelPackage, samples: Samples, classes: Sequence[int]
             # frames (a random reservoir of the stream) it sends to other classes
             weight = outside_weight(float((~mine[val_idx]).mean()) if len(val_idx) else 0.0, len(cls), num_classes)
 
-            def judge(x_stop: torch.Tensor, x_judge: torch.Tensor) -> CascadeJudge:
-                return CascadeJudge(x_stop, predict_logits(base, x_stop), x_judge, predict_logits(base, x_judge), cls,
-                                    base_pkg.onnx_path, shape, classifier, spec.search.max_loss,
-                                    spec.search.confidence_z, spec.search.measure, weight)
+            def judge(x_judge: torch.Tensor) -> CascadeJudge:
+                return CascadeJudge(x_judge, predict_logits(base, x_judge), cls, base_pkg.onnx_path, shape, classifier,
+                                    spec.search.max_loss, spec.search.confidence_z, spec.search.measure, weight)
         searched = search(base, classifier, shape, cls, levels, x_tr, t_tr, x_val, t_val, spec.search,
                           spec.finetune, teacher=teacher_k, y=y_tr, y_val=y_val, progress=progress, cascade=judge)
         keep, history, student = searched.masks, searched.history, searched.model

@@ -279,7 +279,7 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
            ft: FinetuneSpec, teacher: Optional[Callable[[torch.Tensor], torch.Tensor]] = None,
            y: Optional[torch.Tensor] = None, y_val: Optional[torch.Tensor] = None,
            progress: Optional[Progress] = None, measure: Optional[Callable[[nn.Module], float]] = None,
-           cascade: Optional[Callable[[torch.Tensor, torch.Tensor], Any]] = None) -> SearchResult:
+           cascade: Optional[Callable[[torch.Tensor], Any]] = None) -> SearchResult:
     """Walk ``spec.levels`` (progressive pruning, distillation at each step) and return the smallest
     candidate whose held-back agreement with the restricted teacher (``t_tr`` / ``t_val``: base logits at
     the K classes) loses at most ``spec.max_loss`` points. Raises OcapError when no level is within.
@@ -288,7 +288,7 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
     The held-back images are split in two: early stopping picks each step's weights on one half, the
     levels are judged on the other, so the verdict comes from images that chose nothing.
 
-    ``cascade`` (the two halves -> a ``CascadeJudge``) also judges each candidate with the base as its
+    ``cascade`` (the judged half -> a ``CascadeJudge``) also judges each candidate with the base as its
     fallback: a level passes when the candidate alone keeps the budget, or the cascade does at a
     measured cost per frame below the best point's so far; the result is the cheapest point measured
     (alone, or a cascade with its threshold)."""
@@ -301,7 +301,7 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
         raise OcapError(f"unknown agreement measure {spec.measure!r}; choose from {', '.join(MEASURES)}")
     if measure is None:
         check_judgeable(len(x_judge), spec)
-    casc = cascade(x_stop, x_judge) if cascade is not None else None
+    casc = cascade(x_judge) if cascade is not None else None
 
     def judge(model: nn.Module) -> Tuple[float, float, float]:
         """Agreement on the judged half, its standard error (0 for a given ``measure``), and the

@@ -322,7 +322,7 @@ SCHEMA: Tuple[Key, ...] = (
     _k("personalize", "wall_limit", DURATION, "1h", "A run still going after this long, waiting included, is stopped and discarded (at least time_budget).", "> 0"),
     _k("personalize", "cooldown", DURATION, "1h", "Least time between the start of two runs.", ">= 0"),
     _k("personalize", "daily_cap", INT, "4", "Most automatic runs per day (0: none).", ">= 0"),
-    _k("personalize", "threads", AUTO_INT, "auto", "CPU threads of the personalization worker: one per idle core (auto) or at most this many.", ">= 1"),
+    _k("personalize", "threads", AUTO_INT, "auto", "Worker CPU threads: one per idle core (auto) or at most this many (1: the same result idle or busy).", ">= 1"),
     _k("personalize", "nice", INT, "19", "Nice value of the personalization worker.", "0..19"),
     _k("personalize", "max_temperature", FLOAT, "80", "No run starts (a running one pauses) while the hottest thermal zone is above this, in degrees C.", "> 0"),
     _k("personalize", "min_free_memory", SIZE, "512MB", "No run starts with less free memory than this.", ">= 0"),

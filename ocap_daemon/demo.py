@@ -550,7 +550,9 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
                    help="personalization time budget, seconds of work (the operating-point search gets half)")
     p.add_argument("--max-loss", type=float, default=1.0,
                    help="points of held-back agreement with the base the search may give up")
-    p.add_argument("--threads", type=int, default=0, help="worker threads at most (0: one per idle core)")
+    p.add_argument("--threads", type=int, default=1,
+                   help="worker threads at most (0: one per idle core); torch's results depend on the thread "
+                        "count, so one thread gives the same operating point on an idle and a busy machine")
     p.add_argument("--nice", type=int, default=19, choices=range(20), metavar="0..19",
                    help="the worker's niceness, as [personalize] nice (19: personalization yields to all other "
                         "work; where other processes keep every core busy, 0 lets it finish within --max-seconds)")

@@ -13,6 +13,7 @@ from ocap_core.cascade import (
     at_threshold,
     choose_threshold,
     cost_per_frame,
+    cross_fitted,
     fallback_answer,
     fallback_costs,
     falls_back,
@@ -86,6 +87,29 @@ def test_the_chosen_threshold_is_the_lowest_that_keeps_the_budget(seed):
     assert few is not None and few.loss_pp + 2 * few.loss_se_pp > 2.0 >= few.loss_pp + few.loss_se_pp - 1e-9
     alone = choose_threshold(conf, np.zeros(n), base, max_loss=2.0)
     assert alone.tau == 0 and alone.share == 0                           # a good specialist needs no fallback
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_a_cross_fitted_threshold_is_judged_on_frames_that_did_not_choose_it(seed):
+    rng = np.random.default_rng(seed)
+    n = 600
+    conf = rng.uniform(0.5, 1.0, n)
+    spec = (rng.uniform(0, 1, n) > conf).astype(float)
+    base = np.zeros(n)
+    pt = cross_fitted(conf, spec, base, max_loss=2.0)
+    even, odd = choose_threshold(conf[0::2], spec[0::2], base[0::2], 2.0), choose_threshold(conf[1::2], spec[1::2], base[1::2], 2.0)
+    assert pt.tau == max(even.tau, odd.tau) and pt.share == pytest.approx(float((conf < pt.tau).mean()))
+    # each fold at the other's threshold: not the loss at the kept threshold on all frames
+    crossed = np.concatenate([np.where(conf[0::2] < odd.tau, 0.0, spec[0::2]), np.where(conf[1::2] < even.tau, 0.0, spec[1::2])])
+    assert pt.loss_pp == pytest.approx(100 * crossed.mean())
+    # a fold flattered by frames the specialist happens to get right gives its threshold no say over its own verdict
+    lucky = spec.copy()
+    lucky[0::2] = 0.0
+    flattered = cross_fitted(conf, lucky, base, max_loss=2.0)
+    assert flattered.loss_pp == pytest.approx(100 * lucky[1::2].mean() / 2, abs=1e-9)   # odd frames judged at tau 0
+    assert cross_fitted(conf, spec, spec, max_loss=2.0) is None
+    with pytest.raises(OcapError, match="1 frames"):
+        cross_fitted(conf[:1], spec[:1], base[:1], max_loss=2.0)
 
 
 def test_cost_and_macs_per_frame():

@@ -33,7 +33,7 @@ def test_every_option_of_the_demo_says_its_default_and_what_it_is():
     assert r.returncode == 0
     text = " ".join(re.split(r"^(?:options|optional arguments):", r.stdout, maxsplit=1, flags=re.M)[1].split())   # 3.10+ | 3.8
     for flag, default in (("--rate", "120.0"), ("--budget", "160.0"), ("--max-loss", "1.0"), ("--seed", "0"),
-                          ("--threads", "0"), ("--max-seconds", "270.0")):
+                          ("--threads", "1"), ("--max-seconds", "270.0")):
         after = text[text.index(f"{flag} {flag.strip('-').replace('-', '_').upper()}"):]
         assert f"(default {default})" in after[:400], (flag, after[:400])
     assert "--seed SEED seed of" in text

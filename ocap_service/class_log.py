@@ -22,10 +22,12 @@ log = logging.getLogger(__name__)
 ORIGINS = ("served", "teacher")
 Key = Tuple[int, str, str, int]
 
-_UPSERT = ("INSERT INTO counts (minute, model_version, origin, class_id, n, conf_sum, lowconf_n, fallback_n) "
-           "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (minute, model_version, origin, class_id) DO UPDATE SET "
-           "n = n + excluded.n, conf_sum = conf_sum + excluded.conf_sum, lowconf_n = lowconf_n + excluded.lowconf_n, "
-           "fallback_n = fallback_n + excluded.fallback_n")
+# an increment in two statements SQLite 3.22 runs (UPSERT needs 3.24; ocap_service/db.py): the key's row
+# with zeros unless it is there, then the counts added to it
+_KEY = "minute = ? AND model_version = ? AND origin = ? AND class_id = ?"
+_INSERT_ZERO = ("INSERT OR IGNORE INTO counts (minute, model_version, origin, class_id, n, conf_sum, lowconf_n, "
+                "fallback_n) VALUES (?, ?, ?, ?, 0, 0.0, 0, 0)")
+_ADD = f"UPDATE counts SET n = n + ?, conf_sum = conf_sum + ?, lowconf_n = lowconf_n + ?, fallback_n = fallback_n + ? WHERE {_KEY}"
 FIELDS = 4          # per pending key: count, confidence sum, low-confidence count, answers by a cascade's base
 
 
@@ -103,7 +105,8 @@ class ClassLog:
             rows = [(*key, int(v[0]), v[1], int(v[2]), int(v[3])) for key, v in pending.items()]
             try:
                 with transaction(self._db) as conn:
-                    conn.executemany(_UPSERT, rows)
+                    conn.executemany(_INSERT_ZERO, [r[:4] for r in rows])
+                    conn.executemany(_ADD, [r[4:] + r[:4] for r in rows])
                     faults.point("classlog.flush")
             except (sqlite3.Error, OSError) as e:
                 with self._lock:

@@ -2,13 +2,16 @@
 to date by ``PRAGMA user_version`` migrations, and the few ways the tables' code touches it.
 
 Plain ``sqlite3``, no wrapper: the schema is append-only SQL keyed by ``user_version``, the hot path (the
-class log's flush) is an increment upsert no table API expresses, and the reads are a handful of fixed
-queries. Who writes which table through which connection: docs/architecture.md, "SQLite"."""
+class log's flush) is an increment no table API expresses, and the reads are a handful of fixed
+queries. The SQL runs on SQLite 3.22 (JetPack 4.6's): no UPSERT (``ON CONFLICT ... DO UPDATE``, 3.24),
+whose syntax error there meant that class counts were never written; an insert-or-ignore of the row
+then an update of it does the same in one transaction. Who writes which table through which
+connection: docs/architecture.md, "SQLite"."""
 
 import sqlite3
 from contextlib import contextmanager
 from pathlib import Path
-from typing import Iterator, List, Sequence
+from typing import Iterator, List, Sequence, Tuple
 
 from .errors import ServiceError
 
@@ -90,13 +93,15 @@ def read_rows(path: Path, sql: str, args: Sequence = ()) -> List[tuple]:
         conn.close()
 
 
-def write(path: Path, sql: str, args: Sequence = ()) -> None:
-    """One statement committed on a short connection of its own (for rare writes: events, models)."""
+def write(path: Path, sql: str, args: Sequence = (), *more: Tuple[str, Sequence]) -> None:
+    """One statement, or several (``more``: (sql, args) pairs), committed together on a short connection
+    of its own (for rare writes: events, models)."""
     try:
         conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S)
         try:
             with conn:
-                conn.execute(sql, tuple(args))
+                for q, a in ((sql, args),) + more:
+                    conn.execute(q, tuple(a))
         finally:
             conn.close()
     except sqlite3.Error as e:

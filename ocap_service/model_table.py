@@ -7,7 +7,7 @@ a full disk cannot make a swap that happened look failed."""
 import json
 import logging
 from pathlib import Path
-from typing import Any, Dict, List, Sequence
+from typing import Any, Dict, List, Sequence, Tuple
 
 from ocap_core import strict_json
 from ocap_core.package import Card
@@ -17,8 +17,10 @@ from .errors import ServiceError
 
 log = logging.getLogger(__name__)
 
-_UPSERT = ("INSERT INTO models (version, parent, created, class_ids_json, macs, params, metrics_json, status) "
-           "VALUES (?, ?, ?, ?, ?, ?, ?, ?) ON CONFLICT (version) DO UPDATE SET status = excluded.status")
+# recorded the first time, its status set every time: two statements (UPSERT needs SQLite 3.24; db.py)
+_INSERT = ("INSERT OR IGNORE INTO models (version, parent, created, class_ids_json, macs, params, metrics_json, "
+           "status) VALUES (?, ?, ?, ?, ?, ?, ?, ?)")
+_SET_STATUS = "UPDATE models SET status = ? WHERE version = ?"
 
 
 class ModelTable:
@@ -30,15 +32,14 @@ class ModelTable:
         m = card.metrics
         row = (card.version, card.parent, card.created, strict_json.dumps(list(card.class_ids)), m.get("macs"),
                m.get("params"), strict_json.dumps(m, default=str), status)
-        self._write(_UPSERT, row, f"model {card.version} not recorded as {status}")
+        self._write(f"model {card.version} not recorded as {status}", (_INSERT, row), (_SET_STATUS, (status, card.version)))
 
     def set_status(self, version: str, status: str) -> None:
-        self._write("UPDATE models SET status = ? WHERE version = ?", (status, version),
-                    f"model {version} not marked {status}")
+        self._write(f"model {version} not marked {status}", (_SET_STATUS, (status, version)))
 
-    def _write(self, sql: str, args: Sequence, what: str) -> None:
+    def _write(self, what: str, *statements: Tuple[str, Sequence]) -> None:
         try:
-            write(self.path, sql, args)
+            write(self.path, *statements[0], *statements[1:])
         except ServiceError as e:
             log.error("%s: %s", what, e)
 

@@ -479,7 +479,9 @@ def _retried(events: List[Dict[str, Any]], deployed: List[Dict[str, Any]]) -> Li
         if e["ts"] < end and e["kind"] == Event.PERSONALIZE_FAILED:
             out.append(str(e["detail"].get("reason") or e["detail"].get("error") or e["detail"].get("state", "failed")))
         elif e["ts"] < end and e["kind"] == Event.GATE and not e["detail"].get("passed"):
-            out.append(f"the gate refused the candidate: {e['detail'].get('reason', '')}")
+            d = e["detail"]
+            what = f" ({d['macs']:,} MACs, judged on {d['samples']} held-back frames)" if d.get("macs") and d.get("samples") else ""
+            out.append(f"the gate refused the candidate{what}: {d.get('reason', '')}")
     return out
 
 

@@ -216,7 +216,7 @@ def test_with_a_fallback_the_search_keeps_the_cheapest_point_and_stops_when_cost
     res = search(model, clf, shape, cls, levels, x_tr, t_tr, x_val, t_val,
                  SearchSpec(max_loss=1.0, levels=(1.5, 2.0, 3.0, 4.0, 6.0), time_budget=3600, step_epochs=1,
                             polish=False, retry_factor=1),
-                 FinetuneSpec(epochs=1), measure=lambda m: 0.95, cascade=lambda xs, xj: judge)
+                 FinetuneSpec(epochs=1), measure=lambda m: 0.95, cascade=lambda xj: judge)
     costs = [p["cascade"]["cost"] for p in res.path]
     kinds = [p["accepted_as"] for p in res.path]
     assert all(k in ("cascade", None) for k in kinds) and kinds[0] == "cascade"
@@ -225,6 +225,13 @@ def test_with_a_fallback_the_search_keeps_the_cheapest_point_and_stops_when_cost
     refused = kinds.index(None)                                               # the first that cost more
     assert costs[refused] >= min(costs[:refused]) and res.stopped == "over_budget"
     assert all(p["loss_pp"] > 1.0 for p in res.path)                          # alone: every level over
+    # measured no faster than the base: a level within the budget alone is not an operating point
+    slow = StandInCascade(base_macs, lambda r: 1.0)
+    slow.point = lambda m, macs: dict(StandInCascade.point(slow, m, macs), alone_cost=0.97, accepted=False)
+    with pytest.raises(OcapError, match=r"cheaper than the base: the levels within it \(1\.\d+x\) ran no 5 % faster"):
+        search(model, clf, shape, cls, levels, x_tr, t_tr, x_val, t_val,
+               SearchSpec(max_loss=1.0, levels=(1.5,), time_budget=3600, step_epochs=1, polish=False),
+               FinetuneSpec(epochs=1), measure=lambda m: 0.995, cascade=lambda xj: slow)
     # no fallback wanted: a search without one raises, as it did
     with pytest.raises(OcapError, match="no operating point"):
         search(model, clf, shape, cls, levels, x_tr, t_tr, x_val, t_val,

@@ -8,6 +8,7 @@ lines over 64 KiB, payloads over the configured cap and idle connections are cut
 are checked against the peer's SO_PEERCRED credentials.
 """
 
+import contextlib
 import fcntl
 import json
 import logging
@@ -130,7 +131,8 @@ class ControlServer:
             log.warning("%d control connection(s) still busy after %.0f s; stopping without them", left, STOP_GRACE)
         if self._sock:
             self._sock.close()
-            self.path.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):      # (unlink's missing_ok= is 3.8+)
+                self.path.unlink()
         if self._lock_fd is not None:
             os.close(self._lock_fd)
             self._lock_fd = None

@@ -10,6 +10,7 @@ again, in the order they came, to fresh selectors, so the cache resumes the stat
 leaves the device and ``forget`` deletes everything.
 """
 
+import contextlib
 import logging
 import os
 import threading
@@ -85,7 +86,8 @@ class SampleCache:
         held = {Path(p).name for p in self._digest_of}
         stray = [f for f in list(self.dir.glob("*.npz")) + list(self.dir.glob(".*.npz.tmp")) if f.name not in held]
         for f in stray:
-            f.unlink(missing_ok=True)
+            with contextlib.suppress(FileNotFoundError):      # (unlink's missing_ok= is 3.8+)
+                f.unlink()
         log.info("sample cache resumed: %s%s", self.counts(), f"; {len(stray)} unindexed file(s) removed" if stray else "")
 
     def _resume_rows(self) -> None:
@@ -97,7 +99,8 @@ class SampleCache:
                     image, features = z["image"], z["features"]
             except (OSError, ValueError, KeyError) as e:
                 log.warning("sample %s unreadable (%s); dropped", path, e)
-                Path(path).unlink(missing_ok=True)
+                with contextlib.suppress(FileNotFoundError):
+                    Path(path).unlink()
                 continue
             self._place(str(path), image, features, int(class_id), split, None, stored_size=int(size),
                         digest=image_digest(image))

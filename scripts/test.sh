@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The whole test suite, exactly as CI runs it: ruff and vermin (Python 3.8 syntax), every test on
+# The whole test suite, exactly as CI runs it: ruff and vermin (Python 3.8 syntax; 3.6 in the torch-free modules), every test on
 # Python 3.11 with torch, and every torch-free test on Python 3.8 (JetPack 5's Python). Both halves
 # run even when the first fails; the summary at the end reports each. Tests run in pytest-xdist worker
 # processes (OCAP_TEST_WORKERS, default: one more than the cores: many tests wait on subprocesses and
@@ -18,9 +18,12 @@ verdict() {  # verdict EXIT -> passed / FAILED (exit N); pytest's 5 is "no tests
     case $1 in 0) echo passed ;; 5) echo "nothing selected" ;; *) echo "FAILED (exit $1)" ;; esac
 }
 results=()
-stamp "lint: ruff and vermin (Python 3.8 syntax)"
+stamp "lint: ruff and vermin (Python 3.8 syntax; 3.6, JetPack 4.6's, where torch is not imported)"
+# the torch-free modules: the serving and control planes, and the engine's modules that import no torch
+TORCH_FREE=(ocap_cli ocap_service ocap_daemon $(grep -L -E "^(import|from) torch" ocap_core/*.py))
 "$V311/bin/ruff" check ocap_core ocap_cli ocap_service ocap_daemon tests bench examples \
-    && "$V311/bin/vermin" --target=3.8- --violations --no-tips --eval-annotations -q ocap_core ocap_cli ocap_service ocap_daemon tests bench examples
+    && "$V311/bin/vermin" --target=3.8- --violations --no-tips --eval-annotations -q ocap_core ocap_cli ocap_service ocap_daemon tests bench examples \
+    && "$V311/bin/vermin" --target=3.6- --backport dataclasses --violations --no-tips --eval-annotations -q "${TORCH_FREE[@]}"
 lint=$?
 results+=("lint: $([ $lint = 0 ] && echo passed || echo FAILED)")
 stamp "Python 3.11, every test (torch included), $WORKERS workers"

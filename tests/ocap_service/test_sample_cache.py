@@ -57,6 +57,27 @@ def test_a_frame_seen_again_is_not_a_new_sample(tmp_path, frames):
     assert again.forget() == 60 and again.offer(x[0], pred.features[0], int(pred.class_ids[0]), 0.9)
 
 
+@pytest.mark.parametrize("passes", [2, 5])
+def test_what_the_cache_holds_after_many_passes_of_a_replay_is_what_one_pass_left(tmp_path, frames, passes):
+    """The KL rule turns down most frames once a class's buffer is full; offered again in a later pass,
+    a frame turned down could replace a sample, so the cache depended on how many passes had come when
+    personalization began. A frame offered lately is declined, turned down or not (``SEEN_MAX``)."""
+    x, pred = frames
+
+    def held(n_passes, where):
+        cache = SampleCache(where / "cache", where / "ocap.db", per_class=8)
+        for _ in range(n_passes):
+            _fill(cache, frames)
+        out = {split: sorted(img.tobytes() for img in cache.load(split)[0]) for split in ("train", "val")}
+        declined = cache.declined_duplicates
+        cache.close()
+        return out, declined
+
+    (one, _), (many, declined) = held(1, tmp_path / "one"), held(passes, tmp_path / "many")
+    assert one == many and sum(map(len, one.values())) < len(x)     # most of the first pass was turned down
+    assert declined == (passes - 1) * len(x)
+
+
 def test_a_restart_resumes_the_same_samples(tmp_path, frames):
     cache = SampleCache(tmp_path / "cache", tmp_path / "ocap.db", per_class=12)
     _fill(cache, frames)

@@ -46,15 +46,22 @@ def held_back_needed(p: PersonalizeConfig, classes: int = 1) -> Tuple[int, int]:
     return floor, max(floor, min(2 * judged_images_needed(p.max_loss / 2), classes * val_capacity(p.samples_per_class)))
 
 
+FREQ_STEP = 0.05      # the class shares a job gets, to this step (at least one step each)
+
+
 def plan_of(windows: List[Dict[int, int]], st: stability.Stability) -> Plan:
-    """The plan the stability verdict ``st`` on ``windows`` (oldest first) makes."""
+    """The plan the stability verdict ``st`` on ``windows`` (oldest first) makes. The class shares are
+    those of the stable run of windows, to the nearest ``FREQ_STEP``: the shares weigh the channels
+    each class uses (ALGORITHMS.md), and the newest window's raw shares (0.49 or 0.51 of a 0.5 class,
+    by where a window's edge fell) made the same replay keep other channels from run to run."""
     classes = sorted(st.classes)
-    newest = windows[-1] if windows else {}
-    total = sum(newest.get(k, 0) for k in classes) or 1
+    stable = windows[-max(1, st.streak):] if windows else []
+    counts = {k: sum(w.get(k, 0) for w in stable) for k in classes}
+    total = sum(counts.values()) or 1
+    freqs = {k: round(max(FREQ_STEP, round(counts[k] / total / FREQ_STEP) * FREQ_STEP), 6) for k in classes}
     seen = sum(sum(w.values()) for w in windows)
     inside = sum(w.get(k, 0) for w in windows for k in classes)
-    return Plan(tuple(classes), {k: newest.get(k, 0) / total for k in classes}, st.describe(),
-                1 - inside / seen if seen else 0.0)
+    return Plan(tuple(classes), freqs, st.describe(), 1 - inside / seen if seen else 0.0)
 
 
 class Trigger:

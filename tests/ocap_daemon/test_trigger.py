@@ -7,8 +7,9 @@ import dataclasses
 
 import pytest
 
+from ocap_daemon import stability
 from ocap_daemon.config import Config
-from ocap_daemon.trigger import DAY, MAX_CRASHES, Trigger
+from ocap_daemon.trigger import DAY, MAX_CRASHES, Trigger, plan_of
 from ocap_service.event_kinds import Event
 from tests.ocap_daemon.fake_serving import FakeServing, Model
 
@@ -53,6 +54,17 @@ def test_a_stable_mix_with_a_full_cache_starts_on_its_classes(rig):
     ok, why, plan = trigger.evaluate()
     assert ok and why.startswith("stable 3/3"), why
     assert plan.classes == (0, 3, 7) and plan.class_freqs == {0: 0.5, 3: 0.3, 7: 0.2}
+
+
+@pytest.mark.parametrize("windows", [
+    [{0: 490, 3: 305, 7: 205}, {0: 515, 3: 290, 7: 195}, {0: 505, 3: 300, 7: 195, 5: 10}],
+    [{0: 51, 3: 29, 7: 20}, {0: 47, 3: 32, 7: 21}, {0: 52, 3: 28, 7: 20}],
+])
+def test_the_class_shares_of_a_plan_do_not_follow_a_windows_noise(windows):
+    """The same mix, windows cut at other moments: the same shares (they weigh the channels kept)."""
+    plan = plan_of(windows, stability.Stability(True, 3, 3, frozenset({0, 3, 7}), 0.01, ""))
+    assert plan.class_freqs == {0: 0.5, 3: 0.3, 7: 0.2}
+    assert plan.outside_share == pytest.approx(10 / 3010 if 5 in windows[-1] else 0.0)
 
 
 @pytest.mark.parametrize("change,reason", [

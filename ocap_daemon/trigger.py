@@ -47,21 +47,31 @@ def held_back_needed(p: PersonalizeConfig, classes: int = 1) -> Tuple[int, int]:
 
 
 FREQ_STEP = 0.05      # the class shares a job gets, to this step (at least one step each)
+OUTSIDE_STEP = 0.02   # the share of frames outside them, to this step (at least half a step when any)
+
+
+def quantized(share: float, step: float) -> float:
+    """``share`` to the nearest ``step``, at least half a step when above 0: a plan's shares come from a
+    few windows whose counts depend on where their edges fell, and what they decide (the channels
+    kept, how many outside frames judge a candidate) should not."""
+    return round(max(step / 2, round(share / step) * step), 6) if share > 0 else 0.0
 
 
 def plan_of(windows: List[Dict[int, int]], st: stability.Stability) -> Plan:
     """The plan the stability verdict ``st`` on ``windows`` (oldest first) makes. The class shares are
     those of the stable run of windows, to the nearest ``FREQ_STEP``: the shares weigh the channels
     each class uses (ALGORITHMS.md), and the newest window's raw shares (0.49 or 0.51 of a 0.5 class,
-    by where a window's edge fell) made the same replay keep other channels from run to run."""
+    by where a window's edge fell) made the same replay keep other channels from run to run. The share
+    of frames outside the classes, to ``OUTSIDE_STEP``, sets how many such frames judge a candidate
+    (``selection.outside_quota``): raw, it moved the README demo's judged frames from run to run."""
     classes = sorted(st.classes)
     stable = windows[-max(1, st.streak):] if windows else []
     counts = {k: sum(w.get(k, 0) for w in stable) for k in classes}
     total = sum(counts.values()) or 1
-    freqs = {k: round(max(FREQ_STEP, round(counts[k] / total / FREQ_STEP) * FREQ_STEP), 6) for k in classes}
+    freqs = {k: max(FREQ_STEP, quantized(counts[k] / total, FREQ_STEP)) for k in classes}
     seen = sum(sum(w.values()) for w in windows)
     inside = sum(w.get(k, 0) for w in windows for k in classes)
-    return Plan(tuple(classes), freqs, st.describe(), 1 - inside / seen if seen else 0.0)
+    return Plan(tuple(classes), freqs, st.describe(), quantized(1 - inside / seen, OUTSIDE_STEP) if seen else 0.0)
 
 
 class Trigger:

@@ -9,7 +9,7 @@ import pytest
 
 from ocap_daemon import stability
 from ocap_daemon.config import Config
-from ocap_daemon.trigger import DAY, MAX_CRASHES, Trigger, plan_of
+from ocap_daemon.trigger import DAY, MAX_CRASHES, Trigger, plan_of, quantized
 from ocap_service.event_kinds import Event
 from tests.ocap_daemon.fake_serving import FakeServing, Model
 
@@ -64,7 +64,11 @@ def test_the_class_shares_of_a_plan_do_not_follow_a_windows_noise(windows):
     """The same mix, windows cut at other moments: the same shares (they weigh the channels kept)."""
     plan = plan_of(windows, stability.Stability(True, 3, 3, frozenset({0, 3, 7}), 0.01, ""))
     assert plan.class_freqs == {0: 0.5, 3: 0.3, 7: 0.2}
-    assert plan.outside_share == pytest.approx(10 / 3010 if 5 in windows[-1] else 0.0)
+    assert plan.outside_share == (0.01 if 5 in windows[-1] else 0.0)    # 0.3 %: half a step, not none
+
+
+def test_shares_are_quantized_to_their_step():
+    assert [quantized(s, 0.02) for s in (0.0, 0.003, 0.055, 0.061, 0.069, 0.071)] == [0.0, 0.01, 0.06, 0.06, 0.06, 0.08]
 
 
 @pytest.mark.parametrize("change,reason", [

@@ -487,15 +487,16 @@ def _retried(events: List[Dict[str, Any]], deployed: List[Dict[str, Any]]) -> Li
 
 def level_text(row: Dict[str, Any]) -> str:
     """One level of the search's path for the summary: its MAC reduction and loss alone, and where the
-    base answered the frames it doubted, how many and what that lost (a cascade within the budget
-    that was not cheaper than the point already found is not taken)."""
+    base answered the frames it doubted, how many and what that lost (a level within the budget that
+    was not cheaper than the point already found is a step of the ladder, not a point taken)."""
     head = f"{row['mac_reduction']:.1f}x -{row['loss_pp']:.2f} pp"
     c = row.get("cascade") or {}
     fell = f"{100 * c.get('fallback_share', 0.0):.0f}% to the base -{c.get('loss_pp', 0.0):.2f} pp"
+    ok = "ok" if row.get("cheaper", True) else "within, not cheaper"
     if row.get("accepted_as") == "cascade":
-        return f"{head}, with {fell} ok"
+        return f"{head}, with {fell} {ok}"
     if row["accepted"]:
-        return f"{head} ok"
+        return f"{head} {ok}"
     if c.get("accepted"):
         return f"{head} over, with {fell} not cheaper"
     return f"{head} over"

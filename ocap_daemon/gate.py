@@ -7,7 +7,7 @@ Each verdict carries its figures, for the events table."""
 
 import time
 from dataclasses import dataclass, field, replace
-from typing import Any, Dict, Optional
+from typing import Any, Dict, List, Optional
 
 import numpy as np
 
@@ -32,7 +32,7 @@ class GateConfig:
                                              "samples to swap in (auto: 1 - 2 x max_loss/100).", "[0, 1]")
     min_speedup: float = setting(FLOAT, 1.1, "Least measured speedup over the base model for a candidate to be "
                                              "swapped in.", ">= 1.0")
-    latency_runs: int = setting(INT, 200, "Timed inferences per model when measuring the speedup.", ">= 10")
+    latency_runs: int = setting(INT, 200, "Frames timed per model for the speedup (each three times in turn; the fastest counts).", ">= 10")
 
     def __post_init__(self) -> None:
         settings.check(self, "gate")
@@ -55,14 +55,25 @@ class Verdict:
     model: Optional[LoadedModel] = None          # the loaded candidate, ready to install when passed
 
 
-def _p50_ms(model: LoadedModel, frames: np.ndarray) -> float:
-    """Batch-1 time per frame in ms: the median, or for a cascade (its base answers some frames, the
-    slow ones) the mean, what a frame costs on average."""
-    times = []
-    for f in frames:
+REPEATS = 3     # each frame is timed this many times per model, in turn; its fastest counts
+
+
+def _frame_ms(model: LoadedModel, frame: np.ndarray) -> float:
+    """One frame's batch-1 time in ms: the fastest of ``REPEATS`` runs. A run the scheduler or the
+    serving threads delayed is slower, never faster, than the model: on a busy machine each run's
+    waits compressed the candidate's and the served model's times towards each other, and the gate
+    refused a 1.36x cascade at under 1.05x in one run of the README demo and passed it in the next."""
+    best = float("inf")
+    for _ in range(REPEATS):
         t0 = time.perf_counter()
-        model.predict(f)
-        times.append((time.perf_counter() - t0) * 1e3)
+        model.predict(frame)
+        best = min(best, (time.perf_counter() - t0) * 1e3)
+    return best
+
+
+def _per_frame(model: LoadedModel, times: List[float]) -> float:
+    """What a frame costs: the median, or for a cascade (its base answers some frames, the slow ones)
+    the mean."""
     return float(np.mean(times) if model.base is not None else np.median(times))
 
 
@@ -110,16 +121,17 @@ def _check(candidate_dir: str, served: LoadedModel, teacher: LoadedModel, images
                                   student == np.asarray(kept)[probs.argmax(1)])))
     agreement = 1.0 - float(np.where(back, fallback_costs(tp.probs, cols, cand.outside_weight), answer_costs(probs, student, kept)).mean())
     frames = images[np.arange(cfg.latency_runs) % len(images)]
-    cand_ms, served_ms = [], []
-    for half in np.array_split(frames, 4):       # interleaved, so both see the same machine state
-        cand_ms.append(_p50_ms(cand, half))
-        served_ms.append(_p50_ms(served, half))
+    cand_t, served_t = [], []
+    for f in frames:                             # frame by frame in turn, so both see the same machine state
+        cand_t.append(_frame_ms(cand, f))
+        served_t.append(_frame_ms(served, f))
+    cand_ms, served_ms = _per_frame(cand, cand_t), _per_frame(served, served_t)
     # the rule reads the figures as recorded, so a verdict never contradicts its own record in a digit
-    agreement, speedup = round(agreement, 4), round(float(np.median(served_ms) / np.median(cand_ms)), 3)
+    agreement, speedup = round(agreement, 4), round(served_ms / cand_ms, 3)
     figures = {"version": cand.version, "classes": kept, "samples": len(images), "outside": int((~mine).sum()),
                "agreement": agreement,
                "hard_agreement": round(hard, 4),
-               "candidate_ms": round(float(np.median(cand_ms)), 4), "served_ms": round(float(np.median(served_ms)), 4),
+               "candidate_ms": round(cand_ms, 4), "served_ms": round(served_ms, 4),
                "speedup": speedup, "macs": cand.card.metrics.get("macs"),
                **({} if answered.fell_back is None else
                   {"fallback_share": round(float(np.mean(answered.fell_back)), 4), "tau": cand.tau}),

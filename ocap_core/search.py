@@ -289,9 +289,9 @@ def search(base: nn.Module, classifier: str, shape: Sequence[int], classes: Sequ
     levels are judged on the other, so the verdict comes from images that chose nothing.
 
     ``cascade`` (the judged half -> a ``CascadeJudge``) also judges each candidate with the base as its
-    fallback: a level passes when the candidate alone keeps the budget, or the cascade does at a
-    measured cost per frame below the best point's so far; the result is the cheapest point measured
-    (alone, or a cascade with its threshold)."""
+    fallback: a level passes (the ladder goes on from it) when the candidate keeps the budget alone or
+    as a cascade; the result is the cheapest point measured (alone, or a cascade with its threshold),
+    at least ``COST_MARGIN`` cheaper than the base and than any point before it."""
     clock = WorkClock()                                      # budget in work (ocap_core/work_clock.py)
     x_stop, t_stop, x_judge, t_judge = x_val[0::2], t_val[0::2], x_val[1::2], t_val[1::2]
     yv_stop = None if y_val is None else y_val[0::2]

@@ -93,16 +93,17 @@ def read_rows(path: Path, sql: str, args: Sequence = ()) -> List[tuple]:
         conn.close()
 
 
-def write(path: Path, sql: str, args: Sequence = (), *more: Tuple[str, Sequence]) -> None:
-    """One statement, or several (``more``: (sql, args) pairs), committed together on a short connection
-    of its own (for rare writes: events, models)."""
+def write(path: Path, *statements: Tuple[str, Sequence]) -> None:
+    """Statements, each (sql, args), committed together on a short connection of its own (for rare
+    writes: events, models)."""
     try:
         conn = sqlite3.connect(str(path), timeout=BUSY_TIMEOUT_S)
         try:
             with conn:
-                for q, a in ((sql, args),) + more:
-                    conn.execute(q, tuple(a))
+                for sql, args in statements:
+                    conn.execute(sql, tuple(args))
         finally:
             conn.close()
     except sqlite3.Error as e:
-        raise ServiceError(f"writing to the database {path} failed ({sql.split('(')[0].strip()}): {e}") from e
+        first = statements[0][0].split("(")[0].strip() if statements else ""
+        raise ServiceError(f"writing to the database {path} failed ({first}): {e}") from e

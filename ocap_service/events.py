@@ -31,8 +31,8 @@ class EventLog:
         kind = kind_name(kind)
         ev = {"ts": time.time(), "kind": kind, "detail": detail}
         try:
-            write(self.path, "INSERT INTO events (ts, kind, detail_json) VALUES (?, ?, ?)",
-                  (ev["ts"], kind, strict_json.dumps(detail, default=str)))
+            write(self.path, ("INSERT INTO events (ts, kind, detail_json) VALUES (?, ?, ?)",
+                              (ev["ts"], kind, strict_json.dumps(detail, default=str))))
         except ServiceError as e:     # a full or failing disk must not stop what the event is about
             log.error("event %s not recorded: %s", kind, e)
         return ev

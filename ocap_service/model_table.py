@@ -39,7 +39,7 @@ class ModelTable:
 
     def _write(self, what: str, *statements: Tuple[str, Sequence]) -> None:
         try:
-            write(self.path, *statements[0], *statements[1:])
+            write(self.path, *statements)
         except ServiceError as e:
             log.error("%s: %s", what, e)
 

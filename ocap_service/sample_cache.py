@@ -31,7 +31,7 @@ from .errors import ServiceError
 
 log = logging.getLogger(__name__)
 SPLITS = ("train", "val")
-# Frames offered lately (a prefix of their pixels' digest): one seen before is declined even when the
+# Frames offered lately (their pixels' 8-byte digest, as an int): one seen before is declined even when the
 # selector turned it down then. A replay offers its images again and again, and a frame turned down in one
 # pass could replace a sample in the next, so what the cache held when personalization began depended on
 # how many passes had come by then (the README demo's specialists differed from run to run). About 1 MB.
@@ -122,7 +122,7 @@ class SampleCache:
         # follows the pixels, and a copy of a sample held, or of a frame offered lately, is declined.
         digest = image_digest(image)
         split = split_for(digest, self.val_share)
-        seen = int(digest[:16], 16)
+        seen = int(digest, 16)
         with self._lock:
             if digest in self._held or seen in self._seen:
                 self.declined_duplicates += 1

@@ -2,6 +2,7 @@
 (numpy only: the engine's search and the daemon's gate judge candidates by the same numbers)."""
 
 import math
+from typing import Optional
 
 import numpy as np
 
@@ -49,6 +50,13 @@ def smallest_budget(n: int, z: float = 1.0) -> float:
     turned round): what to suggest to a user whose data is short."""
     n = int(n)
     return max(smallest_loss_shown(n, z), 100.0 * MIN_DISAGREEMENTS / n) if n > 0 else float("inf")
+
+
+def budget_to_suggest(n: int, z: float = 1.0) -> Optional[float]:
+    """The budget to suggest to a user whose data gives ``n`` judged images: ``smallest_budget`` rounded
+    up to half a point, or None when no budget within 100 points can be judged on them."""
+    b = smallest_budget(n, z)
+    return math.ceil(2 * b) / 2 if b <= 100 else None
 
 
 def _fewest_showing(max_loss: float, z: float) -> int:

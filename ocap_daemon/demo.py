@@ -265,7 +265,7 @@ def data_cannot_show(max_loss: float, replayed: Dict[int, int]) -> str:
     (a hash of their pixels; ``held_back_share``) and the search judges on half of those; the others
     train, at least ``MIN_TRAIN_PER_CLASS`` of each class. Too few, and the daemon would observe until
     the demo gave up."""
-    from ocap_core.agreement import judged_images_needed, smallest_budget
+    from ocap_core.agreement import budget_to_suggest, judged_images_needed
 
     if max_loss <= 0:
         return ""
@@ -283,13 +283,13 @@ def data_cannot_show(max_loss: float, replayed: Dict[int, int]) -> str:
                 f"{MIN_TRAIN_PER_CLASS} each class needs to train on: use a data set with more images of these "
                 f"classes, or allow a larger --max-loss")
     most = int(total * (1.0 - MIN_TRAIN_PER_CLASS / max(fewest, 1))) if fewest > MIN_TRAIN_PER_CLASS else 0
-    shown = smallest_budget(min(held, most) // 2)
+    shown = budget_to_suggest(min(held, most) // 2)
     return (f"the demo replays {total} distinct images of the observed classes, of which about "
             f"{held} would be held back to judge the search (on half of them), and a {max_loss:g}-point budget "
             f"needs {floor}: use a data set with about {2 * int(np.ceil(HELD_BACK_MARGIN * floor / MAX_HELD_BACK_SHARE))} "
             f"images of these classes (the demo replays half of them and scores on the other half)"
-            + (f", or allow --max-loss {np.ceil(shown * 2) / 2:g} (what {min(held, most) // 2} judged images can judge)"
-               if shown <= 100 else ""))
+            + (f", or allow --max-loss {shown:g} (what {min(held, most) // 2} judged images can judge)"
+               if shown is not None else ""))
 
 
 def parse_ids(text: str, flag: str) -> List[int]:

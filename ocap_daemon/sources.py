@@ -18,7 +18,7 @@ from typing import Any, Dict, List
 
 import numpy as np
 
-from ocap_core.agreement import smallest_budget
+from ocap_core.agreement import budget_to_suggest
 from ocap_core.package import Card, open_package
 from ocap_service.server import Server
 from ocap_service.sources import SOURCES, OptionError, RejectedFrames, SourceContext, ThreadSource
@@ -71,12 +71,12 @@ def replay_shortfalls(cfg: Config, checked: Checked) -> List[str]:
             classes = sorted({int(k) for k, q in zip(ids, probs) if q > 0})
             n = int(np.isin(labels, classes).sum())
             held = int(n * share)
-            allowed = smallest_budget(held // 2)
+            allowed = budget_to_suggest(held // 2)
             line = (f"[{SOURCE_PREFIX}{name}] replays {n} images of classes {classes}, of which about {held} would be "
                     f"held back ([privacy] held_back_share = {share:g}), and a {p.max_loss:g}-point budget "
                     f"([personalize] max_loss) is judged on {floor // 2} of {floor} held back: the daemon would "
                     f"observe them and never personalize; replay {math.ceil(floor / share)} or more images of these "
-                    f"classes" + (f", or allow max_loss = {math.ceil(2 * allowed) / 2:g}" if allowed <= 100 else ""))
+                    f"classes" + (f", or allow max_loss = {allowed:g}" if allowed is not None else ""))
             if held < floor and line not in out:
                 out.append(line)
     return out

@@ -6,7 +6,6 @@ import os
 import subprocess
 import sys
 import time
-from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Dict, List, Optional
 
@@ -19,11 +18,15 @@ ROOT = Path(__file__).resolve().parent.parent
 
 
 def _versions() -> dict:
+    """Installed versions of what the figures depend on ("-" where absent)."""
+    import importlib
+
     out = {}
-    for pkg in ("torch", "torch-pruning", "onnxruntime", "numpy"):
-        try:
-            out[pkg] = version(pkg)
-        except PackageNotFoundError:
+    for pkg, module in (("torch", "torch"), ("torch-pruning", "torch_pruning"), ("onnxruntime", "onnxruntime"),
+                        ("numpy", "numpy")):
+        try:                       # (importlib.metadata is 3.8+; the torch-free tests run bench on 3.6 too)
+            out[pkg] = str(importlib.import_module(module).__version__)
+        except (ImportError, AttributeError):
             out[pkg] = "-"
     return out
 

@@ -12,10 +12,11 @@ import torch.nn as nn
 
 from . import strict_json
 from .errors import OcapError
-from .export import export_onnx, find_classifier, parity_diffs
+from .export import OPSET, export_onnx, find_classifier, parity_diffs
 from .measure import count_macs, count_params
-from .package import CARD, ONNX, WEIGHTS, Card, ModelPackage, file_sha256, open_package, write_card
+from .package import CARD, ONNX, WEIGHTS, Card, ModelPackage, file_sha256, open_package, utc_now, write_card
 from .preprocess import InputSpec
+from .torch_compat import load_tensors
 
 log = logging.getLogger(__name__)
 PARITY_TOLERANCE = 1e-4
@@ -72,7 +73,8 @@ def save_package(model: nn.Module, out: Path, *, name: str, input_spec: InputSpe
             raise OcapError(f"model {name} has {logits.shape[1]} outputs but {len(ids)} class ids")
         all_metrics = {"macs": count_macs(model, shape), "params": count_params(model),
                        "onnx_parity_max_abs_diff": diff,
-                       "onnx_parity_scaled_diff": scaled, "onnx_bytes": (tmp / ONNX).stat().st_size}
+                       "onnx_parity_scaled_diff": scaled, "onnx_bytes": (tmp / ONNX).stat().st_size,
+                       "onnx_opset": OPSET}
         all_metrics.update(metrics or {})
         digests = {f: file_sha256(tmp / f) for f in files}
         version = f"{name}-{digests[ONNX][:12]}"
@@ -121,6 +123,26 @@ def arch_name(pkg: ModelPackage) -> str:
     return name
 
 
+# measured by save_package from the ONNX file it writes; a re-export measures them anew
+EXPORT_METRICS = ("onnx_parity_max_abs_diff", "onnx_parity_scaled_diff", "onnx_bytes", "onnx_opset")
+
+
+def reexport(pkg: ModelPackage, out: Path, command: str) -> ModelPackage:
+    """``pkg`` with its ONNX form exported anew from its torch form (at today's ``OPSET``), into ``out``.
+    The weights are the same, so the card keeps what was measured with them; it records the version
+    it replaces and ``command``. A new ONNX file is a new version (its digest names it)."""
+    if pkg.card.cascade is not None or PRUNING_FILE in pkg.card.files:
+        raise OcapError(f"{pkg.path}: only a base package (arch + {WEIGHTS}, no pruning or fallback) is "
+                        "re-exported here")
+    card = pkg.card
+    prov = dict(card.provenance, reexported={"from_version": card.version, "opset": OPSET, "command": command,
+                                             "torch": torch.__version__.split("+")[0], "date": utc_now()})
+    return save_package(load_model(pkg), out, name=card.name, input_spec=card.input, class_names=card.class_names,
+                        arch=card.arch, class_ids=card.class_ids, parent=card.parent, provenance=prov,
+                        metrics={k: v for k, v in card.metrics.items() if k not in EXPORT_METRICS},
+                        overwrite=True)
+
+
 def load_model(pkg: ModelPackage) -> nn.Module:
     """Rebuild the torch model of a package (architecture from the card, strict state_dict)."""
     from .zoo import create_model
@@ -142,11 +164,11 @@ def load_model(pkg: ModelPackage) -> nn.Module:
         model = create_model(arch_name(pkg), in_chans=pkg.card.input.shape[0],
                              num_classes=len(pkg.card.class_ids), **kwargs)
     try:
-        state = torch.load(pkg.weights_path, map_location="cpu", weights_only=True)
+        state = load_tensors(pkg.weights_path)
         model.load_state_dict(state, strict=True)
     except (RuntimeError, OSError, EOFError, ValueError) as e:
         raise OcapError(f"cannot load {pkg.weights_path} into {arch_name(pkg)}: {e}") from e
     return model.eval()
 
 
-__all__ = ["CARD", "save_package", "load_model", "update_metrics", "arch_name", "write_pruning"]
+__all__ = ["CARD", "save_package", "reexport", "load_model", "update_metrics", "arch_name", "write_pruning"]

@@ -14,8 +14,12 @@ import torch.nn as nn
 
 from .errors import OcapError
 from .hooks import eval_mode, forward_hooks, probe
+from .torch_compat import export_kwargs
 
-OPSET = 17          # IR 8: loads on onnxruntime >= 1.12 (older Jetson builds)
+# 13: what JetPack 4.6's onnxruntime(-gpu) 1.10/1.11 (<= 15/16) and TensorRT 8.2 load, and torch 1.10
+# (<= 14) exports; the operators the models use (Conv, Gemm, Relu, Clip, Add, MaxPool, GlobalAveragePool,
+# Flatten) are the same there as at later opsets
+OPSET = 13
 
 
 def find_classifier(model: nn.Module, input_shape: Sequence[int]) -> str:
@@ -76,7 +80,7 @@ def export_onnx(model: nn.Module, input_shape: Sequence[int], path: Path, classi
         with eval_mode(model), torch.no_grad(), warnings.catch_warnings():
             warnings.simplefilter("ignore")
             torch.onnx.export(wrapped, (torch.zeros(1, *input_shape),), str(path), input_names=["input"],
-                              output_names=names, opset_version=OPSET, dynamo=False,
+                              output_names=names, opset_version=OPSET, **export_kwargs(),
                               dynamic_axes={n: {0: "batch"} for n in ["input"] + names})
     except OcapError:
         raise

@@ -10,6 +10,7 @@ from .build import USER_ARCH_FILE, save_package
 from .errors import OcapError
 from .package import ModelPackage
 from .preprocess import DEFAULT_PRESET, input_spec_for
+from .torch_compat import load_tensors
 from .zoo import create_model
 
 
@@ -29,7 +30,7 @@ def read_class_names(path: Path) -> list:
 def load_state_dict(path: Path) -> Dict[str, torch.Tensor]:
     """A state_dict file, also inside a checkpoint dict under 'state_dict' or 'model'."""
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        obj = load_tensors(path)
     except FileNotFoundError as e:
         raise OcapError(f"weights file {path} does not exist") from e
     except Exception as e:

@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 METHOD = "onnxruntime static quantization, QDQ"
 DEFAULT_CALIBRATION = 200        # frames (the issue's measurement; more changes little for min-max ranges)
 MIN_CALIBRATION = 32             # fewer: min-max ranges of a handful of frames clip the next ones
+MIN_ORT = (1, 12)                # quant_pre_process (onnxruntime.quantization.shape_inference)
 ACTIVATIONS = ("auto", "uint8", "int8")
 # operators of an already quantized graph (QDQ, QOperator and dynamic forms)
 QUANTIZED_OPS = frozenset(["QuantizeLinear", "DequantizeLinear", "QLinearConv", "QLinearMatMul", "ConvInteger",
@@ -130,7 +131,12 @@ class FrameReader:
 
 def _tools():
     """onnxruntime's quantization module (telemetry off first, as for every session)."""
-    _onnxruntime()
+    ort = _onnxruntime()
+    if tuple(int(v) for v in ort.__version__.split(".")[:2] if v.isdigit()) < MIN_ORT:
+        # 1.10/1.11 (JetPack 4.6's) have no quant_pre_process, whose shape inference the calibration needs
+        raise OcapError(f"INT8 quantization needs onnxruntime >= {MIN_ORT[0]}.{MIN_ORT[1]}; this is onnxruntime "
+                        f"{ort.__version__} (JetPack 4.6 has 1.10 or 1.11): serve the float model, or quantize "
+                        f"where onnxruntime is newer and copy the package here")
     try:
         from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quantize_static
         from onnxruntime.quantization.shape_inference import quant_pre_process

@@ -1,6 +1,6 @@
 # Sourced by scripts/*.sh: find interpreters, install the Fashion-MNIST package, build cached venvs.
 # Venvs live outside the clone in ${OCAP_CI_CACHE:-$HOME/.cache/ocap-ci}, keyed by a hash of
-# pyproject.toml, the constraints, the interpreter and the extras; a half-built one is rebuilt.
+# setup.cfg, the constraints, the interpreter and the extras; a half-built one is rebuilt.
 
 find_python() {  # find_python 3.11 -> path of an interpreter of that version, or nothing
     local v=$1 c
@@ -24,7 +24,7 @@ ensure_fashion_mnist() {
 
 make_venv() {  # make_venv PYTHON EXTRAS -> prints the venv path
     local py=$1 extras=$2 key V
-    key=$( (cat pyproject.toml .ci/constraints.txt; "$py" -VV; echo "$extras") | sha256sum | cut -c1-12)
+    key=$( (cat setup.cfg .ci/constraints.txt; "$py" -VV; echo "$extras") | sha256sum | cut -c1-12)
     V="${OCAP_CI_CACHE:-$HOME/.cache/ocap-ci}/venv-$key"
     mkdir -p "$(dirname "$V")"
     # one builder at a time (the demo, the tests and bin/* may start together): the others wait
@@ -32,12 +32,21 @@ make_venv() {  # make_venv PYTHON EXTRAS -> prints the venv path
     if [ ! -e "$V/.complete" ]; then
         echo "building $V ($("$py" -V), extras: $extras)" >&2
         rm -rf "$V" && "$py" -m venv "$V"
-        "$PY311" - "$extras" > "$V/requirements.txt" <<'PY'
-import sys, tomllib
-p = tomllib.load(open("pyproject.toml", "rb"))["project"]
+        # the requirements of setup.cfg (its install_requires and these extras), read by the venv's own
+        # Python so that their environment markers apply; Python 3.6's pip (18) predates manylinux2014
+        "$py" - "$extras" > "$V/requirements.txt" <<'PY'
+import configparser, sys
+c = configparser.ConfigParser()
+c.read("setup.cfg")
+lines = lambda v: [r.strip() for r in v.splitlines() if r.strip()]
 extras = [e for e in sys.argv[1].split(",") if e]
-print("\n".join(p["dependencies"] + [r for e in extras for r in p["optional-dependencies"][e]]))
+print("\n".join(lines(c["options"]["install_requires"])
+                + [r for e in extras for r in lines(c["options.extras_require"][e])]))
 PY
+        if "$V/bin/python" -c "import sys; sys.exit(sys.version_info >= (3, 7))"; then
+            "$V/bin/python" -m pip install -q --disable-pip-version-check "pip>=21.3,<22" 2>&1 \
+                | { grep -v "is ignored: it is neither" || true; } >&2
+        fi
         # (grep drops pip's warnings about index folders a package is absent from)
         "$V/bin/python" -m pip install -q --disable-pip-version-check -c .ci/constraints.txt \
             -r "$V/requirements.txt" 2>&1 | { grep -v "is ignored: it is neither" || true; } >&2

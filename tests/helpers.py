@@ -29,6 +29,17 @@ def wait_until(predicate: Callable[[], T], timeout: float = WAIT_S, interval: fl
         raise AssertionError(str(e)) from None
 
 
+def captured(args, **kwargs) -> subprocess.CompletedProcess:
+    """``subprocess.run`` with stdout and stderr captured as text (``capture_output=``/``text=`` are
+    Python 3.7+; the torch-free tests also run on JetPack 4.6's 3.6)."""
+    return subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, universal_newlines=True, **kwargs)
+
+
+def captured_bytes(args, **kwargs) -> subprocess.CompletedProcess:
+    """``captured`` as bytes."""
+    return subprocess.run(args, stdout=subprocess.PIPE, stderr=subprocess.PIPE, **kwargs)
+
+
 def subprocess_env() -> dict:
     """The environment for a subprocess that imports this checkout's packages."""
     return dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
@@ -49,8 +60,21 @@ def run_cli(*args: str, env=None, timeout: float = 600) -> subprocess.CompletedP
     """Run ``ocap ARGS`` (``python -m ocap_cli``) as a real subprocess from the repository root."""
     full_env = subprocess_env()
     full_env.update(env or {})
-    return subprocess.run([sys.executable, "-m", "ocap_cli", *args], capture_output=True, text=True,
-                          cwd=str(ROOT), env=full_env, timeout=timeout)
+    return captured([sys.executable, "-m", "ocap_cli", *args], cwd=str(ROOT), env=full_env, timeout=timeout)
+
+
+def run_into_closed_pipe(args, timeout: float = 300, **kwargs) -> subprocess.CompletedProcess:
+    """``args`` with stdout a pipe whose only reader is closed before the child writes a byte (as
+    ``head -1`` once it has its line); stderr captured as text. (Closing ``Popen.stdout`` instead breaks
+    ``communicate`` on Python 3.6.)"""
+    read_end, write_end = os.pipe()
+    os.close(read_end)
+    try:
+        proc = subprocess.Popen(args, stdout=write_end, stderr=subprocess.PIPE, **kwargs)
+    finally:
+        os.close(write_end)
+    _, err = proc.communicate(timeout=timeout)
+    return subprocess.CompletedProcess(proc.args, proc.returncode, "", err.decode("utf-8", "replace"))
 
 
 def exit_description(returncode: int) -> str:
@@ -75,8 +99,8 @@ def run_python(code: str, *args: str, env=None, timeout: float = 600) -> ChildRu
     native crash (SIGSEGV, SIGABRT from glibc) fails the calling test instead of ending the test run."""
     full_env = subprocess_env()
     full_env.update(env or {})
-    run = subprocess.run([sys.executable, "-X", "faulthandler", "-c", code, *args], capture_output=True, text=True, cwd=str(ROOT),
-                         env=full_env, timeout=timeout)
+    run = captured([sys.executable, "-X", "faulthandler", "-c", code, *args], cwd=str(ROOT), env=full_env,
+                   timeout=timeout)
     return ChildRun(run.args, run.returncode, run.stdout, run.stderr)
 
 

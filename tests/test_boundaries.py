@@ -4,12 +4,11 @@ the algorithms package never imports the control plane or the benchmarks (``ocap
 
 import importlib.util
 import json
-import subprocess
 import sys
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, captured
 
 TORCH_FREE_CORE = ["ocap_core", "ocap_core.errors", "ocap_core.data", "ocap_core.preprocess",
                    "ocap_core.package", "ocap_core.runtime", "ocap_core.evaluate", "ocap_core.cli",
@@ -28,7 +27,7 @@ def _loaded_after_import(modules: list, tops: tuple = ("torch",), then: str = ""
             f"for m in {modules!r}: importlib.import_module(m)\n"
             f"{then}\n"
             f"print(json.dumps(sorted(k for k in sys.modules if k.split('.')[0] in {tops!r})))")
-    out = subprocess.run([sys.executable, "-c", code], cwd=str(ROOT), capture_output=True, text=True)
+    out = captured([sys.executable, "-c", code], cwd=str(ROOT))
     assert out.returncode == 0, out.stderr
     return json.loads(out.stdout)
 

@@ -2,14 +2,13 @@
 (pytest-xdist workers and ``tests/crash_report.py``), a test that dies of SIGSEGV or SIGABRT is reported
 as that test failing, naming the signal, and the tests after it still run."""
 
-import subprocess
 import sys
 import textwrap
 
 import pytest
 
 from tests.crash_report import describe_crash
-from tests.helpers import ROOT, subprocess_env
+from tests.helpers import ROOT, captured, subprocess_env
 
 CRASHING = '''
 import ctypes, os
@@ -31,8 +30,8 @@ def test_after():
 def test_a_native_crash_fails_that_test_and_the_suite_goes_on(tmp_path):
     (tmp_path / "conftest.py").write_text('pytest_plugins = ["tests.crash_report"]\n')
     (tmp_path / "test_crashing.py").write_text(textwrap.dedent(CRASHING))
-    run = subprocess.run([sys.executable, "-m", "pytest", "-n", "2", "-p", "no:cacheprovider", "-rf",
-                          str(tmp_path)], capture_output=True, text=True, cwd=str(tmp_path),
+    run = captured([sys.executable, "-m", "pytest", "-n", "2", "-p", "no:cacheprovider", "-rf",
+                          str(tmp_path)], cwd=str(tmp_path),
                          env=subprocess_env(), timeout=300)
     out = run.stdout + run.stderr
     assert run.returncode == 1, out

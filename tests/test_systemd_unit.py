@@ -2,11 +2,10 @@
 and ocapd-jetpack4.service for systemd 237 (JetPack 4.6), which uses nothing newer."""
 
 import shutil
-import subprocess
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, captured
 
 UNIT = ROOT / "systemd" / "ocapd.service"
 JETPACK4 = ROOT / "systemd" / "ocapd-jetpack4.service"
@@ -47,8 +46,7 @@ def test_unit_declares_notify_and_config_exit_code():
 @UNITS
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 def test_systemd_analyze_verify_is_clean(tmp_path, unit):
-    r = subprocess.run(["systemd-analyze", "verify", str(_unit_with_existing_binary(tmp_path, unit))],
-                       capture_output=True, text=True)
+    r = captured(["systemd-analyze", "verify", str(_unit_with_existing_binary(tmp_path, unit))])
     # unknown keys and bad values only warn: any output about the unit is a failure
     problems = [ln for ln in r.stderr.splitlines() if "ocapd.service" in ln]
     assert r.returncode == 0 and not problems, r.stderr
@@ -57,8 +55,8 @@ def test_systemd_analyze_verify_is_clean(tmp_path, unit):
 @UNITS
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 def test_sandbox_exposure_score(tmp_path, unit):
-    r = subprocess.run(["systemd-analyze", "security", "--offline=true", "--threshold=20",
-                        str(_unit_with_existing_binary(tmp_path, unit))], capture_output=True, text=True)
+    r = captured(["systemd-analyze", "security", "--offline=true", "--threshold=20",
+                        str(_unit_with_existing_binary(tmp_path, unit))])
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr
 
 

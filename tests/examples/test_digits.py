@@ -4,20 +4,19 @@ file and trained outside ocap, imported, scored on every image, pruned, and run 
 whole loop (deploy, probation, drift revert) with no failed request."""
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, captured
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow]
 EXAMPLE = ROOT / "examples" / "digits"
 
 
 def run(*args, cwd, timeout=600):
-    r = subprocess.run([sys.executable, *map(str, args)], cwd=str(cwd), capture_output=True, text=True,
+    r = captured([sys.executable, *map(str, args)], cwd=str(cwd),
                        timeout=timeout, env=dict(__import__("os").environ, PYTHONPATH=str(ROOT)))
     assert r.returncode == 0, f"{args}: {r.stdout[-2000:]}\n{r.stderr[-3000:]}"
     return r

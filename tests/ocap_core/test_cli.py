@@ -1,6 +1,5 @@
 import json
 import re
-import subprocess
 import sys
 
 import numpy as np
@@ -8,7 +7,7 @@ import pytest
 
 from ocap_core.data import load_dataset
 from ocap_core.package import open_package
-from tests.helpers import ROOT, SHIPPED, cli, run_cli
+from tests.helpers import ROOT, SHIPPED, captured, cli, run_cli
 
 
 def test_eval_json_reports_the_card_accuracy():
@@ -124,7 +123,7 @@ def test_models_archs_lists_what_train_builds_but_not_the_suites_own():
 
 def _commands(module: str) -> list:
     """The COMMAND choices ``python -m MODULE --help`` lists."""
-    r = subprocess.run([sys.executable, "-m", module, "--help"], cwd=str(ROOT), capture_output=True, text=True,
+    r = captured([sys.executable, "-m", module, "--help"], cwd=str(ROOT),
                        timeout=120)
     assert r.returncode == 0, r.stderr
     block = r.stdout.split("  COMMAND\n", 1)[1].split("\n\n")[0]
@@ -140,6 +139,6 @@ def test_ocap_has_every_packages_commands_and_python_m_ocap_core_the_algorithms_
 def test_ocap_bench_without_the_bench_folder_says_where_it_runs():
     """An installed ocap has no bench/: the command stays and says so, in one line."""
     code = "import sys; sys.modules['bench'] = None; from ocap_cli import main; sys.exit(main(['bench', 'quality']))"
-    r = subprocess.run([sys.executable, "-c", code], cwd=str(ROOT), capture_output=True, text=True, timeout=120)
+    r = captured([sys.executable, "-c", code], cwd=str(ROOT), timeout=120)
     assert r.returncode == 1 and "Traceback" not in r.stderr
     assert "ocap bench: error: `ocap bench` runs from a source checkout" in r.stderr, r.stderr

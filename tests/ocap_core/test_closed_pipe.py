@@ -9,17 +9,14 @@ import numpy as np
 import pytest
 
 from ocap_core.closed_pipe import EXIT_CLOSED_PIPE
-from tests.helpers import ROOT
+from tests import helpers
+from tests.helpers import ROOT, captured
 
 
 def run_into_closed_pipe(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """``python ARGS`` with stdout a pipe whose only reader is closed before the child writes a byte."""
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=str(ROOT),
-                            env=env)
-    proc.stdout.close()                       # the reader is gone (as `head -1` once it has its line)
-    _, err = proc.communicate(timeout=timeout)
-    return subprocess.CompletedProcess(proc.args, proc.returncode, "", err.decode("utf-8", "replace"))
+    """``python ARGS`` (this checkout importable) into a pipe whose reader is gone."""
+    return helpers.run_into_closed_pipe([sys.executable, *args], timeout=timeout, cwd=str(ROOT),
+                                        env=helpers.subprocess_env())
 
 
 def _quiet(r: subprocess.CompletedProcess) -> None:
@@ -62,7 +59,7 @@ def test_ocapd_into_a_closed_pipe(tmp_path):
 
 def test_an_open_pipe_gets_everything_and_exit_0(small_npz):
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    r = subprocess.run([sys.executable, "-m", "ocap_core", "eval", "--model", "fmnist-cnn", "--data", small_npz,
-                        "--split", "all", "--latency-runs", "0"], capture_output=True, text=True, cwd=str(ROOT),
+    r = captured([sys.executable, "-m", "ocap_core", "eval", "--model", "fmnist-cnn", "--data", small_npz,
+                        "--split", "all", "--latency-runs", "0"], cwd=str(ROOT),
                        env=env, timeout=300)
     assert r.returncode == 0 and "on 50 images (the whole data set)" in r.stdout, r.stdout + r.stderr

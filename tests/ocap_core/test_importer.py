@@ -9,7 +9,7 @@ from ocap_core.package import open_package
 from ocap_core.runtime import open_session
 from tests.helpers import cli, run_cli
 
-pytestmark = pytest.mark.torch
+pytestmark = [pytest.mark.torch, pytest.mark.jetpack4]
 
 ARCH = '''
 import torch.nn as nn

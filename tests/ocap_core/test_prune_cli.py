@@ -81,6 +81,7 @@ def _rebuilds_in_torch(path) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.jetpack4
 def test_pruned_package_rebuilds_in_torch(pruned):
     _rebuilds_in_torch(pruned[0])
 
@@ -105,6 +106,7 @@ def test_iterative_cap_rounds_shrink_and_replay(tmp_path, small_data):
 
 
 @pytest.mark.slow
+@pytest.mark.jetpack4
 def test_a_confusable_set_gets_a_cascade_that_serves_and_evaluates(tmp_path, small_data):
     """Shirt / T-shirt / pullover at 6x: the specialist alone misses a 2-point budget (5.6 pp), with the
     base answering the frames it doubts it keeps it; the package carries the base, loads in the serving

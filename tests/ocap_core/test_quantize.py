@@ -6,7 +6,6 @@ with the torch extra: those tests carry the ``torch`` marker (the Python 3.8 run
 import dataclasses
 import json
 import shutil
-import subprocess
 import sys
 
 import numpy as np
@@ -16,9 +15,9 @@ import pytest
 from ocap_core.data import load_dataset
 from ocap_core.errors import OcapError
 from ocap_core.package import open_package, read_card, write_card
-from ocap_core.quantize import QuantSpec, compare, cpu_flags, quantize_package, quantized_reason
+from ocap_core.quantize import MIN_ORT, QuantSpec, compare, cpu_flags, quantize_package, quantized_reason
 from ocap_service.model_slot import load_model
-from tests.helpers import ROOT, run_cli, subprocess_env
+from tests.helpers import ROOT, captured, cli, run_cli, subprocess_env
 
 onnx_tools = pytest.mark.torch          # onnxruntime's quantization tools import onnx (the torch extra)
 
@@ -69,7 +68,7 @@ def test_quantizing_loads_no_torch(tmp_path):
             "from ocap_core.quantize import quantize_package, QuantSpec; "
             f"quantize_package(open_package('fmnist-cnn'), np.zeros((32, 28, 28), np.uint8), {str(tmp_path / 'q')!r}, "
             "QuantSpec(calibration=32)); print('torch' in sys.modules)")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(ROOT),
+    r = captured([sys.executable, "-c", code], cwd=str(ROOT),
                        env=subprocess_env(), timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split()[-1] == "False"
@@ -164,3 +163,14 @@ def test_ocap_quantize_errors_are_one_line_and_write_nothing(tmp_path, args, mes
     r = run_cli("quantize", "--model", "fmnist-cnn", "--out", str(tmp_path / "q"), *args)     # the last --model counts
     assert r.returncode == 1 and r.stderr.strip().splitlines()[-1].startswith("ocap quantize: error: ")
     assert message in r.stderr and not any(tmp_path.iterdir())
+
+
+@pytest.mark.skipif(tuple(int(v) for v in onnxruntime.__version__.split(".")[:2]) >= MIN_ORT,
+                    reason="this onnxruntime quantizes (the torch-marked tests above do it)")
+def test_an_onnxruntime_without_quant_pre_process_is_refused_with_the_version_it_needs(tmp_path):
+    """JetPack 4.6's onnxruntime 1.10/1.11 (the Python 3.6 run has 1.10): one line naming both versions,
+    nothing written."""
+    r = cli("quantize", "--model", "fmnist-cnn", "--calibration", "32", "--out", str(tmp_path / "q"))
+    assert r.returncode == 1, r.stderr
+    assert f"needs onnxruntime >= 1.12; this is onnxruntime {onnxruntime.__version__}" in r.stderr
+    assert not any(tmp_path.iterdir())

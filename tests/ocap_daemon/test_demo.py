@@ -3,7 +3,6 @@ line before ocapd starts (the whole loop itself runs in tests/examples/test_digi
 
 import argparse
 import math
-import subprocess
 import sys
 from pathlib import Path
 
@@ -12,7 +11,7 @@ import pytest
 
 from ocap_core.errors import OcapError
 from ocap_daemon.demo import demo_mix
-from tests.helpers import ROOT
+from tests.helpers import ROOT, captured
 
 NAMES = [f"c{k}" for k in range(10)]
 
@@ -50,8 +49,8 @@ def test_too_few_classes_present_for_a_demo():
 
 def test_data_that_does_not_fit_the_model_is_refused_before_ocapd_starts(tmp_path):
     np.savez(tmp_path / "small.npz", x=np.zeros((40, 16, 16), np.uint8), y=np.arange(40) % 10)
-    r = subprocess.run([sys.executable, "-m", "ocap_cli", "demo", "--data", str(tmp_path / "small.npz")],
-                       cwd=str(ROOT), capture_output=True, text=True, timeout=120)
+    r = captured([sys.executable, "-m", "ocap_cli", "demo", "--data", str(tmp_path / "small.npz")],
+                       cwd=str(ROOT), timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "small.npz: images are 16x16 (1 channel), the model fmnist-cnn takes 28x28 (1 channel)" in r.stderr
     assert "ocapd is up" not in r.stdout
@@ -70,7 +69,7 @@ def test_the_demo_worker_runs_at_the_niceness_and_limits_asked_for(tmp_path):
     assert (p.time_budget, p.wall_limit) == (160.0, 270.0)
     ini.write_text(demo_config(tmp_path, "fmnist-cnn", 120.0, budget=160.0, wall_limit=60.0), encoding="utf-8")
     assert load_config(ini).personalize.wall_limit == 160.0          # never below the budget
-    r = subprocess.run([sys.executable, "-m", "ocap_cli", "demo", "--nice", "20"], capture_output=True, text=True,
+    r = captured([sys.executable, "-m", "ocap_cli", "demo", "--nice", "20"],
                        cwd=str(ROOT))
     assert r.returncode == 2 and "--nice" in r.stderr
 

@@ -6,7 +6,6 @@ rejected candidate's session is released with its verdict, without the garbage c
 
 import gc
 import platform
-import subprocess
 import sys
 import weakref
 
@@ -16,7 +15,7 @@ from ocap_core.data import load_dataset
 from ocap_core.package import resolve_model
 from ocap_daemon import gate
 from ocap_service.model_slot import load_model
-from tests.helpers import ROOT, subprocess_env
+from tests.helpers import ROOT, captured, subprocess_env
 
 JUDGE = """
 import gc, resource
@@ -44,7 +43,7 @@ print((p.memory_info().rss - before) / 2 ** 20, (peak - high) / 2 ** 20)
 @pytest.mark.skipif(platform.system() != "Linux" or platform.libc_ver()[0] != "glibc",
                     reason="the heap figures are glibc's")
 def test_judging_a_thousand_frames_neither_peaks_high_nor_stays():
-    r = subprocess.run([sys.executable, "-c", JUDGE], capture_output=True, text=True, cwd=str(ROOT),
+    r = captured([sys.executable, "-c", JUDGE], cwd=str(ROOT),
                        env=subprocess_env(), timeout=300)
     assert r.returncode == 0, r.stderr
     kept, peak = map(float, r.stdout.split())

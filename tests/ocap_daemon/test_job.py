@@ -2,7 +2,6 @@
 ``job.json`` and refuses a bad field by name."""
 
 import json
-import subprocess
 import sys
 from pathlib import Path
 
@@ -10,6 +9,7 @@ import pytest
 
 from ocap_daemon.errors import DaemonError
 from ocap_daemon.job import Job
+from tests.helpers import captured
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -67,7 +67,7 @@ def test_a_missing_key_and_a_broken_file_are_named(tmp_path):
 def test_the_contract_and_the_engine_specs_load_without_torch():
     code = ("import sys; import ocap_daemon.job, ocap_core.prune_spec, ocap_core.finetune_spec; "
             "print(sorted(m for m in ('torch', 'torchvision', 'torch_pruning') if m in sys.modules))")
-    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, cwd=str(ROOT), timeout=120)
+    r = captured([sys.executable, "-c", code], cwd=str(ROOT), timeout=120)
     assert r.returncode == 0, r.stderr
     assert r.stdout.strip() == "[]"
 

@@ -7,7 +7,6 @@ import logging
 import os
 import shutil
 import signal
-import subprocess
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -25,7 +24,7 @@ from ocap_daemon.metrics import DaemonCollector, Textfile, write_textfile
 from ocap_daemon.store import ModelStore
 from ocap_service.client import Client
 from ocap_service.server import build_server
-from tests.helpers import ROOT, WAIT_S, subprocess_env, wait_until
+from tests.helpers import ROOT, WAIT_S, captured, subprocess_env, wait_until
 from tests.ocap_daemon.test_controller import _config
 from tests.ocap_daemon.test_ocapd import start, write_ini
 
@@ -207,8 +206,8 @@ def test_ocapd_answers_metrics_on_its_socket_and_writes_the_textfile(tmp_path):
         shutil.rmtree(str(moved.parent))
         wait_until(lambda: daemon.request("status")["metrics"]["error"], WAIT_S, what="a failed write in status")
         assert f"metrics textfile {moved} not written" in daemon.log_tail(20000)
-        human = subprocess.run([sys.executable, "-m", "ocap_service.ctl", "--socket", str(tmp_path / "s.sock"), "status"],
-                               capture_output=True, text=True, cwd=str(ROOT), env=subprocess_env(), timeout=60)
+        human = captured([sys.executable, "-m", "ocap_service.ctl", "--socket", str(tmp_path / "s.sock"), "status"],
+                         cwd=str(ROOT), env=subprocess_env(), timeout=60)
         assert f"metrics   textfile {moved} not written" in human.stdout, human.stdout + human.stderr
         with Client(tmp_path / "s.sock") as c:
             assert c.predict(frames[0])["class_id"] in range(10)
@@ -221,8 +220,8 @@ def test_ocapctl_metrics_prints_the_scrape(tmp_path):
     try:
         out = {}
         for fmt in ("openmetrics", "prometheus"):
-            r = subprocess.run([sys.executable, "-m", "ocap_service.ctl", "--socket", str(tmp_path / "s.sock"), "metrics",
-                                "--format", fmt], capture_output=True, text=True, cwd=str(ROOT), env=subprocess_env(),
+            r = captured([sys.executable, "-m", "ocap_service.ctl", "--socket", str(tmp_path / "s.sock"), "metrics",
+                                "--format", fmt], cwd=str(ROOT), env=subprocess_env(),
                                timeout=60)
             assert r.returncode == 0, r.stderr
             out[fmt] = families(r.stdout, fmt)

@@ -4,11 +4,11 @@ so a child process such as the personalization worker never inherits ``NOTIFY_SO
 import json
 import os
 import socket
-import subprocess
 import sys
 
 from ocap_daemon.notify import ENV_KEYS, Notifier
 from ocap_daemon.supervisor import worker_env
+from tests.helpers import captured
 
 
 def test_a_child_started_after_the_notifier_does_not_see_notify_socket(tmp_path, monkeypatch):
@@ -23,7 +23,7 @@ def test_a_child_started_after_the_notifier_does_not_see_notify_socket(tmp_path,
         assert n.address == addr and n.watchdog_seconds == 0.4
 
         code = f"import json, os; print(json.dumps({{k: os.environ.get(k) for k in {list(ENV_KEYS)!r}}}))"
-        out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, timeout=60)
+        out = captured([sys.executable, "-c", code], check=True, timeout=60)
         assert json.loads(out.stdout) == {k: None for k in ENV_KEYS}
         assert not set(ENV_KEYS) & set(worker_env(tmp_path / "job"))
 

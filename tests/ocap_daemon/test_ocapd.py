@@ -7,7 +7,6 @@ import os
 import signal
 import socket
 import sqlite3
-import subprocess
 import sys
 import time
 from pathlib import Path
@@ -19,7 +18,7 @@ from ocap_core.package import open_package, resolve_model
 from ocap_daemon.demo_replay import Replay
 from ocap_daemon.launch import DaemonProcess, start_ocapd, wait_until
 from ocap_daemon.store import ModelStore
-from tests.helpers import ROOT, WAIT_S
+from tests.helpers import ROOT, WAIT_S, captured
 from tests.ocap_daemon.test_store import corrupt, make_version
 
 FAST = {
@@ -64,8 +63,8 @@ def start(tmp: Path, ini: Path, **env) -> DaemonProcess:
 
 
 def ctl(tmp: Path, *args: str) -> dict:
-    r = subprocess.run([sys.executable, "-m", "ocap_service.ctl", "--socket", str(tmp / "s.sock"), "--json", *args],
-                       capture_output=True, text=True, cwd=str(ROOT), env=_env(), timeout=60)
+    r = captured([sys.executable, "-m", "ocap_service.ctl", "--socket", str(tmp / "s.sock"), "--json", *args],
+                 cwd=str(ROOT), env=_env(), timeout=60)
     assert r.returncode == 0, r.stderr
     return json.loads(r.stdout)
 
@@ -109,6 +108,7 @@ def images():
 
 @pytest.mark.torch
 @pytest.mark.slow
+@pytest.mark.jetpack4
 def test_the_whole_loop_with_a_concurrent_client(tmp_path, images):
     daemon = start(tmp_path, write_ini(tmp_path))
     replay = feed(tmp_path, images)
@@ -198,7 +198,7 @@ BAD = [
 @pytest.mark.parametrize("section,key,value,named", BAD, ids=[f"{s}.{k}" for s, k, _, _ in BAD])
 def test_a_bad_config_exits_78_naming_the_key(tmp_path, section, key, value, named):
     ini = write_ini(tmp_path, **{section: {key: value}})
-    r = subprocess.run([sys.executable, "-m", "ocap_daemon.main", "--config", str(ini)], capture_output=True, text=True,
+    r = captured([sys.executable, "-m", "ocap_daemon.main", "--config", str(ini)],
                        cwd=str(ROOT), env=_env(), timeout=60)
     assert r.returncode == 78, r.stderr
     line = r.stderr.strip()
@@ -208,11 +208,11 @@ def test_a_bad_config_exits_78_naming_the_key(tmp_path, section, key, value, nam
 
 def test_check_config_and_a_missing_file(tmp_path):
     ini = write_ini(tmp_path)
-    r = subprocess.run([sys.executable, "-m", "ocap_daemon.main", "--config", str(ini), "--check-config"],
-                       capture_output=True, text=True, cwd=str(ROOT), env=_env(), timeout=60)
+    r = captured([sys.executable, "-m", "ocap_daemon.main", "--config", str(ini), "--check-config"],
+                 cwd=str(ROOT), env=_env(), timeout=60)
     assert r.returncode == 0 and "valid" in r.stdout
-    r = subprocess.run([sys.executable, "-m", "ocap_daemon.main", "--config", str(tmp_path / "nope.ini")],
-                       capture_output=True, text=True, cwd=str(ROOT), env=_env(), timeout=60)
+    r = captured([sys.executable, "-m", "ocap_daemon.main", "--config", str(tmp_path / "nope.ini")],
+                 cwd=str(ROOT), env=_env(), timeout=60)
     assert r.returncode == 78 and "nope.ini" in r.stderr
 
 
@@ -349,8 +349,8 @@ def test_personalize_dry_run_pause_and_resume_through_ocapctl(tmp_path):
     try:
         dry = ctl(tmp_path, "personalize", "--dry-run")
         assert dry["would_start"] is False and "windows" in dry["reason"]
-        r = subprocess.run([sys.executable, "-m", "ocap_service.ctl", "--socket", str(tmp_path / "s.sock"), "personalize"],
-                           capture_output=True, text=True, cwd=str(ROOT), env=_env(), timeout=60)
+        r = captured([sys.executable, "-m", "ocap_service.ctl", "--socket", str(tmp_path / "s.sock"), "personalize"],
+                     cwd=str(ROOT), env=_env(), timeout=60)
         assert r.returncode == 1 and "not_ready" in r.stderr
         assert ctl(tmp_path, "pause") == {"paused": True} and ctl(tmp_path, "status")["daemon"]["paused"]
         assert ctl(tmp_path, "resume") == {"paused": False} and not ctl(tmp_path, "status")["daemon"]["paused"]

@@ -13,15 +13,15 @@ import pytest
 
 from ocap_core.data import load_dataset
 from ocap_service.client import Client
-from tests.helpers import ROOT, wait_until
+from tests.helpers import ROOT, captured, wait_until
 from tests.ocap_daemon.test_ocapd import _env, events, start, write_ini
 
 WAIT_S = 120.0          # only a failing test waits this long: a loaded 2-core machine is slow, not stuck
 
 
 def ocapd(ini: Path, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "ocap_daemon.main", "--config", str(ini), *args], capture_output=True,
-                          text=True, cwd=str(ROOT), env=_env(), timeout=120)
+    return captured([sys.executable, "-m", "ocap_daemon.main", "--config", str(ini), *args],
+                    cwd=str(ROOT), env=_env(), timeout=120)
 
 
 def _npz(path: Path, shape, labels) -> Path:

@@ -4,19 +4,18 @@ subcommand (``ocapctl classes --json`` was refused), and a closed stdout pipe en
 import json
 import os
 import signal
-import subprocess
 import sys
 
 import pytest
 
 from ocap_core.closed_pipe import EXIT_CLOSED_PIPE
-from tests.helpers import ROOT, serve, subprocess_env
+from tests.helpers import ROOT, captured, run_into_closed_pipe, serve, subprocess_env
 
 READ_ONLY = ["status", "classes", "models", "history", "metrics"]
 
 
 def _ctl(*args):
-    return subprocess.run([sys.executable, "-m", "ocap_service.ctl", *args], capture_output=True, text=True, cwd=str(ROOT),
+    return captured([sys.executable, "-m", "ocap_service.ctl", *args], cwd=str(ROOT),
                           env=subprocess_env(), timeout=60)
 
 
@@ -78,12 +77,10 @@ def test_a_control_plane_command_on_the_serving_plane_says_it_needs_ocapd(sock):
 
 @pytest.mark.parametrize("args", [["history"], ["--json", "status"], ["classes", "--json"]])
 def test_a_closed_stdout_pipe_ends_ocapctl_quietly(sock, args):
-    proc = subprocess.Popen([sys.executable, "-m", "ocap_service.ctl", "--socket", sock, *args], stdout=subprocess.PIPE,
-                            stderr=subprocess.PIPE, cwd=str(ROOT), env=subprocess_env())
-    proc.stdout.close()                             # the reader is gone before ocapctl prints
-    _, err = proc.communicate(timeout=60)
-    err = err.decode("utf-8", "replace")
-    assert proc.returncode == EXIT_CLOSED_PIPE and "Traceback" not in err and "Exception ignored" not in err, err
+    r = run_into_closed_pipe([sys.executable, "-m", "ocap_service.ctl", "--socket", sock, *args], timeout=60,
+                             cwd=str(ROOT), env=subprocess_env())
+    assert r.returncode == EXIT_CLOSED_PIPE and "Traceback" not in r.stderr and "Exception ignored" not in r.stderr, \
+        r.stderr
 
 
 def test_an_unreachable_daemon_on_the_default_socket_points_at_socket(tmp_path):
@@ -91,9 +88,8 @@ def test_an_unreachable_daemon_on_the_default_socket_points_at_socket(tmp_path):
 
     if os.path.exists(DEFAULT_SOCKET):
         pytest.skip(f"a daemon may be listening on {DEFAULT_SOCKET} here")
-    r = subprocess.run([sys.executable, "-m", "ocap_service.ctl", "status"], cwd=str(ROOT), capture_output=True,
-                       text=True, timeout=60)
+    r = captured([sys.executable, "-m", "ocap_service.ctl", "status"], cwd=str(ROOT), timeout=60)
     assert r.returncode == 3 and "is ocapd running?" in r.stderr and "--socket" in r.stderr, r.stderr
-    r = subprocess.run([sys.executable, "-m", "ocap_service.ctl", "--socket", str(tmp_path / "none.sock"), "status"],
-                       cwd=str(ROOT), capture_output=True, text=True, timeout=60)
+    r = captured([sys.executable, "-m", "ocap_service.ctl", "--socket", str(tmp_path / "none.sock"), "status"],
+                       cwd=str(ROOT), timeout=60)
     assert r.returncode == 3 and "none.sock" in r.stderr and "is ocapd running?" not in r.stderr

@@ -5,11 +5,12 @@ UPSERT the flush failed with a syntax error and no count was ever stored."""
 
 import json
 import os
-import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+
+from tests.helpers import captured
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -50,8 +51,7 @@ log.close()
 
 @pytest.fixture(scope="module")
 def old_sqlite() -> str:
-    r = subprocess.run(["bash", str(ROOT / "scripts" / "old_sqlite.sh")], capture_output=True,
-                       text=True, timeout=600)
+    r = captured(["bash", str(ROOT / "scripts" / "old_sqlite.sh")], timeout=600)
     assert r.returncode == 0, r.stderr
     return r.stdout.strip()
 
@@ -59,8 +59,8 @@ def old_sqlite() -> str:
 @pytest.mark.slow
 def test_counts_events_and_models_are_written_on_sqlite_without_upsert(old_sqlite, tmp_path):
     env = dict(os.environ, LD_LIBRARY_PATH=old_sqlite + os.pathsep + os.environ.get("LD_LIBRARY_PATH", ""))
-    r = subprocess.run([sys.executable, "-c", CHILD, str(tmp_path / "ocap.db")], cwd=str(ROOT), env=env,
-                       capture_output=True, text=True, timeout=120)
+    r = captured([sys.executable, "-c", CHILD, str(tmp_path / "ocap.db")],
+                 cwd=str(ROOT), env=env, timeout=120)
     if "undefined symbol: sqlite3_create_window_function" in r.stderr:
         pytest.skip(f"Python {sys.version_info[0]}.{sys.version_info[1]}'s sqlite3 needs SQLite >= 3.25 to load; "
                     "the torch-free half (Python 3.8, as JetPack's) runs this test")

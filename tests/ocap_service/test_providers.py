@@ -7,7 +7,6 @@ A provider that raises when the session is made (TensorRT failing to load in onn
 caused on this machine: ``tensorrt_raises`` injects that failure into ``open_session`` (a fake, for that
 fault only; every session still made is a real one)."""
 
-import subprocess
 import sys
 
 import pytest
@@ -19,7 +18,7 @@ from ocap_core.package import open_package
 from ocap_service.client import Client
 from ocap_service.model_slot import PREDICT_CHUNK, LoadedModel, load_model
 from ocap_service.server import ServerConfig, build_server
-from tests.helpers import ROOT, subprocess_env
+from tests.helpers import ROOT, captured, subprocess_env
 
 LEFT_OUT = "cuda: onnxruntime left it out"
 
@@ -81,8 +80,8 @@ def test_an_unknown_provider_stops_the_load():
 
 
 def _ctl_status(sock) -> str:
-    r = subprocess.run([sys.executable, "-m", "ocap_service.ctl", "--socket", str(sock), "status"], capture_output=True,
-                       text=True, cwd=str(ROOT), env=subprocess_env(), timeout=60)
+    r = captured([sys.executable, "-m", "ocap_service.ctl", "--socket", str(sock), "status"],
+                 cwd=str(ROOT), env=subprocess_env(), timeout=60)
     assert r.returncode == 0, r.stderr
     return r.stdout
 

@@ -4,7 +4,6 @@ socket, stopped by SIGTERM; the class mix it replayed shows up in the SQLite log
 import json
 import signal
 import sqlite3
-import subprocess
 import sys
 import threading
 
@@ -15,12 +14,12 @@ from ocap_core.data import load_dataset
 from ocap_service.client import Client
 from ocap_service.errors import ServiceError
 from ocap_service.sources import ReplaySource, parse_mix
-from tests.helpers import ROOT, serve, subprocess_env, wait_until
+from tests.helpers import ROOT, captured, serve, subprocess_env, wait_until
 
 
 def _ctl(sock, *args):
-    return subprocess.run([sys.executable, "-m", "ocap_service.ctl", "--socket", str(sock), *args], capture_output=True,
-                          text=True, cwd=str(ROOT), env=subprocess_env(), timeout=60)
+    return captured([sys.executable, "-m", "ocap_service.ctl", "--socket", str(sock), *args],
+                    cwd=str(ROOT), env=subprocess_env(), timeout=60)
 
 
 def _serve(tmp_path, *args):
@@ -174,12 +173,11 @@ def test_directory_source_handles_rejects_and_skips_partial_files(tmp_path, keep
 
 def test_a_source_that_cannot_start_is_a_clear_error(tmp_path):
     """Without OpenCV (not a dependency) or without a camera, the server says so and exits 1."""
-    r = subprocess.run([sys.executable, "-m", "ocap_service", "--state-dir", str(tmp_path), "--socket",
-                        str(tmp_path / "s.sock"), "--source", "camera", "--camera", "7"], capture_output=True,
-                       text=True, cwd=str(ROOT), env=subprocess_env(), timeout=120)
+    r = captured([sys.executable, "-m", "ocap_service", "--state-dir", str(tmp_path), "--socket",
+                        str(tmp_path / "s.sock"), "--source", "camera", "--camera", "7"], cwd=str(ROOT), env=subprocess_env(), timeout=120)
     assert r.returncode == 1 and ("needs OpenCV" in r.stderr or "camera '7' cannot be opened" in r.stderr), r.stderr
-    r = subprocess.run([sys.executable, "-m", "ocap_service", "--state-dir", str(tmp_path), "--socket",
-                        str(tmp_path / "s.sock"), "--source", "directory"], capture_output=True, text=True,
+    r = captured([sys.executable, "-m", "ocap_service", "--state-dir", str(tmp_path), "--socket",
+                        str(tmp_path / "s.sock"), "--source", "directory"],
                        cwd=str(ROOT), env=subprocess_env(), timeout=120)
     assert r.returncode == 1 and "--spool" in r.stderr
 
@@ -206,9 +204,9 @@ def test_replay_of_an_image_folder_is_in_the_models_class_space(tmp_path):
     finally:
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
-    r = subprocess.run([sys.executable, "-m", "ocap_service", "--state-dir", str(tmp_path / "state2"), "--socket",
+    r = captured([sys.executable, "-m", "ocap_service", "--state-dir", str(tmp_path / "state2"), "--socket",
                         str(tmp_path / "s2.sock"), "--source", "replay", "--data", str(tmp_path / "odd"),
-                        "--split", "all"], capture_output=True, text=True, cwd=str(ROOT), env=subprocess_env(), timeout=120)
+                        "--split", "all"], cwd=str(ROOT), env=subprocess_env(), timeout=120)
     line = r.stderr.strip()
     assert r.returncode == 1 and "Traceback" not in line, r.stderr
     assert "class folders ['Boots'] are neither class names nor class ids of the model (10 classes" in line, line

@@ -72,6 +72,15 @@ def provider_list(names: Sequence[str], trt_cache_dir: Optional[str] = None, trt
     return out
 
 
+def opset_hint(error: str, version: str) -> str:
+    """What to do when onnxruntime refuses a model's opset (a package exported for a newer onnxruntime
+    than JetPack 4.6's 1.10/1.11), appended to its error; "" for any other error."""
+    if "opset" not in error.lower():
+        return ""
+    return (f" (this onnxruntime {version} loads older opsets than the file's: ocap exports opset 13 today; "
+            "export the package anew with scripts/reexport.py, or ocap import its model again)")
+
+
 def _onnxruntime():
     """The onnxruntime module, with its telemetry off (set before its first session initializes it)."""
     for var in ("ORT_DISABLE_TELEMETRY", "ORT_TELEMETRY_DISABLED"):
@@ -109,7 +118,7 @@ def open_session(path: Path, threads: int = 1, providers: Sequence[str] = ("cpu"
         session = ort.InferenceSession(str(path), so, providers=provider_list(providers, trt_cache_dir, trt_fp16),
                                        enable_fallback=0)
     except Exception as e:  # onnxruntime raises its own Fail/InvalidGraph/... types
-        raise OcapError(f"onnxruntime cannot load {path}: {e}") from e
+        raise OcapError(f"onnxruntime cannot load {path}: {e}{opset_hint(str(e), ort.__version__)}") from e
     try:
         session.enable_fallback()
     except (AttributeError, NotImplementedError):  # older builds: never switched off

@@ -127,3 +127,25 @@ def test_restricted_accuracy_is_at_least_plain_accuracy(test_split):
     assert res["images"] == 3000 and set(res["per_class"]) == {"0", "2", "6"}
     assert res["restricted_accuracy"] >= res["accuracy"]
     assert res["latency_ms"] > 0 and res["macs"] > 0 and res["params"] > 0
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_shipped_models_are_opset_13_and_their_cards_say_so(name):
+    """JetPack 4.6's onnxruntime 1.10/1.11 loads opsets up to 15/16: the shipped models are 13."""
+    pkg = open_package(name)
+    data = pkg.onnx_path.read_bytes()
+    assert data.endswith(b"\x42\x02\x10\x0d")           # ModelProto.opset_import: the default domain at 13
+    assert pkg.card.metrics["onnx_opset"] == 13 and pkg.card.provenance["reexported"]["opset"] == 13
+
+
+def test_a_model_of_an_opset_this_onnxruntime_lacks_is_refused_with_what_to_do(tmp_path):
+    """A package exported for a newer onnxruntime (the opset stamp raised to 99 in the file's bytes):
+    onnxruntime's refusal, then what to do about it."""
+    from ocap_core.runtime import open_session
+
+    data = open_package("fmnist-cnn").onnx_path.read_bytes()
+    path = tmp_path / "model.onnx"
+    path.write_bytes(data[:-1] + bytes([99]))
+    with pytest.raises(OcapError, match="loads older opsets than the file's: ocap exports opset 13 today; export "
+                                        "the package anew with scripts/reexport.py"):
+        open_session(path, threads=1)

@@ -114,8 +114,13 @@ def at_threshold(conf: np.ndarray, specialist_costs: np.ndarray, base_costs: np.
     if len(conf) == 0:
         raise OcapError("no frames to judge a cascade on")
     back = np.asarray(conf) < tau
-    costs = np.where(back, base_costs, specialist_costs)
-    return CascadePoint(float(tau), float(back.mean()), 100.0 * float(costs.mean()), 100.0 * standard_error(costs))
+    return _judged(tau, back, np.where(back, base_costs, specialist_costs))
+
+
+def _judged(tau: float, back: np.ndarray, costs: np.ndarray) -> CascadePoint:
+    """The point at ``tau``, ``back`` the frames it sends to the base, judged by the frames' ``costs``
+    (each frame's loss against the reference: its mean and standard error, in points)."""
+    return CascadePoint(float(tau), float(np.mean(back)), 100.0 * float(costs.mean()), 100.0 * standard_error(costs))
 
 
 MARGINS = (1.0, 0.5, 0.0)
@@ -167,7 +172,7 @@ def cross_fitted(conf: np.ndarray, specialist_costs: np.ndarray, base_costs: np.
     for f, other in zip(folds, reversed(chosen)):
         costs[f] = np.where(conf[f] < other.tau, base_costs[f], specialist_costs[f])
     tau = max(c.tau for c in chosen)
-    return CascadePoint(tau, float((conf < tau).mean()), 100.0 * float(costs.mean()), 100.0 * standard_error(costs))
+    return _judged(tau, conf < tau, costs)
 
 
 def cost_per_frame(specialist_ms: float, base_ms: float, share: float) -> float:

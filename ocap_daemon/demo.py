@@ -497,9 +497,7 @@ def level_text(row: Dict[str, Any]) -> str:
         return f"{head}, with {fell} {ok}"
     if row["accepted"]:
         return f"{head} {ok}"
-    if c.get("accepted"):
-        return f"{head} over, with {fell} not cheaper"
-    return f"{head} over"
+    return f"{head} over"           # (a level whose cascade kept the budget is accepted as a cascade)
 
 
 def _print_summary(s: Dict[str, Any]) -> None:

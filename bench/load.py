@@ -3,10 +3,8 @@ processes sending a skewed class mix at a steady rate for the whole run, while i
 worker runs beside serving), swaps the pruned model in, and, once the mix drifts, swaps back: two swaps.
 Latency p50/p99 when idle vs while the worker runs vs around the swaps; failed requests (target 0)."""
 
-import multiprocessing
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, List, Tuple
 
@@ -18,6 +16,7 @@ from ocap_daemon.launch import start_ocapd, wait_until
 from ocap_service.client import Client, Unreachable
 from ocap_service.event_kinds import Event
 
+from .pool import spawn_pool
 from .report import figure, run_stamp
 
 MIX = {0: 0.5, 3: 0.3, 7: 0.2}
@@ -77,7 +76,7 @@ def run(quick: bool = False, clients: int = 16, rate: float = 20.0) -> Dict[str,
         ini.write_text(demo_config(work, "fmnist-cnn", rate * clients, threads=1), encoding="utf-8")
         flag = work / "drift"
         with start_ocapd(ini, work / "ocap.sock", work / "ocapd.log") as daemon:
-            with ProcessPoolExecutor(clients, mp_context=multiprocessing.get_context("spawn")) as pool:
+            with spawn_pool(clients) as pool:
                 start = time.time() + 3.0 + 0.2 * clients
                 futs = [pool.submit(paced_client, str(daemon.socket), images, rate, start, start + seconds, str(flag), s)
                         for s in range(clients)]

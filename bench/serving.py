@@ -14,7 +14,6 @@ import multiprocessing
 import statistics
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Dict, List, Sequence, Tuple
 
@@ -27,6 +26,7 @@ from ocap_service.class_log import ClassLog
 from ocap_service.client import Client
 from ocap_service.server import build_server
 
+from .pool import spawn_pool
 from .report import figure, run_stamp
 
 MODELS = ["fmnist-cnn", "fmnist-resnet20", "fmnist-mobilenetv2", "fmnist-vgg"]
@@ -71,7 +71,7 @@ def client_loop(sock: str, frames: np.ndarray, seconds: float, seed: int, ready)
 def run_clients(sock: Path, frames: np.ndarray, clients: int, seconds: float, during=None) -> List[Request]:
     """``clients`` processes for ``seconds``; ``during()`` runs in this process meanwhile."""
     ctx = multiprocessing.get_context("spawn")
-    with ctx.Manager() as manager, ProcessPoolExecutor(clients, mp_context=ctx) as pool:
+    with ctx.Manager() as manager, spawn_pool(clients) as pool:
         ready = manager.Barrier(clients + 1)
         futures = [pool.submit(client_loop, str(sock), frames, seconds, s, ready) for s in range(clients)]
         ready.wait(START_TIMEOUT_S)                       # every client is connected: the run starts now

@@ -23,7 +23,6 @@ import subprocess
 import sys
 import tempfile
 import time
-from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
@@ -32,6 +31,7 @@ import numpy as np
 from ocap_service.client import Client
 from ocap_service.event_kinds import Event
 
+from .pool import spawn_pool
 from .report import figure, run_stamp
 
 MIX = {0: 0.5, 3: 0.3, 7: 0.2}
@@ -229,7 +229,7 @@ def run(quick: bool = False, log: Callable[[str], None] = lambda s: print(f"stre
         try:
             daemon.request("pause")                       # the idle phase runs no worker
             ctx = multiprocessing.get_context("spawn")
-            with ctx.Manager() as manager, ProcessPoolExecutor(clients, mp_context=ctx) as pool:
+            with ctx.Manager() as manager, spawn_pool(clients) as pool:
                 ready = manager.Barrier(clients + 1)
                 futs = [pool.submit(stress_client, str(daemon.socket), images, str(stop_flag), str(drift_flag), s,
                                     ready) for s in range(clients)]

@@ -12,9 +12,20 @@ import torch.nn as nn
 
 from . import strict_json
 from .errors import OcapError
-from .export import OPSET, export_onnx, find_classifier, parity_diffs
+from .export import export_onnx, find_classifier, parity_diffs
 from .measure import count_macs, count_params
-from .package import CARD, ONNX, WEIGHTS, Card, ModelPackage, file_sha256, open_package, utc_now, write_card
+from .package import (
+    CARD,
+    ONNX,
+    OPSET,
+    WEIGHTS,
+    Card,
+    ModelPackage,
+    file_sha256,
+    open_package,
+    utc_now,
+    write_card,
+)
 from .preprocess import InputSpec
 from .torch_compat import load_tensors
 

@@ -14,12 +14,8 @@ import torch.nn as nn
 
 from .errors import OcapError
 from .hooks import eval_mode, forward_hooks, probe
+from .package import OPSET
 from .torch_compat import export_kwargs
-
-# 13: what JetPack 4.6's onnxruntime(-gpu) 1.10/1.11 (<= 15/16) and TensorRT 8.2 load, and torch 1.10
-# (<= 14) exports; the operators the models use (Conv, Gemm, Relu, Clip, Add, MaxPool, GlobalAveragePool,
-# Flatten) are the same there as at later opsets
-OPSET = 13
 
 
 def find_classifier(model: nn.Module, input_shape: Sequence[int]) -> str:

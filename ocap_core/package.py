@@ -19,6 +19,10 @@ from .preprocess import InputSpec
 CARD = "card.json"
 ONNX = "model.onnx"
 WEIGHTS = "weights.pt"
+# the ONNX opset packages are exported at. 13: what JetPack 4.6's onnxruntime(-gpu) 1.10/1.11 (<= 15/16)
+# and TensorRT 8.2 load, and torch 1.10 (<= 14) exports; the operators the models use (Conv, Gemm, Relu,
+# Clip, Add, MaxPool, GlobalAveragePool, Flatten) are the same there as at later opsets
+OPSET = 13
 FORMAT_VERSION = 1
 PRETRAINED_DIR = Path(__file__).resolve().parent / "pretrained"
 

@@ -129,10 +129,15 @@ class FrameReader:
         self._i = 0
 
 
+def quantizes(onnxruntime_version: str) -> bool:
+    """Whether an onnxruntime of this version can make INT8 models here (``MIN_ORT`` or later)."""
+    return tuple(int(v) for v in onnxruntime_version.split(".")[:2] if v.isdigit()) >= MIN_ORT
+
+
 def _tools():
     """onnxruntime's quantization module (telemetry off first, as for every session)."""
     ort = _onnxruntime()
-    if tuple(int(v) for v in ort.__version__.split(".")[:2] if v.isdigit()) < MIN_ORT:
+    if not quantizes(ort.__version__):
         # 1.10/1.11 (JetPack 4.6's) have no quant_pre_process, whose shape inference the calibration needs
         raise OcapError(f"INT8 quantization needs onnxruntime >= {MIN_ORT[0]}.{MIN_ORT[1]}; this is onnxruntime "
                         f"{ort.__version__} (JetPack 4.6 has 1.10 or 1.11): serve the float model, or quantize "

@@ -77,7 +77,9 @@ def opset_hint(error: str, version: str) -> str:
     than JetPack 4.6's 1.10/1.11), appended to its error; "" for any other error."""
     if "opset" not in error.lower():
         return ""
-    return (f" (this onnxruntime {version} loads older opsets than the file's: ocap exports opset 13 today; "
+    from .package import OPSET
+
+    return (f" (this onnxruntime {version} loads older opsets than the file's: ocap exports opset {OPSET} today; "
             "export the package anew with scripts/reexport.py, or ocap import its model again)")
 
 

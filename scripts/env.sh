@@ -22,6 +22,13 @@ ensure_fashion_mnist() {
     $sudo apt-get update -qq && $sudo apt-get install -y -qq dataset-fashion-mnist >/dev/null
 }
 
+pip_install() {  # pip_install VENV ARGS... -> pip's exit status; its warnings about index folders a
+    # package is absent from are dropped, the rest goes to stderr
+    "$1/bin/python" -m pip install -q --disable-pip-version-check "${@:2}" 2>&1 \
+        | { grep -v "is ignored: it is neither" || true; } >&2
+    return "${PIPESTATUS[0]}"
+}
+
 make_venv() {  # make_venv PYTHON EXTRAS -> prints the venv path
     local py=$1 extras=$2 key V
     key=$( (cat setup.cfg .ci/constraints.txt; "$py" -VV; echo "$extras") | sha256sum | cut -c1-12)
@@ -44,13 +51,9 @@ print("\n".join(lines(c["options"]["install_requires"])
                 + [r for e in extras for r in lines(c["options.extras_require"][e])]))
 PY
         if "$V/bin/python" -c "import sys; sys.exit(sys.version_info >= (3, 7))"; then
-            "$V/bin/python" -m pip install -q --disable-pip-version-check "pip>=21.3,<22" 2>&1 \
-                | { grep -v "is ignored: it is neither" || true; } >&2
+            pip_install "$V" "pip>=21.3,<22"
         fi
-        # (grep drops pip's warnings about index folders a package is absent from)
-        "$V/bin/python" -m pip install -q --disable-pip-version-check -c .ci/constraints.txt \
-            -r "$V/requirements.txt" 2>&1 | { grep -v "is ignored: it is neither" || true; } >&2
-        [ "${PIPESTATUS[0]}" = 0 ] && touch "$V/.complete"
+        pip_install "$V" -c .ci/constraints.txt -r "$V/requirements.txt" && touch "$V/.complete"
     fi
     flock -u 9
     [ -e "$V/.complete" ] || { echo "venv $V failed to build" >&2; return 1; }

@@ -1,5 +1,5 @@
 """Export model packages' ONNX form anew from their torch form, in place, at the exporter's current opset
-(ocap_core.export.OPSET): how the shipped models moved from opset 17 to 13, which JetPack 4.6's
+(ocap_core.package.OPSET): how the shipped models moved from opset 17 to 13, which JetPack 4.6's
 onnxruntime 1.10/1.11 and TensorRT 8.2 load. The weights do not change, so neither does what their cards
 measured; each card records the version it replaces (provenance.reexported).
 

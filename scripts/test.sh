@@ -28,44 +28,38 @@ stamp "Python 3.11, every test (torch included), $WORKERS workers"
 "$V311/bin/python" -m pytest "${XDIST[@]}" --durations=15 "$@"
 t311=$?
 results+=("Python 3.11 tests: $(verdict $t311)")
-# torch_free VERSION [required]: every torch-free test on that Python, if it is here; its verdict goes in
-# the summary, and its exit status in the named variable
-torch_free() {
-    local v=$1 var=$2 py venv rc xdist=("${XDIST[@]}")
+# half VAR VERSION EXTRAS MARK LABEL [REQUIRED]: the tests marked MARK on that Python, in a venv with
+# EXTRAS, if that Python is here (a missing one fails only when REQUIRED names why it must be here); the
+# verdict goes in the summary, the exit status in the variable VAR
+half() {
+    local var=$1 v=$2 extras=$3 mark=$4 label=$5 required=${6:-} py venv rc xdist=("${XDIST[@]}")
     if py=$(find_python "$v"); then
-        venv=$(make_venv "$py" cpu,dev) || { results+=("Python $v torch-free tests: NOT RUN (its venv failed)"); printf -v "$var" 1; return; }
-        # pytest-xdist on 3.6 (3.0) has no --maxschedchunk
-        "$venv/bin/python" -c "import sys; sys.exit(sys.version_info < (3, 8))" || xdist=(-n "$WORKERS" --dist load)
-        stamp "Python $v, the torch-free tests, $WORKERS workers"
-        "$venv/bin/python" -m pytest "${xdist[@]}" --durations=15 -m "not torch" "${ARGS[@]}"
-        rc=$?
-        results+=("Python $v torch-free tests: $(verdict $rc)")
-    elif [ -n "$3" ]; then
-        echo "Python $v is required here ($3) but was not found" >&2
+        if venv=$(make_venv "$py" "$extras"); then
+            # pytest-xdist on 3.6 (3.0) has no --maxschedchunk
+            "$venv/bin/python" -c "import sys; sys.exit(sys.version_info < (3, 8))" || xdist=(-n "$WORKERS" --dist load)
+            stamp "Python $v, $label (-m '$mark'), $WORKERS workers"
+            "$venv/bin/python" -m pytest "${xdist[@]}" --durations=15 -m "$mark" "${ARGS[@]}"
+            rc=$?
+            results+=("Python $v, $label: $(verdict $rc)")
+        else
+            rc=1
+            results+=("Python $v, $label: NOT RUN (its venv failed)")
+        fi
+    elif [ -n "$required" ]; then
+        echo "Python $v is required here ($required) but was not found" >&2
         rc=1
-        results+=("Python $v torch-free tests: NOT RUN (no Python $v)")
+        results+=("Python $v, $label: NOT RUN (no Python $v)")
     else
         rc=0
-        results+=("Python $v torch-free tests: not run (no Python $v found)")
+        results+=("Python $v, $label: not run (no Python $v found)")
     fi
     printf -v "$var" %s "$rc"
 }
 ARGS=("$@")
-torch_free 3.8 t38 "${OCAP_REQUIRE_PY38:+OCAP_REQUIRE_PY38}"
-torch_free 3.6 t36 "${OCAP_REQUIRE_PY36:+OCAP_REQUIRE_PY36}"
+half t38 3.8 cpu,dev "not torch" "the torch-free tests" "${OCAP_REQUIRE_PY38:+OCAP_REQUIRE_PY38}"
+half t36 3.6 cpu,dev "not torch" "the torch-free tests" "${OCAP_REQUIRE_PY36:+OCAP_REQUIRE_PY36}"
 # the worker's path on JetPack 4.6's versions: Python 3.6, torch 1.10, Torch-Pruning 1.6.0, onnxruntime 1.10
-t36w=0
-if PY36=$(find_python 3.6); then
-    if V36W=$(make_venv "$PY36" cpu,torch,dev); then
-        stamp "Python 3.6 with torch 1.10, the worker's path (-m jetpack4), $WORKERS workers"
-        "$V36W/bin/python" -m pytest -n "$WORKERS" --dist load --durations=5 -m jetpack4 "${ARGS[@]}"
-        t36w=$?
-        results+=("Python 3.6 + torch 1.10, the worker's path: $(verdict $t36w)")
-    else
-        t36w=1
-        results+=("Python 3.6 + torch 1.10, the worker's path: NOT RUN (its venv failed)")
-    fi
-fi
+half t36w 3.6 cpu,torch,dev jetpack4 "torch 1.10, the worker's path"
 stamp "summary"
 printf '  %s\n' "${results[@]}" >&2
 # a half that selects nothing (5) is fine when extra arguments narrowed it; both empty is not

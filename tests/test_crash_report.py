@@ -31,8 +31,8 @@ def test_a_native_crash_fails_that_test_and_the_suite_goes_on(tmp_path):
     (tmp_path / "conftest.py").write_text('pytest_plugins = ["tests.crash_report"]\n')
     (tmp_path / "test_crashing.py").write_text(textwrap.dedent(CRASHING))
     run = captured([sys.executable, "-m", "pytest", "-n", "2", "-p", "no:cacheprovider", "-rf",
-                          str(tmp_path)], cwd=str(tmp_path),
-                         env=subprocess_env(), timeout=300)
+                    str(tmp_path)], cwd=str(tmp_path),
+                   env=subprocess_env(), timeout=300)
     out = run.stdout + run.stderr
     assert run.returncode == 1, out
     assert "2 failed, 2 passed" in out, out

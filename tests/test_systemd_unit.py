@@ -56,7 +56,7 @@ def test_systemd_analyze_verify_is_clean(tmp_path, unit):
 @pytest.mark.skipif(shutil.which("systemd-analyze") is None, reason="systemd-analyze not installed")
 def test_sandbox_exposure_score(tmp_path, unit):
     r = captured(["systemd-analyze", "security", "--offline=true", "--threshold=20",
-                        str(_unit_with_existing_binary(tmp_path, unit))])
+                  str(_unit_with_existing_binary(tmp_path, unit))])
     assert r.returncode == 0, r.stdout[-2000:] + r.stderr
 
 

@@ -17,7 +17,7 @@ EXAMPLE = ROOT / "examples" / "digits"
 
 def run(*args, cwd, timeout=600):
     r = captured([sys.executable, *map(str, args)], cwd=str(cwd),
-                       timeout=timeout, env=dict(__import__("os").environ, PYTHONPATH=str(ROOT)))
+                 timeout=timeout, env=dict(__import__("os").environ, PYTHONPATH=str(ROOT)))
     assert r.returncode == 0, f"{args}: {r.stdout[-2000:]}\n{r.stderr[-3000:]}"
     return r
 

@@ -124,7 +124,7 @@ def test_models_archs_lists_what_train_builds_but_not_the_suites_own():
 def _commands(module: str) -> list:
     """The COMMAND choices ``python -m MODULE --help`` lists."""
     r = captured([sys.executable, "-m", module, "--help"], cwd=str(ROOT),
-                       timeout=120)
+                 timeout=120)
     assert r.returncode == 0, r.stderr
     block = r.stdout.split("  COMMAND\n", 1)[1].split("\n\n")[0]
     return [line.split()[0] for line in block.splitlines() if line.startswith("    ") and not line.startswith("     ")]

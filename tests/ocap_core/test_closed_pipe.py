@@ -1,7 +1,6 @@
 """``ocap eval ... | head -1`` ended in a BrokenPipeError traceback: the command-line tools exit quietly
 (141, as a shell reports for SIGPIPE, or 0) when their stdout reader has gone."""
 
-import os
 import subprocess
 import sys
 
@@ -58,8 +57,6 @@ def test_ocapd_into_a_closed_pipe(tmp_path):
 
 
 def test_an_open_pipe_gets_everything_and_exit_0(small_npz):
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
     r = captured([sys.executable, "-m", "ocap_core", "eval", "--model", "fmnist-cnn", "--data", small_npz,
-                        "--split", "all", "--latency-runs", "0"], cwd=str(ROOT),
-                       env=env, timeout=300)
+                  "--split", "all", "--latency-runs", "0"], cwd=str(ROOT), env=helpers.subprocess_env(), timeout=300)
     assert r.returncode == 0 and "on 50 images (the whole data set)" in r.stdout, r.stdout + r.stderr

@@ -15,7 +15,7 @@ import pytest
 from ocap_core.data import load_dataset
 from ocap_core.errors import OcapError
 from ocap_core.package import open_package, read_card, write_card
-from ocap_core.quantize import MIN_ORT, QuantSpec, compare, cpu_flags, quantize_package, quantized_reason
+from ocap_core.quantize import QuantSpec, compare, cpu_flags, quantize_package, quantized_reason, quantizes
 from ocap_service.model_slot import load_model
 from tests.helpers import ROOT, captured, cli, run_cli, subprocess_env
 
@@ -69,7 +69,7 @@ def test_quantizing_loads_no_torch(tmp_path):
             f"quantize_package(open_package('fmnist-cnn'), np.zeros((32, 28, 28), np.uint8), {str(tmp_path / 'q')!r}, "
             "QuantSpec(calibration=32)); print('torch' in sys.modules)")
     r = captured([sys.executable, "-c", code], cwd=str(ROOT),
-                       env=subprocess_env(), timeout=300)
+                 env=subprocess_env(), timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert r.stdout.split()[-1] == "False"
 
@@ -165,7 +165,7 @@ def test_ocap_quantize_errors_are_one_line_and_write_nothing(tmp_path, args, mes
     assert message in r.stderr and not any(tmp_path.iterdir())
 
 
-@pytest.mark.skipif(tuple(int(v) for v in onnxruntime.__version__.split(".")[:2]) >= MIN_ORT,
+@pytest.mark.skipif(quantizes(onnxruntime.__version__),
                     reason="this onnxruntime quantizes (the torch-marked tests above do it)")
 def test_an_onnxruntime_without_quant_pre_process_is_refused_with_the_version_it_needs(tmp_path):
     """JetPack 4.6's onnxruntime 1.10/1.11 (the Python 3.6 run has 1.10): one line naming both versions,

@@ -50,7 +50,7 @@ def test_too_few_classes_present_for_a_demo():
 def test_data_that_does_not_fit_the_model_is_refused_before_ocapd_starts(tmp_path):
     np.savez(tmp_path / "small.npz", x=np.zeros((40, 16, 16), np.uint8), y=np.arange(40) % 10)
     r = captured([sys.executable, "-m", "ocap_cli", "demo", "--data", str(tmp_path / "small.npz")],
-                       cwd=str(ROOT), timeout=120)
+                 cwd=str(ROOT), timeout=120)
     assert r.returncode == 2 and "Traceback" not in r.stderr
     assert "small.npz: images are 16x16 (1 channel), the model fmnist-cnn takes 28x28 (1 channel)" in r.stderr
     assert "ocapd is up" not in r.stdout
@@ -70,7 +70,7 @@ def test_the_demo_worker_runs_at_the_niceness_and_limits_asked_for(tmp_path):
     ini.write_text(demo_config(tmp_path, "fmnist-cnn", 120.0, budget=160.0, wall_limit=60.0), encoding="utf-8")
     assert load_config(ini).personalize.wall_limit == 160.0          # never below the budget
     r = captured([sys.executable, "-m", "ocap_cli", "demo", "--nice", "20"],
-                       cwd=str(ROOT))
+                 cwd=str(ROOT))
     assert r.returncode == 2 and "--nice" in r.stderr
 
 

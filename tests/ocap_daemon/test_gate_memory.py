@@ -44,7 +44,7 @@ print((p.memory_info().rss - before) / 2 ** 20, (peak - high) / 2 ** 20)
                     reason="the heap figures are glibc's")
 def test_judging_a_thousand_frames_neither_peaks_high_nor_stays():
     r = captured([sys.executable, "-c", JUDGE], cwd=str(ROOT),
-                       env=subprocess_env(), timeout=300)
+                 env=subprocess_env(), timeout=300)
     assert r.returncode == 0, r.stderr
     kept, peak = map(float, r.stdout.split())
     assert kept < 15 and peak < 120, f"RSS +{kept:.1f} MB after the gate, peak +{peak:.1f} MB during it"

@@ -221,8 +221,8 @@ def test_ocapctl_metrics_prints_the_scrape(tmp_path):
         out = {}
         for fmt in ("openmetrics", "prometheus"):
             r = captured([sys.executable, "-m", "ocap_service.ctl", "--socket", str(tmp_path / "s.sock"), "metrics",
-                                "--format", fmt], cwd=str(ROOT), env=subprocess_env(),
-                               timeout=60)
+                          "--format", fmt], cwd=str(ROOT), env=subprocess_env(),
+                         timeout=60)
             assert r.returncode == 0, r.stderr
             out[fmt] = families(r.stdout, fmt)
         assert "ocap_phase" in out["openmetrics"] and out["openmetrics"]["ocap_phase"].type == "stateset"

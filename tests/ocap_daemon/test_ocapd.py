@@ -199,7 +199,7 @@ BAD = [
 def test_a_bad_config_exits_78_naming_the_key(tmp_path, section, key, value, named):
     ini = write_ini(tmp_path, **{section: {key: value}})
     r = captured([sys.executable, "-m", "ocap_daemon.main", "--config", str(ini)],
-                       cwd=str(ROOT), env=_env(), timeout=60)
+                 cwd=str(ROOT), env=_env(), timeout=60)
     assert r.returncode == 78, r.stderr
     line = r.stderr.strip()
     assert "\n" not in line and str(ini) in line and named in line and f"[{section}]" in line, line

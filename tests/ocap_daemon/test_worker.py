@@ -15,13 +15,13 @@ import pytest
 
 from ocap_core.data import load_dataset
 from ocap_core.package import open_package, resolve_model
-from ocap_core.quantize import MIN_ORT
+from ocap_core.quantize import MIN_ORT, quantizes
 from ocap_daemon.job import Job
 from ocap_daemon.supervisor import WorkerRun
 from tests.helpers import captured, wait_until
 
 pytestmark = [pytest.mark.torch, pytest.mark.slow, pytest.mark.jetpack4]
-ORT_QUANTIZES = tuple(int(v) for v in onnxruntime.__version__.split(".")[:2]) >= MIN_ORT
+ORT_QUANTIZES = quantizes(onnxruntime.__version__)
 # The workers here run at nice 0: a nice-19 one (ocapd's default) gets about 1.5 % of a core where other
 # work keeps every core busy, and would outlast any deadline; the niceness itself has its own test.
 NICE = 0
@@ -198,7 +198,7 @@ def test_a_bad_job_file_is_exit_2_with_the_key_named(tmp_path, key, value, messa
     job_file = tmp_path / "job.json"
     job_file.write_text(json.dumps(dict(_job(tmp_path).to_dict(), **{key: value})))
     r = captured([sys.executable, "-m", "ocap_daemon.worker", str(job_file)],
-                       timeout=120, env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])))
+                 timeout=120, env=dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[2])))
     assert r.returncode == 2
     failed = json.loads(r.stdout.splitlines()[-1])
     assert failed["event"] == "failed" and message in failed["error"] and str(job_file) in failed["error"]

@@ -16,7 +16,7 @@ READ_ONLY = ["status", "classes", "models", "history", "metrics"]
 
 def _ctl(*args):
     return captured([sys.executable, "-m", "ocap_service.ctl", *args], cwd=str(ROOT),
-                          env=subprocess_env(), timeout=60)
+                    env=subprocess_env(), timeout=60)
 
 
 @pytest.fixture(scope="module")
@@ -91,5 +91,5 @@ def test_an_unreachable_daemon_on_the_default_socket_points_at_socket(tmp_path):
     r = captured([sys.executable, "-m", "ocap_service.ctl", "status"], cwd=str(ROOT), timeout=60)
     assert r.returncode == 3 and "is ocapd running?" in r.stderr and "--socket" in r.stderr, r.stderr
     r = captured([sys.executable, "-m", "ocap_service.ctl", "--socket", str(tmp_path / "none.sock"), "status"],
-                       cwd=str(ROOT), timeout=60)
+                 cwd=str(ROOT), timeout=60)
     assert r.returncode == 3 and "none.sock" in r.stderr and "is ocapd running?" not in r.stderr

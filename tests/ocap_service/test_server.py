@@ -174,11 +174,12 @@ def test_directory_source_handles_rejects_and_skips_partial_files(tmp_path, keep
 def test_a_source_that_cannot_start_is_a_clear_error(tmp_path):
     """Without OpenCV (not a dependency) or without a camera, the server says so and exits 1."""
     r = captured([sys.executable, "-m", "ocap_service", "--state-dir", str(tmp_path), "--socket",
-                        str(tmp_path / "s.sock"), "--source", "camera", "--camera", "7"], cwd=str(ROOT), env=subprocess_env(), timeout=120)
+                  str(tmp_path / "s.sock"), "--source", "camera", "--camera", "7"],
+                 cwd=str(ROOT), env=subprocess_env(), timeout=120)
     assert r.returncode == 1 and ("needs OpenCV" in r.stderr or "camera '7' cannot be opened" in r.stderr), r.stderr
     r = captured([sys.executable, "-m", "ocap_service", "--state-dir", str(tmp_path), "--socket",
-                        str(tmp_path / "s.sock"), "--source", "directory"],
-                       cwd=str(ROOT), env=subprocess_env(), timeout=120)
+                  str(tmp_path / "s.sock"), "--source", "directory"],
+                 cwd=str(ROOT), env=subprocess_env(), timeout=120)
     assert r.returncode == 1 and "--spool" in r.stderr
 
 
@@ -205,8 +206,8 @@ def test_replay_of_an_image_folder_is_in_the_models_class_space(tmp_path):
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(timeout=30) == 0
     r = captured([sys.executable, "-m", "ocap_service", "--state-dir", str(tmp_path / "state2"), "--socket",
-                        str(tmp_path / "s2.sock"), "--source", "replay", "--data", str(tmp_path / "odd"),
-                        "--split", "all"], cwd=str(ROOT), env=subprocess_env(), timeout=120)
+                  str(tmp_path / "s2.sock"), "--source", "replay", "--data", str(tmp_path / "odd"),
+                  "--split", "all"], cwd=str(ROOT), env=subprocess_env(), timeout=120)
     line = r.stderr.strip()
     assert r.returncode == 1 and "Traceback" not in line, r.stderr
     assert "class folders ['Boots'] are neither class names nor class ids of the model (10 classes" in line, line

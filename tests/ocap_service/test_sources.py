@@ -177,7 +177,8 @@ def _env():
 def test_python_m_service_refuses_replay_data_that_does_not_fit(tmp_path):
     np.savez(tmp_path / "cifar.npz", x=np.zeros((70, 32, 32, 3), np.uint8), y=np.arange(70) % 10)
     r = captured([sys.executable, "-m", "ocap_service", "--state-dir", str(tmp_path / "state"), "--socket",
-                        str(tmp_path / "s.sock"), "--source", "replay", "--data", str(tmp_path / "cifar.npz")], cwd=str(ROOT), env=_env(), timeout=120)
+                  str(tmp_path / "s.sock"), "--source", "replay", "--data", str(tmp_path / "cifar.npz")],
+                 cwd=str(ROOT), env=_env(), timeout=120)
     assert r.returncode == 1, r.stderr
     assert "cifar.npz: images are 32x32 (3 channels), the model fmnist-cnn takes 28x28 (1 channel)" in r.stderr
     assert "Traceback" not in r.stderr
@@ -303,7 +304,8 @@ def test_replay_check_loads_the_data_and_a_uniform_mix_by_default(tmp_path):
 ])
 def test_python_m_service_names_the_flag_of_a_bad_source_option(tmp_path, argv, fragment):
     r = captured([sys.executable, "-m", "ocap_service", "--state-dir", str(tmp_path / "state"), "--socket",
-                        str(tmp_path / "s.sock"), *[a.format(tmp=tmp_path) for a in argv]], cwd=str(ROOT), env=_env(), timeout=120)
+                  str(tmp_path / "s.sock"), *[a.format(tmp=tmp_path) for a in argv]],
+                 cwd=str(ROOT), env=_env(), timeout=120)
     line = r.stderr.strip().splitlines()[-1]               # after the server's log lines
     assert r.returncode == 1 and line.startswith("python -m ocap_service: ") and fragment.format(tmp=tmp_path) in line, \
         r.stderr
